@@ -1,0 +1,118 @@
+"""mailqueue: send e-mail asynchronously and reliably.
+
+Applications hand a :class:`Mail` to :class:`MailQueue`; it keeps the
+attachments, records the mail in a :class:`~mailqueue.protocols.Store`, puts
+it on a durable :class:`~mailqueue.protocols.Queue`, and a :class:`Worker`
+delivers it over SMTP within concurrency and rate limits, recording every
+attempt. Backends are chosen by URL (see :mod:`mailqueue.registry`).
+
+Importing this package imports no broker or database driver.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from mailqueue.client import MailQueue
+from mailqueue.errors import (
+    AttachmentError,
+    AttachmentNotFoundError,
+    AttachmentTooLargeError,
+    BackendError,
+    ConfigurationError,
+    DeliveryError,
+    DeliveryTimeoutError,
+    MailQueueError,
+    MissingDependencyError,
+    PermanentDeliveryError,
+    QueueError,
+    StoreError,
+    TransientDeliveryError,
+    UnknownDeliveryError,
+    UnknownSchemeError,
+    ValidationError,
+)
+from mailqueue.limits import RateLimiter, parse_rate
+from mailqueue.message import Attachment, AttachmentRef, Mail, Recipient, parse_recipients
+from mailqueue.mime import render
+from mailqueue.protocols import (
+    AttachmentStore,
+    BackendContext,
+    Delivery,
+    OutgoingMessage,
+    Queue,
+    QueueCapabilities,
+    RecipientReply,
+    Sender,
+    SendResult,
+    Store,
+    StoredAttachment,
+)
+from mailqueue.records import (
+    Attempt,
+    MailRecord,
+    RecipientOutcome,
+    RecipientState,
+    RecordQuery,
+    RecordUpdate,
+    Status,
+)
+from mailqueue.settings import APISettings, Settings, WorkerSettings, load_settings
+from mailqueue.worker import Worker
+
+try:
+    __version__ = version("mailqueue")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "APISettings",
+    "Attachment",
+    "AttachmentError",
+    "AttachmentNotFoundError",
+    "AttachmentRef",
+    "AttachmentStore",
+    "AttachmentTooLargeError",
+    "Attempt",
+    "BackendContext",
+    "BackendError",
+    "ConfigurationError",
+    "Delivery",
+    "DeliveryError",
+    "DeliveryTimeoutError",
+    "Mail",
+    "MailQueue",
+    "MailQueueError",
+    "MailRecord",
+    "MissingDependencyError",
+    "OutgoingMessage",
+    "PermanentDeliveryError",
+    "Queue",
+    "QueueCapabilities",
+    "QueueError",
+    "RateLimiter",
+    "Recipient",
+    "RecipientOutcome",
+    "RecipientReply",
+    "RecipientState",
+    "RecordQuery",
+    "RecordUpdate",
+    "SendResult",
+    "Sender",
+    "Settings",
+    "Status",
+    "Store",
+    "StoreError",
+    "StoredAttachment",
+    "TransientDeliveryError",
+    "UnknownDeliveryError",
+    "UnknownSchemeError",
+    "ValidationError",
+    "Worker",
+    "WorkerSettings",
+    "__version__",
+    "load_settings",
+    "parse_rate",
+    "parse_recipients",
+    "render",
+]

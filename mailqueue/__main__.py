@@ -1,0 +1,5 @@
+"""``python -m mailqueue`` runs the command line."""
+
+from mailqueue.cli import main
+
+main()

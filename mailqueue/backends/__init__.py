@@ -1,0 +1,1 @@
+"""backends package: imports nothing, so that importing mailqueue imports no driver."""

@@ -1,0 +1,667 @@
+"""SMTP sender over a pool of persistent connections (aiosmtplib).
+
+URL::
+
+    smtp://[user[:password]@]host[:port]/?from=noreply@example.com[&option=value...]
+    smtps://[user[:password]@]host[:port]/?from=noreply@example.com[&option=value...]
+
+``smtp`` speaks plain SMTP with STARTTLS as chosen by ``starttls``; ``smtps``
+wraps the connection in TLS from the first byte (implicit TLS). The user name
+and password are percent-decoded; the password is kept in a
+:class:`pydantic.SecretStr` and never appears in ``repr``, ``str`` or logs.
+
+Options:
+
+``from`` (required)
+    the sender's address (:attr:`SMTPSender.from_address`), validated.
+``starttls`` = ``auto`` (default) | ``true`` | ``false``
+    ``auto`` upgrades when the server offers STARTTLS; ``true`` insists (a
+    server without it is a delivery error); ``false`` never upgrades. Not
+    allowed with ``smtps``. With ``auto``, credentials are never sent over a
+    connection that stayed unencrypted: say ``starttls=false`` to allow that.
+``verify`` = ``true`` (default) | ``false``
+    verify the server's certificate and host name; ``false`` disables it.
+``cafile``
+    PEM file of the CA(s) to trust instead of the system store (private CA).
+``timeout`` = ``30``
+    seconds allowed for each network step: connecting, each command's reply,
+    progress while writing the message, and the reply to the final dot.
+``pool`` = ``4``
+    most connections open at once; concurrent :meth:`~SMTPSender.send` calls
+    beyond that wait for a free one.
+``max_per_connection`` = ``100``
+    mail transactions (MAIL FROM) on one connection before it is replaced.
+``name``
+    the name given in EHLO (default: this machine's fully qualified name).
+
+Default port: 465 for ``smtps``, 587 for ``smtp`` with ``starttls=true``, 25
+otherwise (the conventions of aiosmtplib and RFC 8314/6409).
+
+Reply classification (what :meth:`SMTPSender.send` raises):
+
+- connecting, TLS, EHLO and AUTH failures: :class:`TransientDeliveryError`,
+  with the reply code when there was one. A refused password (535) is also
+  transient, so that the mail is retried once the operator has fixed it;
+- a timeout before the message data was handed over:
+  :class:`DeliveryTimeoutError`;
+- MAIL FROM or DATA answered 4xx: transient; 5xx: :class:`PermanentDeliveryError`,
+  except 530 (STARTTLS or AUTH required: a configuration problem), transient;
+- the connection lost or a timeout *after* the final ``.`` line was written:
+  :class:`UnknownDeliveryError` (the server may have accepted the message);
+- RCPT TO answered 4xx/5xx: reported for that recipient in the
+  :class:`SendResult`, never raised. 452 (too many recipients) after some were
+  accepted: the accepted ones get DATA, the rest go in a further transaction.
+
+How the final dot is told apart: the DATA command is sent with aiosmtplib's
+``execute_command``; the dot-stuffed message is then written to the
+connection's transport without the terminating ``.`` line, and the sender
+waits until the transport's write buffer is empty (everything handed to the
+operating system) while the connection is still up. Only then is ``.\\r\\n``
+written and the reply read with the protocol's ``read_response``. A loss
+noticed before that write is "before the dot" (transient); anything after it
+is "after the dot" (unknown), erring towards *unknown* rather than risking a
+duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Literal, Self, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import aiosmtplib
+from pydantic import SecretStr
+
+from mailqueue.errors import (
+    ConfigurationError,
+    DeliveryError,
+    DeliveryTimeoutError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    UnknownDeliveryError,
+)
+from mailqueue.message import check_address
+from mailqueue.protocols import (
+    BackendContext,
+    OutgoingMessage,
+    RecipientReply,
+    ResourceMixin,
+    SendResult,
+)
+
+__all__ = ["SMTPSender", "TLSMode"]
+
+log = logging.getLogger(__name__)
+
+#: How the connection is protected: ``auto`` (STARTTLS when offered),
+#: ``starttls`` (STARTTLS required), ``implicit`` (TLS from the first byte,
+#: ``smtps``) or ``none`` (never encrypt).
+TLSMode = Literal["auto", "starttls", "implicit", "none"]
+
+_TLS_MODES: tuple[str, ...] = ("auto", "starttls", "implicit", "none")
+_OPTIONS = frozenset(
+    {"from", "starttls", "verify", "cafile", "timeout", "pool", "max_per_connection", "name"}
+)
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_POLL_INTERVAL = 0.002
+
+
+class _Stage(enum.Enum):
+    CONNECT = "connect"
+    MAIL = "MAIL FROM"
+    RCPT = "RCPT TO"
+    DATA = "DATA"
+    BODY = "message data"
+    END = "end of data"
+
+
+class _StaleConnection(Exception):
+    """A reused connection turned out dead at MAIL FROM: retry once on a new one."""
+
+
+class _FinalDotWritten(Exception):
+    """Carries a failure that happened after the final dot was written."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    transactions: int = 0
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, leading dots doubled,
+    ending in CRLF, without the terminating ``.`` line."""
+    data = _LINE_ENDINGS.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _LEADING_DOT.sub(b"..", data)
+
+
+def _envelope_problem(address: str) -> str | None:
+    """Why ``address`` cannot go on a MAIL/RCPT line as plain ASCII, or None."""
+    if not address.isascii():
+        return "address is not ASCII (SMTPUTF8 is not used)"
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in address) or any(c in address for c in "<>"):
+        return "address contains a space, control character or angle bracket"
+    return None
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"option {name!r} must be true or false, not {value!r}")
+
+
+def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigurationError(f"option {name!r} must be a number, not {value!r}") from None
+    if number <= 0:
+        raise ConfigurationError(f"option {name!r} must be greater than 0")
+    return number
+
+
+def _translate(exc: BaseException, stage: _Stage) -> DeliveryError:
+    """Map an aiosmtplib/OS/ssl failure at ``stage`` onto mailqueue's delivery errors."""
+    where = stage.value
+    if isinstance(exc, TimeoutError):  # aiosmtplib's SMTPTimeoutError and asyncio's
+        return DeliveryTimeoutError(f"timed out at {where}: {exc or type(exc).__name__}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0:
+        text = f"{exc.message} (at {where})"
+        permanent_stage = stage in (_Stage.MAIL, _Stage.DATA, _Stage.END)
+        # 530 (STARTTLS/AUTH required) is this sender's configuration, not the message's fault
+        if permanent_stage and 500 <= exc.code < 600 and exc.code != 530:
+            return PermanentDeliveryError(text, exc.code)
+        return TransientDeliveryError(text, exc.code)
+    if isinstance(exc, ssl.SSLError):
+        return TransientDeliveryError(f"TLS failure at {where}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPException | OSError):
+        return TransientDeliveryError(f"{type(exc).__name__} at {where}: {exc}")
+    return TransientDeliveryError(f"unexpected {type(exc).__name__} at {where}: {exc}")
+
+
+class SMTPSender(ResourceMixin):
+    """Deliver messages over SMTP through a pool of reused connections.
+
+    Connections are opened on demand, up to ``pool`` at once, and reused for
+    the next message (a new MAIL FROM after the last DATA, or RSET after a
+    transaction that ended without DATA). A connection is closed after
+    ``max_per_connection`` transactions and after any error that leaves it in
+    an unknown state. An idle connection the server has closed is noticed and
+    replaced before sending; if that is only noticed at MAIL FROM, the
+    transaction is retried once on a fresh connection (never after DATA).
+
+    Args:
+        host: server name or address.
+        port: server port; ``None`` picks 465 (implicit TLS), 587
+            (``tls="starttls"``) or 25.
+        from_address: the sender's address, validated.
+        username: AUTH user name; ``None`` for no AUTH.
+        password: AUTH password.
+        tls: see :data:`TLSMode`.
+        verify: verify the server's certificate and name (ignored when
+            ``ssl_context`` is given).
+        cafile: PEM file of trusted CA(s), replacing the system store.
+        ssl_context: a ready client context, used as is.
+        timeout: seconds for each network step (see the module docstring).
+        pool_size: most connections at once.
+        max_per_connection: transactions per connection before replacing it.
+        local_hostname: the EHLO name; default the machine's FQDN.
+
+    Raises:
+        ConfigurationError: on an invalid address, option or combination.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        from_address: str,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | SecretStr | None = None,
+        tls: TLSMode = "auto",
+        verify: bool = True,
+        cafile: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+        pool_size: int = 4,
+        max_per_connection: int = 100,
+        local_hostname: str | None = None,
+    ) -> None:
+        if not host or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in host):
+            raise ConfigurationError(f"invalid SMTP host {host!r}")
+        if tls not in _TLS_MODES:
+            raise ConfigurationError(f"tls must be one of {', '.join(_TLS_MODES)}, not {tls!r}")
+        if port is not None and not 0 < port < 65536:
+            raise ConfigurationError(f"invalid SMTP port {port!r}")
+        if timeout <= 0 or pool_size < 1 or max_per_connection < 1:
+            raise ConfigurationError("timeout, pool_size and max_per_connection must be greater than 0")
+        if local_hostname is not None and (
+            not local_hostname or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in local_hostname)
+        ):
+            raise ConfigurationError(f"invalid EHLO name {local_hostname!r}")
+        if password is not None and username is None:
+            raise ConfigurationError("a password was given without a user name")
+        try:
+            self.from_address: str = check_address(from_address)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid from address: {exc}") from None
+        self.host = host
+        self.tls: TLSMode = tls
+        if port is None:
+            port = 465 if tls == "implicit" else 587 if tls == "starttls" else 25
+        self.port: int = port
+        self.username = username
+        self._password: SecretStr | None = (
+            password if isinstance(password, SecretStr) or password is None else SecretStr(password)
+        )
+        self.verify = verify
+        self.cafile: str | None = os.fspath(cafile) if cafile is not None else None
+        self._given_context = ssl_context
+        self.timeout = float(timeout)
+        self.pool_size = pool_size
+        self.max_per_connection = max_per_connection
+        self.local_hostname = local_hostname
+
+        self._ssl_context: ssl.SSLContext | None = None
+        self._ehlo_name: str | None = local_hostname
+        self._slots = asyncio.Semaphore(pool_size)
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._opened = False
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
+        """Build a sender from an ``smtp://`` or ``smtps://`` URL (see the module docstring).
+
+        Raises:
+            ConfigurationError: wrong scheme, missing host or ``from``, an
+                unknown or repeated option, or an invalid value.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("smtp", "smtps"):
+            raise ConfigurationError(f"not an smtp:// or smtps:// URL (scheme {parts.scheme!r})")
+        if not parts.hostname:
+            raise ConfigurationError("the SMTP URL has no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError("the SMTP URL has an invalid port") from None
+        if parts.path not in ("", "/"):
+            raise ConfigurationError(f"the SMTP URL must not have a path (found {parts.path!r})")
+        options: dict[str, str] = {}
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name not in _OPTIONS:
+                raise ConfigurationError(
+                    f"unknown option {name!r} in SMTP URL (known: {', '.join(sorted(_OPTIONS))})"
+                )
+            if name in options:
+                raise ConfigurationError(f"option {name!r} is given twice in SMTP URL")
+            options[name] = value
+        if not options.get("from"):
+            raise ConfigurationError("the SMTP URL needs a from= option (the sender's address)")
+
+        tls: TLSMode
+        starttls = options.get("starttls", "auto").strip().lower()
+        if scheme == "smtps":
+            if "starttls" in options and starttls not in ("false", "0", "no", "off"):
+                raise ConfigurationError("starttls cannot be used with smtps:// (TLS is implicit)")
+            tls = "implicit"
+        elif starttls == "auto":
+            tls = "auto"
+        else:
+            tls = "starttls" if _parse_bool("starttls", starttls) else "none"
+
+        cafile = options.get("cafile")
+        if cafile is not None and not os.path.isfile(cafile):
+            raise ConfigurationError(f"cafile {cafile!r} is not a readable file")
+        username = unquote(parts.username) if parts.username is not None else None
+        password = unquote(parts.password) if parts.password is not None else None
+        return cls(
+            host=parts.hostname,
+            port=port,
+            from_address=options["from"],
+            username=username or None,
+            password=password if username else None,
+            tls=tls,
+            verify=_parse_bool("verify", options.get("verify", "true")),
+            cafile=cafile,
+            timeout=_parse_number("timeout", options.get("timeout", "30"), float),
+            pool_size=int(_parse_number("pool", options.get("pool", "4"), int)),
+            max_per_connection=int(
+                _parse_number("max_per_connection", options.get("max_per_connection", "100"), int)
+            ),
+            local_hostname=options.get("name"),
+        )
+
+    def __repr__(self) -> str:
+        user = f", username={self.username!r}" if self.username else ""
+        return (
+            f"{type(self).__name__}(host={self.host!r}, port={self.port}, tls={self.tls!r}"
+            f"{user}, from_address={self.from_address!r}, pool_size={self.pool_size})"
+        )
+
+    __str__ = __repr__
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Prepare the TLS context and EHLO name; connections open on first use.
+
+        Raises:
+            ConfigurationError: the CA file cannot be loaded.
+        """
+        if self._opened and not self._closed:
+            return
+        if self.tls != "none" and self._ssl_context is None:
+            try:
+                self._ssl_context = self._given_context or await asyncio.to_thread(self._build_ssl_context)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(f"cannot load TLS settings: {exc}") from None
+        if self._ehlo_name is None:
+            name = await asyncio.to_thread(socket.getfqdn)
+            valid = name and not any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+            self._ehlo_name = name if valid else "localhost"
+        self._opened = True
+        self._closed = False
+
+    def _build_ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.cafile)
+        if not self.verify:
+            log.warning("TLS certificate verification is disabled for SMTP server %s", self.host)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def close(self) -> None:
+        """Close idle connections (QUIT) and make busy ones close when released. Idempotent."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._quit(conn) for conn in idle))
+
+    # --- sending --------------------------------------------------------------
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Deliver ``message`` to every recipient the server accepts.
+
+        Returns:
+            one reply per distinct envelope recipient: the DATA reply for
+            those delivered, the RCPT reply for those refused. When a later
+            transaction (after a 452) fails, the recipients of the earlier
+            ones stay reported as delivered and the rest carry the failure's
+            code (451 when there was no reply).
+
+        Raises:
+            TransientDeliveryError: connect/TLS/AUTH failure, 4xx on MAIL or
+                DATA, connection lost before the final dot.
+            DeliveryTimeoutError: a timeout before the final dot.
+            PermanentDeliveryError: 5xx on MAIL FROM or DATA, or an envelope
+                sender that cannot be written on the MAIL line.
+            UnknownDeliveryError: connection lost or timed out after the
+                final dot (also when that happens in a later transaction).
+            RuntimeError: the sender was not opened.
+        """
+        if not self._opened or self._closed:
+            raise RuntimeError("SMTPSender is not open; call open() or use 'async with'")
+        problem = _envelope_problem(message.envelope_from)
+        if problem is not None:
+            raise PermanentDeliveryError(f"invalid envelope sender {message.envelope_from!r}: {problem}", 553)
+        order = list(dict.fromkeys(message.recipients))
+        replies: dict[str, RecipientReply] = {}
+        pending: list[str] = []
+        for rcpt in order:
+            problem = _envelope_problem(rcpt)
+            if problem is None:
+                pending.append(rcpt)
+            else:
+                replies[rcpt] = RecipientReply(553, f"5.1.3 not sent: {problem}")
+        payload = _dot_stuffed(message.data) if pending else b""
+        delivered = False
+        while pending:
+            try:
+                pending, sent = await self._deliver_batch(message, payload, pending, replies)
+            except DeliveryError as exc:
+                if not delivered or isinstance(exc, UnknownDeliveryError):
+                    raise
+                code = exc.code if exc.code is not None and 400 <= exc.code < 600 else 451
+                failure = RecipientReply(code, exc.reply)
+                for rcpt in pending:
+                    replies.setdefault(rcpt, failure)
+                break
+            delivered = delivered or sent
+        return SendResult({rcpt: replies[rcpt] for rcpt in order})
+
+    async def _deliver_batch(
+        self,
+        message: OutgoingMessage,
+        payload: bytes,
+        recipients: list[str],
+        replies: dict[str, RecipientReply],
+    ) -> tuple[list[str], bool]:
+        """One transaction on a pooled connection; returns (deferred recipients, DATA done)."""
+        async with self._slots:
+            conn = await self._checkout()
+            try:
+                try:
+                    result = await self._transaction(conn, message, payload, recipients, replies)
+                except _StaleConnection:
+                    log.debug("pooled SMTP connection to %s was dead; retrying on a new one", self.host)
+                    self._discard(conn)
+                    conn = await self._connect()
+                    self._busy.add(conn)
+                    result = await self._transaction(conn, message, payload, recipients, replies)
+            except BaseException:
+                self._discard(conn)
+                raise
+            await self._checkin(conn)
+            return result
+
+    async def _transaction(
+        self,
+        conn: _Connection,
+        message: OutgoingMessage,
+        payload: bytes,
+        recipients: list[str],
+        replies: dict[str, RecipientReply],
+    ) -> tuple[list[str], bool]:
+        smtp = conn.smtp
+        stage = _Stage.MAIL
+        try:
+            options = []
+            if smtp.supports_extension("size"):
+                options.append(f"SIZE={len(payload) + 3}")
+            if not payload.isascii() and smtp.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            reused = conn.transactions > 0
+            try:
+                await smtp.mail(message.envelope_from, options=options, timeout=self.timeout)
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException) as exc:
+                stale = isinstance(exc, aiosmtplib.SMTPServerDisconnected) or exc.code == 421
+                if reused and stale:
+                    raise _StaleConnection from exc
+                raise
+            conn.transactions += 1
+
+            stage = _Stage.RCPT
+            accepted: list[str] = []
+            deferred: list[str] = []
+            for index, rcpt in enumerate(recipients):
+                try:
+                    await smtp.rcpt(rcpt, timeout=self.timeout)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    if exc.code == 421:  # the server is closing the connection
+                        raise
+                    if exc.code == 452 and accepted:
+                        deferred = recipients[index:]
+                        break
+                    replies[rcpt] = RecipientReply(exc.code, exc.message)
+                else:
+                    accepted.append(rcpt)
+            if not accepted:
+                await self._reset(conn)
+                return deferred, False
+
+            stage = _Stage.DATA
+            response = await smtp.execute_command(b"DATA", timeout=self.timeout)
+            if response.code != 354:
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
+            stage = _Stage.BODY
+            response = await self._write_data(smtp, payload)
+            stage = _Stage.END
+            if response.code != 250:
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
+        except _FinalDotWritten as lost:
+            cause = lost.cause
+            raise UnknownDeliveryError(
+                f"no reply after the final dot of DATA: the server may have accepted the message "
+                f"({type(cause).__name__}: {cause})"
+            ) from cause
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
+            raise _translate(exc, stage) from exc
+        for rcpt in accepted:
+            replies[rcpt] = RecipientReply(response.code, response.message)
+        return deferred, True
+
+    async def _write_data(self, smtp: aiosmtplib.SMTP, payload: bytes) -> aiosmtplib.SMTPResponse:
+        """Write the message and the final dot; return the server's reply to it.
+
+        Failures before ``.\\r\\n`` was written propagate as they are; failures
+        after it are wrapped in :class:`_FinalDotWritten`.
+        """
+        protocol = smtp.protocol
+        transport = cast("asyncio.WriteTransport | None", smtp.transport)
+        if protocol is None or transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the message data")
+        protocol.write(payload)
+        await self._flush(smtp, transport)
+        protocol.write(b".\r\n")
+        # No await between the write and read_response: the reply must find a reader waiting.
+        try:
+            return await protocol.read_response(timeout=self.timeout)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise _FinalDotWritten(exc) from exc
+
+    async def _flush(self, smtp: aiosmtplib.SMTP, transport: asyncio.WriteTransport) -> None:
+        """Wait until the transport has handed all written data to the OS.
+
+        Raises SMTPServerDisconnected if the connection is lost meanwhile, and
+        SMTPTimeoutError if no byte leaves the buffer for ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        remaining = transport.get_write_buffer_size()
+        deadline = loop.time() + self.timeout
+        while True:
+            if not smtp.is_connected:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost while sending the message data")
+            size = transport.get_write_buffer_size()
+            if size == 0:
+                return
+            if size < remaining:
+                remaining, deadline = size, loop.time() + self.timeout
+            elif loop.time() >= deadline:
+                raise aiosmtplib.SMTPTimeoutError("timed out sending the message data")
+            await asyncio.sleep(_POLL_INTERVAL)
+
+    async def _reset(self, conn: _Connection) -> None:
+        """RSET after a transaction without DATA; a failure only retires the connection."""
+        try:
+            await conn.smtp.rset(timeout=self.timeout)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            conn.smtp.close()
+
+    # --- the pool -------------------------------------------------------------
+
+    async def _checkout(self) -> _Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.smtp.is_connected:
+                self._busy.add(conn)
+                return conn
+            conn.smtp.close()
+        conn = await self._connect()
+        self._busy.add(conn)
+        return conn
+
+    async def _checkin(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        if self._closed or conn.transactions >= self.max_per_connection:
+            await self._quit(conn)
+        elif conn.smtp.is_connected:
+            self._idle.append(conn)
+        else:
+            conn.smtp.close()
+
+    def _discard(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        conn.smtp.close()
+
+    async def _quit(self, conn: _Connection) -> None:
+        try:
+            if conn.smtp.is_connected:
+                await conn.smtp.quit(timeout=min(self.timeout, 5.0))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            conn.smtp.close()
+
+    async def _connect(self) -> _Connection:
+        """Open, secure, greet and authenticate a new connection.
+
+        Raises:
+            TransientDeliveryError: (or DeliveryTimeoutError) on any failure.
+        """
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self._ehlo_name,
+            timeout=self.timeout,
+            use_tls=self.tls == "implicit",
+            start_tls={"auto": None, "starttls": True}.get(self.tls, False),
+            tls_context=self._ssl_context,
+        )
+        try:
+            await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await smtp.helo()
+            if self.username is not None:
+                if self.tls == "auto" and smtp.get_transport_info("sslcontext") is None:
+                    raise TransientDeliveryError(
+                        f"{self.host} did not offer STARTTLS; refusing to send credentials unencrypted "
+                        "(use starttls=false to allow it)"
+                    )
+                password = self._password.get_secret_value() if self._password is not None else ""
+                await smtp.login(self.username, password, timeout=self.timeout)
+        except DeliveryError:
+            smtp.close()
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
+            smtp.close()
+            raise _translate(exc, _Stage.CONNECT) from exc
+        except BaseException:
+            smtp.close()
+            raise
+        log.debug("opened SMTP connection to %s:%s", self.host, self.port)
+        return _Connection(smtp)

@@ -1,0 +1,355 @@
+"""The application's handle on mailqueue: submit, look up, re-send.
+
+::
+
+    async with MailQueue.from_settings() as mq:
+        record = await mq.submit(
+            Mail(subject="Invoice", html="<p>Attached.</p>", to=[Recipient(address="a@example.com")]),
+            [Attachment("invoice.pdf", Path("invoice.pdf"), "application/pdf")],
+        )
+        print(record.id, record.status)
+
+``submit`` returns only once the mail is recorded in the Store and the queue
+has durably accepted it: from then on it is delivered, or ends ``failed`` or
+``dead`` in the Store, never silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from mailqueue.envelope import encode_envelope
+from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreError, ValidationError
+from mailqueue.message import Attachment, AttachmentRef, Mail
+from mailqueue.mime import make_message_id
+from mailqueue.protocols import AttachmentStore, BackendContext, Queue, Store
+from mailqueue.records import MailRecord, RecipientOutcome, RecipientState, RecordQuery, RecordUpdate, Status
+from mailqueue.settings import Settings, load_settings
+
+__all__ = ["MailQueue"]
+
+logger = logging.getLogger("mailqueue.client")
+
+_CHUNK = 256 * 1024
+#: Statuses ``resend`` picks when none are named.
+RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
+
+
+async def _chunks(
+    content: bytes | Path | BinaryIO | AsyncIterable[bytes] | Iterable[bytes],
+) -> AsyncIterator[bytes]:
+    if isinstance(content, bytes | bytearray | memoryview):
+        data = bytes(content)
+        for start in range(0, len(data), _CHUNK):
+            yield data[start : start + _CHUNK]
+    elif isinstance(content, Path):
+        with content.open("rb") as fh:
+            while chunk := await asyncio.to_thread(fh.read, _CHUNK):
+                yield chunk
+    elif isinstance(content, io.IOBase) or hasattr(content, "read"):
+        reader: BinaryIO = content  # type: ignore[assignment]
+        while chunk := await asyncio.to_thread(reader.read, _CHUNK):
+            yield chunk
+    elif isinstance(content, AsyncIterable):
+        async for chunk in content:
+            yield chunk
+    else:
+        for chunk in content:
+            yield chunk
+
+
+class MailQueue:
+    """Submit mail, see its state, re-send it.
+
+    Open it (``async with`` or :meth:`open`) before use: that connects the
+    Store, the AttachmentStore and the Queue, in that order.
+
+    Args:
+        store: the record of every mail.
+        queue: where accepted mails wait for a worker.
+        attachments: where attachment bytes are kept.
+        message_id_domain: right-hand side of generated Message-IDs.
+        max_attachment_bytes: largest attachment :meth:`submit` accepts.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        queue: Queue,
+        attachments: AttachmentStore,
+        message_id_domain: str = "mailqueue.local",
+        max_attachment_bytes: int | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.attachments = attachments
+        self.message_id_domain = message_id_domain
+        self.max_attachment_bytes = max_attachment_bytes
+        self._opened: list[Store | Queue | AttachmentStore] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> MailQueue:
+        """Build (not open) a MailQueue from settings (default: :func:`load_settings`)."""
+        from mailqueue import registry
+
+        settings = settings or load_settings()
+        store = registry.create_store(settings.store.get_secret_value())
+        context = BackendContext(store=store)
+        return cls(
+            store=store,
+            queue=registry.create_queue(settings.queue.get_secret_value(), context=context),
+            attachments=registry.create_attachment_store(
+                settings.attachments.get_secret_value(), context=context
+            ),
+            message_id_domain=settings.message_id_domain or _domain_from_sender(settings),
+            max_attachment_bytes=settings.api.max_attachment_bytes,
+        )
+
+    @classmethod
+    def from_urls(
+        cls, *, store: str, queue: str, attachments: str, message_id_domain: str = "mailqueue.local"
+    ) -> MailQueue:
+        """Build (not open) a MailQueue from backend URLs."""
+        from mailqueue import registry
+
+        store_backend = registry.create_store(store)
+        context = BackendContext(store=store_backend)
+        return cls(
+            store=store_backend,
+            queue=registry.create_queue(queue, context=context),
+            attachments=registry.create_attachment_store(attachments, context=context),
+            message_id_domain=message_id_domain,
+        )
+
+    async def open(self) -> None:
+        """Open the Store, then the AttachmentStore and the Queue (which may use the Store)."""
+        for backend in (self.store, self.attachments, self.queue):
+            if backend in self._opened:
+                continue
+            try:
+                await backend.open()
+            except BaseException:
+                await self.close()
+                raise
+            self._opened.append(backend)
+
+    async def close(self) -> None:
+        """Close what :meth:`open` opened, in reverse order."""
+        while self._opened:
+            backend = self._opened.pop()
+            try:
+                await backend.close()
+            except Exception:
+                logger.exception("closing %s failed", type(backend).__name__)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def store_attachment(
+        self, attachment: Attachment, *, max_bytes: int | None = None
+    ) -> AttachmentRef:
+        """Stream one attachment into the AttachmentStore and return its reference.
+
+        Raises:
+            AttachmentTooLargeError: over ``max_bytes`` (default: the instance's limit); nothing kept.
+            ValidationError: bad file name or content type; nothing kept.
+        """
+        limit = max_bytes if max_bytes is not None else self.max_attachment_bytes
+        stored = await self.attachments.put(_chunks(attachment.content), max_bytes=limit)
+        try:
+            return AttachmentRef(
+                key=stored.key,
+                filename=attachment.filename,
+                content_type=attachment.content_type,
+                size=stored.size,
+                sha256=stored.sha256,
+            )
+        except ValidationError as exc:
+            await self.attachments.delete(stored.key)
+            raise ValidationError([(f"attachment.{field}", reason) for field, reason in exc.errors]) from None
+
+    async def find_by_idempotency_key(self, key: str) -> MailRecord | None:
+        """The record submitted with this idempotency key, if any."""
+        found = await self.store.find(RecordQuery(idempotency_key=key, include_deleted=True, limit=1))
+        return found[0] if found else None
+
+    async def submit(
+        self,
+        mail: Mail,
+        attachments: Sequence[Attachment] = (),
+        *,
+        idempotency_key: str | None = None,
+    ) -> MailRecord:
+        """Accept a mail: store its attachments, record it, queue it.
+
+        Attachments already in ``mail.attachments`` (stored earlier with
+        :meth:`store_attachment`) are kept; those in ``attachments`` are
+        streamed in now. If the mail's idempotency key was seen before, the
+        existing record is returned and nothing new is stored or sent.
+
+        Returns:
+            The Store's record (status ``queued`` for a new mail).
+
+        Raises:
+            ValidationError: bad input; nothing kept.
+            AttachmentError: an attachment could not be stored; nothing kept.
+            StoreError: the record could not be written; nothing kept.
+            QueueError: the queue did not confirm. The record exists (``queued``)
+                and will be re-published by the sweeper; tell the caller it failed.
+        """
+        key = idempotency_key or mail.idempotency_key
+        if key is not None:
+            existing = await self.find_by_idempotency_key(key)
+            if existing is not None:
+                return existing
+        stored: list[AttachmentRef] = []
+        try:
+            for attachment in attachments:
+                stored.append(await self.store_attachment(attachment))
+            update: dict[str, object] = {"attachments": mail.attachments + tuple(stored)}
+            if key is not None:
+                update["idempotency_key"] = key
+            if mail.message_id is None:
+                update["message_id"] = make_message_id(mail.id, self.message_id_domain)
+            if len(update["attachments"]) > 100:  # type: ignore[arg-type]
+                raise ValidationError([("attachments", "at most 100 attachments are allowed")])
+            mail = mail.model_copy(update=update)
+            record = await self.store.add(MailRecord.new(mail))
+        except BaseException:
+            await self._discard(stored)
+            raise
+        if record.id != mail.id:
+            # Another submit with the same idempotency key won the race.
+            await self._discard(stored)
+            return record
+        await self.publish(mail)
+        return record
+
+    async def publish(self, mail: Mail) -> None:
+        """Put a recorded mail on the queue.
+
+        Raises:
+            QueueError: the queue did not confirm.
+        """
+        try:
+            await self.queue.publish(mail.id, encode_envelope(mail))
+        except QueueError:
+            raise
+        except BackendError as exc:
+            raise QueueError(str(exc)) from exc
+
+    async def status(self, mail_id: str) -> MailRecord | None:
+        """The record of a mail, with its attempt history, or ``None``."""
+        return await self.store.get(mail_id)
+
+    async def select(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        statuses: Iterable[Status] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[MailRecord]:
+        """Every record matching the criteria, newest first, read page by page."""
+        status_set = frozenset(statuses) if statuses is not None else None
+        cursor: str | None = None
+        while True:
+            page = await self.store.find(
+                RecordQuery(
+                    ids=tuple(ids) if ids is not None else None,
+                    statuses=status_set,
+                    since=since,
+                    until=until,
+                    before_id=cursor,
+                    limit=page_size,
+                )
+            )
+            for record in page:
+                yield record
+            if len(page) < page_size:
+                return
+            cursor = page[-1].id
+
+    async def resend(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        statuses: Iterable[Status] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        dry_run: bool = False,
+        progress: Callable[[MailRecord], None] | None = None,
+    ) -> list[MailRecord]:
+        """Queue mails again, keeping their Message-ID.
+
+        Without ``ids``, picks ``failed`` and ``dead`` mails (or ``statuses``).
+        Recipients already delivered are not sent again, except for a mail
+        that is ``sent`` as a whole and was asked for explicitly (by id or
+        status): then every recipient gets it again.
+
+        Returns:
+            The records selected (with ``dry_run``, nothing is changed).
+        """
+        chosen = frozenset(statuses) if statuses is not None else (None if ids else RESEND_DEFAULT)
+        selected: list[MailRecord] = []
+        async for record in self.select(ids=ids, statuses=chosen, since=since, until=until):
+            if record.is_deleted:
+                continue
+            selected.append(record)
+            if not dry_run:
+                await self._requeue(record)
+            if progress is not None:
+                progress(record)
+        return selected
+
+    async def _requeue(self, record: MailRecord) -> None:
+        if record.status is Status.SENT:
+            recipients = tuple(RecipientOutcome(r.address) for r in record.recipients)
+        else:
+            recipients = tuple(
+                r if r.state is RecipientState.SENT else RecipientOutcome(r.address)
+                for r in record.recipients
+            )
+        changed = await self.store.update(
+            record.id,
+            RecordUpdate(
+                status=Status.QUEUED,
+                recipients=recipients,
+                next_attempt_at=None,
+                expect=frozenset({record.status}),
+            ),
+        )
+        if not changed:
+            raise StoreError(f"mail {record.id} changed while being re-sent; nothing was queued for it")
+        await self.publish(record.mail)
+
+    async def _discard(self, refs: Sequence[AttachmentRef]) -> None:
+        for ref in refs:
+            try:
+                await self.attachments.delete(ref.key)
+            except AttachmentError:
+                logger.warning("could not delete attachment key=%s after a failed submit", ref.key)
+
+
+def _domain_from_sender(settings: Settings) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(settings.sender.get_secret_value()).query)
+    address = (query.get("from") or [""])[0]
+    _, _, domain = address.rpartition("@")
+    return domain or "mailqueue.local"

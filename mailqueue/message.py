@@ -1,0 +1,365 @@
+"""The message model: what an application asks mailqueue to send.
+
+Every model validates on construction and raises
+:class:`mailqueue.errors.ValidationError` naming the field and the reason.
+The rules are those of the original service (subject 1-255 characters, body
+1-65535, sender name up to 50, names count equal to addresses count) plus the
+bad-input guarantees of mailqueue: no control characters in anything that
+ends up in a header, addresses checked by ``email-validator``, a bounded
+number of recipients, display-only attachment names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import unicodedata
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, Self
+
+import email_validator
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mailqueue.errors import ValidationError
+
+__all__ = [
+    "MAX_RECIPIENTS",
+    "Attachment",
+    "AttachmentRef",
+    "Mail",
+    "Recipient",
+    "new_id",
+    "parse_recipients",
+    "sanitize_filename",
+]
+
+#: Most recipients (to + cc + bcc) one mail may have.
+MAX_RECIPIENTS = 100
+#: Longest display name kept for an attachment, in characters.
+MAX_FILENAME_CHARS = 150
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_CONTENT_TYPE_RE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
+)
+_MESSAGE_ID_RE = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,200}@[A-Za-z0-9.-]{1,253}>$")
+# U+2028/U+2029 are line breaks to some parsers; Cc covers C0, DEL and C1.
+_LINE_SEPARATORS = frozenset("\u2028\u2029")
+
+
+def new_id() -> str:
+    """Return a new public message id: 32 lowercase hex digits, time-ordered.
+
+    The first 12 digits are the milliseconds since the epoch, so ids sort by
+    creation time (handy for keyset pagination); the other 20 are random.
+    """
+    millis = time.time_ns() // 1_000_000
+    return f"{millis:012x}{os.urandom(10).hex()}"
+
+
+def check_header_text(value: str) -> str:
+    """Refuse text that cannot safely go into a header.
+
+    Raises:
+        ValueError: on control characters (CR, LF, NUL, TAB, DEL, C1),
+            Unicode line separators or lone surrogates.
+    """
+    for char in value:
+        if char in _LINE_SEPARATORS or unicodedata.category(char) in ("Cc", "Cs"):
+            raise ValueError(f"must not contain control characters (found U+{ord(char):04X})")
+    return value
+
+
+def check_body_text(value: str) -> str:
+    """Refuse body text that SMTP cannot carry: NUL and other C0 controls
+    except TAB, CR and LF, and lone surrogates."""
+    for char in value:
+        code = ord(char)
+        if (code < 0x20 and char not in "\t\r\n") or 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"must not contain control characters (found U+{code:04X})")
+    return value
+
+
+def check_address(value: str) -> str:
+    """Validate one e-mail address with ``email-validator`` and return its
+    ASCII form (internationalized domains become punycode).
+
+    Raises:
+        ValueError: the address is not a deliverable-looking mailbox.
+    """
+    check_header_text(value)
+    if len(value) > 254:
+        raise ValueError("address is longer than 254 characters")
+    try:
+        result = email_validator.validate_email(
+            value.strip(), check_deliverability=False, allow_smtputf8=False
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"invalid address {value!r}: {exc}") from None
+    address: str = result.ascii_email or result.normalized
+    return address
+
+
+def sanitize_filename(name: str) -> str:
+    """Turn a client's file name into a safe display name.
+
+    The name is display-only (storage keys are generated), so path parts are
+    dropped and it is shortened to :data:`MAX_FILENAME_CHARS` characters,
+    keeping the extension; an empty result becomes ``"attachment"``.
+
+    Raises:
+        ValueError: the name contains control characters.
+    """
+    check_header_text(name)
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1].strip().lstrip(".").strip()
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1] + "." + ext
+        else:
+            name = name[:MAX_FILENAME_CHARS]
+    return name or "attachment"
+
+
+def _join_field(prefix: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{prefix}[{part}]"
+    return f"{prefix}.{part}" if prefix else part
+
+
+def _pydantic_to_ours(exc: pydantic.ValidationError) -> ValidationError:
+    errors = exc.errors(include_url=False)
+    locs = [tuple(err["loc"]) for err in errors]
+    problems: list[tuple[str, str]] = []
+    for err, loc in zip(errors, locs, strict=True):
+        # A container reported "too short" only because an item inside it
+        # failed: the item's own error says it better.
+        if err["type"] == "too_short" and any(o[: len(loc)] == loc and len(o) > len(loc) for o in locs):
+            continue
+        field = ""
+        for part in loc:
+            field = _join_field(field, part)
+        nested = (err.get("ctx") or {}).get("error")
+        if isinstance(nested, ValidationError):
+            # a nested model with our own constructor already named its fields
+            problems.extend((_join_field(field, sub), reason) for sub, reason in nested.errors)
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append((field or "mail", message))
+    return ValidationError(problems)
+
+
+class _Model(BaseModel):
+    """Frozen pydantic model whose constructor raises mailqueue's ValidationError."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise _pydantic_to_ours(exc) from None
+
+    @classmethod
+    def parse(cls, data: Any) -> Self:
+        """Validate a mapping (e.g. decoded JSON) into this model.
+
+        Raises:
+            ValidationError: naming each bad field.
+        """
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise _pydantic_to_ours(exc) from None
+
+
+class Recipient(_Model):
+    """One mailbox: an address and an optional display name."""
+
+    address: str
+    name: str = Field(default="", max_length=255)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_header_text(value).strip()
+
+
+class AttachmentRef(_Model):
+    """A stored attachment, as a mail refers to it.
+
+    ``key`` is the AttachmentStore's generated key; ``filename`` is for
+    display only and is sanitized on construction.
+    """
+
+    key: str
+    filename: str
+    content_type: str = "application/octet-stream"
+    size: int = Field(ge=0)
+    sha256: str
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not _KEY_RE.fullmatch(value):
+            raise ValueError("must be a storage key of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("filename")
+    @classmethod
+    def _filename(cls, value: str) -> str:
+        return sanitize_filename(value)
+
+    @field_validator("content_type")
+    @classmethod
+    def _content_type(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _CONTENT_TYPE_RE.fullmatch(value):
+            raise ValueError("must be a MIME type such as 'application/pdf'")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str) -> str:
+        if not _SHA256_RE.fullmatch(value):
+            raise ValueError("must be 64 lowercase hex digits")
+        return value
+
+
+class Mail(_Model):
+    """A mail to send.
+
+    ``id`` is mailqueue's public id; ``message_id`` the RFC 5322 Message-ID,
+    fixed once when the mail is accepted and reused on every attempt so that
+    receivers can recognise a repeat. Both are generated when not given
+    (``message_id`` by :meth:`MailQueue.submit`, from the configured domain).
+
+    Raises:
+        ValidationError: on construction, naming each bad field.
+    """
+
+    #: The original service's limits, kept for its clients.
+    SUBJECT_MAX: ClassVar[int] = 255
+    BODY_MAX: ClassVar[int] = 65535
+    SENDER_NAME_MAX: ClassVar[int] = 50
+
+    id: str = Field(default_factory=new_id, pattern=r"^[0-9a-z][0-9a-z_-]{0,63}$")
+    message_id: str | None = None
+    subject: str = Field(min_length=1, max_length=255)
+    html: str = Field(min_length=1, max_length=65535)
+    text: str | None = Field(default=None, max_length=65535)
+    sender_name: str = Field(default="", max_length=50)
+    to: tuple[Recipient, ...] = Field(min_length=1)
+    cc: tuple[Recipient, ...] = ()
+    bcc: tuple[Recipient, ...] = ()
+    reply_to: tuple[Recipient, ...] = ()
+    attachments: tuple[AttachmentRef, ...] = Field(default=(), max_length=100)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("subject", "sender_name")
+    @classmethod
+    def _header_text(cls, value: str) -> str:
+        return check_header_text(value)
+
+    @field_validator("html", "text")
+    @classmethod
+    def _body(cls, value: str | None) -> str | None:
+        return None if value is None else check_body_text(value)
+
+    @field_validator("message_id")
+    @classmethod
+    def _message_id(cls, value: str | None) -> str | None:
+        if value is not None and not _MESSAGE_ID_RE.fullmatch(value):
+            raise ValueError("must look like <local@domain> in printable ASCII")
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _idempotency_key(cls, value: str | None) -> str | None:
+        if value is not None and not all(0x21 <= ord(c) <= 0x7E for c in value):
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_at(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _recipient_count(self) -> Self:
+        if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients (to + cc + bcc) are allowed")
+        return self
+
+    @property
+    def recipients(self) -> tuple[Recipient, ...]:
+        """Every envelope recipient: to, then cc, then bcc."""
+        return self.to + self.cc + self.bcc
+
+
+def parse_recipients(receiver: str, receiver_name: str = "") -> tuple[Recipient, ...]:
+    """Parse the original service's comma-separated ``receiver`` and
+    ``receiver_name`` fields.
+
+    Raises:
+        ValidationError: with field ``receiver`` or ``receiver_name``, using
+            the original's rules (1-2000 characters, every address valid,
+            as many names as addresses when names are given).
+    """
+    if not receiver.strip():
+        raise ValidationError([("receiver", "receiver list is empty")])
+    if len(receiver) > 2000:
+        raise ValidationError([("receiver", "must be at most 2000 characters")])
+    addresses = [part.strip() for part in receiver.split(",")]
+    if any(not part for part in addresses):
+        raise ValidationError([("receiver", "receiver list has an empty entry")])
+    names = [part.strip() for part in receiver_name.split(",")] if receiver_name.strip() else []
+    if names and len(names) != len(addresses):
+        raise ValidationError(
+            [
+                (
+                    "receiver_name",
+                    f"has {len(names)} names for {len(addresses)} receivers; the counts must be equal",
+                )
+            ]
+        )
+    if len(addresses) > MAX_RECIPIENTS:
+        raise ValidationError([("receiver", f"at most {MAX_RECIPIENTS} receivers are allowed")])
+    result = []
+    for index, address in enumerate(addresses):
+        name = names[index] if names else ""
+        try:
+            address = check_address(address)
+        except ValueError as exc:
+            raise ValidationError([("receiver", f"receiver contains an invalid address: {exc}")]) from None
+        try:
+            result.append(Recipient(address=address, name=name))
+        except ValidationError as exc:
+            raise ValidationError([("receiver_name", exc.reason)]) from None
+    return tuple(result)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file to attach, handed to :meth:`MailQueue.submit`.
+
+    ``content`` is bytes, a path, a binary file object or an async iterable of
+    byte chunks (streamed into the AttachmentStore, never held whole).
+    """
+
+    filename: str
+    content: bytes | Path | BinaryIO | AsyncIterable[bytes] | Iterable[bytes]
+    content_type: str = "application/octet-stream"

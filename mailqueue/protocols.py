@@ -1,0 +1,293 @@
+"""The four contracts every backend implements: Queue, Sender, Store and
+AttachmentStore.
+
+Backends move bytes and acknowledge; the core (client and worker) owns the
+semantics: retry and backoff, dedup, dead-letter policy, rendering, limits.
+Every backend is an async context manager: ``open()`` connects (and creates
+what it needs), ``close()`` releases everything and is safe to call twice.
+Driver exceptions never escape a backend; they are translated into
+:mod:`mailqueue.errors`.
+
+A backend is built by a factory registered under an entry-point group (see
+:mod:`mailqueue.registry`), called as ``factory(url, context=BackendContext)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+
+if TYPE_CHECKING:
+    from mailqueue.records import MailRecord, RecordQuery, RecordUpdate
+
+__all__ = [
+    "AttachmentStore",
+    "BackendContext",
+    "Consumer",
+    "Delivery",
+    "OutgoingMessage",
+    "Queue",
+    "QueueCapabilities",
+    "RecipientReply",
+    "Resource",
+    "SendResult",
+    "Sender",
+    "Store",
+    "StoredAttachment",
+]
+
+
+@runtime_checkable
+class Resource(Protocol):
+    """Something that is opened before use and closed after."""
+
+    async def open(self) -> None:
+        """Connect and prepare; raise a :class:`~mailqueue.errors.BackendError` if unreachable."""
+
+    async def close(self) -> None:
+        """Release connections and tasks; idempotent."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class ResourceMixin:
+    """``async with`` support for classes that define ``open`` and ``close``."""
+
+    async def open(self) -> None:  # pragma: no cover - overridden
+        """Connect and prepare."""
+
+    async def close(self) -> None:  # pragma: no cover - overridden
+        """Release everything."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+# --- Queue ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCapabilities:
+    """What a queue backend can do beyond the contract's minimum.
+
+    Attributes:
+        delay: ``Delivery.retry(delay)`` makes the message reappear no
+            earlier than ``delay`` seconds later (without it the message may
+            come back sooner, and the worker waits out the rest).
+        shared: several processes (and machines) can publish and consume the
+            same queue; ``False`` for in-process queues.
+        depth: :meth:`Queue.depth` returns a number rather than ``None``.
+    """
+
+    delay: bool = True
+    shared: bool = True
+    depth: bool = False
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """One message handed out by :meth:`Queue.consume`.
+
+    Exactly one of ``ack``, ``retry``, ``dead`` or ``release`` is called once
+    the outcome is recorded; until then the message stays owned by this
+    consumer and is redelivered if the consumer dies.
+    """
+
+    @property
+    def key(self) -> str:
+        """The key it was published under (the mail id)."""
+
+    @property
+    def body(self) -> bytes:
+        """The payload exactly as published."""
+
+    @property
+    def redelivered(self) -> bool:
+        """True if this message may have been handed out before."""
+
+    async def ack(self) -> None:
+        """Done: remove the message for good."""
+
+    async def retry(self, delay: float) -> None:
+        """Hand the message back to be delivered again after ``delay`` seconds."""
+
+    async def dead(self, reason: str) -> None:
+        """Move the message to the dead-letter place, with a reason."""
+
+    async def release(self) -> None:
+        """Give the message back for immediate redelivery (shutdown, no outcome)."""
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """What :meth:`Queue.consume` returns: an async iterator of deliveries
+    that can be closed from any task (ending a pending ``__anext__``)."""
+
+    def __aiter__(self) -> Consumer: ...
+
+    async def __anext__(self) -> Delivery:
+        """The next delivery; waits for one. Raises StopAsyncIteration once closed."""
+
+    async def aclose(self) -> None:
+        """Stop consuming and give back deliveries fetched but not yet handed out."""
+
+
+@runtime_checkable
+class Queue(Resource, Protocol):
+    """A durable queue of mail ids and payloads, at-least-once."""
+
+    capabilities: QueueCapabilities
+
+    async def publish(self, key: str, body: bytes, *, delay: float = 0.0) -> None:
+        """Return only once the message is durably accepted; raise
+        :class:`~mailqueue.errors.QueueError` otherwise."""
+
+    def consume(self, *, prefetch: int) -> Consumer:
+        """Yield deliveries, at most ``prefetch`` unsettled at once, until closed."""
+
+    async def depth(self) -> int | None:
+        """Messages waiting (ready or delayed), or ``None`` if it cannot tell."""
+
+
+# --- Sender -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A rendered message and its SMTP envelope."""
+
+    mail_id: str
+    data: bytes
+    envelope_from: str
+    recipients: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientReply:
+    """The server's answer about one recipient."""
+
+    code: int
+    reply: str
+
+    @property
+    def accepted(self) -> bool:
+        """2xx: the server took responsibility for this recipient."""
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        """5xx: refused for good."""
+        return self.code >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Per-recipient replies of one delivery; every envelope recipient is present."""
+
+    replies: dict[str, RecipientReply] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> list[str]:
+        """Recipients the server accepted the message for."""
+        return [rcpt for rcpt, reply in self.replies.items() if reply.accepted]
+
+
+@runtime_checkable
+class Sender(Resource, Protocol):
+    """Hands rendered messages to a mail server (or a folder)."""
+
+    from_address: str
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Deliver to every recipient the server accepts and report each.
+
+        A recipient refused at RCPT (4xx or 5xx) appears in the result with
+        that reply and does not make the call raise. The call raises
+        :class:`~mailqueue.errors.TransientDeliveryError` (4xx on MAIL/DATA,
+        connection error, timeout before the final dot),
+        :class:`~mailqueue.errors.PermanentDeliveryError` (5xx on MAIL/DATA) or
+        :class:`~mailqueue.errors.UnknownDeliveryError` (lost after the final
+        dot).
+        """
+
+
+# --- Store ------------------------------------------------------------------
+
+
+@runtime_checkable
+class Store(Resource, Protocol):
+    """The record of every mail: the source of truth for status and dedup."""
+
+    async def add(self, record: MailRecord) -> MailRecord:
+        """Create the record and return it; if its mail's idempotency key is
+        already taken, create nothing and return the existing record."""
+
+    async def get(self, mail_id: str) -> MailRecord | None:
+        """The record with its attempt history, or ``None``."""
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        """Records matching ``query``, newest first, without history."""
+
+    async def update(self, mail_id: str, change: RecordUpdate) -> bool:
+        """Apply ``change`` atomically; ``False`` if the record is missing or
+        ``change.expect`` did not match its status."""
+
+    async def ping(self) -> None:
+        """Raise :class:`~mailqueue.errors.StoreError` if the store is unreachable."""
+
+
+# --- AttachmentStore --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    """What :meth:`AttachmentStore.put` stored."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@runtime_checkable
+class AttachmentStore(Resource, Protocol):
+    """Attachment bytes under generated keys."""
+
+    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> StoredAttachment:
+        """Stream ``chunks`` in under a new generated key. Over ``max_bytes``
+        raise :class:`~mailqueue.errors.AttachmentTooLargeError` and keep nothing."""
+
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        """Yield the bytes in chunks; raise
+        :class:`~mailqueue.errors.AttachmentNotFoundError` if missing."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the attachment; a missing key is not an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendContext:
+    """What a backend factory may use besides its URL.
+
+    ``store`` is the opened-or-not Store of the same deployment, so that the
+    ``sql`` queue and attachment store can share its database.
+    """
+
+    store: Store | None = None

@@ -1,0 +1,161 @@
+"""Settings: one YAML file plus ``MAILQUEUE_*`` environment variables.
+
+Environment variables win over the file; nested keys use ``__``
+(``MAILQUEUE_WORKER__CONCURRENCY=8``). Backends are chosen by URL. With no
+settings at all you get the embedded default: SQLite store and ``sql`` queue
+in ``./mailqueue.db``, attachments in ``./attachments``, ``.eml`` files in
+``./outbox``. URLs may hold passwords, so they are :class:`~pydantic.SecretStr`:
+printing the settings never shows them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from mailqueue.errors import ConfigurationError
+from mailqueue.limits import parse_rate
+
+__all__ = ["APISettings", "Settings", "WorkerSettings", "load_settings"]
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("mailqueue_config", default=None)
+
+
+class WorkerSettings(BaseModel):
+    """How a worker consumes and sends."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int = Field(default=8, ge=1, le=1000)
+    """Mails sent at the same time (the original's ``consumer``)."""
+    prefetch: int | None = Field(default=None, ge=1, le=10000)
+    """Deliveries held unsettled at once; default twice the concurrency."""
+    rate: str = ""
+    """Sending limits shared by the worker's sends, e.g. ``20/s;1000/h;500/d``; empty: none."""
+    max_attempts: int = Field(default=8, ge=1, le=1000)
+    retry_base: float = Field(default=30.0, gt=0)
+    """First retry delay in seconds; doubles each attempt, with jitter."""
+    retry_max: float = Field(default=3600.0, gt=0)
+    """Longest retry delay in seconds."""
+    max_age: float = Field(default=3 * 86400.0, gt=0)
+    """Seconds after acceptance when a mail stops being retried and ends ``dead``."""
+    missing_attachment: Literal["remark", "fail"] = "remark"
+    """``remark``: send without it and note ``Not Found: <name>`` (the original);
+    ``fail``: the mail ends ``failed``."""
+    delete_attachments: bool = True
+    """Delete a mail's attachments once it is sent."""
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    """On SIGTERM, seconds to let in-flight sends finish before releasing them."""
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        try:
+            parse_rate(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class APISettings(BaseModel):
+    """The HTTP service (see the Litestar app)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=0, le=65535)
+    tokens: list[SecretStr] = []
+    max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
+    max_attachments: int = Field(default=10, ge=0)
+    max_request_bytes: int = Field(default=35 * 1024 * 1024, ge=0)
+    max_recipients: int = Field(default=100, ge=1, le=100)
+
+
+class Settings(BaseSettings):
+    """Everything a mailqueue process needs. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILQUEUE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    queue: SecretStr = SecretStr("sql://")
+    store: SecretStr = SecretStr("sqlite+aiosqlite:///./mailqueue.db")
+    attachments: SecretStr = SecretStr("file://./attachments")
+    sender: SecretStr = SecretStr("outbox://./outbox")
+    message_id_domain: str | None = None
+    """Right-hand side of generated Message-IDs; default: the sender's From domain."""
+    worker: WorkerSettings = WorkerSettings()
+    api: APISettings = APISettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path, deep_merge=True))
+        return tuple(sources)
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``config`` (a YAML file, optional), then the environment.
+
+    Args:
+        config: path of a YAML file; ``None`` reads the environment only.
+        overrides: values that win over both (used by tests and the CLI).
+
+    Raises:
+        ConfigurationError: the file is missing or not YAML, or a value is invalid;
+            the message names the setting.
+    """
+    path = None
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigurationError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigurationError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigurationError(f"config file {str(path)!r} must hold a mapping of settings")
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # pydantic.ValidationError
+        raise ConfigurationError(f"invalid settings: {_describe(exc)}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

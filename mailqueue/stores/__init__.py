@@ -1,0 +1,1 @@
+"""stores package: imports nothing, so that importing mailqueue imports no driver."""

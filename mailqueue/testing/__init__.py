@@ -1,0 +1,1 @@
+"""testing package: imports nothing, so that importing mailqueue imports no driver."""

@@ -1,0 +1,420 @@
+"""The worker: consume, limit, render, send, record, then settle.
+
+For each delivery, in this order:
+
+1. decode the envelope (a payload that is not one goes to the dead-letter
+   place, as the original dropped invalid JSON);
+2. read the record: a mail the Store already marks ``sent``, ``failed``,
+   ``dead``, ``unknown`` or deleted is acknowledged without sending
+   (redelivery dedup);
+3. mark it ``sending`` (compare-and-set), take a rate-limit slot;
+4. load its attachments (missing ones: ``Not Found: <name>`` in the remark,
+   or ``failed`` if so configured), render it, send to the recipients still
+   pending;
+5. record the attempt and the outcome in the Store;
+6. only then settle the delivery: ack, retry after a backoff, or dead-letter.
+
+Shutdown (:meth:`Worker.stop`) stops taking deliveries, lets in-flight sends
+finish for ``shutdown_timeout`` seconds and releases the rest for
+redelivery: nothing is dead-lettered or lost by stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from datetime import datetime, timedelta
+from typing import Final
+
+from mailqueue.envelope import decode_envelope
+from mailqueue.errors import (
+    BackendError,
+    AttachmentNotFoundError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    UnknownDeliveryError,
+)
+from mailqueue.limits import RateLimiter
+from mailqueue.message import AttachmentRef, Mail
+from mailqueue.mime import render
+from mailqueue.protocols import AttachmentStore, Delivery, OutgoingMessage, Queue, Sender, SendResult, Store
+from mailqueue.records import (
+    Attempt,
+    MailRecord,
+    RecipientOutcome,
+    RecipientState,
+    RecordUpdate,
+    Status,
+    utcnow,
+)
+from mailqueue.settings import WorkerSettings
+
+__all__ = ["Worker", "backoff"]
+
+logger = logging.getLogger("mailqueue.worker")
+
+_CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
+_REMARK_MAX: Final = 100
+
+
+def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before retry number ``attempt`` (1-based): ``base * 2**(attempt-1)``,
+    capped at ``cap``, then a random amount between half and all of it."""
+    delay = min(cap, base * 2.0 ** min(attempt - 1, 62))
+    fraction = rng.random() if rng is not None else random.random()
+    return delay * (0.5 + 0.5 * fraction)
+
+
+class Worker:
+    """Delivers queued mail within a concurrency and rate limits.
+
+    Args:
+        queue: opened Queue to consume.
+        store: opened Store to record outcomes in.
+        attachments: opened AttachmentStore to read attachment bytes from.
+        sender: opened Sender.
+        settings: concurrency, limits, retry policy.
+        limiter: a rate limiter to share (default: one built from ``settings.rate``).
+    """
+
+    def __init__(
+        self,
+        *,
+        queue: Queue,
+        store: Store,
+        attachments: AttachmentStore,
+        sender: Sender,
+        settings: WorkerSettings | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.queue = queue
+        self.store = store
+        self.attachments = attachments
+        self.sender = sender
+        self.settings = settings or WorkerSettings()
+        self.limiter = limiter or RateLimiter(self.settings.rate)
+        #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, invalid, error.
+        self.counts: Counter[str] = Counter()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop taking deliveries and return once drained."""
+        self._stopping.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being handled right now."""
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called, then drain and return."""
+        concurrency = self.settings.concurrency
+        slots = asyncio.Semaphore(concurrency)
+        deliveries = self.queue.consume(prefetch=self.settings.prefetch or 2 * concurrency)
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        logger.info("worker started concurrency=%d rate=%r", concurrency, self.settings.rate)
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                next_delivery = asyncio.ensure_future(anext(deliveries))
+                await asyncio.wait({next_delivery, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_delivery.done():
+                    next_delivery.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await next_delivery
+                    break
+                try:
+                    delivery = next_delivery.result()
+                except StopAsyncIteration:
+                    break
+                except BackendError as exc:
+                    # The queue is unreachable: wait and try again, never give up.
+                    pause = min(30.0, 0.5 * 2.0 ** min(failures, 6))
+                    failures += 1
+                    self.counts["consume_error"] += 1
+                    logger.warning("consuming failed (%s); trying again in %.1f s", exc, pause)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop_wait), pause)
+                    continue
+                failures = 0
+                slot = asyncio.ensure_future(slots.acquire())
+                await asyncio.wait({slot, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not slot.done():
+                    slot.cancel()
+                    await _settle_quietly(delivery.release())
+                    break
+                task = asyncio.create_task(self._guarded(delivery))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            stop_wait.cancel()
+            await self._drain()
+            with contextlib.suppress(Exception):
+                await deliveries.aclose()
+            logger.info("worker stopped counts=%s", dict(self.counts))
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        pending = set(self._tasks)
+        logger.info("waiting for %d in-flight deliveries", len(pending))
+        _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still)
+
+    async def _guarded(self, delivery: Delivery) -> None:
+        try:
+            await self.handle(delivery)
+        except asyncio.CancelledError:
+            # Shutdown: no outcome was recorded, so give it back untouched.
+            await _settle_quietly(delivery.release())
+            raise
+        except Exception:
+            self.counts["error"] += 1
+            logger.exception("delivery key=%s failed unexpectedly; it will be retried", delivery.key)
+            await _settle_quietly(delivery.retry(min(self.settings.retry_base, 30.0)))
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Handle one delivery to the end, settling it exactly once."""
+        try:
+            mail = decode_envelope(delivery.body)
+        except ValueError as exc:
+            self.counts["invalid"] += 1
+            logger.error("dead-lettering invalid payload key=%s: %s", delivery.key, exc)
+            await delivery.dead(f"invalid payload: {exc}")
+            return
+        record = await self.store.get(mail.id)
+        if record is None:
+            # Published but not recorded (e.g. restored queue): record it now.
+            record = await self.store.add(MailRecord.new(mail))
+        if record.status.final or record.is_deleted:
+            self.counts["skipped"] += 1
+            logger.info("mail id=%s is already %s; not sending again", mail.id, record.status)
+            await delivery.ack()
+            return
+        now = utcnow()
+        if record.status is Status.RETRYING and record.next_attempt_at and record.next_attempt_at > now:
+            # The queue handed it back early (no native delay): wait out the rest.
+            await delivery.retry((record.next_attempt_at - now).total_seconds())
+            return
+        if not await self.store.update(mail.id, RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)):
+            self.counts["skipped"] += 1
+            await delivery.ack()
+            return
+        await self._deliver(delivery, record.mail if record.mail.id == mail.id else mail, record)
+
+    async def _deliver(self, delivery: Delivery, mail: Mail, record: MailRecord) -> None:
+        number = record.attempts + 1
+        remark = record.remark
+        found, missing = await self._load_attachments(mail.attachments)
+        if missing:
+            remark = _truncate("; ".join(f"Not Found: {ref.filename}" for ref in missing), _REMARK_MAX)
+            if self.settings.missing_attachment == "fail":
+                started = utcnow()
+                reason = f"attachment missing: {', '.join(ref.filename for ref in missing)}"
+                await self._finish(
+                    delivery,
+                    record,
+                    Status.FAILED,
+                    Attempt(number, started, utcnow(), "permanent", None, reason),
+                    _fail_pending(record.recipients, None, reason),
+                    remark=remark,
+                    error=reason,
+                )
+                return
+        await self.limiter.acquire()
+        started = utcnow()
+        pending = record.pending()
+        message = OutgoingMessage(
+            mail_id=mail.id,
+            data=render(mail, from_address=self.sender.from_address, attachments=found),
+            envelope_from=self.sender.from_address,
+            recipients=pending,
+        )
+        try:
+            result = await self.sender.send(message)
+        except UnknownDeliveryError as exc:
+            attempt = Attempt(number, started, utcnow(), "unknown", exc.code, exc.reply)
+            logger.warning("mail id=%s outcome unknown (maybe delivered): %s", mail.id, exc)
+            await self._finish(delivery, record, Status.UNKNOWN, attempt, record.recipients, remark, str(exc))
+            return
+        except PermanentDeliveryError as exc:
+            attempt = Attempt(number, started, utcnow(), "permanent", exc.code, exc.reply)
+            recipients = _fail_pending(record.recipients, exc.code, exc.reply)
+            await self._finish(delivery, record, Status.FAILED, attempt, recipients, remark, str(exc))
+            return
+        except TransientDeliveryError as exc:
+            attempt = Attempt(number, started, utcnow(), "transient", exc.code, exc.reply)
+            await self._retry_or_die(delivery, record, attempt, record.recipients, remark, str(exc), exc)
+            return
+        recipients = _apply_result(record.recipients, result)
+        still = [r for r in recipients if r.state is RecipientState.PENDING]
+        if still:
+            first = next(result.replies[r.address] for r in still if r.address in result.replies)
+            attempt = Attempt(number, started, utcnow(), "partial", first.code, first.reply, recipients)
+            error = f"{len(still)} recipient(s) deferred: {first.code} {first.reply}"
+            await self._retry_or_die(delivery, record, attempt, recipients, remark, error, None)
+            return
+        delivered = any(r.state is RecipientState.SENT for r in recipients)
+        if delivered:
+            attempt = Attempt(number, started, utcnow(), "sent", 250, "", recipients)
+            await self._finish(delivery, record, Status.SENT, attempt, recipients, remark, "")
+            if self.settings.delete_attachments:
+                await self._delete_attachments(mail.attachments)
+        else:
+            first_reply = next(iter(result.replies.values()), None)
+            code = first_reply.code if first_reply else None
+            reply = first_reply.reply if first_reply else "no recipient accepted"
+            attempt = Attempt(number, started, utcnow(), "permanent", code, reply, recipients)
+            await self._finish(
+                delivery, record, Status.FAILED, attempt, recipients, remark, f"{code} {reply}"
+            )
+
+    async def _retry_or_die(
+        self,
+        delivery: Delivery,
+        record: MailRecord,
+        attempt: Attempt,
+        recipients: tuple[RecipientOutcome, ...],
+        remark: str,
+        error: str,
+        exc: DeliveryError | None,
+    ) -> None:
+        settings = self.settings
+        delay = backoff(attempt.number, base=settings.retry_base, cap=settings.retry_max)
+        age = (utcnow() - record.mail.created_at).total_seconds()
+        if attempt.number >= settings.max_attempts or age + delay > settings.max_age:
+            why = "attempts" if attempt.number >= settings.max_attempts else "age"
+            await self._finish(
+                delivery, record, Status.DEAD, attempt, recipients, remark, error, dead_reason=why
+            )
+            return
+        due = utcnow() + timedelta(seconds=delay)
+        await self._finish(
+            delivery, record, Status.RETRYING, attempt, recipients, remark, error, delay=delay, due=due
+        )
+
+    async def _finish(
+        self,
+        delivery: Delivery,
+        record: MailRecord,
+        status: Status,
+        attempt: Attempt,
+        recipients: tuple[RecipientOutcome, ...],
+        remark: str,
+        error: str,
+        *,
+        delay: float = 0.0,
+        due: datetime | None = None,
+        dead_reason: str = "",
+    ) -> None:
+        change = RecordUpdate(
+            status=status,
+            attempt=attempt if attempt.recipients else _with_recipients(attempt, recipients),
+            recipients=recipients,
+            remark=remark,
+            last_error=error,
+            last_code=attempt.code,
+            sent_at=attempt.finished_at if status is Status.SENT else None,
+            next_attempt_at=due,
+            expect=frozenset({Status.SENDING}),
+        )
+        if not await self.store.update(record.id, change):
+            logger.warning("mail id=%s changed while it was being sent; recorded nothing", record.id)
+        self.counts[{Status.RETRYING: "retried"}.get(status, str(status))] += 1
+        log = logger.info if status in (Status.SENT, Status.RETRYING) else logger.warning
+        log(
+            "mail id=%s attempt=%d status=%s code=%s%s",
+            record.id,
+            attempt.number,
+            status,
+            attempt.code,
+            f" error={error!r}" if error else "",
+        )
+        if status is Status.RETRYING:
+            await delivery.retry(delay)
+        elif status is Status.DEAD:
+            await delivery.dead(f"{dead_reason} exhausted: {error}")
+        else:
+            await delivery.ack()
+
+    async def _load_attachments(
+        self, refs: Sequence[AttachmentRef]
+    ) -> tuple[list[tuple[AttachmentRef, bytes]], list[AttachmentRef]]:
+        found: list[tuple[AttachmentRef, bytes]] = []
+        missing: list[AttachmentRef] = []
+        for ref in refs:
+            try:
+                data = b"".join([chunk async for chunk in self.attachments.read(ref.key)])
+            except AttachmentNotFoundError:
+                missing.append(ref)
+                continue
+            found.append((ref, data))
+        return found, missing
+
+    async def _delete_attachments(self, refs: Sequence[AttachmentRef]) -> None:
+        for ref in refs:
+            try:
+                await self.attachments.delete(ref.key)
+            except Exception:
+                logger.warning("could not delete attachment key=%s of a sent mail", ref.key)
+
+
+def _apply_result(
+    recipients: tuple[RecipientOutcome, ...], result: SendResult
+) -> tuple[RecipientOutcome, ...]:
+    updated = []
+    for outcome in recipients:
+        reply = result.replies.get(outcome.address)
+        if outcome.state is not RecipientState.PENDING or reply is None:
+            updated.append(outcome)
+        elif reply.accepted:
+            updated.append(RecipientOutcome(outcome.address, RecipientState.SENT, reply.code, reply.reply))
+        elif reply.permanent:
+            updated.append(RecipientOutcome(outcome.address, RecipientState.FAILED, reply.code, reply.reply))
+        else:
+            updated.append(RecipientOutcome(outcome.address, RecipientState.PENDING, reply.code, reply.reply))
+    return tuple(updated)
+
+
+def _fail_pending(
+    recipients: tuple[RecipientOutcome, ...], code: int | None, reply: str
+) -> tuple[RecipientOutcome, ...]:
+    return tuple(
+        RecipientOutcome(r.address, RecipientState.FAILED, code, reply)
+        if r.state is RecipientState.PENDING
+        else r
+        for r in recipients
+    )
+
+
+def _with_recipients(attempt: Attempt, recipients: tuple[RecipientOutcome, ...]) -> Attempt:
+    return Attempt(
+        attempt.number,
+        attempt.started_at,
+        attempt.finished_at,
+        attempt.outcome,
+        attempt.code,
+        attempt.reply,
+        recipients,
+    )
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _settle_quietly(settle: Awaitable[None]) -> None:
+    try:
+        await asyncio.shield(settle)
+    except Exception:
+        logger.exception("could not hand a delivery back; it returns when its lease expires")

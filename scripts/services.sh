@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Make sure the services the test suite talks to are running on 127.0.0.1:
+# MariaDB (root, empty password) and PostgreSQL (user postgres, trust).
+# Starts a stopped one; on a machine where one is not installed at all,
+# installs it from Debian's packages (needs root) and sets up that access.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+    local port=$1 name=$2
+    for _ in $(seq 1 60); do port_open "$port" && return 0; sleep 1; done
+    log "$name did not come up on port $port"; return 1
+}
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else log "need root to: $*"; return 1; fi; }
+apt_updated=""
+apt_install() {
+    [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_mariadb() {
+    port_open 3306 && return 0
+    local fresh=""
+    if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+        log "installing MariaDB"; apt_install mariadb-server; fresh=1
+    fi
+    log "starting MariaDB"
+    as_root mkdir -p /run/mysqld && as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    wait_port 3306 MariaDB
+    if [ -n "$fresh" ]; then
+        # Debian's root@localhost uses unix_socket only; the tests log in over TCP.
+        as_root mariadb -e "ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket; FLUSH PRIVILEGES;"
+    fi
+}
+
+ensure_postgres() {
+    port_open 5432 && return 0
+    if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+        log "installing PostgreSQL"; apt_install postgresql
+        local hba
+        hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
+        # Test machines only: trust local connections, as the machine image does.
+        as_root sh -c "printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' > '$hba'"
+    fi
+    log "starting PostgreSQL"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    wait_port 5432 PostgreSQL
+}
+
+ensure_mariadb
+ensure_postgres
+log "MariaDB and PostgreSQL are up"

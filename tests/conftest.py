@@ -1,0 +1,128 @@
+"""Shared fixtures: real databases on the machine's servers.
+
+Each test session gets its own database on MariaDB and on PostgreSQL
+(``mq_test_<random>``), dropped at the end; every test that asks for a URL
+starts with mailqueue's tables emptied. A server that cannot be reached makes
+the test skip on a developer's machine and fail in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import socket
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from mailqueue.stores import schema
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+MYSQL_HOST = os.environ.get("MAILQUEUE_TEST_MYSQL", "127.0.0.1:3306")
+POSTGRES_HOST = os.environ.get("MAILQUEUE_TEST_POSTGRES", "127.0.0.1:5432")
+
+
+def service_missing(what: str) -> None:
+    """Skip (developer machine) or fail (CI) a test whose service is down."""
+    message = f"{what} is not reachable"
+    if IN_CI:
+        pytest.fail(f"{message}; in CI every service must be running", pytrace=False)
+    pytest.skip(message)
+
+
+def reachable(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to completion in a thread of its own: session fixtures may be
+    set up from inside a running event loop (an async fixture asking for them)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
+async def _admin(url: str, statements: list[str]) -> None:
+    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_database() -> Iterator[str]:
+    """URL of a fresh database on the machine's MariaDB, for this session."""
+    if not reachable(MYSQL_HOST):
+        service_missing(f"MariaDB at {MYSQL_HOST}")
+    name = f"mq_test_{secrets.token_hex(4)}"
+    admin = f"mysql+asyncmy://root@{MYSQL_HOST}/mysql"
+    _run(_admin(admin, [f"CREATE DATABASE {name} CHARACTER SET utf8mb4"]))
+    yield f"mysql+asyncmy://root@{MYSQL_HOST}/{name}?charset=utf8mb4"
+    _run(_admin(admin, [f"DROP DATABASE IF EXISTS {name}"]))
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """URL of a fresh database on the machine's PostgreSQL, for this session."""
+    if not reachable(POSTGRES_HOST):
+        service_missing(f"PostgreSQL at {POSTGRES_HOST}")
+    name = f"mq_test_{secrets.token_hex(4)}"
+    admin = f"postgresql+asyncpg://postgres@{POSTGRES_HOST}/postgres"
+    _run(_admin(admin, [f"CREATE DATABASE {name}"]))
+    yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}/{name}"
+    _run(_admin(admin, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"]))
+
+
+async def _empty_tables(url: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            existing = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+            for table in reversed(schema.metadata.sorted_tables):
+                if table.name in existing:
+                    await conn.execute(table.delete())
+    finally:
+        await engine.dispose()
+
+
+# Synchronous on purpose: async fixtures may ask for these through
+# request.getfixturevalue, and pytest-asyncio cannot nest event loops.
+@pytest.fixture
+def mysql_url(mysql_database: str) -> str:
+    """The session's MariaDB database, with mailqueue's tables (if any) emptied."""
+    _run(_empty_tables(mysql_database))
+    return mysql_database
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The session's PostgreSQL database, with mailqueue's tables (if any) emptied."""
+    _run(_empty_tables(postgres_database))
+    return postgres_database
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A new SQLite database file in the test's temporary folder."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'mailqueue.db'}"
+
+
+@pytest.fixture(params=["sqlite", "mysql", "postgres"])
+def sql_url(request: pytest.FixtureRequest) -> str:
+    """Each SQL database in turn: SQLite, MariaDB, PostgreSQL."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url

@@ -1,0 +1,161 @@
+"""OutboxSender: .eml files and .json envelopes written atomically to a folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from mailqueue.backends.outbox import DEFAULT_FROM, OutboxSender
+from mailqueue.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from mailqueue.protocols import OutgoingMessage, Sender
+
+DATA = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n.dot line\r\nno final newline"
+
+
+def message(mail_id: str = "0190abc", data: bytes = DATA) -> OutgoingMessage:
+    return OutgoingMessage(
+        mail_id=mail_id,
+        data=data,
+        envelope_from="bounce@example.com",
+        recipients=("b@example.com", "hidden-bcc@example.com", "b@example.com"),
+    )
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_from_url_relative_and_absolute(tmp_path: Path) -> None:
+    relative = OutboxSender.from_url("outbox://./outbox")
+    assert relative.path == Path("./outbox")
+    assert relative.from_address == DEFAULT_FROM
+    nested = OutboxSender.from_url("outbox://./var/mail%20box?from=noreply@example.com")
+    assert nested.path == Path("./var/mail box")
+    assert nested.from_address == "noreply@example.com"
+    absolute = OutboxSender.from_url(f"outbox://{tmp_path}/box")
+    assert absolute.path == tmp_path / "box"
+    assert isinstance(absolute, Sender)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("outbox://", "no folder"),
+        ("outbox://./x?colour=red", "'colour'"),
+        ("outbox://./x?from=nobody", "from address"),
+        ("outbox://./x?from=a@example.com&from=b@example.com", "twice"),
+        ("file:///tmp/x", "scheme"),
+    ],
+)
+def test_from_url_errors(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        OutboxSender.from_url(url)
+
+
+async def test_relative_path_resolves_against_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with OutboxSender.from_url("outbox://./out/sub") as outbox:
+        await outbox.send(message())
+    assert (tmp_path / "out" / "sub" / "0190abc.eml").read_bytes() == DATA
+
+
+async def test_writes_exact_bytes_and_envelope(tmp_path: Path) -> None:
+    folder = tmp_path / "outbox"
+    async with OutboxSender(path=folder) as outbox:
+        assert folder.is_dir()
+        result = await outbox.send(message())
+    assert list(result.replies) == ["b@example.com", "hidden-bcc@example.com"]
+    assert result.accepted == ["b@example.com", "hidden-bcc@example.com"]
+    assert {reply.code for reply in result.replies.values()} == {250}
+    assert (folder / "0190abc.eml").read_bytes() == DATA
+    envelope = json.loads((folder / "0190abc.json").read_text())
+    assert envelope["mail_id"] == "0190abc"
+    assert envelope["envelope_from"] == "bounce@example.com"
+    assert envelope["recipients"] == ["b@example.com", "hidden-bcc@example.com"]
+    assert envelope["size"] == len(DATA)
+    assert datetime.fromisoformat(envelope["written_at"]).tzinfo is not None
+    assert names(folder) == ["0190abc.eml", "0190abc.json"]
+
+
+async def test_replaces_on_resend(tmp_path: Path) -> None:
+    async with OutboxSender(path=tmp_path) as outbox:
+        await outbox.send(message(data=b"first\r\n"))
+        await outbox.send(message(data=b"second\r\n"))
+    assert (tmp_path / "0190abc.eml").read_bytes() == b"second\r\n"
+    assert names(tmp_path) == ["0190abc.eml", "0190abc.json"]
+
+
+async def test_concurrent_sends_of_different_mails(tmp_path: Path) -> None:
+    big = b"Subject: big\r\n\r\n" + os.urandom(3 * 1024 * 1024)
+    small = b"Subject: small\r\n\r\nhello\r\n"
+    async with OutboxSender(path=tmp_path) as outbox:
+        await asyncio.gather(outbox.send(message("big-one", big)), outbox.send(message("small-one", small)))
+    assert (tmp_path / "big-one.eml").read_bytes() == big
+    assert (tmp_path / "small-one.eml").read_bytes() == small
+    assert json.loads((tmp_path / "big-one.json").read_text())["size"] == len(big)
+    assert names(tmp_path) == ["big-one.eml", "big-one.json", "small-one.eml", "small-one.json"]
+
+
+async def test_file_appears_atomically(tmp_path: Path) -> None:
+    """A reader polling the folder never sees a partial .eml or an .eml without its .json."""
+    data = b"Subject: big\r\n\r\n" + b"y" * (8 * 1024 * 1024)
+    target = tmp_path / "m-atomic.eml"
+    seen: list[tuple[int, bool]] = []
+    done = False
+
+    def watch() -> None:
+        while not done:
+            try:
+                size = target.stat().st_size
+            except FileNotFoundError:
+                continue
+            seen.append((size, (tmp_path / "m-atomic.json").exists()))
+
+    async with OutboxSender(path=tmp_path) as outbox:
+        watcher = asyncio.create_task(asyncio.to_thread(watch))
+        await outbox.send(message("m-atomic", data))
+        await asyncio.sleep(0.01)
+        done = True
+        await watcher
+    assert seen, "the watcher never saw the file"
+    assert all(size == len(data) and has_envelope for size, has_envelope in seen)
+    assert not [name for name in names(tmp_path) if name.startswith(".")]
+
+
+@pytest.mark.parametrize("mail_id", ["../escape", "a/b", ".hidden", "", "x" * 200])
+async def test_unsafe_mail_id_is_refused(tmp_path: Path, mail_id: str) -> None:
+    async with OutboxSender(path=tmp_path / "box") as outbox:
+        with pytest.raises(PermanentDeliveryError):
+            await outbox.send(message(mail_id))
+    assert names(tmp_path / "box") == []
+    assert names(tmp_path) == ["box"]
+
+
+async def test_unwritable_folder_is_transient(tmp_path: Path) -> None:
+    folder = tmp_path / "box"
+    async with OutboxSender(path=folder) as outbox:
+        folder.rmdir()
+        folder.write_text("now a file, not a folder")
+        with pytest.raises(TransientDeliveryError):
+            await outbox.send(message())
+
+
+async def test_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigurationError):
+        await OutboxSender(path=tmp_path / "file" / "box").open()
+
+
+async def test_send_requires_open(tmp_path: Path) -> None:
+    outbox = OutboxSender(path=tmp_path)
+    with pytest.raises(RuntimeError):
+        await outbox.send(message())
+    await outbox.close()
+    await outbox.close()

@@ -1,0 +1,389 @@
+"""The worker end to end: MailQueue.submit -> queue -> Worker -> real SMTP server -> Store.
+
+Each scenario runs on in-memory queue/store/attachments (honest backends
+that pass the conformance suites) and on the SQL queue, store and attachment
+store on a real database, with a real aiosmtplib sender talking to an
+in-process aiosmtpd server that misbehaves on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+
+from mailqueue import (
+    Attachment,
+    AttachmentNotFoundError,
+    Mail,
+    MailQueue,
+    MailRecord,
+    Recipient,
+    RecipientState,
+    Status,
+    Worker,
+    WorkerSettings,
+)
+from mailqueue.backends.memory import MemoryQueue
+from mailqueue.backends.smtp import SMTPSender
+from mailqueue.envelope import encode_envelope
+from mailqueue.protocols import AttachmentStore, Queue, Store
+from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
+from mailqueue.testing.smtpd import Fault, SMTPTestServer
+
+FAST = WorkerSettings(concurrency=4, retry_base=0.05, retry_max=0.2, max_attempts=4, shutdown_timeout=5)
+
+
+@dataclass
+class Rig:
+    """A submitted-mail pipeline with a worker running in the background."""
+
+    mq: MailQueue
+    server: SMTPTestServer
+    sender: SMTPSender
+    worker: Worker
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        self.worker.stop()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 10)
+
+    async def until(self, mail_id: str, done: Callable[[MailRecord], bool], within: float = 10) -> MailRecord:
+        """Wait until the record satisfies ``done``; fail after ``timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            record = await self.mq.status(mail_id)
+            if record is not None and done(record):
+                return record
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"mail {mail_id} did not get there in time; last seen: {record}")
+            await asyncio.sleep(0.02)
+
+    async def final(self, mail_id: str) -> MailRecord:
+        return await self.until(mail_id, lambda r: r.status.final)
+
+
+def mail(*addresses: str, subject: str = "Hello", **extra: object) -> Mail:
+    return Mail(
+        subject=subject,
+        html="<p>Hi there</p>",
+        sender_name="Billing",
+        to=[Recipient(address=a, name=a.split("@")[0].title()) for a in addresses],
+        **extra,
+    )
+
+
+@pytest.fixture(params=["memory", "sql-sqlite", "sql-mysql"])
+async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, Queue, AttachmentStore]]:
+    """(store, queue, attachments), opened: all in memory, or all SQL on one database."""
+    if request.param == "memory":
+        store: Store = MemoryStore()
+        queue: Queue = MemoryQueue()
+        attachments: AttachmentStore = MemoryAttachmentStore()
+    else:
+        from mailqueue.backends.sqlqueue import SQLQueue
+        from mailqueue.protocols import BackendContext
+        from mailqueue.stores.sql import SQLStore
+        from mailqueue.stores.sqlblob import SQLAttachmentStore
+
+        url = request.getfixturevalue(f"{request.param.removeprefix('sql-')}_url")
+        store = SQLStore.from_url(url, context=BackendContext())
+        context = BackendContext(store=store)
+        queue = SQLQueue.from_url("sql://?poll=0.05", context=context)
+        attachments = SQLAttachmentStore.from_url("sql://", context=context)
+    await store.open()
+    await attachments.open()
+    await queue.open()
+    yield store, queue, attachments
+    await queue.close()
+    await attachments.close()
+    await store.close()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[SMTPTestServer]:
+    async with SMTPTestServer() as smtpd:
+        yield smtpd
+
+
+@pytest.fixture
+async def rig(backends: tuple[Store, Queue, AttachmentStore], server: SMTPTestServer) -> AsyncIterator[Rig]:
+    store, queue, attachments = backends
+    mq = MailQueue(store=store, queue=queue, attachments=attachments, message_id_domain="example.com")
+    sender = SMTPSender.from_url(server.url(from_address="noreply@example.com", timeout="1"))
+    await sender.open()
+    worker = Worker(queue=queue, store=store, attachments=attachments, sender=sender, settings=FAST)
+    rig = Rig(mq, server, sender, worker)
+    rig.start()
+    yield rig
+    await rig.stop()
+    await sender.close()
+
+
+def received_ids(server: SMTPTestServer) -> list[str]:
+    """The Message-ID of every message the server accepted, in order."""
+    return [
+        str(email.message_from_bytes(m.data, policy=email.policy.default)["Message-ID"])
+        for m in server.messages
+    ]
+
+
+async def test_delivers_with_attachments_and_records_everything(rig: Rig) -> None:
+    pdf = b"%PDF-1.4 fake invoice \x00\xff" * 1000
+    record = await rig.mq.submit(
+        mail("ann@example.com", "bob@example.com", cc=[Recipient(address="carol@example.com")]),
+        [
+            Attachment("invoice 42.pdf", pdf, "application/pdf"),
+            Attachment("notes.txt", b"hello", "text/plain"),
+        ],
+    )
+    assert record.status is Status.QUEUED
+    done = await rig.final(record.id)
+    assert done.status is Status.SENT
+    assert done.is_ok
+    assert done.attempts == 1
+    assert done.sent_at is not None
+    assert [r.state for r in done.recipients] == [RecipientState.SENT] * 3
+    assert [a.outcome for a in done.history] == ["sent"]
+    (received,) = rig.server.messages
+    assert received.envelope_from == "noreply@example.com"
+    assert received.recipients == ("ann@example.com", "bob@example.com", "carol@example.com")
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed["Message-ID"] == done.mail.message_id == f"<{record.id}@example.com>"
+    assert parsed["From"].addresses[0].display_name == "Billing"
+    parts = {p.get_filename(): p.get_content() for p in parsed.iter_attachments()}
+    assert parts == {"invoice 42.pdf": pdf, "notes.txt": "hello"}
+    # attachments are deleted once the mail is sent (just after it is recorded)
+    for ref in done.mail.attachments:
+        for _ in range(100):
+            try:
+                async for _chunk in rig.mq.attachments.read(ref.key):
+                    pass
+            except AttachmentNotFoundError:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail(f"attachment {ref.filename} was not deleted")
+
+
+@pytest.mark.parametrize(
+    "reply", ["421 4.7.0 try again later", "450 4.2.1 mailbox busy", "451 4.3.0 local error"]
+)
+async def test_transient_reply_is_retried_and_delivered_once(rig: Rig, reply: str) -> None:
+    rig.server.faults.append(Fault("mail", reply=reply, disconnect=reply.startswith("421"), times=2))
+    record = await rig.mq.submit(mail("ann@example.com"))
+    done = await rig.final(record.id)
+    assert done.status is Status.SENT
+    assert done.attempts == 3
+    assert [a.outcome for a in done.history] == ["transient", "transient", "sent"]
+    assert done.history[0].code == int(reply[:3])
+    assert received_ids(rig.server) == [done.mail.message_id]
+
+
+async def test_permanent_reply_fails_without_retry(rig: Rig) -> None:
+    rig.server.faults.append(Fault("data_end", reply="550 5.7.1 message refused", times=None))
+    record = await rig.mq.submit(mail("ann@example.com"))
+    done = await rig.final(record.id)
+    assert done.status is Status.FAILED
+    assert not done.is_ok
+    assert done.attempts == 1
+    assert done.last_code == 550
+    assert "message refused" in done.last_error
+    assert [r.state for r in done.recipients] == [RecipientState.FAILED]
+    await asyncio.sleep(0.3)  # a retry would have happened by now
+    assert (await rig.mq.status(record.id)).attempts == 1  # type: ignore[union-attr]
+
+
+async def test_one_refused_recipient_of_three(rig: Rig) -> None:
+    rig.server.faults.append(
+        Fault("rcpt", address="bob@example.com", reply="550 5.1.1 no such user", times=None)
+    )
+    record = await rig.mq.submit(mail("ann@example.com", "bob@example.com", "carol@example.com"))
+    done = await rig.final(record.id)
+    assert done.status is Status.SENT
+    states = {r.address: (r.state, r.code) for r in done.recipients}
+    assert states == {
+        "ann@example.com": (RecipientState.SENT, 250),
+        "bob@example.com": (RecipientState.FAILED, 550),
+        "carol@example.com": (RecipientState.SENT, 250),
+    }
+    (received,) = rig.server.messages
+    assert received.recipients == ("ann@example.com", "carol@example.com")
+
+
+async def test_deferred_recipient_is_retried_alone(rig: Rig) -> None:
+    rig.server.faults.append(Fault("rcpt", address="bob@example.com", reply="450 4.2.0 greylisted", times=1))
+    record = await rig.mq.submit(mail("ann@example.com", "bob@example.com"))
+    done = await rig.final(record.id)
+    assert done.status is Status.SENT
+    assert [a.outcome for a in done.history] == ["partial", "sent"]
+    assert [m.recipients for m in rig.server.messages] == [("ann@example.com",), ("bob@example.com",)]
+
+
+async def test_disconnect_during_data_is_retried(rig: Rig) -> None:
+    rig.server.faults.append(Fault("data_body", after=10))
+    # big enough that the client is still writing when the server hangs up
+    big = Attachment("big.bin", b"\x00" * (8 * 1024 * 1024), "application/octet-stream")
+    record = await rig.mq.submit(mail("ann@example.com"), [big])
+    done = await rig.final(record.id)
+    assert done.status is Status.SENT
+    assert [a.outcome for a in done.history] == ["transient", "sent"]
+    assert len(rig.server.messages) == 1
+
+
+async def test_stall_after_final_dot_is_unknown_and_not_retried(rig: Rig) -> None:
+    rig.server.faults.append(Fault("data_end", stall=3, disconnect=True))
+    record = await rig.mq.submit(mail("ann@example.com"))
+    done = await rig.final(record.id)
+    assert done.status is Status.UNKNOWN
+    assert not done.is_ok
+    assert [a.outcome for a in done.history] == ["unknown"]
+    await asyncio.sleep(0.3)
+    assert (await rig.mq.status(record.id)).attempts == 1  # type: ignore[union-attr]
+
+
+async def test_attempts_exhausted_ends_dead(rig: Rig) -> None:
+    rig.server.faults.append(Fault("mail", reply="451 4.3.0 try later", times=None))
+    record = await rig.mq.submit(mail("ann@example.com"))
+    done = await rig.final(record.id)
+    assert done.status is Status.DEAD
+    assert done.attempts == FAST.max_attempts
+    assert rig.server.messages == []
+    if isinstance(rig.mq.queue, MemoryQueue):
+        assert [d.key for d in rig.mq.queue.dead] == [record.id]
+
+
+async def test_missing_attachment_is_remarked_like_the_original(rig: Rig) -> None:
+    ref = await rig.mq.store_attachment(Attachment("gone.pdf", b"x" * 10, "application/pdf"))
+    await rig.mq.attachments.delete(ref.key)  # lost before the worker gets to it
+    record = await rig.mq.submit(mail("ann@example.com", attachments=[ref]))
+    done = await rig.final(record.id)
+    assert done.status is Status.SENT
+    assert done.remark == "Not Found: gone.pdf"
+    parsed = email.message_from_bytes(rig.server.messages[0].data, policy=email.policy.default)
+    assert list(parsed.iter_attachments()) == []
+
+
+async def test_missing_attachment_policy_fail(
+    backends: tuple[Store, Queue, AttachmentStore], server: SMTPTestServer
+) -> None:
+    store, queue, attachments = backends
+    mq = MailQueue(store=store, queue=queue, attachments=attachments, message_id_domain="example.com")
+    settings = FAST.model_copy(update={"missing_attachment": "fail"})
+    async with SMTPSender.from_url(server.url(from_address="noreply@example.com")) as sender:
+        rig = Rig(
+            mq,
+            server,
+            sender,
+            Worker(queue=queue, store=store, attachments=attachments, sender=sender, settings=settings),
+        )
+        ref = await mq.store_attachment(Attachment("gone.pdf", b"x", "application/pdf"))
+        await attachments.delete(ref.key)
+        record = await mq.submit(mail("ann@example.com", attachments=[ref]))
+        rig.start()
+        done = await rig.final(record.id)
+        await rig.stop()
+    assert done.status is Status.FAILED
+    assert done.remark == "Not Found: gone.pdf"
+    assert server.messages == []
+
+
+async def test_redelivered_envelope_is_not_sent_twice(rig: Rig) -> None:
+    record = await rig.mq.submit(mail("ann@example.com"))
+    await rig.final(record.id)
+    # the broker hands the same message out again (e.g. a lost ack)
+    await rig.mq.queue.publish(record.id, encode_envelope(record.mail))
+    await rig.mq.queue.publish(record.id, encode_envelope(record.mail))
+    await asyncio.sleep(0.3)
+    assert len(rig.server.messages) == 1
+    assert rig.worker.counts["skipped"] == 2
+
+
+async def test_invalid_payload_is_dead_lettered(rig: Rig) -> None:
+    await rig.mq.queue.publish("garbage", b"{not json")
+    record = await rig.mq.submit(mail("ann@example.com"))
+    await rig.final(record.id)  # the worker goes on after the bad message
+    for _ in range(50):
+        if rig.worker.counts["invalid"]:
+            break
+        await asyncio.sleep(0.02)
+    assert rig.worker.counts["invalid"] == 1
+
+
+async def test_resend_failed_mail_keeps_message_id(rig: Rig) -> None:
+    rig.server.faults.append(Fault("data_end", reply="554 5.7.1 rejected", times=1))
+    record = await rig.mq.submit(mail("ann@example.com"))
+    failed = await rig.final(record.id)
+    assert failed.status is Status.FAILED
+    selected = await rig.mq.resend(dry_run=True)
+    assert [r.id for r in selected] == [record.id]
+    assert (await rig.mq.status(record.id)).status is Status.FAILED  # type: ignore[union-attr]
+    await rig.mq.resend(ids=[record.id])
+    done = await rig.until(record.id, lambda r: r.status is Status.SENT)
+    assert done.attempts == 2
+    assert received_ids(rig.server) == [record.mail.message_id]
+
+
+async def test_idempotency_key_sends_once(rig: Rig) -> None:
+    first = await rig.mq.submit(mail("ann@example.com"), idempotency_key="order-7")
+    again = await rig.mq.submit(mail("ann@example.com", subject="other"), idempotency_key="order-7")
+    assert again.id == first.id
+    await rig.final(first.id)
+    await asyncio.sleep(0.2)
+    assert len(rig.server.messages) == 1
+
+
+async def test_rate_limit_holds_in_every_window(
+    backends: tuple[Store, Queue, AttachmentStore], server: SMTPTestServer
+) -> None:
+    store, queue, attachments = backends
+    mq = MailQueue(store=store, queue=queue, attachments=attachments, message_id_domain="example.com")
+    settings = FAST.model_copy(update={"rate": "4/s;6/2s", "concurrency": 8})
+    async with SMTPSender.from_url(server.url(from_address="noreply@example.com")) as sender:
+        worker = Worker(queue=queue, store=store, attachments=attachments, sender=sender, settings=settings)
+        ids = [(await mq.submit(mail("ann@example.com"))).id for _ in range(9)]
+        rig = Rig(mq, server, sender, worker)
+        rig.start()
+        records = [await rig.until(i, lambda r: r.status is Status.SENT, within=20) for i in ids]
+        await rig.stop()
+    starts = sorted(r.history[-1].started_at for r in records)
+    for i, t in enumerate(starts):
+        assert sum(1 for u in starts[i:] if u < t + timedelta(seconds=1)) <= 4
+        assert sum(1 for u in starts[i:] if u < t + timedelta(seconds=2)) <= 6
+
+
+async def test_stop_releases_queued_work_and_loses_nothing(
+    backends: tuple[Store, Queue, AttachmentStore], server: SMTPTestServer
+) -> None:
+    store, queue, attachments = backends
+    mq = MailQueue(store=store, queue=queue, attachments=attachments, message_id_domain="example.com")
+    server.faults.append(Fault("data_end", stall=0.1, times=None))  # a slow server
+    ids = [(await mq.submit(mail("ann@example.com"))).id for _ in range(30)]
+    async with SMTPSender.from_url(server.url(from_address="noreply@example.com")) as sender:
+        first = Worker(queue=queue, store=store, attachments=attachments, sender=sender, settings=FAST)
+        rig = Rig(mq, server, sender, first)
+        rig.start()
+        while len(server.messages) < 5:
+            await asyncio.sleep(0.01)
+        await rig.stop()  # mid-batch
+        stopped_at = len(server.messages)
+        assert stopped_at < 30
+        statuses = {(await mq.status(i)).status for i in ids}  # type: ignore[union-attr]
+        assert statuses <= {Status.SENT, Status.QUEUED}, statuses  # nothing stuck, nothing dead
+        second = Worker(queue=queue, store=store, attachments=attachments, sender=sender, settings=FAST)
+        rig2 = Rig(mq, server, sender, second)
+        rig2.start()
+        for i in ids:
+            await rig2.until(i, lambda r: r.status is Status.SENT, within=20)
+        await rig2.stop()
+    got = received_ids(server)
+    assert sorted(got) == sorted(f"<{i}@example.com>" for i in ids)  # each exactly once
