@@ -56,6 +56,8 @@ def _settings(ctx: click.Context, config: Path | None) -> Settings:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # Alembic narrates every migration check at INFO; mailqueue logs what matters.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     return settings
 
 

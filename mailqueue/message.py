@@ -109,8 +109,8 @@ def check_address(value: str) -> str:
 def sanitize_filename(name: str) -> str:
     """Turn a client's file name into a safe display name.
 
-    The name is display-only (storage keys are generated), so path parts are
-    dropped and it is shortened to :data:`MAX_FILENAME_CHARS` characters,
+    The name is display-only (storage keys are generated), so path parts and
+    surrounding quotes or angle brackets are dropped, and it is shortened to :data:`MAX_FILENAME_CHARS` characters,
     keeping the extension; an empty result becomes ``"attachment"``.
 
     Raises:
@@ -118,7 +118,9 @@ def sanitize_filename(name: str) -> str:
     """
     check_header_text(name)
     name = unicodedata.normalize("NFC", name)
-    name = re.split(r"[/\\]", name)[-1].strip().lstrip(".").strip()
+    # Quotes and angle brackets around a name are dropped: some parsers take
+    # them for quoting (Python's own unquotes an RFC 2231 value that has them).
+    name = re.split(r"[/\\]", name)[-1].strip().lstrip(".").strip().strip('"<> ')
     if len(name) > MAX_FILENAME_CHARS:
         stem, dot, ext = name.rpartition(".")
         if dot and 0 < len(ext) <= 16:

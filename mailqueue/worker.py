@@ -32,8 +32,8 @@ from typing import Final
 
 from mailqueue.envelope import decode_envelope
 from mailqueue.errors import (
-    BackendError,
     AttachmentNotFoundError,
+    BackendError,
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,

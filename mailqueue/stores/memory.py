@@ -1,0 +1,262 @@
+"""In-process Store and AttachmentStore: everything kept in dictionaries.
+
+URL: ``memory://`` (no options), for both the ``mailqueue.stores`` and the
+``mailqueue.attachment_stores`` group.
+
+Both pass their conformance suites; they are meant for tests and for trying
+mailqueue out, not for production: the data lives as long as the object (it
+survives ``close()`` and a later ``open()``, but not the process) and is
+visible to this process only. Every operation completes without awaiting in
+between, so concurrent tasks of one event loop see each one as atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Self
+from urllib.parse import urlsplit
+
+from mailqueue.errors import (
+    AttachmentNotFoundError,
+    AttachmentTooLargeError,
+    BackendError,
+    ConfigurationError,
+    StoreError,
+)
+from mailqueue.protocols import BackendContext, ResourceMixin, StoredAttachment
+from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, utcnow
+
+__all__ = ["MemoryAttachmentStore", "MemoryStore"]
+
+#: Bytes per chunk yielded by :meth:`MemoryAttachmentStore.read`.
+READ_CHUNK = 64 * 1024
+
+
+class _InMemory(ResourceMixin):
+    """What both memory backends share: the ``memory://`` URL and open/closed state.
+
+    The data is kept across ``close()`` and a later ``open()``; while closed,
+    every operation raises :attr:`closed_error`.
+    """
+
+    #: Raised by operations on a closed backend.
+    closed_error: type[BackendError] = BackendError
+    #: How URL errors name this backend.
+    what = "backend"
+
+    def __init__(self) -> None:
+        self._open = False
+
+    @classmethod
+    def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
+        """Build the backend from ``memory://``.
+
+        Raises:
+            ConfigurationError: another scheme, or any host, path or option.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise ConfigurationError(f"{cls.what} URL must start with memory://, not {parts.scheme!r}")
+        if parts.query:
+            option = parts.query.split("&")[0].split("=")[0]
+            raise ConfigurationError(f"unknown {cls.what} URL option {option!r} (memory:// takes none)")
+        if parts.netloc or parts.path.strip("/"):
+            raise ConfigurationError(f"{cls.what} URL memory:// takes no host or path")
+        return cls()
+
+    async def open(self) -> None:
+        """Make the backend usable (there is nothing to connect to)."""
+        self._open = True
+
+    async def close(self) -> None:
+        """Refuse further use until opened again; the data is kept. Idempotent."""
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise self.closed_error(f"the memory {self.what} is not open")
+
+
+class MemoryStore(_InMemory):
+    """Mail records in a dictionary; the Store contract, in-process.
+
+    Operations on a store that is not open raise :class:`StoreError`, like a
+    database store would.
+    """
+
+    closed_error = StoreError
+    what = "store"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._records: dict[str, MailRecord] = {}
+        self._history: dict[str, list[Attempt]] = {}
+        self._keys: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(records={len(self._records)})"
+
+    async def add(self, record: MailRecord) -> MailRecord:
+        """Keep the record, or return the existing one for a taken idempotency key.
+
+        Raises:
+            StoreError: a record with the same id exists already, or the store is not open.
+        """
+        self._check_open()
+        key = record.mail.idempotency_key
+        if key is not None and key in self._keys:
+            existing = await self.get(self._keys[key])
+            assert existing is not None
+            return existing
+        if record.id in self._records:
+            raise StoreError(f"a record with id {record.id!r} exists already")
+        self._records[record.id] = record.evolve(history=())
+        self._history[record.id] = list(record.history)
+        if key is not None:
+            self._keys[key] = record.id
+        return record
+
+    async def get(self, mail_id: str) -> MailRecord | None:
+        """The record with its attempts in the order they were added, or ``None``.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        record = self._records.get(mail_id)
+        if record is None:
+            return None
+        return record.evolve(history=tuple(self._history[mail_id]))
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        """Records matching ``query``, greatest id first, without history.
+
+        ``since`` is inclusive and ``until`` exclusive, both on ``created_at``.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        found: list[MailRecord] = []
+        for mail_id in sorted(self._records, reverse=True):
+            if len(found) >= query.limit:
+                break
+            record = self._records[mail_id]
+            if (
+                (query.ids is None or mail_id in query.ids)
+                and (query.statuses is None or record.status in query.statuses)
+                and (query.since is None or record.created_at >= query.since)
+                and (query.until is None or record.created_at < query.until)
+                and (query.idempotency_key is None or record.mail.idempotency_key == query.idempotency_key)
+                and (query.include_deleted or not record.is_deleted)
+                and (query.before_id is None or mail_id < query.before_id)
+            ):
+                found.append(record)
+        return found
+
+    async def update(self, mail_id: str, change: RecordUpdate) -> bool:
+        """Apply ``change``; ``False`` if the record is missing or its status is not in ``change.expect``.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        record = self._records.get(mail_id)
+        if record is None or (change.expect is not None and record.status not in change.expect):
+            return False
+        changes: dict[str, object] = {"updated_at": utcnow()}
+        for name in (
+            "status",
+            "recipients",
+            "remark",
+            "last_error",
+            "last_code",
+            "sent_at",
+            "next_attempt_at",
+        ):
+            value = getattr(change, name)
+            if value is not None:
+                changes[name] = value
+        if change.is_deleted is not None:
+            changes["is_deleted"] = change.is_deleted
+        if change.attempt is not None:
+            changes["attempts"] = max(record.attempts, change.attempt.number)
+            self._history[mail_id].append(change.attempt)
+        self._records[mail_id] = record.evolve(**changes)
+        return True
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` if the store is not open."""
+        self._check_open()
+
+
+def new_key() -> str:
+    """A new random storage key: 32 characters of ``[A-Za-z0-9_-]``, starting alphanumeric."""
+    while True:
+        key = secrets.token_urlsafe(24)
+        if key[0].isalnum():
+            return key
+
+
+class MemoryAttachmentStore(_InMemory):
+    """Attachment bytes in a dictionary; the AttachmentStore contract, in-process.
+
+    Operations on a store that is not open raise :class:`BackendError`.
+    """
+
+    what = "attachment store"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blobs: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(attachments={len(self._blobs)})"
+
+    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> StoredAttachment:
+        """Read ``chunks`` to the end and keep them under a new key.
+
+        Raises:
+            AttachmentTooLargeError: more than ``max_bytes`` arrived; nothing
+                is kept and the rest of ``chunks`` is not read.
+            BackendError: the store is not open.
+        """
+        self._check_open()
+        parts: list[bytes] = []
+        size = 0
+        digest = hashlib.sha256()
+        async for chunk in chunks:
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise AttachmentTooLargeError(max_bytes)
+            data = bytes(chunk)
+            digest.update(data)
+            parts.append(data)
+        key = new_key()
+        self._blobs[key] = b"".join(parts)
+        return StoredAttachment(key=key, size=size, sha256=digest.hexdigest())
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        """Yield the bytes kept under ``key`` in chunks of :data:`READ_CHUNK`.
+
+        Raises:
+            AttachmentNotFoundError: nothing is kept under ``key``.
+            BackendError: the store is not open.
+        """
+        self._check_open()
+        data = self._blobs.get(key)
+        if data is None:
+            raise AttachmentNotFoundError(key)
+        for start in range(0, len(data), READ_CHUNK):
+            yield data[start : start + READ_CHUNK]
+
+    async def delete(self, key: str) -> None:
+        """Forget ``key``; a missing key is not an error.
+
+        Raises:
+            BackendError: the store is not open.
+        """
+        self._check_open()
+        self._blobs.pop(key, None)

@@ -1,0 +1,1026 @@
+"""SQL Store: the mail records in MySQL/MariaDB, PostgreSQL or SQLite.
+
+URL: an SQLAlchemy async URL::
+
+    sqlite+aiosqlite:///./mailqueue.db          (relative to the working directory)
+    sqlite+aiosqlite:////var/lib/mailqueue/mailqueue.db
+    mysql+asyncmy://user:password@host:3306/common_service?charset=utf8mb4
+    mariadb+asyncmy://user:password@host:3306/common_service
+    postgresql+asyncpg://user:password@host:5432/mailqueue
+
+The bare schemes ``sqlite:``, ``mysql:``, ``mariadb:`` and ``postgresql:``
+choose those drivers. asyncmy comes with ``pip install 'mailqueue[mysql]'``,
+asyncpg with ``mailqueue[postgres]``.
+
+Query options read by mailqueue (every other one goes to the driver, e.g.
+``charset``):
+
+``migrate=true|false``
+    ``true`` (default): :meth:`SQLStore.open` brings the schema to the
+    newest revision, creating the tables or adopting the original service's
+    ``email`` table. In production you may set ``false`` and run ``mailqueue
+    db upgrade`` yourself when deploying; ``open()`` then refuses a database
+    whose schema is behind.
+``pool_size=N``
+    connections kept in the pool (SQLAlchemy's default is 5).
+``echo=true|false``
+    log every SQL statement (to the ``sqlalchemy.engine`` logger).
+
+Supports the whole Store contract. The engine is shared, through
+:attr:`SQLStore.engine`, with the ``sql`` queue and the ``sql`` attachment
+store. SQLite runs in WAL mode with a 30 s busy timeout; an in-memory SQLite
+database is refused (use ``memory://``).
+
+Layout: one row of ``email`` per mail (see :mod:`mailqueue.stores.schema`).
+The original service's columns keep their meaning so that its tools and
+queries still work: ``title`` = subject, ``content`` = HTML body (cut to
+65535 UTF-8 bytes), ``receiver``/``receiver_name`` = the ``to`` addresses and
+names, comma separated, ``attachment`` = the display file names, ``is_ok`` =
+1 once sent. The mail itself is kept whole as JSON in ``payload``; each
+attempt is a row of ``email_attempt``.
+
+Limits: ``remark`` is kept to 100 characters, ``last_error`` and attempt
+replies to 1000. On MySQL/MariaDB (``DATETIME``) times are kept to the second,
+cut, not rounded.
+
+Rows without ``payload`` (the original service's, adopted by the migration)
+are read back leniently: the mail is rebuilt from ``title``, ``content``,
+``sender_name``, ``receiver`` and ``receiver_name``; control characters become
+spaces, an empty subject becomes ``(no subject)``, an empty body a space,
+invalid addresses are left out (names are kept only when their count matches),
+and the original ``attachment`` text, which names no stored file, is not
+turned into attachments. A mail left with no valid recipient is still returned
+(built without validation, with an empty ``to``) so that listing never fails.
+Recipients of such rows are ``sent`` if the row is, else ``pending``.
+
+Ordering: :meth:`SQLStore.find` orders by the mail id in the column's
+collation, which for mailqueue's ids (lowercase hex) is the plain string order
+on every database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from mailqueue.errors import ConfigurationError, MailQueueError, MissingDependencyError, StoreError
+from mailqueue.message import Mail, Recipient, check_body_text, check_header_text
+from mailqueue.protocols import BackendContext, ResourceMixin
+from mailqueue.records import (
+    Attempt,
+    MailRecord,
+    RecipientOutcome,
+    RecipientState,
+    RecordQuery,
+    RecordUpdate,
+    Status,
+    utcnow,
+)
+from mailqueue.stores import schema
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+__all__ = ["SQLStore", "current", "downgrade", "head_revision", "make_engine", "parse_url", "upgrade"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Bare schemes and the async driver each one means.
+BARE_SCHEMES = {
+    "sqlite": "sqlite+aiosqlite",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
+    "postgresql": "postgresql+asyncpg",
+}
+#: Optional drivers: the package to import and the extra that installs it.
+_DRIVER_EXTRAS = {"asyncmy": ("asyncmy", "mysql"), "asyncpg": ("asyncpg", "postgres")}
+#: Query options that mailqueue reads (and removes before SQLAlchemy sees the URL).
+OPTIONS = ("migrate", "pool_size", "echo")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_MIGRATIONS = Path(__file__).parent / "migrations"
+# An arbitrary constant naming mailqueue's migration lock on PostgreSQL.
+_PG_LOCK_KEY = 0x6D61696C71756575
+_MYSQL_LOCK_NAME = "mailqueue_migrations"
+_MYSQL_LOCK_SECONDS = 600
+
+TEXT_BYTES = 65535
+ATTACHMENT_CHARS = 1000
+REMARK_CHARS = 100
+ERROR_CHARS = 1000
+MESSAGE_ID_CHARS = 255
+
+email = schema.email
+email_attempt = schema.email_attempt
+
+
+# --- URLs and engines ------------------------------------------------------------
+
+
+def _bool_option(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(f"store URL option {name!r} must be true or false, not {value!r}")
+
+
+def _safe(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def parse_url(url: str | URL) -> URL:
+    """Check an SQLAlchemy async URL and map a bare scheme to its driver.
+
+    Returns:
+        The URL to hand to SQLAlchemy, e.g. ``mysql+asyncmy://...`` for
+        ``mysql://...``.
+
+    Raises:
+        ConfigurationError: not a URL, an unknown dialect, a synchronous
+            driver, or an in-memory SQLite database.
+        MissingDependencyError: the driver (asyncmy, asyncpg) is not installed.
+    """
+    parsed = _make_url(url)
+    if parsed.drivername in BARE_SCHEMES:
+        parsed = parsed.set(drivername=BARE_SCHEMES[parsed.drivername])
+    try:
+        dialect = parsed.get_dialect()
+    except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError):
+        raise ConfigurationError(f"no SQLAlchemy dialect for store scheme {parsed.drivername!r}") from None
+    if dialect.driver in _DRIVER_EXTRAS:
+        package, extra = _DRIVER_EXTRAS[dialect.driver]
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise MissingDependencyError(package, extra) from None
+    if not getattr(dialect, "is_async", False):
+        raise ConfigurationError(
+            f"store scheme {parsed.drivername!r} is not an asyncio driver; use e.g. "
+            "sqlite+aiosqlite, mysql+asyncmy or postgresql+asyncpg"
+        )
+    if dialect.name == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    ):
+        raise ConfigurationError("an in-memory SQLite database cannot be shared; use the memory:// store")
+    return parsed
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        # WAL is kept in the file: only a new database needs switching. The
+        # switch fails at once, without waiting, while another connection
+        # writes; that one is then switching (or has switched) it already.
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] != "wal":
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def make_engine(
+    url: str | URL, *, pool_size: int | None = None, echo: bool = False, single_use: bool = False
+) -> AsyncEngine:
+    """Create the async engine for a store URL (see :func:`parse_url`).
+
+    SQLite connections get WAL, a 30 s busy timeout and ``synchronous =
+    NORMAL``, and the database file's folder is created; server connections
+    are checked before use. Statement parameters never appear in error
+    messages (they hold mail contents).
+
+    Args:
+        url: the database URL, without mailqueue's query options.
+        pool_size: connections kept in the pool.
+        echo: log every statement.
+        single_use: no pool (one-off jobs such as ``mailqueue db upgrade``).
+
+    Raises:
+        ConfigurationError: see :func:`parse_url`; also if the SQLite folder
+            cannot be created.
+    """
+    parsed = parse_url(url)
+    dialect_name = parsed.get_dialect().name
+    options: dict[str, Any] = {"echo": echo, "hide_parameters": True}
+    if single_use:
+        options["poolclass"] = NullPool
+    elif pool_size is not None:
+        options["pool_size"] = pool_size
+    if dialect_name == "sqlite":
+        database = parsed.database or ""
+        if database.startswith("file:"):
+            database = urlsplit(database).path
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create the folder of the SQLite database: {exc}") from None
+    else:
+        options["pool_pre_ping"] = True
+        options["pool_recycle"] = 3600
+    engine = create_async_engine(parsed, **options)
+    if dialect_name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's own words about a failure, without SQL or parameters."""
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip() or type(exc).__name__
+    return text[:500]
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn database and driver errors into :class:`StoreError`."""
+    try:
+        yield
+    except MailQueueError:
+        raise
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"{action}: {_describe(exc)}") from exc
+    except Exception as exc:
+        from alembic.util import CommandError
+
+        if isinstance(exc, CommandError):
+            raise StoreError(f"{action}: {exc}") from exc
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _engine_for(url_or_engine: str | URL | AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    if isinstance(url_or_engine, AsyncEngine):
+        yield url_or_engine
+        return
+    engine = make_engine(_strip_options(_make_url(url_or_engine))[0], single_use=True)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _make_url(url: str | URL) -> URL:
+    """:func:`sqlalchemy.engine.make_url` raising :class:`ConfigurationError`."""
+    try:
+        return make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigurationError("the store URL is not a valid SQLAlchemy URL") from None
+
+
+def _strip_options(url: URL) -> tuple[URL, dict[str, Any]]:
+    """Take mailqueue's own query options out of ``url``, as keyword arguments of :class:`SQLStore`."""
+    options: dict[str, Any] = {}
+    for name in OPTIONS:
+        if name not in url.query:
+            continue
+        value = url.query[name]
+        if not isinstance(value, str):
+            raise ConfigurationError(f"store URL option {name!r} is given more than once")
+        if name == "pool_size":
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigurationError(
+                    f"store URL option 'pool_size' must be a positive integer, not {value!r}"
+                )
+            options[name] = int(value)
+        else:
+            options[name] = _bool_option(name, value)
+    return url.difference_update_query(list(options)), options
+
+
+# --- migrations --------------------------------------------------------------------
+
+
+def _alembic_config() -> Config:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def head_revision() -> str:
+    """The newest revision of mailqueue's schema that this version knows."""
+    head = _scripts().get_current_head()
+    assert head is not None
+    return head
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.util import CommandError
+
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def _current_sync(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(connection, opts={"version_table": schema.VERSION_TABLE})
+    return context.get_current_revision()
+
+
+async def current(url_or_engine: str | URL | AsyncEngine) -> str | None:
+    """The database's schema revision, ``None`` if mailqueue never migrated it.
+
+    Raises:
+        StoreError: the database cannot be reached.
+        ConfigurationError: the URL cannot be used.
+    """
+    async with _engine_for(url_or_engine) as engine:
+        with _translated(f"cannot read the schema revision of {_safe(engine.url)}"):
+            async with engine.connect() as connection:
+                return await connection.run_sync(_current_sync)
+
+
+async def _locked(engine: AsyncEngine, work: Callable[[Connection], None]) -> None:
+    """Run ``work`` on one connection while holding mailqueue's migration lock.
+
+    PostgreSQL: a session advisory lock; MySQL/MariaDB: ``GET_LOCK``; SQLite:
+    the database's write lock (``BEGIN IMMEDIATE``, the migration runs in that
+    transaction). A second process waits for the first and then finds the
+    schema up to date.
+    """
+    name = engine.dialect.name
+    async with engine.connect() as connection:
+        if name == "sqlite":
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                await connection.run_sync(work)
+            except BaseException:
+                await connection.exec_driver_sql("ROLLBACK")
+                raise
+            await connection.exec_driver_sql("COMMIT")
+            return
+        if name == "postgresql":
+            lock = sa.text("SELECT pg_advisory_lock(:key)").bindparams(key=_PG_LOCK_KEY)
+            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=_PG_LOCK_KEY)
+        elif name in ("mysql", "mariadb"):
+            lock = sa.text("SELECT GET_LOCK(:name, :seconds)").bindparams(
+                name=_MYSQL_LOCK_NAME, seconds=_MYSQL_LOCK_SECONDS
+            )
+            unlock = sa.text("SELECT RELEASE_LOCK(:name)").bindparams(name=_MYSQL_LOCK_NAME)
+        else:
+            await connection.run_sync(work)
+            await connection.commit()
+            return
+        got = (await connection.execute(lock)).scalar()
+        if name != "postgresql" and got != 1:  # GET_LOCK: 1 taken, 0 timed out
+            raise StoreError(f"another process held the migration lock for over {_MYSQL_LOCK_SECONDS} s")
+        await connection.commit()
+        try:
+            await connection.run_sync(work)
+            await connection.commit()
+        finally:
+            try:
+                await connection.rollback()
+                await connection.execute(unlock)
+                await connection.commit()
+            except sa.exc.SQLAlchemyError:
+                # the session is unusable; closing it for good releases the lock
+                await connection.invalidate()
+
+
+async def _migrate(url_or_engine: str | URL | AsyncEngine, revision: str, *, down: bool) -> None:
+    from alembic import command
+
+    def work(connection: Connection) -> None:
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        if down:
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
+
+    async with _engine_for(url_or_engine) as engine:
+        safe = _safe(engine.url)
+        with _translated(f"cannot migrate {safe}"):
+            if not down:
+                async with engine.connect() as connection:
+                    now = await connection.run_sync(_current_sync)
+                if now is not None and not _known_revision(now):
+                    raise StoreError(
+                        f"{safe} is at schema revision {now!r}, which this version of mailqueue does not know"
+                    )
+                if now == (head_revision() if revision == "head" else revision):
+                    return
+            logger.info("migrating %s to schema revision %s", safe, revision)
+            await _locked(engine, work)
+
+
+async def upgrade(url_or_engine: str | URL | AsyncEngine, revision: str = "head") -> None:
+    """Bring the database's schema up to ``revision`` (the newest by default).
+
+    Creates mailqueue's tables in a new database, or adopts the original
+    service's ``email`` table by adding columns. Running it again changes
+    nothing. Concurrent calls (several processes starting at once) are
+    serialized by a lock in the database; the later ones then find the schema
+    up to date.
+
+    Args:
+        url_or_engine: a store URL (mailqueue's query options are ignored) or
+            an open engine.
+        revision: the revision to reach.
+
+    Raises:
+        StoreError: the database cannot be reached or a migration failed, or
+            the database is at a revision this version does not know (a newer
+            mailqueue migrated it).
+        ConfigurationError: the URL cannot be used.
+    """
+    await _migrate(url_or_engine, revision, down=False)
+
+
+async def downgrade(url_or_engine: str | URL | AsyncEngine, revision: str) -> None:
+    """Take the schema back to ``revision`` (``"base"``: before mailqueue's changes).
+
+    The ``email`` table and its original columns are always kept.
+
+    Raises:
+        StoreError: the database cannot be reached or a migration failed.
+        ConfigurationError: the URL cannot be used.
+    """
+    await _migrate(url_or_engine, revision, down=True)
+
+
+# --- rows <-> records ----------------------------------------------------------------
+
+
+def _clip(text: str, chars: int) -> str:
+    # NUL cannot be stored in PostgreSQL text
+    return text.replace("\x00", "")[:chars]
+
+
+def _clip_bytes(text: str, limit: int) -> str:
+    """At most ``limit`` UTF-8 bytes, cut at a character boundary."""
+    data = text.encode("utf-8", errors="surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", errors="ignore")
+
+
+def _dump_outcomes(outcomes: Sequence[RecipientOutcome]) -> str:
+    return json.dumps(
+        [{"address": o.address, "state": o.state.value, "code": o.code, "reply": o.reply} for o in outcomes],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _load_outcomes(text: str | None) -> tuple[RecipientOutcome, ...] | None:
+    if not text:
+        return None
+    try:
+        items = json.loads(text)
+        return tuple(
+            RecipientOutcome(
+                address=str(item["address"]),
+                state=RecipientState(item.get("state", "pending")),
+                code=item.get("code"),
+                reply=str(item.get("reply") or ""),
+            )
+            for item in items
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _naive(value: datetime) -> datetime:
+    """Naive UTC, as the columns keep it (a naive input is taken to be UTC)."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _scrub(text: str | None, check: Callable[[str], object]) -> str:
+    """``text`` with every character ``check`` refuses replaced by a space."""
+    text = text or ""
+    try:
+        check(text)
+        return text
+    except ValueError:
+        pass
+    kept = []
+    for char in text:
+        try:
+            check(char)
+            kept.append(char)
+        except ValueError:
+            kept.append(" ")
+    return "".join(kept)
+
+
+def _legacy_recipients(receiver: str | None, receiver_name: str | None) -> tuple[Recipient, ...]:
+    addresses = [part.strip() for part in (receiver or "").split(",")]
+    names = (
+        [part.strip() for part in (receiver_name or "").split(",")] if (receiver_name or "").strip() else []
+    )
+    if len(names) != len(addresses):
+        names = []
+    result = []
+    for index, address in enumerate(addresses):
+        if not address:
+            continue
+        for name in (names[index] if names else "", ""):
+            try:
+                result.append(Recipient(address=address, name=name))
+                break
+            except MailQueueError:
+                continue
+    return tuple(result)
+
+
+def _legacy_mail(row: Mapping[Any, Any]) -> Mail:
+    """Rebuild the mail of a row that has no payload (see the module docstring)."""
+    created = _aware(row["created_at"]) or utcnow()
+    fields: dict[str, Any] = {
+        "id": row["uid"] or f"legacy-{row['id']}",
+        "subject": _scrub(row["title"], check_header_text).strip()[: Mail.SUBJECT_MAX] or "(no subject)",
+        "html": _scrub(row["content"], check_body_text)[: Mail.BODY_MAX] or " ",
+        "sender_name": _scrub(row["sender_name"], check_header_text)[: Mail.SENDER_NAME_MAX],
+        "to": _legacy_recipients(row["receiver"], row["receiver_name"]),
+        "created_at": created,
+    }
+    if row.get("message_id"):
+        fields["message_id"] = row["message_id"]
+    try:
+        return Mail(**fields)
+    except MailQueueError:
+        fields.pop("message_id", None)
+        try:
+            return Mail(**fields)
+        except MailQueueError:
+            # e.g. no valid address left: keep the row listable anyway
+            return Mail.model_construct(**fields)
+
+
+def _status(row: Mapping[Any, Any]) -> Status:
+    try:
+        return Status(row["status"])
+    except ValueError:
+        return Status.SENT if row["is_ok"] else Status.FAILED
+
+
+def _mail_of(row: Mapping[Any, Any]) -> Mail:
+    payload = row["payload"]
+    if payload:
+        try:
+            return Mail.model_validate_json(payload)
+        except ValueError:
+            logger.warning("record %s has an unreadable payload; rebuilt from its columns", row["uid"])
+    return _legacy_mail(row)
+
+
+def _record(
+    row: Mapping[Any, Any], history: tuple[Attempt, ...] = (), mail: Mail | None = None
+) -> MailRecord:
+    mail = mail if mail is not None else _mail_of(row)
+    status = _status(row)
+    recipients = _load_outcomes(row["recipients"])
+    if recipients is None:
+        state = RecipientState.SENT if status is Status.SENT else RecipientState.PENDING
+        recipients = tuple(RecipientOutcome(r.address, state) for r in mail.recipients)
+    created = _aware(row["created_at"]) or mail.created_at
+    return MailRecord(
+        mail=mail,
+        status=status,
+        attempts=int(row["attempts"] or 0),
+        recipients=recipients,
+        remark=row["remark"] or "",
+        last_error=row["last_error"] or "",
+        last_code=row["last_code"],
+        created_at=created,
+        updated_at=_aware(row["updated_at"]) or created,
+        sent_at=_aware(row["sent_at"]),
+        next_attempt_at=_aware(row["next_attempt_at"]),
+        is_deleted=bool(row["is_deleted"]),
+        history=history,
+    )
+
+
+def _attempt(row: Mapping[Any, Any]) -> Attempt:
+    started = _aware(row["started_at"])
+    finished = _aware(row["finished_at"])
+    assert started is not None
+    assert finished is not None
+    return Attempt(
+        number=int(row["number"]),
+        started_at=started,
+        finished_at=finished,
+        outcome=row["outcome"],
+        code=row["code"],
+        reply=row["reply"] or "",
+        recipients=_load_outcomes(row["recipients"]) or (),
+    )
+
+
+# --- the store -----------------------------------------------------------------------
+
+
+class SQLStore(ResourceMixin):
+    """Mail records in an SQL database through SQLAlchemy's asyncio engine.
+
+    Build it from a URL (:meth:`from_url`) or with keyword arguments; give
+    either ``url`` or a ready ``engine`` (which the store then uses but never
+    disposes).
+
+    Args:
+        url: an SQLAlchemy async URL (bare schemes allowed), without
+            mailqueue's query options (those are the arguments below).
+        engine: an existing async engine to use instead of ``url``.
+        migrate: bring the schema up to date in :meth:`open`; if false,
+            :meth:`open` refuses a database whose schema is behind.
+        pool_size: connections kept in the pool.
+        echo: log every SQL statement.
+
+    Raises:
+        ConfigurationError: unusable URL, or both or neither of url/engine.
+        MissingDependencyError: the URL's driver is not installed.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | URL | None = None,
+        engine: AsyncEngine | None = None,
+        migrate: bool = True,
+        pool_size: int | None = None,
+        echo: bool = False,
+    ) -> None:
+        if url is not None and engine is None:
+            self._url = parse_url(url)
+        elif engine is not None and url is None:
+            self._url = engine.url
+        else:
+            raise ConfigurationError("SQLStore needs either url or engine")
+        for name in OPTIONS:
+            if name in self._url.query:
+                raise ConfigurationError(
+                    f"store URL option {name!r} is read by SQLStore.from_url; pass it as an argument here"
+                )
+        self._given_engine = engine
+        self._migrate = migrate
+        self._pool_size = pool_size
+        self._echo = echo
+        self._engine: AsyncEngine | None = None
+        self._second_precision = self.dialect_name in ("mysql", "mariadb")
+
+    @classmethod
+    def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
+        """Build a store from a URL with optional ``migrate``, ``pool_size`` and ``echo`` options.
+
+        Raises:
+            ConfigurationError: unusable URL or option value.
+            MissingDependencyError: the URL's driver is not installed.
+        """
+        parsed, options = _strip_options(_make_url(url))
+        return cls(url=parsed, **options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={_safe(self._url)!r}, migrate={self._migrate})"
+
+    @property
+    def url(self) -> str:
+        """The database URL with the password hidden."""
+        return _safe(self._url)
+
+    @property
+    def dialect_name(self) -> str:
+        """SQLAlchemy's name of the database: ``sqlite``, ``mysql``, ``mariadb`` or ``postgresql``."""
+        if self._given_engine is not None:
+            return self._given_engine.dialect.name
+        return str(self._url.get_dialect().name)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The open engine, for backends that share this database.
+
+        Raises:
+            ConfigurationError: the store is not open.
+        """
+        if self._engine is None:
+            raise ConfigurationError("the SQL store is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        """Connect, and migrate the schema (or check it is current when ``migrate`` is false).
+
+        A database at a revision this version does not know (a newer
+        mailqueue migrated it) is used as it is, with a warning.
+
+        Raises:
+            StoreError: the database cannot be reached, a migration failed,
+                or (``migrate`` false) the schema is behind.
+            ConfigurationError: the driver refused an option of the URL.
+        """
+        if self._engine is not None:
+            return
+        engine = self._given_engine or make_engine(self._url, pool_size=self._pool_size, echo=self._echo)
+        try:
+            with _translated(f"cannot open the store at {self.url}"):
+                await self._prepare_schema(engine)
+        except TypeError as exc:
+            await self._dispose(engine)
+            raise ConfigurationError(
+                f"the database driver refused an option of the store URL: {exc}"
+            ) from None
+        except BaseException:
+            await self._dispose(engine)
+            raise
+        self._engine = engine
+
+    async def _prepare_schema(self, engine: AsyncEngine) -> None:
+        revision = await current(engine)
+        head = head_revision()
+        if revision == head:
+            return
+        if revision is not None and not _known_revision(revision):
+            logger.warning(
+                "%s is at schema revision %r, which this mailqueue does not know (a newer one migrated it); "
+                "using it as it is",
+                self.url,
+                revision,
+            )
+            return
+        if self._migrate:
+            await upgrade(engine)
+            return
+        found = "no mailqueue schema" if revision is None else f"schema revision {revision!r}"
+        raise StoreError(
+            f"{self.url} has {found}, this mailqueue needs {head!r}: run `mailqueue db upgrade` "
+            "or open the store with migrate=true"
+        )
+
+    async def _dispose(self, engine: AsyncEngine) -> None:
+        if engine is not self._given_engine:
+            with contextlib.suppress(Exception):
+                await engine.dispose()
+
+    async def close(self) -> None:
+        """Release the connections (the engine too, unless it was given); idempotent."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await self._dispose(engine)
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _open_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("the SQL store is not open")
+        return self._engine
+
+    async def _run(self, action: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+        engine = self._open_engine()
+        with _translated(f"cannot {action} ({self.url})"):
+            return await work(engine)
+
+    def _db_time(self, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = _naive(value)
+        return value.replace(microsecond=0) if self._second_precision else value
+
+    def _row_values(self, record: MailRecord) -> dict[str, Any]:
+        mail = record.mail
+        names = [r.name for r in mail.to]
+        return {
+            "title": mail.subject,
+            "content": _clip_bytes(mail.html, TEXT_BYTES),
+            "sender_name": mail.sender_name,
+            "receiver": _clip_bytes(",".join(r.address for r in mail.to), TEXT_BYTES),
+            "receiver_name": _clip_bytes(",".join(names), TEXT_BYTES) if any(names) else "",
+            "attachment": ",".join(a.filename for a in mail.attachments)[:ATTACHMENT_CHARS],
+            "remark": _clip(record.remark, REMARK_CHARS),
+            "is_ok": 1 if record.status is Status.SENT else 0,
+            "is_deleted": 1 if record.is_deleted else 0,
+            "created_at": self._db_time(record.created_at),
+            "updated_at": self._db_time(record.updated_at),
+            "uid": mail.id,
+            "message_id": mail.message_id[:MESSAGE_ID_CHARS] if mail.message_id else None,
+            "status": record.status.value,
+            "attempts": record.attempts,
+            "recipients": _dump_outcomes(record.recipients),
+            "payload": mail.model_dump_json(),
+            "last_error": _clip(record.last_error, ERROR_CHARS),
+            "last_code": record.last_code,
+            "idempotency_key": mail.idempotency_key,
+            "sent_at": self._db_time(record.sent_at),
+            "next_attempt_at": self._db_time(record.next_attempt_at),
+        }
+
+    def _attempt_values(self, email_id: int, attempt: Attempt) -> dict[str, Any]:
+        return {
+            "email_id": email_id,
+            "number": attempt.number,
+            "started_at": self._db_time(attempt.started_at),
+            "finished_at": self._db_time(attempt.finished_at),
+            "outcome": attempt.outcome,
+            "code": attempt.code,
+            "reply": _clip(attempt.reply, ERROR_CHARS),
+            "recipients": _dump_outcomes(attempt.recipients) if attempt.recipients else None,
+        }
+
+    async def _load(self, connection: AsyncConnection, where: sa.ColumnElement[bool]) -> MailRecord | None:
+        row = (await connection.execute(sa.select(email).where(where))).mappings().first()
+        if row is None:
+            return None
+        attempts = await connection.execute(
+            sa.select(email_attempt).where(email_attempt.c.email_id == row["id"]).order_by(email_attempt.c.id)
+        )
+        return _record(row, tuple(_attempt(a) for a in attempts.mappings()))
+
+    async def _by_key(self, engine: AsyncEngine, key: str) -> MailRecord | None:
+        async with engine.connect() as connection:
+            return await self._load(connection, email.c.idempotency_key == key)
+
+    # --- the Store contract ------------------------------------------------------------
+
+    async def add(self, record: MailRecord) -> MailRecord:
+        """Insert the record (and any history it carries).
+
+        Returns:
+            The record as stored (times at the database's precision, long
+            texts clipped); if the mail's idempotency key is taken, the
+            existing record instead, and nothing is inserted.
+
+        Raises:
+            StoreError: a record with the same mail id exists already, or the
+                database failed.
+        """
+        key = record.mail.idempotency_key
+        values = self._row_values(record)
+
+        async def work(engine: AsyncEngine) -> MailRecord:
+            if key is not None and (existing := await self._by_key(engine, key)) is not None:
+                return existing
+            try:
+                async with engine.begin() as connection:
+                    result = await connection.execute(email.insert().values(values))
+                    assert result.inserted_primary_key is not None
+                    email_id = result.inserted_primary_key[0]
+                    if record.history:
+                        await connection.execute(
+                            email_attempt.insert(),
+                            [self._attempt_values(email_id, a) for a in record.history],
+                        )
+            except sa.exc.IntegrityError:
+                # a concurrent add with the same key won the race
+                if key is not None and (existing := await self._by_key(engine, key)) is not None:
+                    return existing
+                raise StoreError(f"a record with id {record.id!r} exists already") from None
+            stored = {**values, "id": email_id}
+            return _record(stored, tuple(self._stored_attempt(a) for a in record.history), mail=record.mail)
+
+        return await self._run(f"add record {record.id}", work)
+
+    def _stored_attempt(self, attempt: Attempt) -> Attempt:
+        return _attempt(self._attempt_values(0, attempt))
+
+    async def get(self, mail_id: str) -> MailRecord | None:
+        """The record of ``mail_id`` with its attempts in the order they were added, or ``None``.
+
+        Raises:
+            StoreError: the database failed.
+        """
+
+        async def work(engine: AsyncEngine) -> MailRecord | None:
+            async with engine.connect() as connection:
+                return await self._load(connection, email.c.uid == mail_id)
+
+        return await self._run(f"read record {mail_id}", work)
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        """Records matching ``query``, newest (greatest id) first, without history.
+
+        ``since`` is inclusive and ``until`` exclusive, both on ``created_at``.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        if query.limit < 1:
+            return []
+        stmt = sa.select(email).where(email.c.uid.is_not(None))
+        if query.ids is not None:
+            stmt = stmt.where(email.c.uid.in_(query.ids))
+        if query.statuses is not None:
+            stmt = stmt.where(email.c.status.in_(sorted(s.value for s in query.statuses)))
+        # the bounds keep their microseconds: a record matches if the time it
+        # is returned with (perhaps cut to the second) is in range
+        if query.since is not None:
+            stmt = stmt.where(email.c.created_at >= _naive(query.since))
+        if query.until is not None:
+            stmt = stmt.where(email.c.created_at < _naive(query.until))
+        if query.idempotency_key is not None:
+            stmt = stmt.where(email.c.idempotency_key == query.idempotency_key)
+        if not query.include_deleted:
+            stmt = stmt.where(email.c.is_deleted == 0)
+        if query.before_id is not None:
+            stmt = stmt.where(email.c.uid < query.before_id)
+        stmt = stmt.order_by(email.c.uid.desc()).limit(query.limit)
+
+        async def work(engine: AsyncEngine) -> list[MailRecord]:
+            async with engine.connect() as connection:
+                rows = (await connection.execute(stmt)).mappings().all()
+            return [_record(row) for row in rows]
+
+        return await self._run("find records", work)
+
+    async def update(self, mail_id: str, change: RecordUpdate) -> bool:
+        """Apply ``change`` in one transaction (the attempt row included).
+
+        Returns:
+            ``True`` if applied; ``False`` if there is no such record or its
+            status is not in ``change.expect``.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        values: dict[str, Any] = {"updated_at": self._db_time(utcnow())}
+        if change.status is not None:
+            values["status"] = change.status.value
+            values["is_ok"] = 1 if change.status is Status.SENT else 0
+        if change.recipients is not None:
+            values["recipients"] = _dump_outcomes(change.recipients)
+        if change.remark is not None:
+            values["remark"] = _clip(change.remark, REMARK_CHARS)
+        if change.last_error is not None:
+            values["last_error"] = _clip(change.last_error, ERROR_CHARS)
+        if change.last_code is not None:
+            values["last_code"] = change.last_code
+        if change.sent_at is not None:
+            values["sent_at"] = self._db_time(change.sent_at)
+        if change.next_attempt_at is not None:
+            values["next_attempt_at"] = self._db_time(change.next_attempt_at)
+        if change.is_deleted is not None:
+            values["is_deleted"] = 1 if change.is_deleted else 0
+        attempt = change.attempt
+        if attempt is not None:
+            values["attempts"] = sa.case(
+                (email.c.attempts < attempt.number, attempt.number), else_=email.c.attempts
+            )
+        stmt = email.update().where(email.c.uid == mail_id)
+        if change.expect is not None:
+            stmt = stmt.where(email.c.status.in_(sorted(s.value for s in change.expect)))
+        stmt = stmt.values(values)
+
+        async def work(engine: AsyncEngine) -> bool:
+            async with engine.begin() as connection:
+                # the UPDATE comes first so that it takes the row (or SQLite's write) lock
+                if (await connection.execute(stmt)).rowcount != 1:
+                    return False
+                if attempt is not None:
+                    email_id = (
+                        await connection.execute(sa.select(email.c.id).where(email.c.uid == mail_id))
+                    ).scalar_one()
+                    await connection.execute(
+                        email_attempt.insert().values(self._attempt_values(email_id, attempt))
+                    )
+            return True
+
+        return await self._run(f"update record {mail_id}", work)
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` unless the database answers."""
+
+        async def work(engine: AsyncEngine) -> None:
+            async with engine.connect() as connection:
+                await connection.execute(sa.text("SELECT 1"))
+
+        await self._run("reach the database", work)

@@ -1,0 +1,501 @@
+"""Conformance suite of the :class:`~mailqueue.protocols.Store` contract.
+
+Subclass :class:`StoreConformance` in a test module and provide a ``store``
+fixture that yields an OPENED store, empty at the start of each test::
+
+    class TestMyStore(StoreConformance):
+        @pytest.fixture
+        async def store(self) -> AsyncIterator[Store]:
+            async with MyStore(...) as store:
+                yield store
+
+The tests need pytest-asyncio (``asyncio_mode = "auto"``).
+
+What a store may do differently and still conform:
+
+- times may be kept to the second only, cut (never rounded): they are
+  compared with :func:`assert_same_time`;
+- ``remark`` may be cut to 100 characters, ``last_error`` to 1000.
+
+Everything else is compared exactly. Points the suite pins down beyond the
+docstrings of :class:`~mailqueue.protocols.Store`: ``add`` of an id that is
+taken (without a taken idempotency key) raises
+:class:`~mailqueue.errors.StoreError`; ``find`` takes ``since`` as inclusive
+and ``until`` as exclusive; the history lists attempts in the order they were
+added; a closed store raises :class:`~mailqueue.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from mailqueue.errors import StoreError
+from mailqueue.message import AttachmentRef, Mail, Recipient, new_id
+from mailqueue.protocols import Store
+from mailqueue.records import (
+    Attempt,
+    MailRecord,
+    RecipientOutcome,
+    RecipientState,
+    RecordQuery,
+    RecordUpdate,
+    Status,
+    utcnow,
+)
+
+__all__ = ["StoreConformance", "assert_same_time", "make_mail", "make_record", "rich_mail"]
+
+
+def assert_same_time(got: datetime | None, expected: datetime) -> None:
+    """``got`` is ``expected``, timezone-aware UTC, possibly cut to the second."""
+    assert got is not None, f"expected {expected}, got None"
+    assert got.utcoffset() == timedelta(0), f"{got!r} is not timezone-aware UTC"
+    assert timedelta(0) <= expected - got < timedelta(seconds=1), f"{got} is not {expected}"
+
+
+def make_mail(**changes: Any) -> Mail:
+    """A small valid mail; keyword arguments replace its fields."""
+    fields: dict[str, Any] = {
+        "subject": "Hello",
+        "html": "<p>Hello</p>",
+        "to": (Recipient(address="to@example.com"),),
+    }
+    fields.update(changes)
+    return Mail(**fields)
+
+
+def make_record(**changes: Any) -> MailRecord:
+    """A new ``queued`` record of :func:`make_mail` with ``changes`` applied to the mail."""
+    return MailRecord.new(make_mail(**changes))
+
+
+def rich_mail() -> Mail:
+    """A mail using every field: cc, bcc, reply-to, attachments, non-ASCII text."""
+    return Mail(
+        message_id="<abc.123@mail.example.com>",
+        subject="Grüße aus Köln — 你好 📨",
+        html="<p>Ünïcödé ✓ 日本語 🚀</p>",
+        text="Ünïcödé ✓ 日本語 🚀",
+        sender_name="Zoë Support",
+        to=(Recipient(address="alice@example.com", name="Alice Ärger"), Recipient(address="bob@example.org")),
+        cc=(Recipient(address="carol@example.net", name="Carol, C."),),
+        bcc=(Recipient(address="dave@example.com", name="Dave"),),
+        reply_to=(Recipient(address="help@example.com", name="Help Desk"),),
+        attachments=(
+            AttachmentRef(
+                key="k1-abc_DEF",
+                filename="Bericht März.pdf",
+                content_type="application/pdf",
+                size=1234,
+                sha256="a" * 64,
+            ),
+            AttachmentRef(key="k2", filename="photo.png", content_type="image/png", size=0, sha256="0" * 64),
+        ),
+        idempotency_key="order-4711/confirmation",
+    )
+
+
+def _attempt(number: int, outcome: str = "transient", **changes: Any) -> Attempt:
+    started = utcnow()
+    fields: dict[str, Any] = {
+        "number": number,
+        "started_at": started,
+        "finished_at": started + timedelta(milliseconds=250),
+        "outcome": outcome,
+        "code": 451,
+        "reply": "4.7.1 Try again later",
+    }
+    fields.update(changes)
+    return Attempt(**fields)
+
+
+async def _add_many(store: Store, count: int, **changes: Any) -> list[MailRecord]:
+    return [await store.add(make_record(**changes)) for _ in range(count)]
+
+
+async def _ids(store: Store, query: RecordQuery) -> list[str]:
+    return [record.id for record in await store.find(query)]
+
+
+class StoreConformance:
+    """The Store contract, one test per point. Needs an opened ``store`` fixture."""
+
+    # --- add and get ---------------------------------------------------------------
+
+    async def test_add_get_round_trip(self, store: Store) -> None:
+        mail = rich_mail()
+        record = MailRecord.new(mail)
+        added = await store.add(record)
+        assert added.id == mail.id
+        assert added.mail == mail
+
+        got = await store.get(mail.id)
+        assert got is not None
+        assert got.mail == mail
+        assert got.mail.model_dump() == mail.model_dump()
+        assert got.status is Status.QUEUED
+        assert got.attempts == 0
+        assert got.recipients == tuple(
+            RecipientOutcome(address, RecipientState.PENDING)
+            for address in ("alice@example.com", "bob@example.org", "carol@example.net", "dave@example.com")
+        )
+        assert got.remark == ""
+        assert got.last_error == ""
+        assert got.last_code is None
+        assert got.sent_at is None
+        assert got.next_attempt_at is None
+        assert got.is_deleted is False
+        assert got.is_ok is False
+        assert got.history == ()
+        assert_same_time(got.created_at, record.created_at)
+        assert_same_time(got.updated_at, record.updated_at)
+
+    async def test_add_returns_what_get_returns(self, store: Store) -> None:
+        record = make_record(sender_name="Ops")
+        added = await store.add(record)
+        assert added == await store.get(record.id)
+
+    async def test_longest_body_round_trip(self, store: Store) -> None:
+        # 65535 characters of up to 4 UTF-8 bytes each: far over 64 KiB
+        html = ("é📨a" * (Mail.BODY_MAX // 3 + 1))[: Mail.BODY_MAX]
+        text = ("ß" * Mail.BODY_MAX)[: Mail.BODY_MAX]
+        mail = make_mail(html=html, text=text, subject="s" * Mail.SUBJECT_MAX)
+        await store.add(MailRecord.new(mail))
+        got = await store.get(mail.id)
+        assert got is not None
+        assert got.mail.html == html
+        assert got.mail.text == text
+        assert got.mail.subject == "s" * Mail.SUBJECT_MAX
+
+    async def test_many_recipients_round_trip(self, store: Store) -> None:
+        to = tuple(Recipient(address=f"user{i}@example.com", name=f"Üser Nümber {i}" * 5) for i in range(100))
+        mail = make_mail(to=to)
+        await store.add(MailRecord.new(mail))
+        got = await store.get(mail.id)
+        assert got is not None
+        assert got.mail.to == to
+        assert [r.address for r in got.recipients] == [r.address for r in to]
+
+    async def test_get_missing_is_none(self, store: Store) -> None:
+        assert await store.get(new_id()) is None
+        await store.add(make_record())
+        assert await store.get("no-such-id") is None
+
+    async def test_add_same_id_twice_refused(self, store: Store) -> None:
+        record = make_record(subject="first")
+        await store.add(record)
+        second = MailRecord.new(make_mail(id=record.id, subject="second"))
+        with pytest.raises(StoreError):
+            await store.add(second)
+        got = await store.get(record.id)
+        assert got is not None
+        assert got.mail.subject == "first"
+
+    async def test_add_keeps_given_state(self, store: Store) -> None:
+        sent_at = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+        record = make_record().evolve(
+            status=Status.SENT,
+            attempts=2,
+            remark="imported",
+            last_error="451 busy",
+            last_code=451,
+            sent_at=sent_at,
+            is_deleted=True,
+        )
+        await store.add(record)
+        got = await store.get(record.id)
+        assert got is not None
+        assert (got.status, got.attempts, got.remark, got.last_error, got.last_code, got.is_deleted) == (
+            Status.SENT,
+            2,
+            "imported",
+            "451 busy",
+            451,
+            True,
+        )
+        assert got.is_ok is True
+        assert_same_time(got.sent_at, sent_at)
+
+    # --- idempotency key -----------------------------------------------------------
+
+    async def test_idempotency_key_returns_existing(self, store: Store) -> None:
+        first = await store.add(make_record(idempotency_key="key-1", subject="first"))
+        again = await store.add(make_record(idempotency_key="key-1", subject="second"))
+        assert again.id == first.id
+        assert again.mail.subject == "first"
+        other = await store.add(make_record(idempotency_key="key-2"))
+        assert other.id != first.id
+        assert sorted(await _ids(store, RecordQuery())) == sorted([first.id, other.id])
+        assert await _ids(store, RecordQuery(idempotency_key="key-1")) == [first.id]
+
+    async def test_idempotency_key_concurrent_adds_make_one_record(self, store: Store) -> None:
+        records = [make_record(idempotency_key="same-key", subject=f"try {i}") for i in range(10)]
+        results = await asyncio.gather(*(store.add(record) for record in records))
+        winners = {result.id for result in results}
+        assert len(winners) == 1
+        (winner,) = winners
+        assert winner in {record.id for record in records}
+        assert await _ids(store, RecordQuery()) == [winner]
+        for record in records:
+            if record.id != winner:
+                assert await store.get(record.id) is None
+
+    async def test_existing_record_returned_for_key_has_its_history(self, store: Store) -> None:
+        first = await store.add(make_record(idempotency_key="k"))
+        assert await store.update(first.id, RecordUpdate(status=Status.RETRYING, attempt=_attempt(1)))
+        again = await store.add(make_record(idempotency_key="k"))
+        assert again.id == first.id
+        assert again.status is Status.RETRYING
+        assert [a.number for a in again.history] == [1]
+
+    # --- update --------------------------------------------------------------------
+
+    async def test_update_every_field(self, store: Store) -> None:
+        record = await store.add(
+            make_record(to=(Recipient(address="a@example.com"), Recipient(address="b@example.com")))
+        )
+        before = utcnow()
+        sent_at = utcnow()
+        retry_at = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+        outcomes = (
+            RecipientOutcome("a@example.com", RecipientState.SENT, 250, "2.0.0 OK"),
+            RecipientOutcome("b@example.com", RecipientState.FAILED, 550, "5.1.1 Ünknown user"),
+        )
+        attempt = _attempt(1, "partial", code=250, reply="2.0.0 queued as 1234", recipients=outcomes)
+        changed = await store.update(
+            record.id,
+            RecordUpdate(
+                status=Status.SENT,
+                attempt=attempt,
+                recipients=outcomes,
+                remark="Not Found: a.pdf",
+                last_error="550 5.1.1 user unknown",
+                last_code=550,
+                sent_at=sent_at,
+                next_attempt_at=retry_at,
+            ),
+        )
+        assert changed is True
+        got = await store.get(record.id)
+        assert got is not None
+        assert got.status is Status.SENT
+        assert got.is_ok is True
+        assert got.attempts == 1
+        assert got.recipients == outcomes
+        assert got.remark == "Not Found: a.pdf"
+        assert got.last_error == "550 5.1.1 user unknown"
+        assert got.last_code == 550
+        assert_same_time(got.sent_at, sent_at)
+        assert_same_time(got.next_attempt_at, retry_at)
+        assert before - timedelta(seconds=1) < got.updated_at <= utcnow()
+        assert got.mail == record.mail
+        assert_same_time(got.created_at, record.created_at)
+        (stored,) = got.history
+        assert (stored.number, stored.outcome, stored.code, stored.reply, stored.recipients) == (
+            1,
+            "partial",
+            250,
+            "2.0.0 queued as 1234",
+            outcomes,
+        )
+        assert_same_time(stored.started_at, attempt.started_at)
+        assert_same_time(stored.finished_at, attempt.finished_at)
+
+    async def test_update_leaves_unset_fields(self, store: Store) -> None:
+        record = await store.add(make_record())
+        assert await store.update(
+            record.id, RecordUpdate(status=Status.RETRYING, remark="r", last_error="e", last_code=421)
+        )
+        assert await store.update(record.id, RecordUpdate(status=Status.SENDING))
+        got = await store.get(record.id)
+        assert got is not None
+        assert (got.status, got.remark, got.last_error, got.last_code) == (Status.SENDING, "r", "e", 421)
+        assert got.recipients == record.recipients
+        assert got.attempts == 0
+        assert got.history == ()
+
+    async def test_update_missing_record_is_false(self, store: Store) -> None:
+        assert await store.update(new_id(), RecordUpdate(status=Status.SENT)) is False
+        assert await store.update(new_id(), RecordUpdate(attempt=_attempt(1))) is False
+        assert await store.find(RecordQuery()) == []
+
+    async def test_history_in_order_and_attempts_never_go_down(self, store: Store) -> None:
+        record = await store.add(make_record())
+        numbers = [1, 2, 5, 3]
+        for number in numbers:
+            assert await store.update(
+                record.id, RecordUpdate(attempt=_attempt(number, reply=f"try {number}"))
+            )
+        got = await store.get(record.id)
+        assert got is not None
+        assert [a.number for a in got.history] == numbers
+        assert [a.reply for a in got.history] == [f"try {n}" for n in numbers]
+        assert got.attempts == 5
+
+    async def test_history_belongs_to_its_record(self, store: Store) -> None:
+        first, second = await _add_many(store, 2)
+        assert await store.update(first.id, RecordUpdate(attempt=_attempt(1)))
+        assert await store.update(second.id, RecordUpdate(attempt=_attempt(7)))
+        got_first, got_second = await store.get(first.id), await store.get(second.id)
+        assert got_first is not None
+        assert got_second is not None
+        assert [a.number for a in got_first.history] == [1]
+        assert [a.number for a in got_second.history] == [7]
+
+    async def test_expect_compare_and_set(self, store: Store) -> None:
+        record = await store.add(make_record())
+        assert await store.update(
+            record.id, RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED}))
+        )
+        refused = RecordUpdate(
+            status=Status.SENT,
+            attempt=_attempt(1),
+            remark="no",
+            expect=frozenset({Status.QUEUED, Status.RETRYING}),
+        )
+        assert await store.update(record.id, refused) is False
+        got = await store.get(record.id)
+        assert got is not None
+        assert (got.status, got.attempts, got.history, got.remark) == (Status.SENDING, 0, (), "")
+        assert await store.update(
+            record.id, RecordUpdate(status=Status.SENT, expect=frozenset({Status.SENDING}))
+        )
+        assert await store.update(record.id, RecordUpdate(remark="x", expect=frozenset())) is False
+
+    async def test_expect_lets_exactly_one_concurrent_claim_win(self, store: Store) -> None:
+        record = await store.add(make_record())
+        claim = RecordUpdate(status=Status.SENDING, attempt=_attempt(1), expect=frozenset({Status.QUEUED}))
+        results = await asyncio.gather(*(store.update(record.id, claim) for _ in range(10)))
+        assert sorted(results) == [False] * 9 + [True]
+        got = await store.get(record.id)
+        assert got is not None
+        assert got.status is Status.SENDING
+        assert len(got.history) == 1
+
+    async def test_is_ok_follows_status(self, store: Store) -> None:
+        record = await store.add(make_record())
+        for status in Status:
+            assert await store.update(record.id, RecordUpdate(status=status))
+            got = await store.get(record.id)
+            assert got is not None
+            assert got.status is status
+            assert got.is_ok is (status is Status.SENT)
+
+    async def test_long_remark_and_error_kept_or_cut(self, store: Store) -> None:
+        record = await store.add(make_record())
+        remark = "Not Found: " + "ä" * 200
+        error = "5" * 3000
+        assert await store.update(record.id, RecordUpdate(remark=remark, last_error=error))
+        got = await store.get(record.id)
+        assert got is not None
+        assert got.remark in (remark, remark[:100])
+        assert got.last_error in (error, error[:1000])
+
+    async def test_soft_delete(self, store: Store) -> None:
+        kept, deleted = await _add_many(store, 2)
+        assert await store.update(deleted.id, RecordUpdate(is_deleted=True))
+        assert await _ids(store, RecordQuery()) == [kept.id]
+        assert sorted(await _ids(store, RecordQuery(include_deleted=True))) == sorted([kept.id, deleted.id])
+        got = await store.get(deleted.id)
+        assert got is not None
+        assert got.is_deleted is True
+        assert await store.update(deleted.id, RecordUpdate(is_deleted=False))
+        assert len(await store.find(RecordQuery())) == 2
+
+    # --- find ----------------------------------------------------------------------
+
+    async def test_find_newest_first_without_history(self, store: Store) -> None:
+        records = await _add_many(store, 5)
+        assert await store.update(records[2].id, RecordUpdate(attempt=_attempt(1)))
+        found = await store.find(RecordQuery())
+        assert [r.id for r in found] == sorted((r.id for r in records), reverse=True)
+        assert all(r.history == () for r in found)
+        by_id = {r.id: r for r in found}
+        assert by_id[records[2].id].attempts == 1
+        assert by_id[records[0].id].mail == records[0].mail
+
+    async def test_find_by_status(self, store: Store) -> None:
+        records = await _add_many(store, 4)
+        assert await store.update(records[0].id, RecordUpdate(status=Status.FAILED))
+        assert await store.update(records[1].id, RecordUpdate(status=Status.DEAD))
+        assert await store.update(records[2].id, RecordUpdate(status=Status.SENT))
+        failed = await _ids(store, RecordQuery(statuses=frozenset({Status.FAILED, Status.DEAD})))
+        assert failed == sorted([records[0].id, records[1].id], reverse=True)
+        assert await _ids(store, RecordQuery(statuses=frozenset({Status.QUEUED}))) == [records[3].id]
+        assert await _ids(store, RecordQuery(statuses=frozenset({Status.UNKNOWN}))) == []
+        assert await _ids(store, RecordQuery(statuses=frozenset())) == []
+
+    async def test_find_by_ids(self, store: Store) -> None:
+        records = await _add_many(store, 4)
+        wanted = (records[3].id, records[1].id, new_id())
+        assert await _ids(store, RecordQuery(ids=wanted)) == sorted(
+            [records[1].id, records[3].id], reverse=True
+        )
+        assert await _ids(store, RecordQuery(ids=())) == []
+
+    async def test_find_by_time(self, store: Store) -> None:
+        base = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+        records = []
+        for minute in range(5):
+            record = make_record().evolve(created_at=base + timedelta(minutes=minute))
+            records.append(await store.add(record))
+        since = await _ids(store, RecordQuery(since=base + timedelta(minutes=2)))
+        assert sorted(since) == sorted(r.id for r in records[2:])
+        until = await _ids(store, RecordQuery(until=base + timedelta(minutes=2)))
+        assert sorted(until) == sorted(r.id for r in records[:2])
+        window = await _ids(
+            store,
+            RecordQuery(since=base + timedelta(minutes=1), until=base + timedelta(minutes=3, seconds=30)),
+        )
+        assert sorted(window) == sorted(r.id for r in records[1:4])
+        assert await _ids(store, RecordQuery(since=base + timedelta(hours=1))) == []
+        got = await store.get(records[3].id)
+        assert got is not None
+        assert_same_time(got.created_at, base + timedelta(minutes=3))
+
+    async def test_find_combines_criteria_and_limit(self, store: Store) -> None:
+        records = await _add_many(store, 6)
+        for record in records[:4]:
+            assert await store.update(record.id, RecordUpdate(status=Status.FAILED))
+        assert await store.update(records[0].id, RecordUpdate(is_deleted=True))
+        ids = sorted((r.id for r in records), reverse=True)
+        query = RecordQuery(statuses=frozenset({Status.FAILED}), ids=tuple(ids), limit=2)
+        expected = sorted((r.id for r in records[1:4]), reverse=True)
+        assert await _ids(store, query) == expected[:2]
+
+    async def test_keyset_pagination_visits_each_record_once(self, store: Store) -> None:
+        records = await _add_many(store, 25)
+        pages: list[list[str]] = []
+        before: str | None = None
+        while True:
+            page = await _ids(store, RecordQuery(limit=10, before_id=before))
+            if not page:
+                break
+            pages.append(page)
+            before = page[-1]
+            assert len(pages) <= 3, "pagination does not end"
+        assert [len(page) for page in pages] == [10, 10, 5]
+        visited = [mail_id for page in pages for mail_id in page]
+        assert visited == sorted((r.id for r in records), reverse=True)
+
+    async def test_before_id_excludes_the_cursor(self, store: Store) -> None:
+        records = sorted(await _add_many(store, 3), key=lambda r: r.id)
+        assert await _ids(store, RecordQuery(before_id=records[1].id)) == [records[0].id]
+        assert await _ids(store, RecordQuery(before_id=records[0].id)) == []
+
+    # --- liveness ------------------------------------------------------------------
+
+    async def test_ping(self, store: Store) -> None:
+        await store.ping()
+
+    async def test_closed_store_refuses_and_close_is_idempotent(self, store: Store) -> None:
+        await store.close()
+        await store.close()
+        with pytest.raises(StoreError):
+            await store.ping()
+        with pytest.raises(StoreError):
+            await store.get(new_id())

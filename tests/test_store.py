@@ -1,0 +1,414 @@
+"""The Store backends: the conformance suite over each, and what only SQL does."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from mailqueue.errors import (
+    AttachmentNotFoundError,
+    AttachmentTooLargeError,
+    BackendError,
+    ConfigurationError,
+    MissingDependencyError,
+    StoreError,
+)
+from mailqueue.message import AttachmentRef, Mail, Recipient
+from mailqueue.protocols import AttachmentStore, BackendContext, Store
+from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
+from mailqueue.stores import schema
+from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
+from mailqueue.stores.sql import SQLStore, current, head_revision, upgrade
+from mailqueue.testing.store import StoreConformance, make_mail, make_record
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sql-sqlite"),
+    pytest.param("mysql", id="sql-mysql", marks=pytest.mark.mysql),
+    pytest.param("postgres", id="sql-postgres", marks=pytest.mark.postgres),
+]
+
+
+# The URL fixtures are resolved in sync fixtures: conftest's session fixtures
+# call asyncio.run(), which cannot happen inside an async fixture's loop.
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """``memory://`` or a fresh database of each SQL server."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+class TestStoreConformance(StoreConformance):
+    @pytest.fixture
+    async def store(self, store_url: str) -> AsyncIterator[Store]:
+        backend: Store
+        if store_url == "memory://":
+            backend = MemoryStore.from_url(store_url, context=BackendContext())
+        else:
+            backend = SQLStore.from_url(store_url, context=BackendContext())
+        async with backend:
+            yield backend
+
+
+@pytest.fixture
+async def sql_store(sql_url: str) -> AsyncIterator[SQLStore]:
+    """An opened SQLStore on each database in turn (conftest's ``sql_url``)."""
+    async with SQLStore.from_url(sql_url) as store:
+        yield store
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def email_row(store: SQLStore, mail_id: str) -> dict[str, object]:
+    async with store.engine.connect() as conn:
+        # the table's types, so that SQLite's text dates come back as datetimes
+        query = sa.select(schema.email).where(schema.email.c.uid == mail_id)
+        row = (await conn.execute(query)).mappings().one()
+    return dict(row)
+
+
+# --- the original service's columns -----------------------------------------------
+
+
+async def test_original_columns_keep_their_meaning(sql_store: SQLStore) -> None:
+    mail = make_mail(
+        subject="Rechnung März",
+        html="<b>Hallo</b>",
+        sender_name="Buchhaltung",
+        to=(
+            Recipient(address="a@example.com", name="Anna"),
+            Recipient(address="b@example.com", name="Bernd"),
+        ),
+        cc=(Recipient(address="c@example.com", name="Cc"),),
+        attachments=(
+            AttachmentRef(key="k1", filename="rechnung.pdf", size=3, sha256="1" * 64),
+            AttachmentRef(key="k2", filename="agb.txt", size=4, sha256="2" * 64),
+        ),
+        message_id="<m1@example.com>",
+        idempotency_key="idem-1",
+    )
+    before = utcnow().replace(tzinfo=None, microsecond=0)
+    await sql_store.add(MailRecord.new(mail))
+    row = await email_row(sql_store, mail.id)
+    assert row["title"] == "Rechnung März"
+    assert row["content"] == "<b>Hallo</b>"
+    assert row["sender_name"] == "Buchhaltung"
+    assert row["receiver"] == "a@example.com,b@example.com"
+    assert row["receiver_name"] == "Anna,Bernd"
+    assert row["attachment"] == "rechnung.pdf,agb.txt"
+    assert row["remark"] == ""
+    assert row["is_ok"] == 0
+    assert row["is_deleted"] == 0
+    created = row["created_at"]
+    assert isinstance(created, datetime)
+    assert created.tzinfo is None
+    assert before - timedelta(seconds=1) <= created <= utcnow().replace(tzinfo=None)
+    assert row["status"] == "queued"
+    assert row["attempts"] == 0
+    assert row["message_id"] == "<m1@example.com>"
+    assert row["idempotency_key"] == "idem-1"
+    assert Mail.model_validate_json(str(row["payload"])) == mail
+    assert [r["address"] for r in json.loads(str(row["recipients"]))] == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+    ]
+
+    attempt = Attempt(
+        number=1, started_at=utcnow(), finished_at=utcnow(), outcome="sent", code=250, reply="ok"
+    )
+    sent = RecordUpdate(status=Status.SENT, attempt=attempt, remark="Not Found: x.pdf", sent_at=utcnow())
+    assert await sql_store.update(mail.id, sent)
+    row = await email_row(sql_store, mail.id)
+    assert row["is_ok"] == 1
+    assert row["status"] == "sent"
+    assert row["remark"] == "Not Found: x.pdf"
+    assert row["attempts"] == 1
+    assert row["sent_at"] is not None
+    async with sql_store.engine.connect() as conn:
+        attempts = (
+            (
+                await conn.execute(
+                    sa.text("SELECT * FROM email_attempt WHERE email_id = :id"), {"id": row["id"]}
+                )
+            )
+            .mappings()
+            .all()
+        )
+    assert [(a["number"], a["outcome"], a["code"], a["reply"]) for a in attempts] == [(1, "sent", 250, "ok")]
+
+    assert await sql_store.update(mail.id, RecordUpdate(status=Status.RETRYING, is_deleted=True))
+    row = await email_row(sql_store, mail.id)
+    assert (row["is_ok"], row["is_deleted"]) == (0, 1)
+
+
+async def test_original_columns_cut_to_fit(sql_store: SQLStore) -> None:
+    html = "é" * Mail.BODY_MAX  # 131070 UTF-8 bytes: more than TEXT holds on MySQL
+    names = tuple(Recipient(address=f"u{i}@example.com", name="Ñ" * 250 + str(i)) for i in range(100))
+    attachments = tuple(
+        AttachmentRef(key=f"k{i}", filename=f"{'x' * 40}{i}.pdf", size=1, sha256="3" * 64) for i in range(40)
+    )
+    mail = make_mail(html=html, to=names, attachments=attachments)
+    await sql_store.add(MailRecord.new(mail).evolve(remark="r" * 300, last_error="e" * 3000))
+    row = await email_row(sql_store, mail.id)
+    content = str(row["content"])
+    assert len(content.encode()) <= 65535
+    assert content == "é" * (65535 // 2)
+    receiver_name = str(row["receiver_name"])
+    assert len(receiver_name.encode()) <= 65535
+    assert receiver_name.startswith("Ñ" * 250 + "0,Ñ")
+    assert str(row["attachment"]) == ",".join(a.filename for a in attachments)[:1000]
+    assert row["remark"] == "r" * 100
+    assert row["last_error"] == "e" * 1000
+    got = await sql_store.get(mail.id)
+    assert got is not None
+    assert got.mail == mail
+    assert got.remark == "r" * 100
+
+
+async def test_receiver_name_empty_without_names(sql_store: SQLStore) -> None:
+    mail = make_mail(to=(Recipient(address="a@example.com"), Recipient(address="b@example.com")))
+    await sql_store.add(MailRecord.new(mail))
+    row = await email_row(sql_store, mail.id)
+    assert row["receiver_name"] == ""
+    assert row["receiver"] == "a@example.com,b@example.com"
+
+
+async def test_unreadable_payload_falls_back_to_columns(sql_store: SQLStore) -> None:
+    mail = make_mail(subject="Kept", html="<p>body</p>", to=(Recipient(address="x@example.com", name="X"),))
+    await sql_store.add(MailRecord.new(mail))
+    async with sql_store.engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE email SET payload = '{broken' WHERE uid = :uid"), {"uid": mail.id})
+    got = await sql_store.get(mail.id)
+    assert got is not None
+    assert (got.id, got.mail.subject, got.mail.html) == (mail.id, "Kept", "<p>body</p>")
+    assert got.mail.to == mail.to
+    assert [r.id for r in await sql_store.find(RecordQuery())] == [mail.id]
+
+
+# --- URLs, connections, errors -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("sqlite:///./x.db", "sqlite+aiosqlite"),
+        ("mysql://u:p@h/db", "mysql+asyncmy"),
+        ("mariadb://u:p@h/db", "mariadb+asyncmy"),
+        ("postgresql://u:p@h/db", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://u:p@h/db", "postgresql+asyncpg"),
+    ],
+)
+def test_bare_schemes_choose_async_drivers(url: str, driver: str) -> None:
+    store = SQLStore.from_url(url)
+    assert store.url.startswith(driver + "://")
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sqlite:///x.db?migrate=maybe", "migrate"),
+        ("sqlite:///x.db?pool_size=0", "pool_size"),
+        ("sqlite:///x.db?pool_size=big", "pool_size"),
+        ("sqlite:///x.db?echo=loud", "echo"),
+        ("sqlite:///x.db?migrate=true&migrate=false", "migrate"),
+        ("sqlite://", "memory"),
+        ("sqlite:///:memory:", "memory"),
+        ("postgresql+psycopg2://u@h/db", "asyncio"),
+        ("nosuchdb://u@h/db", "nosuchdb"),
+        ("::not a url::", "URL"),
+    ],
+)
+def test_bad_urls_are_configuration_errors(url: str, words: str) -> None:
+    with pytest.raises(ConfigurationError, match=words):
+        SQLStore.from_url(url)
+
+
+def test_options_belong_to_from_url() -> None:
+    with pytest.raises(ConfigurationError, match="migrate"):
+        SQLStore(url="sqlite:///x.db?migrate=false")
+    with pytest.raises(ConfigurationError):
+        SQLStore()
+
+
+@pytest.mark.parametrize(
+    ("module", "extra", "url"),
+    [("asyncmy", "mysql", "mysql://h/db"), ("asyncpg", "postgres", "postgresql://h/db")],
+)
+def test_missing_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str, extra: str, url: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # what `import` meets when the package is absent
+    with pytest.raises(MissingDependencyError) as info:
+        SQLStore.from_url(url)
+    assert (info.value.package, info.value.extra) == (module, extra)
+    assert f"pip install 'mailqueue[{extra}]'" in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", ["mysql+asyncmy", "postgresql+asyncpg"])
+async def test_unreachable_database_is_store_error_without_password(
+    scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "s3cret-Pa55"
+    store = SQLStore.from_url(f"{scheme}://user:{secret}@127.0.0.1:{closed_port()}/db?pool_size=2")
+    assert secret not in repr(store)
+    assert secret not in store.url
+    with pytest.raises(StoreError) as info:
+        await store.open()
+    assert secret not in str(info.value)
+    assert secret not in repr(info.value)
+    assert "***" in str(info.value)
+    assert all(secret not in record.getMessage() for record in caplog.records)
+    with pytest.raises(StoreError):
+        await store.ping()
+    with pytest.raises(ConfigurationError):
+        _ = store.engine
+    await store.close()
+
+
+@pytest.mark.postgres
+async def test_wrong_database_name_is_store_error(postgres_url: str) -> None:
+    url = sa.make_url(postgres_url).set(database="mq_no_such_database")
+    with pytest.raises(StoreError, match="mq_no_such_database"):
+        await SQLStore(url=url).open()
+
+
+@pytest.mark.mysql
+async def test_driver_refusing_an_option_is_configuration_error(mysql_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="bogus"):
+        await SQLStore.from_url(mysql_url + "&bogus=1").open()
+
+
+async def test_sqlite_relative_path_and_missing_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with SQLStore.from_url("sqlite:///./data/sub/mailqueue.db?pool_size=3&echo=false") as store:
+        assert store.dialect_name == "sqlite"
+        assert "Pool size: 3 " in store.engine.pool.status()
+        assert store.engine.echo is False
+        record = await store.add(make_record())
+        async with store.engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            timeout = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+            synchronous = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+        assert (mode, timeout, synchronous) == ("wal", 30000, 1)
+    assert (tmp_path / "data" / "sub" / "mailqueue.db").is_file()
+    async with SQLStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'data/sub/mailqueue.db'}") as again:
+        assert await again.get(record.id) == record
+
+
+async def test_store_shares_a_given_engine(sqlite_url: str) -> None:
+    engine = create_async_engine(sqlite_url, poolclass=NullPool)
+    try:
+        async with SQLStore(engine=engine) as store:
+            assert store.engine is engine
+            await store.add(make_record())
+        async with engine.connect() as conn:  # not disposed by the store
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(schema.email))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_false_refuses_an_unmigrated_database(sqlite_url: str) -> None:
+    store = SQLStore.from_url(sqlite_url + "?migrate=false")
+    with pytest.raises(StoreError, match="mailqueue db upgrade"):
+        await store.open()
+    assert await current(sqlite_url) is None
+    await upgrade(sqlite_url + "?migrate=false")
+    assert await current(sqlite_url) == head_revision()
+    async with store:
+        await store.ping()
+
+
+async def test_open_migrates_by_default(sql_store: SQLStore) -> None:
+    assert await current(sql_store.engine) == head_revision()
+    async with sql_store.engine.connect() as conn:
+        tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+    assert set(schema.metadata.tables) | {schema.VERSION_TABLE} <= tables
+
+
+# --- MemoryStore / MemoryAttachmentStore specifics ---------------------------------------
+
+
+@pytest.mark.parametrize("url", ["memory://x", "memory:///path", "memory://?size=1", "file://"])
+def test_memory_urls_take_nothing(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        MemoryStore.from_url(url, context=BackendContext())
+    with pytest.raises(ConfigurationError):
+        MemoryAttachmentStore.from_url(url, context=BackendContext())
+
+
+async def chunks_of(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def read_all(store: AttachmentStore, key: str) -> bytes:
+    return b"".join([chunk async for chunk in store.read(key)])
+
+
+async def test_memory_attachment_store_round_trip() -> None:
+    async with MemoryAttachmentStore.from_url("memory://", context=BackendContext()) as store:
+        data = bytes(range(256)) * 1000
+        stored = await store.put(chunks_of(data[:1000], data[1000:]), max_bytes=len(data))
+        assert stored.size == len(data)
+        assert stored.sha256 == hashlib.sha256(data).hexdigest()
+        assert len(stored.key) >= 16
+        assert stored.key[0].isalnum()
+        assert set(stored.key) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+        assert AttachmentRef(key=stored.key, filename="a", size=1, sha256="0" * 64).key == stored.key
+        parts = [chunk async for chunk in store.read(stored.key)]
+        assert len(parts) > 1
+        assert b"".join(parts) == data
+        other = await store.put(chunks_of(b""))
+        assert other.key != stored.key
+        assert other.size == 0
+        assert await read_all(store, other.key) == b""
+        await store.delete(stored.key)
+        await store.delete(stored.key)
+        with pytest.raises(AttachmentNotFoundError):
+            await read_all(store, stored.key)
+
+
+async def test_memory_attachment_store_limit_keeps_nothing() -> None:
+    async with MemoryAttachmentStore() as store:
+        with pytest.raises(AttachmentTooLargeError) as info:
+            await store.put(chunks_of(b"12345", b"678"), max_bytes=7)
+        assert info.value.limit == 7
+        assert repr(store) == "MemoryAttachmentStore(attachments=0)"
+        exact = await store.put(chunks_of(b"12345", b"67"), max_bytes=7)
+        assert await read_all(store, exact.key) == b"1234567"
+    with pytest.raises(BackendError):
+        await store.put(chunks_of(b"x"))
+
+
+async def test_memory_store_keeps_records_across_reopen() -> None:
+    store = MemoryStore()
+    with pytest.raises(StoreError):
+        await store.add(make_record())
+    async with store:
+        record = await store.add(make_record())
+    async with store:
+        assert await store.get(record.id) == record
