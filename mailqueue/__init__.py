@@ -11,7 +11,7 @@ Importing this package imports no broker or database driver.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata as _metadata
 
 from mailqueue.client import MailQueue
 from mailqueue.errors import (
@@ -61,8 +61,8 @@ from mailqueue.settings import APISettings, Settings, WorkerSettings, load_setti
 from mailqueue.worker import Worker
 
 try:
-    __version__ = version("mailqueue")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("mailqueue")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
