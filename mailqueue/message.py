@@ -110,8 +110,9 @@ def sanitize_filename(name: str) -> str:
     """Turn a client's file name into a safe display name.
 
     The name is display-only (storage keys are generated), so path parts and
-    surrounding quotes or angle brackets are dropped, and it is shortened to :data:`MAX_FILENAME_CHARS` characters,
-    keeping the extension; an empty result becomes ``"attachment"``.
+    surrounding quotes or angle brackets are dropped, and it is shortened to
+    :data:`MAX_FILENAME_CHARS` characters, keeping the extension; an empty
+    result becomes ``"attachment"``.
 
     Raises:
         ValueError: the name contains control characters.
