@@ -210,7 +210,8 @@ class Worker:
             self.counts["skipped"] += 1
             await delivery.ack()
             return
-        await self._deliver(delivery, record.mail if record.mail.id == mail.id else mail, record)
+        # The Store's copy is the source of truth (a re-send may have changed it).
+        await self._deliver(delivery, record.mail, record)
 
     async def _deliver(self, delivery: Delivery, mail: Mail, record: MailRecord) -> None:
         number = record.attempts + 1
@@ -231,9 +232,20 @@ class Worker:
                     error=reason,
                 )
                 return
+        pending = record.pending()
+        if not pending:
+            # Every recipient was settled before (e.g. a crash after recording them).
+            status = (
+                Status.SENT
+                if any(r.state is RecipientState.SENT for r in record.recipients)
+                else Status.FAILED
+            )
+            now = utcnow()
+            attempt = Attempt(number, now, now, "skipped", None, "no recipient left to send to")
+            await self._finish(delivery, record, status, attempt, record.recipients, remark, "")
+            return
         await self.limiter.acquire()
         started = utcnow()
-        pending = record.pending()
         message = OutgoingMessage(
             mail_id=mail.id,
             data=render(mail, from_address=self.sender.from_address, attachments=found),

@@ -387,3 +387,25 @@ async def test_stop_releases_queued_work_and_loses_nothing(
         await rig2.stop()
     got = received_ids(server)
     assert sorted(got) == sorted(f"<{i}@example.com>" for i in ids)  # each exactly once
+
+
+async def test_nothing_left_to_send_is_settled_without_sending(rig: Rig) -> None:
+    # A record whose recipients were all settled, but whose status was not
+    # (a worker died between the two): the redelivery must not send again.
+    from mailqueue import RecipientOutcome
+    from mailqueue.mime import make_message_id
+
+    m = mail("ann@example.com", "bob@example.com")
+    m = m.model_copy(update={"message_id": make_message_id(m.id, "example.com")})
+    record = MailRecord.new(m).evolve(
+        recipients=(
+            RecipientOutcome("ann@example.com", RecipientState.SENT, 250, "ok"),
+            RecipientOutcome("bob@example.com", RecipientState.FAILED, 550, "no such user"),
+        )
+    )
+    await rig.mq.store.add(record)
+    await rig.mq.publish(m)
+    done = await rig.final(m.id)
+    assert done.status is Status.SENT
+    assert [a.outcome for a in done.history] == ["skipped"]
+    assert rig.server.messages == []
