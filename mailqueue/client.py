@@ -227,7 +227,8 @@ class MailQueue:
                 update["message_id"] = make_message_id(mail.id, self.message_id_domain)
             if len(update["attachments"]) > 100:  # type: ignore[arg-type]
                 raise ValidationError([("attachments", "at most 100 attachments are allowed")])
-            mail = mail.model_copy(update=update)
+            # model_copy() would skip validation, and the key comes from the caller
+            mail = Mail.parse(mail.model_dump() | update)
             record = await self.store.add(MailRecord.new(mail))
         except BaseException:
             await self._discard(stored)

@@ -49,6 +49,12 @@ _CONTENT_TYPE_RE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
 )
 _MESSAGE_ID_RE = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,200}@[A-Za-z0-9.-]{1,253}>$")
+# Leading whitespace, dots, quotes and angle brackets; trailing whitespace,
+# quotes and angle brackets: stripped in one pass so that sanitizing is
+# idempotent (a name must survive re-validation unchanged). Quotes and angle
+# brackets go because parsers take them for quoting (Python's own unquotes an
+# RFC 2231 value that has them).
+_NAME_EDGES_RE = re.compile(r'^[\s."<>]+|[\s"<>]+$')
 # U+2028/U+2029 are line breaks to some parsers; Cc covers C0, DEL and C1.
 _LINE_SEPARATORS = frozenset("\u2028\u2029")
 
@@ -119,15 +125,15 @@ def sanitize_filename(name: str) -> str:
     """
     check_header_text(name)
     name = unicodedata.normalize("NFC", name)
-    # Quotes and angle brackets around a name are dropped: some parsers take
-    # them for quoting (Python's own unquotes an RFC 2231 value that has them).
-    name = re.split(r"[/\\]", name)[-1].strip().lstrip(".").strip().strip('"<> ')
+    name = _NAME_EDGES_RE.sub("", re.split(r"[/\\]", name)[-1])
     if len(name) > MAX_FILENAME_CHARS:
         stem, dot, ext = name.rpartition(".")
         if dot and 0 < len(ext) <= 16:
             name = stem[: MAX_FILENAME_CHARS - len(ext) - 1] + "." + ext
         else:
             name = name[:MAX_FILENAME_CHARS]
+        # the cut may leave whitespace or a quote at the end
+        name = _NAME_EDGES_RE.sub("", name)
     return name or "attachment"
 
 
@@ -267,7 +273,7 @@ class Mail(_Model):
     to: tuple[Recipient, ...] = Field(min_length=1)
     cc: tuple[Recipient, ...] = ()
     bcc: tuple[Recipient, ...] = ()
-    reply_to: tuple[Recipient, ...] = ()
+    reply_to: tuple[Recipient, ...] = Field(default=(), max_length=10)
     attachments: tuple[AttachmentRef, ...] = Field(default=(), max_length=100)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)

@@ -135,8 +135,12 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             raise ConfigurationError(f"config file {str(path)!r} does not exist")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigurationError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        except OSError as exc:
+            raise ConfigurationError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(
+                f"config file {str(path)!r} is not valid YAML{_yaml_problem(exc)}"
+            ) from None
         if data is not None and not isinstance(data, dict):
             raise ConfigurationError(f"config file {str(path)!r} must hold a mapping of settings")
     token = _config_file.set(path)
@@ -148,6 +152,14 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         raise ConfigurationError(f"invalid settings: {_describe(exc)}") from None
     finally:
         _config_file.reset(token)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # str(exc) quotes the offending line, which may hold a password: give only where and what
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}" if problem else where
 
 
 def _describe(exc: ValueError) -> str:
