@@ -68,7 +68,6 @@ if __name__ == "__main__":
     c = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     result = asyncio.run(main(n, c))
     print(f"{'mails':>8} {'conc':>5} {'submit/s':>10} {'deliver/s':>10}")
-    print(
-        f"{result['mails']:>8} {result['concurrency']:>5} {result['submit_per_s']:>10} {result['deliver_per_s']:>10}"
-    )
+    r = result
+    print(f"{r['mails']:>8} {r['concurrency']:>5} {r['submit_per_s']:>10} {r['deliver_per_s']:>10}")
     print(json.dumps(result))
