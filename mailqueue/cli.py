@@ -8,7 +8,9 @@ Exit codes: 0 success, 1 an operation failed, 2 bad usage or configuration.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from mailqueue import registry
 from mailqueue.client import MailQueue
@@ -45,8 +48,18 @@ def _config_option(func: Callable[P, T]) -> Callable[P, T]:
     )(func)
 
 
+def _config_path(ctx: click.Context, config: Path | None) -> Path | None:
+    # --config given on the command line, before or after the subcommand, beats MAILQUEUE_CONFIG.
+    root = ctx.find_root()
+    if ctx.get_parameter_source("config") is ParameterSource.COMMANDLINE:
+        return config
+    if root.get_parameter_source("config") is ParameterSource.COMMANDLINE:
+        return root.params.get("config")
+    return config or root.params.get("config")
+
+
 def _settings(ctx: click.Context, config: Path | None) -> Settings:
-    config = config or ctx.find_root().params.get("config")
+    config = _config_path(ctx, config)
     try:
         settings = load_settings(config)
     except ConfigurationError as exc:
@@ -120,14 +133,19 @@ async def run_worker(settings: Settings, *, install_signal_handlers: bool = True
         await work.run()
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-28T10:00") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+class _Time(click.ParamType[datetime]):
+    """An ISO 8601 time; UTC when it has no zone."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time such as 2026-11-28T10:00", param, ctx)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 @main.command()
@@ -140,8 +158,10 @@ def _parse_time(value: str | None) -> datetime | None:
     type=click.Choice([s.value for s in Status]),
     help="Re-send mails in this status (repeatable; default: failed and dead).",
 )
-@click.option("--since", help="Only mails accepted at or after this time (ISO 8601, UTC if no zone).")
-@click.option("--until", help="Only mails accepted before this time.")
+@click.option(
+    "--since", type=_Time(), help="Only mails accepted at or after this time (ISO 8601, UTC if no zone)."
+)
+@click.option("--until", type=_Time(), help="Only mails accepted before this time.")
 @click.option("--dry-run", is_flag=True, help="List what would be re-sent; change nothing.")
 @click.pass_context
 def resend(
@@ -149,8 +169,8 @@ def resend(
     config: Path | None,
     ids: tuple[str, ...],
     statuses: tuple[str, ...],
-    since: str | None,
-    until: str | None,
+    since: datetime | None,
+    until: datetime | None,
     dry_run: bool,
 ) -> None:
     """Queue failed (or chosen) mails again, keeping their Message-ID."""
@@ -167,8 +187,8 @@ def resend(
                 selected = await mq.resend(
                     ids=list(ids) or None,
                     statuses=chosen,
-                    since=_parse_time(since),
-                    until=_parse_time(until),
+                    since=since,
+                    until=until,
                     dry_run=dry_run,
                     progress=tick,
                 )
@@ -223,9 +243,9 @@ def send(
             html=body,
             text=text,
             sender_name=sender_name,
-            to=[_recipient(v) for v in to],
-            cc=[_recipient(v) for v in cc],
-            bcc=[_recipient(v) for v in bcc],
+            to=_recipients("to", to),
+            cc=_recipients("cc", cc),
+            bcc=_recipients("bcc", bcc),
         )
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -305,11 +325,26 @@ def plugins() -> None:
         click.echo(f"{group:<18} {row.scheme:<{width}}  {row.value}  ({row.distribution or '?'})")
 
 
-def _recipient(value: str) -> Recipient:
-    from email.utils import parseaddr
+# Only splits "Name <address>" from a bare address; email-validator (in Recipient) judges the address.
+_NAME_ADDR = re.compile(r"\s*(?:(?P<name>[^<>]*?)\s*<(?P<angle>[^<>]*)>|(?P<bare>[^<>\s,;]+))\s*")
 
-    name, address = parseaddr(value)
-    return Recipient(address=address or value, name=name)
+
+def _recipient(value: str) -> Recipient:
+    match = _NAME_ADDR.fullmatch(value)
+    if match is None:
+        raise ValidationError([("address", "expected one address, or 'Name <address>'")])
+    address = match["angle"] if match["bare"] is None else match["bare"]
+    return Recipient(address=address, name=email.utils.unquote(match["name"] or ""))
+
+
+def _recipients(option: str, values: tuple[str, ...]) -> list[Recipient]:
+    recipients = []
+    for value in values:
+        try:
+            recipients.append(_recipient(value))
+        except ValidationError as exc:
+            raise click.BadParameter(f"{value!r}: {exc.reason}", param_hint=f"'--{option}'") from None
+    return recipients
 
 
 def _guess_type(path: Path) -> str:
