@@ -33,7 +33,7 @@ from mailqueue.errors import (
     ValidationError,
 )
 from mailqueue.limits import RateLimiter, parse_rate
-from mailqueue.message import Attachment, AttachmentRef, Mail, Recipient, parse_recipients
+from mailqueue.message import Attachment, AttachmentRef, Mail, Recipient, parse_recipients, sanitize_filename
 from mailqueue.mime import render
 from mailqueue.protocols import (
     AttachmentStore,
@@ -115,4 +115,5 @@ __all__ = [
     "parse_rate",
     "parse_recipients",
     "render",
+    "sanitize_filename",
 ]

@@ -3,19 +3,29 @@
 Every command takes ``--config FILE`` (or ``MAILQUEUE_CONFIG``); settings
 then come from that YAML file and ``MAILQUEUE_*`` environment variables.
 Exit codes: 0 success, 1 an operation failed, 2 bad usage or configuration.
+
+``serve`` (API and worker in one process) and ``api`` (the API alone) run
+the Litestar app of :mod:`mailqueue.contrib.litestar_app` under uvicorn
+(uvloop and httptools when installed); :func:`asgi_app` is the same app as
+a factory for any ASGI server (``uvicorn --factory mailqueue.cli:asgi_app``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib.util
 import logging
+import math
+import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType, ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -23,13 +33,15 @@ from click.core import ParameterSource
 
 from mailqueue import registry
 from mailqueue.client import MailQueue
-from mailqueue.errors import ConfigurationError, MailQueueError, ValidationError
+from mailqueue.errors import ConfigurationError, MailQueueError, MissingDependencyError, ValidationError
 from mailqueue.message import Attachment, Mail, Recipient
 from mailqueue.protocols import BackendContext
 from mailqueue.records import Status
 from mailqueue.settings import Settings, load_settings
 
-__all__ = ["main"]
+__all__ = ["asgi_app", "main"]
+
+logger = logging.getLogger("mailqueue.cli")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,6 +76,11 @@ def _settings(ctx: click.Context, config: Path | None) -> Settings:
         settings = load_settings(config)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
+    _configure_logging(settings)
+    return settings
+
+
+def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -71,7 +88,6 @@ def _settings(ctx: click.Context, config: Path | None) -> Settings:
     )
     # Alembic narrates every migration check at INFO; mailqueue logs what matters.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    return settings
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -131,6 +147,236 @@ async def run_worker(settings: Settings, *, install_signal_handlers: bool = True
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, work.stop)
         await work.run()
+
+
+# --- the HTTP service -----------------------------------------------------------
+
+
+class _Refused(click.ClickException):
+    """A configuration the service refuses to run with (exit code 2, without the usage text)."""
+
+    exit_code = 2
+
+
+def _host_option(func: Callable[P, T]) -> Callable[P, T]:
+    return click.option(
+        "--host", help="Listen on this address (default: api.host, 127.0.0.1). Needs a token unless loopback."
+    )(func)
+
+
+def _port_option(func: Callable[P, T]) -> Callable[P, T]:
+    return click.option(
+        "--port", type=click.IntRange(0, 65535), help="Listen on this port (default: api.port, 8100)."
+    )(func)
+
+
+def _access_log_option(func: Callable[P, T]) -> Callable[P, T]:
+    return click.option(
+        "--access-log/--no-access-log",
+        default=False,
+        show_default=True,
+        help="Log every HTTP request (uvicorn's access log).",
+    )(func)
+
+
+@main.command()
+@_config_option
+@_host_option
+@_port_option
+@_access_log_option
+@click.pass_context
+def serve(
+    ctx: click.Context, config: Path | None, host: str | None, port: int | None, access_log: bool
+) -> None:
+    """Run the HTTP API and a worker in one process until SIGTERM/SIGINT.
+
+    With no settings at all this is the embedded default on
+    http://127.0.0.1:8100: SQLite in ./mailqueue.db, attachments in
+    ./attachments, mail written as .eml files into ./outbox. On a signal it
+    stops accepting, lets requests and sends in flight finish, and exits 0.
+    """
+    _run_service(ctx, config, host, port, worker=True, workers=1, access_log=access_log)
+
+
+@main.command()
+@_config_option
+@_host_option
+@_port_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="API processes sharing the port (uvicorn's supervisor restarts one that dies).",
+)
+@_access_log_option
+@click.pass_context
+def api(
+    ctx: click.Context,
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    access_log: bool,
+) -> None:
+    """Run the HTTP API alone (no worker) until SIGTERM/SIGINT.
+
+    Mail is accepted, recorded and queued; run `mailqueue worker` (here or
+    elsewhere, on the same store and queue) to deliver it. The worker may be
+    stopped at any time, e.g. to change the SMTP password: the API keeps
+    accepting and nothing is lost.
+    """
+    _run_service(ctx, config, host, port, worker=False, workers=workers, access_log=access_log)
+
+
+def asgi_app() -> Any:
+    """The HTTP API (without a worker) as an ASGI app, for an ASGI server's app factory.
+
+    Settings come from the YAML file named by ``MAILQUEUE_CONFIG`` (if set)
+    and the ``MAILQUEUE_*`` environment variables. ``mailqueue api
+    --workers N`` starts its processes with it; other servers can too::
+
+        uvicorn --factory mailqueue.cli:asgi_app --host 127.0.0.1 --port 8100
+
+    A server started this way does not check the listening address: keep it
+    on loopback or configure ``api.tokens``.
+
+    Returns:
+        A Litestar app.
+
+    Raises:
+        ConfigurationError: the settings or a backend URL cannot be used.
+    """
+    settings = load_settings(os.environ.get("MAILQUEUE_CONFIG") or None)
+    _configure_logging(settings)
+    return _service_module().create_app(settings, worker=False)
+
+
+def _service_module() -> ModuleType:
+    try:
+        import uvicorn  # noqa: F401
+
+        from mailqueue.contrib import litestar_app
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "litestar", "litestar") from None
+    return litestar_app
+
+
+def _run_service(
+    ctx: click.Context,
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    *,
+    worker: bool,
+    workers: int,
+    access_log: bool,
+) -> None:
+    settings = _settings(ctx, config)
+    try:
+        service = _service_module()
+    except MissingDependencyError as exc:
+        raise _Refused(str(exc)) from None
+    host = settings.api.host if host is None else host
+    port = settings.api.port if port is None else port
+    try:
+        service.check_bind_allowed(host, settings)
+    except ConfigurationError as exc:
+        raise _Refused(str(exc)) from None
+    sock = _bind(host, port)
+    try:
+        # Open the backends once before serving: a bad URL or an unreachable database is reported
+        # here, and the SQL store is migrated once rather than by every API process at the same time.
+        _run(_check_backends(settings))
+        options = _uvicorn_options(settings, access_log=access_log)
+        app = None
+        if workers == 1:
+            try:
+                app = service.create_app(settings, worker=worker)
+            except ConfigurationError as exc:
+                raise click.UsageError(str(exc)) from None
+        bound_port = sock.getsockname()[1]
+        where = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+        what = (
+            "the API and a worker" if worker else f"the API ({workers} process{'es' if workers > 1 else ''})"
+        )
+        logger.info("serving %s on %s (POST /api/email/send; OpenAPI at /schema)", what, where)
+        if app is not None:
+            _serve_in_process(app, sock, options)
+        else:
+            path = _config_path(ctx, config)
+            if path is not None:
+                # the worker processes find the settings file (and the environment) on their own
+                os.environ["MAILQUEUE_CONFIG"] = str(path.resolve())
+            _serve_in_processes(workers, sock, options)
+    finally:
+        sock.close()
+
+
+async def _check_backends(settings: Settings) -> None:
+    async with MailQueue.from_settings(settings):
+        pass
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _uvicorn_options(settings: Settings, *, access_log: bool) -> dict[str, Any]:
+    level = logging.getLevelName(settings.log_level.upper())
+    return {
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "ws": "none",
+        "lifespan": "on",
+        "log_level": level if isinstance(level, int) else logging.INFO,
+        "access_log": access_log,
+        # requests in flight get as long as sends in flight (worker.shutdown_timeout)
+        "timeout_graceful_shutdown": math.ceil(settings.worker.shutdown_timeout),
+    }
+
+
+def _serve_in_process(app: Any, sock: socket.socket, options: dict[str, Any]) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    # uvicorn handles SIGTERM/SIGINT while it runs and raises the signal again once it has shut
+    # down gracefully; this handler takes that one, so a clean stop exits 0 instead of dying by it.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise click.ClickException("the server did not start; see the log above") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve_in_processes(workers: int, sock: socket.socket, options: dict[str, Any]) -> None:
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("mailqueue.cli:asgi_app", factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        raise click.ClickException("an API process did not start; see the log above")
 
 
 class _Time(click.ParamType[datetime]):

@@ -1,0 +1,100 @@
+"""The mailqueue HTTP service as a Litestar app: :func:`create_app`.
+
+Routes (every answer is the original's envelope ``{"code", "message", "data"}``
+with the HTTP status equal to ``code``, Litestar's own errors included):
+
+- ``POST /api/email/send``: multipart form (the original's) or JSON;
+- ``GET /api/email/{id}``: a mail's state;
+- ``GET /health/live``, ``GET /health/ready``: probes, never authenticated;
+- ``GET /schema``: the OpenAPI document (``/schema/openapi.json``).
+
+``/api/`` routes need ``Authorization: Bearer <token>`` when
+``settings.api.tokens`` holds any token.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Litestar, Request, Response, Router
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from mailqueue import MailQueue, Settings, __version__
+from mailqueue.contrib.litestar_app.auth import bearer_guard
+from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
+from mailqueue.contrib.litestar_app.routes import get_mail, live, ready, send_email
+
+__all__ = ["create_app", "envelope_exception_handler"]
+
+logger = logging.getLogger("mailqueue.api")
+
+_SECURITY_SCHEME = "BearerToken"
+
+
+def envelope_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Answer any exception in the envelope; an unexpected one is logged and hidden behind a 500."""
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        message = exc.detail
+        data = getattr(exc, "data", None)
+        headers = dict(exc.headers or {})
+    else:
+        logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        status = HTTP_500_INTERNAL_SERVER_ERROR
+        message = "Internal Server Error"
+        data = None
+        headers = {}
+    return Response(
+        {"code": status, "message": message, "data": data},
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def create_app(settings: Settings, *, mailqueue: MailQueue | None = None, worker: bool = False) -> Litestar:
+    """Build the mailqueue HTTP service.
+
+    Args:
+        settings: backends, API limits and tokens, worker settings.
+        mailqueue: a MailQueue to serve instead of one built from ``settings``
+            (opened at startup if needed, left open at shutdown for its owner to close).
+        worker: also run a Worker in the app's lifespan, sending through
+            ``settings.sender`` (``mailqueue serve``); it is stopped gracefully on shutdown.
+
+    Returns:
+        The app; serve it with any ASGI server.
+
+    Raises:
+        ConfigurationError: a backend URL cannot be used (unknown scheme, missing driver, ...).
+    """
+    plugin = MailQueuePlugin(settings, mailqueue=mailqueue, worker=worker)
+    api = Router(
+        path="/api",
+        route_handlers=[send_email, get_mail],
+        guards=[bearer_guard(settings.api.tokens)],
+        security=[{_SECURITY_SCHEME: []}],
+    )
+    return Litestar(
+        route_handlers=[api, live, ready],
+        plugins=[plugin],
+        exception_handlers={Exception: envelope_exception_handler},
+        openapi_config=OpenAPIConfig(
+            title="mailqueue",
+            version=__version__,
+            description="Queue e-mail durably and deliver it over SMTP; drop-in for the original Go service.",
+            components=Components(
+                security_schemes={
+                    _SECURITY_SCHEME: SecurityScheme(
+                        type="http", scheme="bearer", description="One of the tokens in api.tokens."
+                    )
+                }
+            ),
+        ),
+        # logging is the host process's business (the CLI configures it)
+        logging_config=None,
+    )
