@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from proc_helpers import clean_env, run_program
 
 from mailqueue import registry
 from mailqueue.cli import main
@@ -50,13 +51,6 @@ WITHIN = 20.0
 
 
 # --- helpers -------------------------------------------------------------------
-
-
-def clean_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The outer environment without any MAILQUEUE_* variable, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILQUEUE_")}
-    env.update(settings or {})
-    return env
 
 
 def mailqueue(
@@ -290,27 +284,9 @@ def test_db_upgrade_uses_the_config_file(in_tmp: Path, where: str) -> None:
 # --- 3. resend ----------------------------------------------------------------------
 
 
-async def run_async(
-    cwd: Path, *args: str, env: Mapping[str, str] | None = None
-) -> tuple[int | None, str, str]:
+async def run_async(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     """``python -m mailqueue ARGS`` without blocking the event loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mailqueue",
-        *args,
-        cwd=cwd,
-        env=clean_env(env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
+    return await run_program(sys.executable, "-m", "mailqueue", *args, cwd=cwd, env=env)
 
 
 @contextlib.asynccontextmanager

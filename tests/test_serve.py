@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import service_missing
+from proc_helpers import clean_env, run_program
 
 from mailqueue import MailQueue, Status, registry
 from mailqueue.settings import load_settings
@@ -64,13 +65,6 @@ def curl() -> str:
         service_missing("the curl binary")
     assert path is not None
     return path
-
-
-def clean_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The outer environment without any MAILQUEUE_* variable, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILQUEUE_")}
-    env.update(settings or {})
-    return env
 
 
 def free_port() -> int:
@@ -125,25 +119,6 @@ async def mailqueue(
             await proc.wait()
 
 
-async def run(*argv: str, cwd: Path, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
-    """Run a program to its end without blocking the event loop."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=clean_env(env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def wait_ready(service: Process, base_url: str) -> None:
     """Poll ``/health/ready`` until it answers 200."""
     loop = asyncio.get_running_loop()
@@ -162,7 +137,9 @@ async def wait_ready(service: Process, base_url: str) -> None:
 
 async def curl_post(curl: str, cwd: Path, *args: str) -> tuple[int, Any]:
     """Run curl; return the HTTP status and the JSON answer."""
-    code, out, err = await run(curl, "-sS", "--max-time", "60", "-w", "\n%{http_code}", *args, cwd=cwd)
+    code, out, err = await run_program(
+        curl, "-sS", "--max-time", "60", "-w", "\n%{http_code}", *args, cwd=cwd
+    )
     assert code == 0, f"curl failed ({code}): {err}"
     body, _, status = out.rpartition("\n")
     return int(status), json.loads(body)
@@ -385,7 +362,7 @@ async def test_embedded_default_with_the_readmes_curl(tmp_path: Path, curl: str)
     # no MAILQUEUE_* variable and no config file at all: the embedded default
     async with mailqueue(app, "serve", "--port", str(port), log=tmp_path / "serve.log") as serve:
         await wait_ready(serve, f"http://127.0.0.1:{port}")
-        code, out, err = await run(*argv, "-sS", "-w", "\n%{http_code}", cwd=app)
+        code, out, err = await run_program(*argv, "-sS", "-w", "\n%{http_code}", cwd=app)
         assert code == 0, err
         body, _, status = out.rpartition("\n")
         assert status == "200", out
@@ -521,7 +498,7 @@ async def test_api_keeps_accepting_while_the_worker_is_stopped(
 @pytest.mark.parametrize("command", ["serve", "api"])
 async def test_no_token_and_not_loopback_is_refused(tmp_path: Path, command: str) -> None:
     port = free_port()
-    code, out, err = await run(
+    code, out, err = await run_program(
         sys.executable, "-m", "mailqueue", command, "--host", "0.0.0.0", "--port", str(port), cwd=tmp_path
     )
     assert code == 2, (out, err)
@@ -536,7 +513,7 @@ async def test_no_token_and_not_loopback_is_refused(tmp_path: Path, command: str
 
     # the same from the config file
     (tmp_path / "open.yaml").write_text("api: {host: 0.0.0.0}\n")
-    code, out, err = await run(
+    code, out, err = await run_program(
         sys.executable, "-m", "mailqueue", command, "--config", "open.yaml", "--port", str(port), cwd=tmp_path
     )
     assert code == 2, (out, err)
