@@ -38,6 +38,8 @@ __all__ = ["MailQueue"]
 logger = logging.getLogger("mailqueue.client")
 
 _CHUNK = 256 * 1024
+#: ``last_error`` of a record whose first publish was not confirmed.
+PUBLISH_PENDING = "publish not confirmed"
 #: Statuses ``resend`` picks when none are named.
 RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
 
@@ -215,7 +217,7 @@ class MailQueue:
         if key is not None:
             existing = await self.find_by_idempotency_key(key)
             if existing is not None:
-                return existing
+                return await self.ensure_queued(existing)
         stored: list[AttachmentRef] = []
         try:
             for attachment in attachments:
@@ -236,9 +238,42 @@ class MailQueue:
         if record.id != mail.id:
             # Another submit with the same idempotency key won the race.
             await self._discard(stored)
-            return record
-        await self.publish(mail)
+            return await self.ensure_queued(record)
+        try:
+            await self.publish(mail)
+        except QueueError as exc:
+            await self._mark_unpublished(mail.id, exc)
+            raise
         return record
+
+    async def ensure_queued(self, record: MailRecord) -> MailRecord:
+        """Publish again a record whose first publish was not confirmed.
+
+        A submit repeated with the same idempotency key calls this, so that
+        its success still means "recorded and durably queued". Records that
+        were published (or have been tried by a worker) are returned as they are.
+
+        Raises:
+            QueueError: the queue did not confirm this time either.
+        """
+        if not (
+            record.status is Status.QUEUED
+            and record.attempts == 0
+            and record.last_error.startswith(PUBLISH_PENDING)
+        ):
+            return record
+        await self.publish(record.mail)
+        await self.store.update(record.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED})))
+        return record.evolve(last_error="")
+
+    async def _mark_unpublished(self, mail_id: str, exc: QueueError) -> None:
+        try:
+            await self.store.update(
+                mail_id,
+                RecordUpdate(last_error=f"{PUBLISH_PENDING}: {exc}", expect=frozenset({Status.QUEUED})),
+            )
+        except BackendError:
+            logger.error("mail id=%s: could not note that its publish was not confirmed", mail_id)
 
     async def publish(self, mail: Mail) -> None:
         """Put a recorded mail on the queue.

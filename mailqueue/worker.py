@@ -201,6 +201,14 @@ class Worker:
             logger.info("mail id=%s is already %s; not sending again", mail.id, record.status)
             await delivery.ack()
             return
+        if record.status is Status.SENDING and not delivery.redelivered:
+            # A second copy of a message another delivery is sending right now
+            # (a publish repeated after a lost confirm): that one owns it, and
+            # comes back redelivered if its worker dies.
+            self.counts["skipped"] += 1
+            logger.info("mail id=%s is being sent by another delivery; not sending again", mail.id)
+            await delivery.ack()
+            return
         now = utcnow()
         if record.status is Status.RETRYING and record.next_attempt_at and record.next_attempt_at > now:
             # The queue handed it back early (no native delay): wait out the rest.

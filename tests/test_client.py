@@ -36,3 +36,28 @@ async def test_bad_attachment_name_keeps_nothing() -> None:
         assert info.value.field == "attachment.filename"
         assert await mq.store.find(RecordQuery()) == []
         assert repr(mq.attachments) == "MemoryAttachmentStore(attachments=0)"
+
+
+async def test_a_repeat_after_an_unconfirmed_publish_queues_the_mail() -> None:
+    from mailqueue import QueueError, Status
+    from mailqueue.client import PUBLISH_PENDING
+
+    async with MailQueue.from_urls(store="memory://", queue="memory://", attachments="memory://") as mq:
+        mail = Mail(subject="s", html="h", to=[{"address": "a@example.com"}])
+        await mq.queue.close()  # the queue cannot confirm
+        with pytest.raises(QueueError):
+            await mq.submit(mail, idempotency_key="order-9")
+        (record,) = await mq.store.find(RecordQuery())
+        assert record.status is Status.QUEUED
+        assert record.last_error.startswith(PUBLISH_PENDING)
+        # still down: the repeat must not pretend success
+        with pytest.raises(QueueError):
+            await mq.submit(mail, idempotency_key="order-9")
+        await mq.queue.open()
+        again = await mq.submit(mail, idempotency_key="order-9")
+        assert again.id == record.id
+        assert await mq.queue.depth() == 1
+        assert (await mq.status(record.id)).last_error == ""  # type: ignore[union-attr]
+        # published now: a further repeat publishes nothing more
+        await mq.submit(mail, idempotency_key="order-9")
+        assert await mq.queue.depth() == 1

@@ -955,6 +955,22 @@ async def test_queue_cannot_confirm_gives_503(service: Service) -> None:
     assert await service.attachment_bytes(ref.key) == b"kept for the record"
 
 
+async def test_repeat_with_the_key_gets_200_only_once_queued(service: Service) -> None:
+    await service.mq.queue.close()
+    headers = {"Idempotency-Key": "invoice-77"}
+    first = envelope(await service.send(headers=headers), 503)
+    # the queue is still down: the repeat must not answer 200 for an unqueued mail
+    again = envelope(await service.send(headers=headers), 503)
+    assert again["data"]["id"] == first["data"]["id"]
+    await service.mq.queue.open()
+    assert await service.mq.queue.depth() == 0  # neither request got it queued
+    ok = envelope(await service.send(headers=headers), 200)
+    assert ok["data"]["id"] == first["data"]["id"]
+    assert await service.mq.queue.depth() == 1
+    envelope(await service.send(headers=headers), 200)
+    assert await service.mq.queue.depth() == 1  # published once
+
+
 async def test_store_cannot_record_gives_503_and_keeps_nothing(service: Service) -> None:
     engine = service.mq.store.engine  # type: ignore[attr-defined]
     rename = "ALTER TABLE {} RENAME TO {}"

@@ -409,3 +409,23 @@ async def test_nothing_left_to_send_is_settled_without_sending(rig: Rig) -> None
     assert done.status is Status.SENT
     assert [a.outcome for a in done.history] == ["skipped"]
     assert rig.server.messages == []
+
+
+async def test_second_copy_of_a_mail_being_sent_is_not_sent(rig: Rig) -> None:
+    # A publish repeated after a lost confirm: one delivery is sending the mail
+    # (status sending); a fresh, not redelivered copy must leave it alone.
+    from mailqueue import RecordUpdate
+    from mailqueue.mime import make_message_id
+
+    m = mail("ann@example.com")
+    m = m.model_copy(update={"message_id": make_message_id(m.id, "example.com")})
+    await rig.mq.store.add(MailRecord.new(m))
+    assert await rig.mq.store.update(m.id, RecordUpdate(status=Status.SENDING))
+    await rig.mq.publish(m)
+    for _ in range(100):
+        if rig.worker.counts["skipped"]:
+            break
+        await asyncio.sleep(0.02)
+    assert rig.worker.counts["skipped"] == 1
+    assert rig.server.messages == []
+    assert (await rig.mq.status(m.id)).status is Status.SENDING  # type: ignore[union-attr]

@@ -473,8 +473,8 @@ async def send_email(
             submission.refs = []
             logger.error("mail id=%s is recorded but the queue did not confirm it: %s", mail.id, exc)
             raise unavailable(
-                "the queue did not confirm the mail. It is recorded and may still be delivered once the "
-                "queue is back; retry with the same Idempotency-Key to avoid a duplicate",
+                "the queue did not confirm the mail. It is recorded; retry with the same "
+                "Idempotency-Key to queue it without making a duplicate",
                 {"id": mail.id},
             ) from None
         except (BackendError, AttachmentError) as exc:
@@ -502,7 +502,15 @@ async def _existing(mailqueue: MailQueue, key: str) -> str | None:
     except BackendError as exc:
         logger.error("could not look up an idempotency key: %s", exc)
         raise unavailable("the store could not be read; try again") from None
-    return record.id if record is not None else None
+    if record is None:
+        return None
+    try:
+        # a first request that got 503 from the queue is published now, or this one gets 503 too
+        await mailqueue.ensure_queued(record)
+    except BackendError as exc:
+        logger.error("mail id=%s is recorded but the queue still does not confirm it: %s", record.id, exc)
+        raise unavailable("the queue did not confirm the mail; retry later", {"id": record.id}) from None
+    return record.id
 
 
 async def _recorded(mailqueue: MailQueue, mail_id: str) -> bool:
