@@ -32,6 +32,7 @@ __all__ = [
     "create_sender",
     "create_store",
     "load",
+    "redact_url",
     "scheme_of",
 ]
 
@@ -117,7 +118,7 @@ def scheme_of(url: str) -> str:
     """
     scheme = urlsplit(url).scheme.lower()
     if not scheme:
-        raise ConfigurationError(f"backend URL needs a scheme such as 'memory://': {_redact(url)!r}")
+        raise ConfigurationError(f"backend URL needs a scheme such as 'memory://': {redact_url(url)!r}")
     return scheme
 
 
@@ -172,12 +173,10 @@ def create_attachment_store(url: str, *, context: BackendContext | None = None) 
     return cast(AttachmentStore, _create("mailqueue.attachment_stores", url, context))
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``, for messages and logs."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
-
-
-redact_url = _redact

@@ -27,6 +27,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -339,7 +340,7 @@ class Worker:
     ) -> None:
         change = RecordUpdate(
             status=status,
-            attempt=attempt if attempt.recipients else _with_recipients(attempt, recipients),
+            attempt=replace(attempt, recipients=recipients),
             recipients=recipients,
             remark=remark,
             last_error=error,
@@ -414,18 +415,6 @@ def _fail_pending(
         if r.state is RecipientState.PENDING
         else r
         for r in recipients
-    )
-
-
-def _with_recipients(attempt: Attempt, recipients: tuple[RecipientOutcome, ...]) -> Attempt:
-    return Attempt(
-        attempt.number,
-        attempt.started_at,
-        attempt.finished_at,
-        attempt.outcome,
-        attempt.code,
-        attempt.reply,
-        recipients,
     )
 
 
