@@ -56,6 +56,10 @@ class WorkerSettings(BaseModel):
     """Delete a mail's attachments once it is sent."""
     shutdown_timeout: float = Field(default=30.0, ge=0)
     """On SIGTERM, seconds to let in-flight sends finish before releasing them."""
+    sending_lease: float = Field(default=600.0, gt=0)
+    """Seconds a mail may stay ``sending`` before a worker that meets another
+    copy of it presumes the sending worker dead and sends it; must exceed the
+    longest SMTP transaction (connect, TLS, all commands and the data)."""
 
     @field_validator("rate")
     @classmethod

@@ -99,7 +99,8 @@ class Worker:
         self.sender = sender
         self.settings = settings or WorkerSettings()
         self.limiter = limiter or RateLimiter(self.settings.rate)
-        #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, invalid, error.
+        #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
+        #: invalid, error.
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -202,34 +203,52 @@ class Worker:
             logger.info("mail id=%s is already %s; not sending again", mail.id, record.status)
             await delivery.ack()
             return
-        if record.status is Status.SENDING and not delivery.redelivered:
-            # A second copy of a message another delivery is sending right now
-            # (a publish repeated after a lost confirm): that one owns it, and
-            # comes back redelivered if its worker dies.
-            self.counts["skipped"] += 1
-            logger.info("mail id=%s is being sent by another delivery; not sending again", mail.id)
-            await delivery.ack()
-            return
         now = utcnow()
+        if record.status is Status.SENDING and not delivery.redelivered:
+            # Another delivery may be sending this mail right now: a second copy
+            # (a publish repeated after a lost confirm), or a copy read again by a
+            # queue that cannot tell a redelivery (Kafka after a crash). Look again
+            # once that delivery's lease is over: sent by then, this copy is dropped
+            # as a duplicate; still ``sending``, its worker died and this copy sends.
+            held = (now - record.updated_at).total_seconds()
+            lease = self.settings.sending_lease
+            if held < lease:
+                self.counts["deferred"] += 1
+                logger.info(
+                    "mail id=%s is being sent by another delivery; looking again in %.0f s",
+                    mail.id,
+                    lease - held,
+                )
+                await delivery.retry(lease - held + 1.0)
+                return
+            logger.warning(
+                "mail id=%s has been sending for %.0f s (lease %.0f s); its worker is presumed dead",
+                mail.id,
+                held,
+                lease,
+            )
         if record.status is Status.RETRYING and record.next_attempt_at and record.next_attempt_at > now:
             # The queue handed it back early (no native delay): wait out the rest.
             await delivery.retry((record.next_attempt_at - now).total_seconds())
             return
+        # Wait for the rate limit before claiming, so that a mail is ``sending``
+        # only while it is really being sent (see ``sending_lease``).
+        await self.limiter.acquire()
+        started = utcnow()  # the attempt starts when it takes its rate-limit token
         if not await self.store.update(mail.id, RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)):
             self.counts["skipped"] += 1
             await delivery.ack()
             return
         # The Store's copy is the source of truth (a re-send may have changed it).
-        await self._deliver(delivery, record.mail, record)
+        await self._deliver(delivery, record.mail, record, started)
 
-    async def _deliver(self, delivery: Delivery, mail: Mail, record: MailRecord) -> None:
+    async def _deliver(self, delivery: Delivery, mail: Mail, record: MailRecord, started: datetime) -> None:
         number = record.attempts + 1
         remark = record.remark
         found, missing = await self._load_attachments(mail.attachments)
         if missing:
             remark = _truncate("; ".join(f"Not Found: {ref.filename}" for ref in missing), _REMARK_MAX)
             if self.settings.missing_attachment == "fail":
-                started = utcnow()
                 reason = f"attachment missing: {', '.join(ref.filename for ref in missing)}"
                 await self._finish(
                     delivery,
@@ -253,8 +272,6 @@ class Worker:
             attempt = Attempt(number, now, now, "skipped", None, "no recipient left to send to")
             await self._finish(delivery, record, status, attempt, record.recipients, remark, "")
             return
-        await self.limiter.acquire()
-        started = utcnow()
         message = OutgoingMessage(
             mail_id=mail.id,
             data=render(mail, from_address=self.sender.from_address, attachments=found),
