@@ -95,11 +95,17 @@ class QueueCapabilities:
         shared: several processes (and machines) can publish and consume the
             same queue; ``False`` for in-process queues.
         depth: :meth:`Queue.depth` returns a number rather than ``None``.
+        ordered: messages published one after another (no delay) by one
+            publisher reach a single consumer that settles each before
+            taking the next in publish order; ``False`` where the queue is
+            split into independent parts (e.g. a Kafka topic of several
+            partitions, ordered only within each).
     """
 
     delay: bool = True
     shared: bool = True
     depth: bool = False
+    ordered: bool = True
 
 
 @runtime_checkable

