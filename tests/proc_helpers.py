@@ -1,11 +1,27 @@
-"""Running programs from tests: a clean environment and a non-blocking run."""
+"""Running programs from tests: a clean environment, a non-blocking run, and
+``mailqueue`` service processes (started, polled, stopped)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email
+import email.policy
 import os
-from collections.abc import Mapping
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+#: Generous limits for things that normally take a fraction of a second.
+WITHIN = 30.0
 
 
 def clean_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -36,3 +52,91 @@ async def run_program(*argv: str, cwd: Path, env: Mapping[str, str] | None = Non
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Process:
+    """A running ``mailqueue`` command and where its output goes."""
+
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def output(self) -> str:
+        return await asyncio.to_thread(self.log.read_text, "utf-8", "replace")
+
+    async def fail(self, message: str) -> None:
+        pytest.fail(f"{message}\n--- {self.log.name} ---\n{await self.output()}", pytrace=False)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig``: the process shuts down gracefully and exits 0."""
+        self.proc.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), WITHIN)
+        except TimeoutError:
+            await self.fail(f"pid {self.pid} did not exit within {WITHIN} s of signal {sig}")
+        if code != 0:
+            await self.fail(f"pid {self.pid} exited with {code} after signal {sig}")
+
+
+@contextlib.asynccontextmanager
+async def mailqueue(
+    cwd: Path, *args: str, env: Mapping[str, str] | None = None, log: Path
+) -> AsyncIterator[Process]:
+    """``python -m mailqueue ARGS`` in ``cwd``, its output in ``log``; killed if still running at the end."""
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailqueue", *args, cwd=cwd, env=clean_env(env), stdout=out, stderr=out
+        )
+    try:
+        yield Process(proc, log)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def wait_ready(service: Process, base_url: str) -> None:
+    """Poll ``/health/ready`` until it answers 200."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WITHIN
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        while True:
+            if service.proc.returncode is not None:
+                await service.fail(f"the service exited with {service.proc.returncode} before it was ready")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/health/ready")).status_code == 200:
+                    return
+            if loop.time() > deadline:
+                await service.fail("the service was not ready in time")
+            await asyncio.sleep(0.05)
+
+
+async def eventually(
+    condition: Any, what: str, service: Process | None = None, *, within: float = WITHIN
+) -> None:
+    """Wait until the (async) ``condition()`` is true, ``within`` seconds at most."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await condition():
+        if loop.time() > deadline:
+            if service is not None:
+                await service.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def parse(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
