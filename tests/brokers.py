@@ -111,3 +111,33 @@ class Tansu:
         """Stop and start again on the same port."""
         self.stop()
         self.start()
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    """Run ``rabbitmqctl ARGS`` and return its output (raises on failure)."""
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=True)
+    return done.stdout
+
+
+def delete_rabbitmq_queues(prefix: str) -> None:
+    """Delete every queue of the default vhost whose name starts with ``prefix``."""
+    names = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name").split()
+    for name in names:
+        if name.startswith(prefix):
+            rabbitmqctl("delete_queue", name)
+
+
+def wait_rabbitmq(timeout: float = 60) -> None:
+    """Wait until the RabbitMQ application runs and its AMQP port accepts connections."""
+    deadline = time.monotonic() + timeout
+    port = int(RABBITMQ_HOST.rpartition(":")[2])
+    while True:
+        try:
+            rabbitmqctl("await_startup", timeout=timeout)
+            if port_open(port):
+                return
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("RabbitMQ did not come back")
+        time.sleep(0.2)
