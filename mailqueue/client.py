@@ -17,10 +17,11 @@ has durably accepted it: from then on it is delivered, or ends ``failed`` or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
@@ -30,7 +31,15 @@ from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreErr
 from mailqueue.message import Attachment, AttachmentRef, Mail
 from mailqueue.mime import make_message_id
 from mailqueue.protocols import AttachmentStore, BackendContext, Queue, Store
-from mailqueue.records import MailRecord, RecipientOutcome, RecipientState, RecordQuery, RecordUpdate, Status
+from mailqueue.records import (
+    MailRecord,
+    RecipientOutcome,
+    RecipientState,
+    RecordQuery,
+    RecordUpdate,
+    Status,
+    utcnow,
+)
 from mailqueue.settings import Settings, load_settings
 
 __all__ = ["MailQueue"]
@@ -265,6 +274,40 @@ class MailQueue:
         await self.publish(record.mail)
         await self.store.update(record.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED})))
         return record.evolve(last_error="")
+
+    async def sweep(self, *, older_than: float = 60.0, page: int = 500) -> int:
+        """Publish again every mail whose publish was not confirmed.
+
+        A submit that failed after the record was committed (the queue was
+        down: the API answered 503, ``submit`` raised ``QueueError``) leaves the
+        record ``queued`` and marked ``publish not confirmed``. This finds such
+        records accepted at least ``older_than`` seconds ago (so that a submit
+        still in progress is left alone), publishes each and clears the mark.
+        Workers run it every ``worker.sweep_interval`` seconds; ``mailqueue
+        sweep`` runs it once. Publishing a mark that was set although the
+        message did reach the queue makes a second copy, which the worker
+        drops through the Store.
+
+        Returns:
+            How many mails were published.
+
+        Raises:
+            QueueError: the queue still does not confirm (the rest wait for the next sweep).
+            StoreError: the store cannot be read.
+        """
+        until = utcnow() - timedelta(seconds=older_than)
+        query = RecordQuery(statuses=frozenset({Status.QUEUED}), until=until, limit=page)
+        published = 0
+        while True:
+            records = await self.store.find(query)
+            for record in records:
+                if record.attempts == 0 and record.last_error.startswith(PUBLISH_PENDING):
+                    await self.ensure_queued(record)
+                    published += 1
+                    logger.info("mail id=%s published again by the sweeper", record.id)
+            if len(records) < page:
+                return published
+            query = dataclasses.replace(query, before_id=records[-1].id)
 
     async def _mark_unpublished(self, mail_id: str, exc: QueueError) -> None:
         try:

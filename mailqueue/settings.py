@@ -56,6 +56,11 @@ class WorkerSettings(BaseModel):
     """Delete a mail's attachments once it is sent."""
     shutdown_timeout: float = Field(default=30.0, ge=0)
     """On SIGTERM, seconds to let in-flight sends finish before releasing them."""
+    sweep_interval: float = Field(default=60.0, ge=0)
+    """Seconds between two sweeps for mails whose publish was not confirmed
+    (see :meth:`~mailqueue.client.MailQueue.sweep`); 0 turns sweeping off."""
+    sweep_after: float = Field(default=60.0, ge=0)
+    """A mail is swept once its failed publish is at least this many seconds old."""
     sending_lease: float = Field(default=600.0, gt=0)
     """Seconds a mail may stay ``sending`` before a worker that meets another
     copy of it presumes the sending worker dead and sends it; must exceed the

@@ -120,6 +120,7 @@ class Worker:
         slots = asyncio.Semaphore(concurrency)
         deliveries = self.queue.consume(prefetch=self.settings.prefetch or 2 * concurrency)
         stop_wait = asyncio.ensure_future(self._stopping.wait())
+        sweeper = asyncio.create_task(self._sweep_loop(), name="mailqueue-sweeper")
         logger.info("worker started concurrency=%d rate=%r", concurrency, self.settings.rate)
         failures = 0
         try:
@@ -157,10 +158,35 @@ class Worker:
                 task.add_done_callback(lambda _: slots.release())
         finally:
             stop_wait.cancel()
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await self._drain()
             with contextlib.suppress(Exception):
                 await deliveries.aclose()
             logger.info("worker stopped counts=%s", dict(self.counts))
+
+    async def _sweep_loop(self) -> None:
+        """Every ``sweep_interval`` seconds, publish again the mails whose publish was not confirmed."""
+        from mailqueue.client import MailQueue
+
+        interval = self.settings.sweep_interval
+        if interval <= 0:
+            return
+        mq = MailQueue(store=self.store, queue=self.queue, attachments=self.attachments)
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # workers spread out
+            try:
+                published = await mq.sweep(older_than=self.settings.sweep_after)
+            except BackendError as exc:
+                logger.warning("sweeping for unpublished mail failed (%s); trying again later", exc)
+                continue
+            except Exception:
+                logger.exception("sweeping for unpublished mail failed unexpectedly; trying again later")
+                continue
+            self.counts["swept"] += published
+            if published:
+                logger.warning("the sweeper published %d mail(s) whose publish was not confirmed", published)
 
     async def _drain(self) -> None:
         if not self._tasks:

@@ -61,3 +61,47 @@ async def test_a_repeat_after_an_unconfirmed_publish_queues_the_mail() -> None:
         # published now: a further repeat publishes nothing more
         await mq.submit(mail, idempotency_key="order-9")
         assert await mq.queue.depth() == 1
+
+
+@pytest.fixture(params=["memory", "sqlite", "mysql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+async def test_sweep_publishes_the_mails_whose_publish_failed(store_url: str) -> None:
+    from mailqueue import QueueError, Status
+    from mailqueue.client import PUBLISH_PENDING
+
+    async with MailQueue.from_urls(store=store_url, queue="memory://", attachments="memory://") as mq:
+
+        def mail(n: int) -> Mail:
+            return Mail(subject=f"s{n}", html="h", to=[{"address": f"a{n}@example.com"}])
+
+        published = await mq.submit(mail(0))
+        await mq.queue.close()  # the broker is down: three submits fail after the record exists
+        for n in range(1, 4):
+            with pytest.raises(QueueError):
+                await mq.submit(mail(n))
+        failed = [r for r in await mq.store.find(RecordQuery()) if r.id != published.id]
+        assert len(failed) == 3
+        assert all(r.last_error.startswith(PUBLISH_PENDING) for r in failed)
+        # still down: the sweep says so and changes nothing
+        with pytest.raises(QueueError):
+            await mq.sweep(older_than=0)
+        await mq.queue.open()
+        assert await mq.queue.depth() == 1  # only the mail published before the outage
+        # too recent for this sweep (a submit may still be publishing)
+        assert await mq.sweep(older_than=3600) == 0
+        # one record per page: every page is visited
+        assert await mq.sweep(older_than=0, page=1) == 3
+        assert await mq.queue.depth() == 4
+        for record in failed:
+            now = await mq.status(record.id)
+            assert now is not None
+            assert (now.status, now.last_error) == (Status.QUEUED, "")
+        # nothing left to sweep: nothing is published twice
+        assert await mq.sweep(older_than=0) == 0
+        assert await mq.queue.depth() == 4
