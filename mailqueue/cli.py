@@ -450,6 +450,31 @@ def resend(
 @main.command()
 @_config_option
 @click.option(
+    "--older-than",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Only mails accepted at least this many seconds ago.",
+)
+@click.pass_context
+def sweep(ctx: click.Context, config: Path | None, older_than: float) -> None:
+    """Publish the mails whose publish was not confirmed (accepted while the queue was down).
+
+    Workers do this every worker.sweep_interval seconds; this runs it once.
+    """
+    settings = _settings(ctx, config)
+
+    async def go() -> int:
+        async with MailQueue.from_settings(settings) as mq:
+            return await mq.sweep(older_than=older_than)
+
+    count = _run(go())
+    click.echo(f"published {count} mail(s)", err=True)
+
+
+@main.command()
+@_config_option
+@click.option(
     "--to", "to", multiple=True, required=True, help="Recipient address, or 'Name <addr>' (repeatable)."
 )
 @click.option("--cc", multiple=True, help="Cc recipient (repeatable).")

@@ -392,6 +392,28 @@ async def test_resend_selects_and_requeues_a_failed_mail(in_tmp: Path) -> None:
             assert await asyncio.wait_for(worker.wait(), WITHIN) == 0, log.read_text()
 
 
+async def test_sweep_publishes_a_mail_accepted_while_the_queue_was_down(in_tmp: Path) -> None:
+    from mailqueue import Mail, MailQueue, QueueError
+
+    store_url = f"sqlite+aiosqlite:///{in_tmp / 'mailqueue.db'}"
+    urls = {"store": store_url, "queue": "sql://", "attachments": "file://./attachments"}
+    async with MailQueue.from_urls(**urls) as mq:
+        await mq.queue.close()  # the queue is down while the mail is accepted
+        with pytest.raises(QueueError):
+            await mq.submit(Mail(subject="late", html="<p>x</p>", to=[{"address": "a@example.com"}]))
+    env = {"MAILQUEUE_STORE": store_url}
+    too_recent = await asyncio.to_thread(invoke, ["sweep"], env)
+    assert too_recent.exit_code == 0, too_recent.output
+    assert "published 0 mail(s)" in too_recent.stderr
+    swept = await asyncio.to_thread(invoke, ["sweep", "--older-than", "0"], env)
+    assert swept.exit_code == 0, swept.output
+    assert "published 1 mail(s)" in swept.stderr
+    again = await asyncio.to_thread(invoke, ["sweep", "--older-than", "0"], env)
+    assert "published 0 mail(s)" in again.stderr
+    async with MailQueue.from_urls(**urls) as mq:
+        assert await mq.queue.depth() == 1
+
+
 def test_resend_with_a_bad_time_is_a_usage_error(in_tmp: Path) -> None:
     result = invoke(["resend", "--since", "yesterday"])
     assert result.exit_code == 2
