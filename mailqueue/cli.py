@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from click.core import ParameterSource
 
-from mailqueue import registry
+from mailqueue import metrics, registry
 from mailqueue.client import MailQueue
 from mailqueue.errors import (
     BackendError,
@@ -42,6 +42,7 @@ from mailqueue.errors import (
     MissingDependencyError,
     ValidationError,
 )
+from mailqueue.logs import configure_logging, secrets_of_urls
 from mailqueue.message import Attachment, Mail, Recipient
 from mailqueue.protocols import BackendContext, Queue, Store
 from mailqueue.records import MailRecord, RecordQuery, Status, utcnow
@@ -78,22 +79,41 @@ def _config_path(ctx: click.Context, config: Path | None) -> Path | None:
     return config or root.params.get("config")
 
 
-def _settings(ctx: click.Context, config: Path | None) -> Settings:
+def _settings(
+    ctx: click.Context, config: Path | None, *, log_format: str | None = None, structured: bool = False
+) -> Settings:
     config = _config_path(ctx, config)
     try:
-        settings = load_settings(config)
+        settings = load_settings(config, **({"log_format": log_format} if log_format else {}))
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
-    _configure_logging(settings)
+    _configure_logging(settings, structured=structured)
     return settings
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _log_format_option(func: Callable[P, T]) -> Callable[P, T]:
+    return click.option(
+        "--log-format",
+        type=click.Choice(["kv", "json"]),
+        default=None,
+        help="Log lines as key=value pairs (default) or JSON objects (overrides log_format).",
+    )(func)
+
+
+def _configure_logging(settings: Settings, *, structured: bool = True) -> None:
+    """Structured, redacted logs (see :mod:`mailqueue.logs`) for the long-running commands;
+    one plain line per record for the others."""
+    if structured:
+        urls = [settings.queue, settings.store, settings.attachments, settings.sender]
+        secrets = secrets_of_urls(url.get_secret_value() for url in urls)
+        secrets += [token.get_secret_value() for token in settings.api.tokens]
+        configure_logging(settings.log_level, settings.log_format, secrets=secrets)
+    else:
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=sys.stderr,
+        )
     # Alembic narrates every migration check at INFO; mailqueue logs what matters.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -119,14 +139,15 @@ def main(config: Path | None) -> None:
 @main.command()
 @_config_option
 @click.option("--concurrency", type=click.IntRange(1, 1000), help="Override worker.concurrency.")
+@_log_format_option
 @click.pass_context
-def worker(ctx: click.Context, config: Path | None, concurrency: int | None) -> None:
+def worker(ctx: click.Context, config: Path | None, concurrency: int | None, log_format: str | None) -> None:
     """Consume the queue and deliver mail until SIGTERM/SIGINT.
 
     On a signal it stops taking mail, lets sends in flight finish and gives
     the rest back to the queue: stopping loses nothing.
     """
-    settings = _settings(ctx, config)
+    settings = _settings(ctx, config, log_format=log_format, structured=True)
     if concurrency is not None:
         settings = settings.model_copy(
             update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})}
@@ -154,7 +175,20 @@ async def run_worker(settings: Settings, *, install_signal_handlers: bool = True
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, work.stop)
-        await work.run()
+        server = None
+        if settings.worker.metrics_port:
+            server = metrics.MetricsServer(
+                settings.worker.metrics_host,
+                settings.worker.metrics_port,
+                ready=work.check_ready,
+                before_scrape=lambda: metrics.refresh_queue_gauges(mq.queue, mq.store),
+            )
+            await server.start()
+        try:
+            await work.run()
+        finally:
+            if server is not None:
+                await server.close()
 
 
 # --- the HTTP service -----------------------------------------------------------
@@ -192,9 +226,15 @@ def _access_log_option(func: Callable[P, T]) -> Callable[P, T]:
 @_host_option
 @_port_option
 @_access_log_option
+@_log_format_option
 @click.pass_context
 def serve(
-    ctx: click.Context, config: Path | None, host: str | None, port: int | None, access_log: bool
+    ctx: click.Context,
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    access_log: bool,
+    log_format: str | None,
 ) -> None:
     """Run the HTTP API and a worker in one process until SIGTERM/SIGINT.
 
@@ -203,7 +243,9 @@ def serve(
     ./attachments, mail written as .eml files into ./outbox. On a signal it
     stops accepting, lets requests and sends in flight finish, and exits 0.
     """
-    _run_service(ctx, config, host, port, worker=True, workers=1, access_log=access_log)
+    _run_service(
+        ctx, config, host, port, worker=True, workers=1, access_log=access_log, log_format=log_format
+    )
 
 
 @main.command()
@@ -218,6 +260,7 @@ def serve(
     help="API processes sharing the port (uvicorn's supervisor restarts one that dies).",
 )
 @_access_log_option
+@_log_format_option
 @click.pass_context
 def api(
     ctx: click.Context,
@@ -226,6 +269,7 @@ def api(
     port: int | None,
     workers: int,
     access_log: bool,
+    log_format: str | None,
 ) -> None:
     """Run the HTTP API alone (no worker) until SIGTERM/SIGINT.
 
@@ -234,7 +278,16 @@ def api(
     stopped at any time, e.g. to change the SMTP password: the API keeps
     accepting and nothing is lost.
     """
-    _run_service(ctx, config, host, port, worker=False, workers=workers, access_log=access_log)
+    _run_service(
+        ctx,
+        config,
+        host,
+        port,
+        worker=False,
+        workers=workers,
+        access_log=access_log,
+        log_format=log_format,
+    )
 
 
 def asgi_app() -> Any:
@@ -279,8 +332,9 @@ def _run_service(
     worker: bool,
     workers: int,
     access_log: bool,
+    log_format: str | None = None,
 ) -> None:
-    settings = _settings(ctx, config)
+    settings = _settings(ctx, config, log_format=log_format, structured=True)
     try:
         service = _service_module()
     except MissingDependencyError as exc:
@@ -316,6 +370,8 @@ def _run_service(
             if path is not None:
                 # the worker processes find the settings file (and the environment) on their own
                 os.environ["MAILQUEUE_CONFIG"] = str(path.resolve())
+            if log_format:
+                os.environ["MAILQUEUE_LOG_FORMAT"] = log_format
             _serve_in_processes(workers, sock, options)
     finally:
         sock.close()
@@ -349,6 +405,8 @@ def _uvicorn_options(settings: Settings, *, access_log: bool) -> dict[str, Any]:
         "lifespan": "on",
         "log_level": level if isinstance(level, int) else logging.INFO,
         "access_log": access_log,
+        # uvicorn's loggers go through mailqueue's handler (format, redaction)
+        "log_config": None,
         # requests in flight get as long as sends in flight (worker.shutdown_timeout)
         "timeout_graceful_shutdown": math.ceil(settings.worker.shutdown_timeout),
     }

@@ -26,8 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
+from mailqueue import metrics
 from mailqueue.envelope import encode_envelope
 from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreError, ValidationError
+from mailqueue.logs import bind_mail_id
 from mailqueue.message import Attachment, AttachmentRef, Mail
 from mailqueue.mime import make_message_id
 from mailqueue.protocols import AttachmentStore, BackendContext, Queue, Store
@@ -222,6 +224,12 @@ class MailQueue:
             QueueError: the queue did not confirm. The record exists (``queued``)
                 and will be re-published by the sweeper; tell the caller it failed.
         """
+        with bind_mail_id(mail.id):
+            return await self._submit(mail, attachments, idempotency_key)
+
+    async def _submit(
+        self, mail: Mail, attachments: Sequence[Attachment], idempotency_key: str | None
+    ) -> MailRecord:
         key = idempotency_key or mail.idempotency_key
         if key is not None:
             existing = await self.find_by_idempotency_key(key)
@@ -253,6 +261,7 @@ class MailQueue:
         except QueueError as exc:
             await self._mark_unpublished(mail.id, exc)
             raise
+        metrics.MAILS_ACCEPTED.inc()
         return record
 
     async def ensure_queued(self, record: MailRecord) -> MailRecord:

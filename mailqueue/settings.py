@@ -61,6 +61,15 @@ class WorkerSettings(BaseModel):
     (see :meth:`~mailqueue.client.MailQueue.sweep`); 0 turns sweeping off."""
     sweep_after: float = Field(default=60.0, ge=0)
     """A mail is swept once its failed publish is at least this many seconds old."""
+    restart_base: float = Field(default=1.0, gt=0)
+    """First pause in seconds before a failed consumer or sweeper is restarted; doubles up to 30 s / 60 s."""
+    health_interval: float = Field(default=5.0, gt=0)
+    """Seconds between two checks of the store and the queue that drive ``mailqueue_worker_ready``."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the worker's HTTP endpoint (``/metrics``, ``/health/live``, ``/health/ready``);
+    0 (the default) serves none. 9100 is customary."""
+    metrics_host: str = "127.0.0.1"
+    """Address the worker's metrics endpoint listens on."""
     sending_lease: float = Field(default=600.0, gt=0)
     """Seconds a mail may stay ``sending`` before a worker that meets another
     copy of it presumes the sending worker dead and sends it; must exceed the
@@ -109,6 +118,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     api: APISettings = APISettings()
     log_level: str = "INFO"
+    log_format: Literal["kv", "json"] = "kv"
+    """``kv``: one line of ``key=value`` pairs per record; ``json``: one JSON object per line."""
 
     @classmethod
     def settings_customise_sources(

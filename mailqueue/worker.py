@@ -25,22 +25,26 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
+from mailqueue import metrics
 from mailqueue.envelope import decode_envelope
 from mailqueue.errors import (
     AttachmentNotFoundError,
     BackendError,
     DeliveryError,
+    DeliveryTimeoutError,
     PermanentDeliveryError,
     TransientDeliveryError,
     UnknownDeliveryError,
 )
 from mailqueue.limits import RateLimiter
+from mailqueue.logs import mail_id_var
 from mailqueue.message import AttachmentRef, Mail
 from mailqueue.mime import render
 from mailqueue.protocols import AttachmentStore, Delivery, OutgoingMessage, Queue, Sender, SendResult, Store
@@ -104,6 +108,32 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._consuming = False
+        self._deps_ok = True
+
+    @property
+    def ready(self) -> bool:
+        """True while the worker consumes and its last checks of the store and queue succeeded."""
+        return self._consuming and self._deps_ok and not self._stopping.is_set()
+
+    def _set_ready(self, *, consuming: bool | None = None, deps_ok: bool | None = None) -> None:
+        if consuming is not None:
+            self._consuming = consuming
+        if deps_ok is not None:
+            self._deps_ok = deps_ok
+        metrics.WORKER_READY.set(1 if self.ready else 0)
+
+    async def check_ready(self) -> bool:
+        """Check the store and the queue now (``/health/ready``); update :attr:`ready`."""
+        try:
+            await asyncio.wait_for(self.store.ping(), 5.0)
+            await asyncio.wait_for(self.queue.depth(), 5.0)
+        except (BackendError, TimeoutError) as exc:
+            logger.warning("readiness check failed: %s", exc)
+            self._set_ready(deps_ok=False)
+        else:
+            self._set_ready(deps_ok=True)
+        return self.ready
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop taking deliveries and return once drained."""
@@ -115,13 +145,49 @@ class Worker:
         return len(self._tasks)
 
     async def run(self) -> None:
-        """Consume until :meth:`stop` is called, then drain and return."""
+        """Consume until :meth:`stop` is called, then drain and return.
+
+        The consumer and the sweeper are supervised: an unexpected exception in
+        either (or in the queue's consumer iterator) restarts that component after
+        an exponential backoff (``mailqueue_worker_restarts_total{component}``);
+        a queue that is unreachable is retried forever. Only :meth:`stop` ends it.
+        """
         concurrency = self.settings.concurrency
         slots = asyncio.Semaphore(concurrency)
-        deliveries = self.queue.consume(prefetch=self.settings.prefetch or 2 * concurrency)
         stop_wait = asyncio.ensure_future(self._stopping.wait())
-        sweeper = asyncio.create_task(self._sweep_loop(), name="mailqueue-sweeper")
+        sweeper = asyncio.create_task(self._supervise("sweeper", self._sweep_loop), name="mailqueue-sweeper")
+        health = asyncio.create_task(self._health_loop(), name="mailqueue-health")
         logger.info("worker started concurrency=%d rate=%r", concurrency, self.settings.rate)
+        restarts = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._consume(slots, stop_wait)
+                    break  # stopped, or the queue ended the iteration
+                except Exception:
+                    pause = min(30.0, self.settings.restart_base * 2.0 ** min(restarts, 10))
+                    restarts += 1
+                    self._set_ready(consuming=False)
+                    metrics.WORKER_RESTARTS.labels(component="consumer").inc()
+                    self.counts["restart"] += 1
+                    logger.exception("the consumer failed unexpectedly; restarting it in %.1f s", pause)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop_wait), pause)
+        finally:
+            self._set_ready(consuming=False)
+            stop_wait.cancel()
+            for task in (sweeper, health):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._drain()
+            logger.info("worker stopped counts=%s", dict(self.counts))
+
+    async def _consume(self, slots: asyncio.Semaphore, stop_wait: asyncio.Future[Any]) -> None:
+        """One life of the consumer: open an iterator on the queue, dispatch deliveries until stopped."""
+        concurrency = self.settings.concurrency
+        deliveries = self.queue.consume(prefetch=self.settings.prefetch or 2 * concurrency)
+        self._set_ready(consuming=True)
         failures = 0
         try:
             while not self._stopping.is_set():
@@ -141,11 +207,14 @@ class Worker:
                     pause = min(30.0, 0.5 * 2.0 ** min(failures, 6))
                     failures += 1
                     self.counts["consume_error"] += 1
+                    self._set_ready(deps_ok=False)
                     logger.warning("consuming failed (%s); trying again in %.1f s", exc, pause)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(stop_wait), pause)
                     continue
-                failures = 0
+                if failures:
+                    failures = 0
+                    self._set_ready(deps_ok=True)
                 slot = asyncio.ensure_future(slots.acquire())
                 await asyncio.wait({slot, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not slot.done():
@@ -154,17 +223,34 @@ class Worker:
                     break
                 task = asyncio.create_task(self._guarded(delivery))
                 self._tasks.add(task)
+                metrics.IN_FLIGHT.inc()
                 task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _: metrics.IN_FLIGHT.dec())
                 task.add_done_callback(lambda _: slots.release())
         finally:
-            stop_wait.cancel()
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            await self._drain()
             with contextlib.suppress(Exception):
                 await deliveries.aclose()
-            logger.info("worker stopped counts=%s", dict(self.counts))
+
+    async def _supervise(self, component: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` until it returns; restart it with exponential backoff when it raises."""
+        restarts = 0
+        while True:
+            try:
+                await body()
+                return
+            except Exception:
+                pause = min(60.0, self.settings.restart_base * 2.0 ** min(restarts, 10))
+                restarts += 1
+                metrics.WORKER_RESTARTS.labels(component=component).inc()
+                self.counts["restart"] += 1
+                logger.exception("the %s failed unexpectedly; restarting it in %.1f s", component, pause)
+                await asyncio.sleep(pause)
+
+    async def _health_loop(self) -> None:
+        """Check the store and the queue every few seconds, so that readiness comes back by itself."""
+        while True:
+            await self.check_ready()
+            await asyncio.sleep(self.settings.health_interval)
 
     async def _sweep_loop(self) -> None:
         """Every ``sweep_interval`` seconds, publish again the mails whose publish was not confirmed."""
@@ -181,10 +267,8 @@ class Worker:
             except BackendError as exc:
                 logger.warning("sweeping for unpublished mail failed (%s); trying again later", exc)
                 continue
-            except Exception:
-                logger.exception("sweeping for unpublished mail failed unexpectedly; trying again later")
-                continue
             self.counts["swept"] += published
+            metrics.SWEPT.inc(published)
             if published:
                 logger.warning("the sweeper published %d mail(s) whose publish was not confirmed", published)
 
@@ -208,6 +292,7 @@ class Worker:
             raise
         except Exception:
             self.counts["error"] += 1
+            metrics.DELIVERY_ERRORS.inc()
             logger.exception("delivery key=%s failed unexpectedly; it will be retried", delivery.key)
             await _settle_quietly(delivery.retry(min(self.settings.retry_base, 30.0)))
 
@@ -220,6 +305,7 @@ class Worker:
             logger.error("dead-lettering invalid payload key=%s: %s", delivery.key, exc)
             await delivery.dead(f"invalid payload: {exc}")
             return
+        mail_id_var.set(mail.id)  # each delivery runs in a task of its own: its log lines carry it
         record = await self.store.get(mail.id)
         if record is None:
             # Published but not recorded (e.g. restored queue): record it now.
@@ -304,8 +390,12 @@ class Worker:
             envelope_from=self.sender.from_address,
             recipients=pending,
         )
+        clock = time.monotonic()
         try:
-            result = await self.sender.send(message)
+            try:
+                result = await self.sender.send(message)
+            finally:
+                metrics.SEND_DURATION.observe(time.monotonic() - clock)
         except UnknownDeliveryError as exc:
             attempt = Attempt(number, started, utcnow(), "unknown", exc.code, exc.reply)
             logger.warning("mail id=%s outcome unknown (maybe delivered): %s", mail.id, exc)
@@ -363,6 +453,10 @@ class Worker:
             )
             return
         due = utcnow() + timedelta(seconds=delay)
+        metrics.RETRIES.labels(
+            reply_class=metrics.reply_class(attempt.code, timeout=isinstance(exc, DeliveryTimeoutError)),
+            code="" if attempt.code is None else str(attempt.code),
+        ).inc()
         await self._finish(
             delivery, record, Status.RETRYING, attempt, recipients, remark, error, delay=delay, due=due
         )
@@ -395,6 +489,10 @@ class Worker:
         if not await self.store.update(record.id, change):
             logger.warning("mail id=%s changed while it was being sent; recorded nothing", record.id)
         self.counts[{Status.RETRYING: "retried"}.get(status, str(status))] += 1
+        if status.final:
+            metrics.MAILS_FINISHED.labels(status=str(status)).inc()
+            latency = (utcnow() - record.mail.created_at).total_seconds()
+            metrics.DELIVERY_LATENCY.observe(max(0.0, latency))
         log = logger.info if status in (Status.SENT, Status.RETRYING) else logger.warning
         log(
             "mail id=%s attempt=%d status=%s code=%s%s",

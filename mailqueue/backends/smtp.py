@@ -79,6 +79,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiosmtplib
 from pydantic import SecretStr
 
+from mailqueue import metrics
 from mailqueue.errors import (
     ConfigurationError,
     DeliveryError,
@@ -398,6 +399,7 @@ class SMTPSender(ResourceMixin):
         self._closed = True
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._quit(conn) for conn in idle))
+        self._count()
 
     # --- sending --------------------------------------------------------------
 
@@ -467,8 +469,10 @@ class SMTPSender(ResourceMixin):
                 except _StaleConnection:
                     log.debug("pooled SMTP connection to %s was dead; retrying on a new one", self.host)
                     self._discard(conn)
+                    metrics.SMTP_RECONNECTS.inc()
                     conn = await self._connect()
                     self._busy.add(conn)
+                    self._count()
                     result = await self._transaction(conn, message, payload, recipients, replies)
             except BaseException:
                 self._discard(conn)
@@ -598,9 +602,15 @@ class SMTPSender(ResourceMixin):
                 self._busy.add(conn)
                 return conn
             conn.smtp.close()
+            metrics.SMTP_RECONNECTS.inc()
         conn = await self._connect()
         self._busy.add(conn)
+        self._count()
         return conn
+
+    def _count(self) -> None:
+        """Publish the pool size as ``mailqueue_smtp_connections``."""
+        metrics.SMTP_CONNECTIONS.set(len(self._idle) + len(self._busy))
 
     async def _checkin(self, conn: _Connection) -> None:
         self._busy.discard(conn)
@@ -610,10 +620,12 @@ class SMTPSender(ResourceMixin):
             self._idle.append(conn)
         else:
             conn.smtp.close()
+        self._count()
 
     def _discard(self, conn: _Connection) -> None:
         self._busy.discard(conn)
         conn.smtp.close()
+        self._count()
 
     async def _quit(self, conn: _Connection) -> None:
         try:

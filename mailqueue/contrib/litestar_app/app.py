@@ -6,6 +6,7 @@ with the HTTP status equal to ``code``, Litestar's own errors included):
 - ``POST /api/email/send``: multipart form (the original's) or JSON;
 - ``GET /api/email/{id}``: a mail's state;
 - ``GET /health/live``, ``GET /health/ready``: probes, never authenticated;
+- ``GET /metrics``: Prometheus metrics (text format), never authenticated;
 - ``GET /schema``: the OpenAPI document (``/schema/openapi.json``).
 
 ``/api/`` routes need ``Authorization: Bearer <token>`` when
@@ -26,7 +27,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from mailqueue import MailQueue, Settings, __version__
 from mailqueue.contrib.litestar_app.auth import bearer_guard
 from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
-from mailqueue.contrib.litestar_app.routes import get_mail, live, ready, send_email
+from mailqueue.contrib.litestar_app.routes import get_mail, live, metrics_endpoint, ready, send_email
 
 __all__ = ["create_app", "envelope_exception_handler"]
 
@@ -80,7 +81,7 @@ def create_app(settings: Settings, *, mailqueue: MailQueue | None = None, worker
         security=[{_SECURITY_SCHEME: []}],
     )
     return Litestar(
-        route_handlers=[api, live, ready],
+        route_handlers=[api, live, ready, metrics_endpoint],
         plugins=[plugin],
         exception_handlers={Exception: envelope_exception_handler},
         openapi_config=OpenAPIConfig(

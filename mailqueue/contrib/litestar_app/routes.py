@@ -38,6 +38,7 @@ from mailqueue import (
     QueueError,
     Settings,
     ValidationError,
+    metrics,
     parse_recipients,
 )
 from mailqueue.contrib.litestar_app.formdata import (
@@ -570,3 +571,11 @@ async def ready(mailqueue_plugin: NamedDependency[MailQueuePlugin]) -> Response[
         HealthReply(code=503, message=f"Service Unavailable: {failed}", data=HealthData("not ready", checks)),
         status_code=503,
     )
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["health"], include_in_schema=False)
+async def metrics_endpoint(mailqueue_plugin: NamedDependency[MailQueuePlugin]) -> Response[bytes]:
+    """Every ``mailqueue_*`` metric in the Prometheus text format; never authenticated, like the probes."""
+    mq = mailqueue_plugin.mailqueue
+    await metrics.refresh_queue_gauges(mq.queue, mq.store)
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,278 @@
+"""Metrics, health and supervision on real components.
+
+A worker started like ``mailqueue worker`` (``run_worker``) on the embedded
+default (SQL queue and store on SQLite) delivers to an in-process aiosmtpd
+server; its own ``/metrics`` endpoint is scraped over HTTP and the counters
+compared before and after. The queue is made unreachable by renaming its
+table, which is what a dropped or broken database looks like to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mailqueue import Mail, MailQueue, Recipient, Status, Worker, WorkerSettings, load_settings
+from mailqueue.backends.memory import MemoryQueue
+from mailqueue.backends.smtp import SMTPSender
+from mailqueue.cli import run_worker
+from mailqueue.contrib.litestar_app import create_app
+from mailqueue.protocols import Consumer, Delivery
+from mailqueue.records import MailRecord, RecordQuery
+from mailqueue.settings import Settings
+from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
+from mailqueue.testing.smtpd import Fault, SMTPTestServer
+from tests.http_helpers import serve
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a text exposition, keyed by (name, labels)."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def mail(address: str, subject: str = "Hello") -> Mail:
+    return Mail(subject=subject, html="<p>Hi</p>", to=[Recipient(address=address)])
+
+
+async def wait_for(check: Callable[[], Any], within: float = 10.0, what: str = "condition") -> Any:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{what} not reached within {within} s")
+        await asyncio.sleep(0.05)
+
+
+def rename_queue_table(db: Path, old: str, new: str) -> None:
+    with sqlite3.connect(db, timeout=10) as connection:
+        connection.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[SMTPTestServer]:
+    async with SMTPTestServer() as smtpd:
+        yield smtpd
+
+
+def embedded(tmp_path: Path, sender: str, **worker: Any) -> Settings:
+    return load_settings(
+        store=f"sqlite+aiosqlite:///{tmp_path}/mailqueue.db",
+        queue="sql://?poll=0.05",
+        attachments=f"file://{tmp_path}/attachments",
+        sender=sender,
+        worker={"retry_base": 0.05, "retry_max": 0.2, "sweep_interval": 0, "health_interval": 0.2} | worker,
+    )
+
+
+async def test_worker_metrics_health_and_recovery(tmp_path: Path, server: SMTPTestServer) -> None:
+    port = free_port()
+    settings = embedded(
+        tmp_path, server.url(from_address="noreply@example.com", timeout="2"), metrics_port=port
+    )
+    base = f"http://127.0.0.1:{port}"
+    worker = asyncio.create_task(run_worker(settings, install_signal_handlers=False))
+    async with MailQueue.from_settings(settings) as mq, httpx.AsyncClient(base_url=base) as http:
+
+        async def scrape() -> Samples:
+            response = await http.get("/metrics")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            return parse(response.text)
+
+        async def up() -> bool:
+            try:
+                return (await http.get("/health/live")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_for(up, what="worker metrics endpoint")
+        before = await scrape()
+        server.faults.append(Fault("mail", reply="451 4.3.0 try later", times=1))
+        ids = [(await mq.submit(mail(f"user{i}@example.com"))).id for i in range(3)]
+
+        async def all_sent() -> bool:
+            records = [await mq.status(i) for i in ids]
+            return all(r is not None and r.status is Status.SENT for r in records)
+
+        await wait_for(all_sent, what="three mails sent")
+        after = await scrape()
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert delta("mailqueue_mails_accepted_total") == 3
+        assert delta("mailqueue_mails_finished_total", status="sent") == 3
+        assert delta("mailqueue_mails_finished_total", status="failed") == 0
+        assert delta("mailqueue_retries_total", reply_class="4xx", code="451") == 1
+        assert delta("mailqueue_send_duration_seconds_count") == 4  # three sends and the refused one
+        assert delta("mailqueue_delivery_latency_seconds_count") == 3
+        assert delta("mailqueue_delivery_latency_seconds_sum") > 0
+        assert value(after, "mailqueue_worker_in_flight") == 0
+        assert value(after, "mailqueue_worker_ready") == 1
+        assert value(after, "mailqueue_smtp_connections") >= 1
+        assert value(after, "mailqueue_queue_depth") == 0
+        assert value(after, "mailqueue_queue_oldest_age_seconds") == 0
+        assert len(server.messages) == 3
+        assert (await http.get("/health/ready")).status_code == 200
+        assert (await http.get("/nothing")).status_code == 404
+
+        # the queue's table disappears: not ready; it comes back: ready again, by itself
+        db = tmp_path / "mailqueue.db"
+        rename_queue_table(db, "mailqueue_queue", "mailqueue_queue_away")
+
+        async def ready_is(code: int) -> bool:
+            return (await http.get("/health/ready")).status_code == code
+
+        await wait_for(lambda: ready_is(503), what="readiness 503")
+        assert value(await scrape(), "mailqueue_worker_ready") == 0
+        rename_queue_table(db, "mailqueue_queue_away", "mailqueue_queue")
+        await wait_for(lambda: ready_is(200), what="readiness back to 200")
+
+        async def gauge_ready() -> bool:
+            return value(await scrape(), "mailqueue_worker_ready") == 1
+
+        await wait_for(gauge_ready, what="mailqueue_worker_ready back to 1")
+        late = await mq.submit(mail("late@example.com"))
+
+        async def late_sent() -> bool:
+            record = await mq.status(late.id)
+            return record is not None and record.status is Status.SENT
+
+        await wait_for(late_sent, what="a mail sent after the outage")
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+
+
+async def test_api_metrics_and_readiness(tmp_path: Path) -> None:
+    settings = embedded(tmp_path, "outbox://" + str(tmp_path / "outbox"))
+    async with serve(create_app(settings)) as client:
+        before = parse((await client.get("/metrics")).text)
+        for i in range(2):
+            response = await client.post(
+                "/api/email/send",
+                json={
+                    "title": f"Hi {i}",
+                    "content": "<p>x</p>",
+                    "receiver": "ann@example.com",
+                    "sender_name": "B",
+                },
+            )
+            assert response.status_code == 200, response.text
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        after = parse(response.text)
+        accepted = "mailqueue_mails_accepted_total"
+        assert value(after, accepted) - value(before, accepted) == 2
+        assert value(after, "mailqueue_queue_oldest_age_seconds") >= 0
+        assert (await client.get("/health/ready")).status_code == 200
+        db = tmp_path / "mailqueue.db"
+        rename_queue_table(db, "mailqueue_queue", "mailqueue_queue_away")
+        answer = await client.get("/health/ready")
+        assert answer.status_code == 503
+        assert answer.json()["data"]["checks"]["queue"] == "unavailable"
+        rename_queue_table(db, "mailqueue_queue_away", "mailqueue_queue")
+        assert (await client.get("/health/ready")).status_code == 200
+
+
+class _Exploding:
+    """A consumer iterator that raises something no backend should: a bug."""
+
+    def __init__(self, inner: Consumer) -> None:
+        self.inner = inner
+
+    def __aiter__(self) -> _Exploding:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        raise RuntimeError("consumer bug")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FlakyQueue(MemoryQueue):
+    """A MemoryQueue whose first consumer raises a non-BackendError."""
+
+    broken = 1
+
+    def consume(self, *, prefetch: int) -> Any:
+        inner = super().consume(prefetch=prefetch)
+        if self.broken:
+            self.broken -= 1
+            return _Exploding(inner)
+        return inner
+
+
+class FlakyStore(MemoryStore):
+    """A MemoryStore whose first find() raises a non-BackendError (the sweeper reads with it)."""
+
+    broken = 1
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        if self.broken:
+            self.broken -= 1
+            raise RuntimeError("store bug")
+        return await super().find(query)
+
+
+async def test_supervision_restarts_consumer_and_sweeper(server: SMTPTestServer) -> None:
+    from prometheus_client import REGISTRY
+
+    def restarts(component: str) -> float:
+        sample = REGISTRY.get_sample_value("mailqueue_worker_restarts_total", {"component": component})
+        return sample or 0.0
+
+    consumer_before, sweeper_before = restarts("consumer"), restarts("sweeper")
+    store, queue, attachments = FlakyStore(), FlakyQueue(), MemoryAttachmentStore()
+    sender = SMTPSender.from_url(server.url(from_address="noreply@example.com", timeout="2"))
+    settings = WorkerSettings(restart_base=0.05, sweep_interval=0.05, sweep_after=0, health_interval=0.1)
+    async with store, queue, attachments, sender:
+        mq = MailQueue(store=store, queue=queue, attachments=attachments)
+        work = Worker(queue=queue, store=store, attachments=attachments, sender=sender, settings=settings)
+        task = asyncio.create_task(work.run())
+        record = await mq.submit(mail("ann@example.com"))
+
+        async def sent() -> bool:
+            current = await store.get(record.id)
+            return current is not None and current.status is Status.SENT
+
+        await wait_for(sent, what="delivery after the consumer's restart")
+        await wait_for(lambda: _true(restarts("sweeper") > sweeper_before), what="sweeper restart")
+        assert restarts("consumer") - consumer_before == 1
+        assert work.ready
+        work.stop()
+        await asyncio.wait_for(task, 10)
+    assert len(server.messages) == 1
+
+
+async def _true(condition: bool) -> bool:
+    return condition
