@@ -64,7 +64,14 @@ ensure_rabbitmq() {
     # guest/guest is allowed from loopback by RabbitMQ's default configuration.
 }
 
+ensure_promtool() {
+    # the alert rules in deploy/prometheus-alerts.yaml are checked with promtool
+    command -v promtool >/dev/null 2>&1 && return 0
+    log "installing promtool (Debian package prometheus)"; apt_install prometheus
+}
+
 ensure_mariadb
 ensure_postgres
 ensure_rabbitmq
+ensure_promtool
 log "MariaDB, PostgreSQL and RabbitMQ are up"

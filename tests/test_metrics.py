@@ -276,3 +276,63 @@ async def test_supervision_restarts_consumer_and_sweeper(server: SMTPTestServer)
 
 async def _true(condition: bool) -> bool:
     return condition
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _metric_names() -> set[str]:
+    """Every sample name the default registry can expose (counters with _total, histogram series)."""
+    from prometheus_client import REGISTRY
+
+    import mailqueue.metrics  # noqa: F401  (defines them)
+
+    return {sample.name for family in REGISTRY.collect() for sample in family.samples} | {
+        family.name for family in REGISTRY.collect()
+    }
+
+
+def _names_in(expr: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"\bmailqueue_[a-z_]+", expr))
+
+
+def test_dashboard_panels_name_existing_metrics() -> None:
+    import json
+
+    known = _metric_names()
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        names = _names_in(expr)
+        assert names, f"panel expression names no mailqueue metric: {expr}"
+        assert names <= known, f"unknown metric(s) {names - known} in {expr}"
+
+
+def test_alert_rules_are_valid_and_name_existing_metrics() -> None:
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import service_missing
+
+    known = _metric_names()
+    rules = yaml.safe_load((DEPLOY / "prometheus-alerts.yaml").read_text(encoding="utf-8"))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert _names_in(rule["expr"]) <= known, rule["alert"]
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        service_missing("promtool (Debian package prometheus; scripts/services.sh installs it)")
+        return
+    result = subprocess.run(
+        [promtool, "check", "rules", str(DEPLOY / "prometheus-alerts.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
