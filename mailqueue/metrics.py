@@ -140,7 +140,8 @@ async def refresh_queue_gauges(
     _last_refresh[key] = now
     if queue is not None:
         try:
-            depth = await asyncio.wait_for(queue.depth(), 5.0)
+            async with asyncio.timeout(5.0):
+                depth = await queue.depth()
         except (MailQueueError, TimeoutError) as exc:
             logger.debug("queue depth unavailable: %s", exc)
         else:
@@ -148,7 +149,8 @@ async def refresh_queue_gauges(
                 QUEUE_DEPTH.set(depth)
     if store is not None:
         try:
-            age = await asyncio.wait_for(_oldest_waiting_age(store, page), 10.0)
+            async with asyncio.timeout(10.0):
+                age = await _oldest_waiting_age(store, page)
         except (MailQueueError, TimeoutError) as exc:
             logger.debug("oldest waiting mail unavailable: %s", exc)
         else:

@@ -65,6 +65,8 @@ logger = logging.getLogger("mailqueue.worker")
 
 _CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
 _REMARK_MAX: Final = 100
+#: A component that ran this many seconds before failing restarts with the shortest pause again.
+_STABLE: Final = 300.0
 
 
 def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -126,10 +128,15 @@ class Worker:
     async def check_ready(self) -> bool:
         """Check the store and the queue now (``/health/ready``); update :attr:`ready`."""
         try:
-            await asyncio.wait_for(self.store.ping(), 5.0)
-            await asyncio.wait_for(self.queue.depth(), 5.0)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(5.0):
+                await self.store.ping()
+                await self.queue.depth()
         except (BackendError, TimeoutError) as exc:
             logger.warning("readiness check failed: %s", exc)
+            self._set_ready(deps_ok=False)
+        except Exception:
+            logger.exception("readiness check failed unexpectedly")
             self._set_ready(deps_ok=False)
         else:
             self._set_ready(deps_ok=True)
@@ -161,10 +168,13 @@ class Worker:
         restarts = 0
         try:
             while not self._stopping.is_set():
+                began = time.monotonic()
                 try:
                     await self._consume(slots, stop_wait)
                     break  # stopped, or the queue ended the iteration
                 except Exception:
+                    if time.monotonic() - began > _STABLE:
+                        restarts = 0  # it ran well for a while: start the backoff over
                     pause = min(30.0, self.settings.restart_base * 2.0 ** min(restarts, 10))
                     restarts += 1
                     self._set_ready(consuming=False)
@@ -176,10 +186,10 @@ class Worker:
         finally:
             self._set_ready(consuming=False)
             stop_wait.cancel()
-            for task in (sweeper, health):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            sweeper.cancel()
+            health.cancel()
+            # wait() rather than awaiting them: a cancellation of run() itself must not be swallowed
+            await asyncio.wait({sweeper, health})
             await self._drain()
             logger.info("worker stopped counts=%s", dict(self.counts))
 
@@ -189,6 +199,7 @@ class Worker:
         deliveries = self.queue.consume(prefetch=self.settings.prefetch or 2 * concurrency)
         self._set_ready(consuming=True)
         failures = 0
+        next_delivery: asyncio.Future[Delivery] | None = None
         try:
             while not self._stopping.is_set():
                 next_delivery = asyncio.ensure_future(anext(deliveries))
@@ -228,6 +239,10 @@ class Worker:
                 task.add_done_callback(lambda _: metrics.IN_FLIGHT.dec())
                 task.add_done_callback(lambda _: slots.release())
         finally:
+            if next_delivery is not None:
+                # cancelled while waiting (e.g. the task running the worker was cancelled)
+                next_delivery.cancel()
+                next_delivery.add_done_callback(_retrieve)
             with contextlib.suppress(Exception):
                 await deliveries.aclose()
 
@@ -235,10 +250,13 @@ class Worker:
         """Run ``body`` until it returns; restart it with exponential backoff when it raises."""
         restarts = 0
         while True:
+            began = time.monotonic()
             try:
                 await body()
                 return
             except Exception:
+                if time.monotonic() - began > _STABLE:
+                    restarts = 0
                 pause = min(60.0, self.settings.restart_base * 2.0 ** min(restarts, 10))
                 restarts += 1
                 metrics.WORKER_RESTARTS.labels(component=component).inc()
@@ -561,6 +579,12 @@ def _fail_pending(
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of an abandoned future as seen (no "exception was never retrieved")."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _settle_quietly(settle: Awaitable[None]) -> None:
