@@ -60,7 +60,7 @@ MAILS_FINISHED = Counter(
 )
 RETRIES = Counter(
     "mailqueue_retries",
-    "Delivery attempts that will be retried, by reply class (4xx, 5xx, connection, timeout, partial) "
+    "Delivery attempts that will be retried, by reply class (4xx, 5xx, connection, timeout, other) "
     "and SMTP code (empty when there was no reply).",
     ["reply_class", "code"],
 )

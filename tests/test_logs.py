@@ -7,8 +7,11 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
+from proc_helpers import eventually, free_port, mailqueue
 
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker, WorkerSettings, load_settings
 from mailqueue.backends.memory import MemoryQueue
@@ -16,7 +19,7 @@ from mailqueue.backends.smtp import SMTPSender
 from mailqueue.cli import _configure_logging
 from mailqueue.logs import bind_mail_id, configure_logging
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
-from mailqueue.testing.smtpd import SMTPTestServer
+from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 log = logging.getLogger("mailqueue.test")
 
@@ -114,3 +117,51 @@ async def test_worker_lines_about_a_mail_carry_its_id() -> None:
     assert all(f"mail_id={record.id}" in line for line in lines)
     started = next(line for line in out.getvalue().splitlines() if "worker started" in line)
     assert "mail_id=" not in started
+
+
+@pytest.mark.slow
+async def test_worker_process_json_logs_metrics_and_no_password(tmp_path: Path) -> None:
+    """``mailqueue worker --log-format json`` as a process: JSON lines, mail ids, no SMTP password."""
+    password = "Sup3r-Secret-pw"
+    port = free_port()
+    async with SMTPTestServer(auth=("mailer", password)) as server:
+        # the first MAIL FROM is deferred with the password in the reply: it must not reach the log
+        server.faults.append(Fault("mail", reply=f"451 4.7.0 try later, {password} is throttled"))
+        env = {
+            "MAILQUEUE_STORE": f"sqlite+aiosqlite:///{tmp_path}/mq.db",
+            "MAILQUEUE_QUEUE": "sql://?poll=0.05",
+            "MAILQUEUE_ATTACHMENTS": f"file://{tmp_path}/att",
+            "MAILQUEUE_SENDER": server.url(from_address="noreply@example.com", timeout="5"),
+            "MAILQUEUE_WORKER__METRICS_PORT": str(port),
+            "MAILQUEUE_WORKER__RETRY_BASE": "0.1",
+            "MAILQUEUE_WORKER__RETRY_MAX": "0.2",
+        }
+        top = {k.removeprefix("MAILQUEUE_").lower(): v for k, v in env.items() if "__" not in k}
+        settings = load_settings(**top)
+        async with MailQueue.from_settings(settings) as mq:
+            ids = []
+            for i in range(2):
+                mail = Mail(subject=f"n{i}", html="<p>x</p>", to=[Recipient(address=f"u{i}@example.com")])
+                ids.append((await mq.submit(mail)).id)
+            argv = ("worker", "--log-format", "json")
+            async with mailqueue(tmp_path, *argv, env=env, log=tmp_path / "w.log") as proc:
+
+                async def all_sent() -> bool:
+                    records = [await mq.status(i) for i in ids]
+                    return all(r is not None and r.status is Status.SENT for r in records)
+
+                await eventually(all_sent, "both mails sent")
+                async with httpx.AsyncClient() as http:
+                    scrape = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                    ready = await http.get(f"http://127.0.0.1:{port}/health/ready")
+                await proc.stop()
+        log_text = (tmp_path / "w.log").read_text(encoding="utf-8")
+    assert ready.status_code == 200
+    assert 'mailqueue_mails_finished_total{status="sent"} 2.0' in scrape
+    assert 'mailqueue_retries_total{code="451",reply_class="4xx"} 1.0' in scrape
+    assert password not in log_text
+    lines = [json.loads(line) for line in log_text.splitlines() if line.strip()]
+    assert lines, log_text
+    about = [line for line in lines if "status=" in line["msg"]]
+    assert {line["mail_id"] for line in about} == set(ids)
+    assert any("***" in line["msg"] for line in about)  # the refusal, with the password hidden
