@@ -133,12 +133,15 @@ class Worker:
                 await self.store.ping()
                 await self.queue.depth()
         except (BackendError, TimeoutError) as exc:
-            logger.warning("readiness check failed: %s", exc)
+            # once per outage at warning level, not every health_interval
+            (logger.warning if self._deps_ok else logger.debug)("not ready: %s", exc or "timed out")
             self._set_ready(deps_ok=False)
         except Exception:
             logger.exception("readiness check failed unexpectedly")
             self._set_ready(deps_ok=False)
         else:
+            if not self._deps_ok:
+                logger.warning("the store and the queue answer again: ready")
             self._set_ready(deps_ok=True)
         return self.ready
 
