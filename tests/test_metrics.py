@@ -336,3 +336,105 @@ def test_alert_rules_are_valid_and_name_existing_metrics() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 to ``target`` whose link can be cut (all connections dropped) and restored."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port, reuse_address=True)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+@pytest.mark.mysql
+async def test_worker_recovers_when_its_database_link_is_cut(
+    tmp_path: Path, server: SMTPTestServer, mysql_url: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    direct = urlsplit(mysql_url)
+    proxy = CuttableProxy((direct.hostname or "127.0.0.1", direct.port or 3306))
+    await proxy.open()
+    proxied = direct._replace(netloc=f"root@127.0.0.1:{proxy.port}").geturl()
+    port = free_port()
+    common: dict[str, Any] = {
+        "queue": "sql://?poll=0.05",
+        "attachments": f"file://{tmp_path}/attachments",
+        "sender": server.url(from_address="noreply@example.com", timeout="2"),
+    }
+    worker_settings = load_settings(
+        store=proxied,
+        worker={"retry_base": 0.05, "sweep_interval": 0, "health_interval": 0.2, "metrics_port": port},
+        **common,
+    )
+    worker = asyncio.create_task(run_worker(worker_settings, install_signal_handlers=False))
+    async with (
+        MailQueue.from_settings(load_settings(store=mysql_url, **common)) as mq,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+    ):
+
+        async def ready_is(code: int) -> bool:
+            try:
+                return (await http.get("/health/ready")).status_code == code
+            except httpx.TransportError:
+                return False
+
+        async def sent(mail_id: str) -> bool:
+            record = await mq.status(mail_id)
+            return record is not None and record.status is Status.SENT
+
+        await wait_for(lambda: ready_is(200), what="worker ready")
+        first = await mq.submit(mail("before@example.com"))
+        await wait_for(lambda: sent(first.id), what="mail sent before the cut")
+
+        await proxy.cut()
+        await wait_for(lambda: ready_is(503), what="not ready while the database link is cut")
+        assert value(parse((await http.get("/metrics")).text), "mailqueue_worker_ready") == 0
+        during = await mq.submit(mail("during@example.com"))  # accepted: the API side still reaches it
+        await asyncio.sleep(0.5)
+        assert not await sent(during.id)
+
+        await proxy.open()
+        await wait_for(lambda: ready_is(200), within=20, what="ready again once the link is back")
+        await wait_for(lambda: sent(during.id), within=20, what="the mail accepted during the cut is sent")
+        assert value(parse((await http.get("/metrics")).text), "mailqueue_worker_ready") == 1
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    await proxy.cut()
+    assert len(server.messages) == 2
