@@ -438,3 +438,32 @@ async def test_worker_recovers_when_its_database_link_is_cut(
         await worker
     await proxy.cut()
     assert len(server.messages) == 2
+
+
+@pytest.mark.mysql
+async def test_api_readiness_follows_its_database_link(tmp_path: Path, mysql_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    direct = urlsplit(mysql_url)
+    proxy = CuttableProxy((direct.hostname or "127.0.0.1", direct.port or 3306))
+    await proxy.open()
+    settings = load_settings(
+        store=direct._replace(netloc=f"root@127.0.0.1:{proxy.port}").geturl(),
+        queue="sql://",
+        attachments=f"file://{tmp_path}/attachments",
+        sender="outbox://" + str(tmp_path / "outbox"),
+    )
+    async with serve(create_app(settings)) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+        await proxy.cut()
+        answer = await client.get("/health/ready")
+        assert answer.status_code == 503
+        assert answer.json()["data"]["checks"] == {"store": "unavailable", "queue": "unavailable"}
+        assert (await client.get("/metrics")).status_code == 200  # metrics still answer
+        await proxy.open()
+
+        async def ready() -> bool:
+            return (await client.get("/health/ready")).status_code == 200
+
+        await wait_for(ready, within=20, what="the API ready again")
+    await proxy.cut()
