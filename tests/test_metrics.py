@@ -467,3 +467,30 @@ async def test_api_readiness_follows_its_database_link(tmp_path: Path, mysql_url
 
         await wait_for(ready, within=20, what="the API ready again")
     await proxy.cut()
+
+
+async def test_smtp_pool_metrics(server: SMTPTestServer) -> None:
+    from prometheus_client import REGISTRY
+
+    from mailqueue.protocols import OutgoingMessage
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    def message(n: int) -> OutgoingMessage:
+        data = f"Subject: {n}\r\nFrom: a@example.com\r\n\r\nbody\r\n".encode()
+        return OutgoingMessage(f"id{n}", data, "noreply@example.com", ["ann@example.com"])
+
+    before = sample("mailqueue_smtp_reconnects_total")
+    sender = SMTPSender.from_url(server.url(from_address="noreply@example.com", timeout="2"))
+    async with sender:
+        await sender.send(message(1))
+        assert sample("mailqueue_smtp_connections") == 1
+        # the server drops the idle pooled connection: the next send reconnects once and succeeds
+        server.faults.append(Fault("mail", reply="421 4.4.2 idle too long", disconnect=True))
+        result = await sender.send(message(2))
+        assert result.accepted == ["ann@example.com"]
+        assert sample("mailqueue_smtp_reconnects_total") - before == 1
+        assert sample("mailqueue_smtp_connections") == 1
+    assert sample("mailqueue_smtp_connections") == 0
+    assert len(server.messages) == 2
