@@ -64,7 +64,19 @@ ensure_rabbitmq() {
     # guest/guest is allowed from loopback by RabbitMQ's default configuration.
 }
 
+ensure_redis() {
+    port_open 6379 && return 0
+    if ! command -v redis-server >/dev/null 2>&1; then
+        log "installing Redis"; apt_install redis-server
+    fi
+    log "starting Redis"
+    # The shared rate limiter and throttle state (worker.rate_store) live here.
+    as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes >/dev/null
+    wait_port 6379 Redis
+}
+
 ensure_mariadb
 ensure_postgres
 ensure_rabbitmq
-log "MariaDB, PostgreSQL and RabbitMQ are up"
+ensure_redis
+log "MariaDB, PostgreSQL, RabbitMQ and Redis are up"
