@@ -60,8 +60,11 @@ class AccountLimiter(Protocol):
     def factor(self) -> float:
         """The current fraction of the configured rate."""
 
-    async def acquire(self) -> float:
-        """Wait for a send slot (and any pause); return the seconds waited."""
+    async def take(self) -> str:
+        """Wait for a send slot (and any pause); return a token for :meth:`done`."""
+
+    async def done(self, token: str) -> None:
+        """The send of the slot ``token`` has ended (success or not)."""
 
     async def throttled(self, pause: float | None) -> None:
         """A throttle reply: slow down and pause (``None``: the default pause)."""
@@ -104,6 +107,14 @@ class LocalAccountLimiter:
         if waited and not self.windows:
             RATE_LIMIT_WAIT.observe(waited)
         return waited
+
+    async def take(self) -> str:
+        """:meth:`acquire`; the in-process log counts a send when it starts."""
+        await self.acquire()
+        return ""
+
+    async def done(self, token: str) -> None:
+        """Nothing to do in process."""
 
     async def throttled(self, pause: float | None) -> None:
         """Decrease the factor and pause."""
@@ -151,7 +162,6 @@ class AccountsSender:
         self.strategy = strategy
         self.from_address = accounts[0].sender.from_address
         self._turn = itertools.count()
-        self._previous = ""
 
     async def open(self) -> None:
         """Open every account's sender."""
@@ -186,23 +196,24 @@ class AccountsSender:
             PermanentDeliveryError, UnknownDeliveryError: the message's own outcome.
         """
         last: DeliveryError | None = None
-        tried = 0
+        previous = ""
         for account in self._order():
             if not account.breaker.allow():
                 continue
             if last is not None:
-                ACCOUNT_FAILOVERS.labels(self._previous).inc()
-            tried += 1
-            self._previous = account.name
-            await account.limiter.acquire()
+                ACCOUNT_FAILOVERS.labels(previous).inc()
+            previous = account.name
+            token = await account.limiter.take()
             try:
                 result = await account.sender.send(
                     replace(message, envelope_from=account.sender.from_address)
                 )
             except UnknownDeliveryError:
+                await account.limiter.done(token)
                 account.breaker.release()
                 raise
             except DeliveryError as exc:
+                await account.limiter.done(token)
                 kind = classify(exc)
                 if not kind.account_fault:
                     account.breaker.release()
@@ -211,6 +222,10 @@ class AccountsSender:
                 logger.warning("account %s failed (%s: %s); trying the next one", account.name, kind, exc)
                 last = exc
                 continue
+            except BaseException:
+                await account.limiter.done(token)
+                raise
+            await account.limiter.done(token)
             await self._settle(account, result)
             return result
         if last is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 from prometheus_client import Counter
@@ -72,6 +73,16 @@ if wait <= 0 then
   end
 end
 return wait
+"""
+
+# KEYS: the window sets. ARGV: member. Moves a taken slot to the time its send ended.
+_DONE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1])
+end
+return 0
 """
 
 # KEYS: aimd hash. ARGV: decrease, floor, pause ms. Returns {factor, pause-left ms}.
@@ -128,6 +139,7 @@ class RedisRateLimiter:
         self._acquire = self._client.register_script(_ACQUIRE)
         self._throttled = self._client.register_script(_THROTTLED)
         self._succeeded = self._client.register_script(_SUCCEEDED)
+        self._done = self._client.register_script(_DONE)
         base = f"{prefix}:{account}"
         self._aimd_key = f"{base}:aimd"
         self._window_keys = [f"{base}:{w.limit}/{w.period:g}" for w in windows]
@@ -160,10 +172,16 @@ class RedisRateLimiter:
 
     async def acquire(self) -> float:
         """Wait for the shared slot in every window (and any pause); return the seconds waited."""
+        started = time.monotonic()
+        await self.take()
+        return time.monotonic() - started
+
+    async def take(self) -> str:
+        """Wait for the shared slot in every window (and any pause); return its token for :meth:`done`."""
         waited = 0.0
         keys = [self._aimd_key, *self._window_keys]
+        member = uuid.uuid4().hex
         while True:
-            member = uuid.uuid4().hex
             wait_ms = int(str(await self._call(self._acquire, keys, [member, *self._window_args])))
             if wait_ms <= 0:
                 break
@@ -171,7 +189,19 @@ class RedisRateLimiter:
             await asyncio.sleep(wait)
             waited += wait
         RATE_LIMIT_WAIT.observe(waited)
-        return waited
+        return member
+
+    async def done(self, token: str) -> None:
+        """The send of slot ``token`` has ended: count it at this time.
+
+        A slot is taken when the send starts, but the provider counts the
+        message when it arrives, after connecting and the SMTP dialogue; moving
+        the slot to the end of the send means the next send that needs this
+        slot starts a full window after the previous one *arrived*, so the
+        limit also holds as counted by the server.
+        """
+        if token and self._window_keys:
+            await self._call(self._done, self._window_keys, [token])
 
     async def throttled(self, pause: float | None) -> None:
         """A throttle reply: lower the shared factor and pause every worker."""
