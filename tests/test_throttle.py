@@ -21,7 +21,7 @@ from mailqueue import Mail, MailQueue, Recipient, Status, Worker, WorkerSettings
 from mailqueue.backends.accounts import Account, AccountsSender, LocalAccountLimiter, build_sending
 from mailqueue.backends.memory import MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
-from mailqueue.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from mailqueue.errors import PermanentDeliveryError, TransientDeliveryError
 from mailqueue.limits import parse_rate
 from mailqueue.protocols import OutgoingMessage
 from mailqueue.settings import load_settings
@@ -270,6 +270,16 @@ async def test_build_sending_keeps_the_single_sender_as_it_was(primary: SMTPTest
     assert all(r.accepted for r in results)
 
 
-def test_delivery_error_type_is_unchanged() -> None:
-    # the sender raises only the existing DeliveryError tree
-    assert issubclass(TransientDeliveryError, DeliveryError)
+def test_serve_mode_worker_uses_the_accounts(primary: SMTPTestServer) -> None:
+    from mailqueue.contrib.litestar_app import MailQueuePlugin
+
+    url = primary.url(from_address="a@example.com")
+    memory = {"store": "memory://", "queue": "memory://", "attachments": "memory://"}
+    plugin = MailQueuePlugin(
+        load_settings(**memory, senders=[{"url": url, "name": "serve-a"}, {"url": url, "name": "serve-b"}]),
+        worker=True,
+    )
+    assert isinstance(plugin.sender, AccountsSender)
+    assert [a.name for a in plugin.sender.accounts] == ["serve-a", "serve-b"]
+    plain = MailQueuePlugin(load_settings(**memory, sender=url), worker=True)
+    assert isinstance(plain.sender, SMTPSender)
