@@ -84,7 +84,7 @@ class ErrorClass(enum.StrEnum):
 
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _THROTTLE_TEXT = re.compile(
-    r"rate|try again later|too many|throttl|slow down|temporarily deferred|try again in", re.IGNORECASE
+    r"\brate\b|rate.?limit|try again later|too many|throttl|slow down|try again in", re.IGNORECASE
 )
 _QUOTA_TEXT = re.compile(
     r"quota|sending limit|limit exceeded|exceeded .*limit|daily (user )?sending", re.IGNORECASE
@@ -103,14 +103,14 @@ def classify_reply(code: int | None, reply: str) -> ErrorClass:
     enhanced = _ENHANCED.search(reply)
     if code in _AUTH_CODES or (enhanced and enhanced.group(2, 3) in {("7", "8"), ("7", "9")}):
         return ErrorClass.AUTH
-    if _QUOTA_TEXT.search(reply):
-        return ErrorClass.QUOTA
     if code == 421:
         return ErrorClass.THROTTLE
     if 400 <= code < 500 and (
         (enhanced is not None and enhanced.group(2) == "7") or _THROTTLE_TEXT.search(reply)
     ):
         return ErrorClass.THROTTLE
+    if _QUOTA_TEXT.search(reply):
+        return ErrorClass.QUOTA
     return ErrorClass.OTHER
 
 
