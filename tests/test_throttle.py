@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from conftest import reachable, service_missing
 from proc_helpers import free_port
 from prometheus_client import REGISTRY
 
@@ -29,6 +32,7 @@ from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 from mailqueue.throttle import AIMDParams, CircuitBreaker, ErrorClass, classify, classify_reply, retry_after
 
+REDIS = os.environ.get("MAILQUEUE_TEST_REDIS", "127.0.0.1:6379")
 FAST = WorkerSettings(concurrency=2, retry_base=0.02, retry_max=0.05, max_attempts=50, shutdown_timeout=5)
 
 
@@ -121,13 +125,20 @@ async def backup() -> AsyncIterator[SMTPTestServer]:
         yield smtpd
 
 
-async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestServer) -> None:
+@pytest.mark.parametrize("state", ["local", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestServer, state: str) -> None:
     params = AIMDParams(decrease=0.5, floor=0.1, increase=0.25, increase_after=2, pause=0.05)
     storm = Fault("mail", reply="421 4.7.0 rate limited, try again later", disconnect=True, times=4)
     primary.faults.append(storm)
-    sender = AccountsSender(
-        [account("storm", primary.url(from_address="a@example.com", timeout="2"), "20/s", params, 100)]
-    )
+    name = f"test-storm-{secrets.token_hex(4)}"
+    storm_account = account(name, primary.url(from_address="a@example.com", timeout="2"), "20/s", params, 100)
+    if state == "redis":
+        if not reachable(REDIS):
+            service_missing(f"Redis at {REDIS}")
+        from mailqueue.backends.redislimits import RedisRateLimiter
+
+        storm_account.limiter = RedisRateLimiter(f"redis://{REDIS}/0", name, parse_rate("20/s"), params)
+    sender = AccountsSender([storm_account])
     store, queue, attachments = MemoryStore(), MemoryQueue(), MemoryAttachmentStore()
     mq = MailQueue(store=store, queue=queue, attachments=attachments, message_id_domain="example.com")
     async with mq, sender:
@@ -136,7 +147,7 @@ async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestS
 
         async def watch() -> None:
             while True:
-                seen.append(sample("mailqueue_account_rate_per_second", "storm") or 0.0)
+                seen.append(sample("mailqueue_account_rate_per_second", name) or 0.0)
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.create_task(watch())
@@ -162,11 +173,17 @@ async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestS
             for m in primary.messages
         ]
         expected = [str(r.mail.message_id) for r in done if r is not None]
-    print(f"rate gauge: start {seen[0]}/s, lowest {min(seen)}/s, end {seen[-1]}/s")
+    if state == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(f"redis://{REDIS}/0")
+        await client.delete(f"mq:rl:{name}:aimd")
+        await client.aclose()
+    print(f"{state}: rate gauge: start {seen[0]}/s, lowest {min(seen)}/s, end {seen[-1]}/s")
     assert sorted(ids_received) == sorted(expected)  # every mail delivered exactly once
     assert min(seen) <= 20 * 0.5**2  # at least two multiplicative decreases showed
-    assert sample("mailqueue_account_rate_per_second", "storm") == 20.0  # back to the configured rate
-    assert (sample("mailqueue_account_throttled_total", "storm") or 0) >= 4
+    assert sample("mailqueue_account_rate_per_second", name) == 20.0  # back to the configured rate
+    assert (sample("mailqueue_account_throttled_total", name) or 0) >= 4
 
 
 async def test_try_again_in_n_seconds_is_honoured(primary: SMTPTestServer) -> None:
