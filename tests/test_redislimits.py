@@ -53,6 +53,7 @@ def most_in_window(times: list[float], width: float) -> int:
     return max((sum(1 for u in times[i:] if u < t + width) for i, t in enumerate(times)), default=0)
 
 
+@pytest.mark.slow
 async def test_two_limiters_share_one_rate_and_one_throttle(redis_url: str) -> None:
     from mailqueue.backends.redislimits import RedisRateLimiter
 

@@ -186,6 +186,7 @@ async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestS
     assert (sample("mailqueue_account_throttled_total", name) or 0) >= 4
 
 
+@pytest.mark.slow
 async def test_try_again_in_n_seconds_is_honoured(primary: SMTPTestServer) -> None:
     primary.faults.append(Fault("mail", reply="451 4.7.1 Rate limited, try again in 1 seconds"))
     sender = AccountsSender([account("pause", primary.url(from_address="a@example.com"))])
