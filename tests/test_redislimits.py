@@ -13,10 +13,12 @@ import email.policy
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from conftest import reachable, service_missing
@@ -164,3 +166,47 @@ async def test_two_worker_processes_stay_under_the_shared_rate(mysql_url: str, r
     assert set(senders.values()) == {1}
     assert span >= (count - 5) / 5 - 0.1  # 20 mails at 5/s: at least three more seconds after the first five
     assert exact <= 5  # as the server counts: by arrival
+
+
+@pytest.mark.slow
+async def test_mail_waits_while_redis_is_down_and_goes_once_it_is_back(tmp_path: Path) -> None:
+    from mailqueue.backends.accounts import Account, AccountsSender
+    from mailqueue.backends.redislimits import RedisRateLimiter
+    from mailqueue.backends.smtp import SMTPSender
+    from mailqueue.protocols import OutgoingMessage
+    from mailqueue.throttle import CircuitBreaker
+
+    if shutil.which("redis-server") is None:
+        service_missing("the redis-server binary")
+    port = free_port()
+    async with SMTPTestServer() as server:
+        account = Account(
+            "test-outage",
+            SMTPSender.from_url(server.url(from_address="a@example.com")),
+            RedisRateLimiter(f"redis://127.0.0.1:{port}/0", "test-outage", parse_rate("5/s")),
+            CircuitBreaker("test-outage"),
+        )
+        message = OutgoingMessage(
+            mail_id="m1",
+            data=b"Subject: x\r\n\r\nx\r\n",
+            envelope_from="a@example.com",
+            recipients=["u@x.org"],
+        )
+        async with AccountsSender([account]) as sender:
+            sending = asyncio.create_task(sender.send(message))
+            await asyncio.sleep(1.0)
+            assert not sending.done()  # fail closed: nothing sent without the shared count
+            assert server.messages == []
+            argv = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+            redis_proc = await asyncio.create_subprocess_exec(
+                "redis-server", *argv, stdout=asyncio.subprocess.DEVNULL
+            )
+            try:
+                started = time.monotonic()
+                result = await asyncio.wait_for(sending, 15)
+                print(f"sent {time.monotonic() - started:.2f} s after Redis came up")
+            finally:
+                redis_proc.terminate()
+                await redis_proc.wait()
+    assert result.accepted == ["u@x.org"]
+    assert len(server.messages) == 1

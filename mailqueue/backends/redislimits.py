@@ -200,8 +200,13 @@ class RedisRateLimiter:
         slot starts a full window after the previous one *arrived*, so the
         limit also holds as counted by the server.
         """
-        if token and self._window_keys:
-            await self._call(self._done, self._window_keys, [token])
+        if not token or not self._window_keys:
+            return
+        try:  # one try only: this also runs while a worker shuts down
+            await self._done(keys=self._window_keys, args=[token])
+        except (RedisError, OSError) as exc:
+            RATE_STORE_ERRORS.inc()
+            logger.warning("rate store unreachable (%s); the slot stays counted from its start", exc)
 
     async def throttled(self, pause: float | None) -> None:
         """A throttle reply: lower the shared factor and pause every worker."""
