@@ -157,12 +157,11 @@ def worker(ctx: click.Context, config: Path | None, concurrency: int | None, log
 
 async def run_worker(settings: Settings, *, install_signal_handlers: bool = True) -> None:
     """Open the backends of ``settings`` and run a worker until a signal arrives."""
+    from mailqueue.backends.accounts import build_sending
     from mailqueue.worker import Worker
 
     mq = MailQueue.from_settings(settings)
-    sender = registry.create_sender(
-        settings.sender.get_secret_value(), context=BackendContext(store=mq.store)
-    )
+    sender, limiter = build_sending(settings, context=BackendContext(store=mq.store))
     async with mq, sender:
         work = Worker(
             queue=mq.queue,
@@ -170,6 +169,7 @@ async def run_worker(settings: Settings, *, install_signal_handlers: bool = True
             attachments=mq.attachments,
             sender=sender,
             settings=settings.worker,
+            limiter=limiter,
         )
         if install_signal_handlers:
             loop = asyncio.get_running_loop()

@@ -16,9 +16,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import Histogram
+
 from mailqueue.errors import ConfigurationError
 
-__all__ = ["RateLimiter", "RateWindow", "parse_rate"]
+__all__ = ["RATE_LIMIT_WAIT", "RateLimiter", "RateWindow", "parse_rate", "scaled_limit"]
+
+RATE_LIMIT_WAIT = Histogram(
+    "mailqueue_rate_limit_wait_seconds",
+    "Seconds a send waited for its rate-limit slot (and throttle pause)",
+    buckets=(0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*([a-z]+)\s*$")
@@ -56,6 +64,11 @@ def parse_rate(spec: str) -> tuple[RateWindow, ...]:
     return tuple(windows)
 
 
+def scaled_limit(window: RateWindow, factor: float) -> int:
+    """The window's limit times the adaptive ``factor`` (at least 1)."""
+    return max(1, int(window.limit * factor))
+
+
 class RateLimiter:
     """Wait until a send is allowed by every window, then count it.
 
@@ -76,6 +89,8 @@ class RateLimiter:
         self._logs = [deque[float](maxlen=w.limit) for w in self.windows]
         self._lock = asyncio.Lock()
         self.waited = 0.0
+        #: Adaptive factor (1.0: the configured rate), lowered by throttle replies.
+        self.factor = 1.0
 
     @property
     def unlimited(self) -> bool:
@@ -87,8 +102,9 @@ class RateLimiter:
         now = self._clock()
         wait = 0.0
         for window, log in zip(self.windows, self._logs, strict=True):
-            if len(log) == window.limit:
-                wait = max(wait, log[0] + window.period - now)
+            limit = scaled_limit(window, self.factor)
+            if len(log) >= limit:
+                wait = max(wait, log[-limit] + window.period - now)
         return wait
 
     async def acquire(self) -> float:
@@ -104,4 +120,5 @@ class RateLimiter:
             for log in self._logs:
                 log.append(now)
         self.waited += waited
+        RATE_LIMIT_WAIT.observe(waited)
         return waited

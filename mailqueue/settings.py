@@ -26,9 +26,64 @@ from pydantic_settings import (
 from mailqueue.errors import ConfigurationError
 from mailqueue.limits import parse_rate
 
-__all__ = ["APISettings", "Settings", "WorkerSettings", "load_settings"]
+__all__ = [
+    "APISettings",
+    "AccountSettings",
+    "Settings",
+    "ThrottleSettings",
+    "WorkerSettings",
+    "load_settings",
+]
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("mailqueue_config", default=None)
+
+
+def _check_rate(value: str) -> str:
+    try:
+        parse_rate(value)
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class ThrottleSettings(BaseModel):
+    """How an account reacts to throttle replies and failures (see docs/accounts-and-limits.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decrease: float = Field(default=0.5, gt=0, lt=1)
+    """On a throttle reply the account's rate is multiplied by this."""
+    floor: float = Field(default=0.1, gt=0, le=1)
+    """Lowest fraction of the configured rate."""
+    increase: float = Field(default=0.1, gt=0, le=1)
+    """Fraction of the configured rate given back after ``increase_after`` clean sends."""
+    increase_after: int = Field(default=10, ge=1)
+    pause: float = Field(default=1.0, ge=0)
+    """Seconds an account pauses on a throttle reply that names no time."""
+    max_pause: float = Field(default=900.0, ge=0)
+    """Longest "try again in N seconds" honoured."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive connection/auth/quota/throttle failures that open an account's circuit."""
+    breaker_cooldown: float = Field(default=30.0, gt=0)
+    """Seconds an open circuit waits before one trial send."""
+
+
+class AccountSettings(BaseModel):
+    """One SMTP account of ``senders``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: SecretStr
+    """The sender URL (``smtp://...``), as ``sender``."""
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$", max_length=64)
+    """Name in metrics and Redis keys; default ``account<N>``."""
+    rate: str | None = None
+    """This account's limits; ``None``: ``worker.rate``."""
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        return None if value is None else _check_rate(value)
 
 
 class WorkerSettings(BaseModel):
@@ -42,6 +97,10 @@ class WorkerSettings(BaseModel):
     """Deliveries held unsettled at once; default twice the concurrency."""
     rate: str = ""
     """Sending limits shared by the worker's sends, e.g. ``20/s;1000/h;500/d``; empty: none."""
+    rate_store: str = ""
+    """Where the limits are counted: empty = in this process; ``redis://host:6379/0`` = shared by
+    every worker using the same Redis (the deployment's limits hold together)."""
+    throttle: ThrottleSettings = ThrottleSettings()
     max_attempts: int = Field(default=8, ge=1, le=1000)
     retry_base: float = Field(default=30.0, gt=0)
     """First retry delay in seconds; doubles each attempt, with jitter."""
@@ -78,11 +137,7 @@ class WorkerSettings(BaseModel):
     @field_validator("rate")
     @classmethod
     def _rate(cls, value: str) -> str:
-        try:
-            parse_rate(value)
-        except ConfigurationError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return _check_rate(value)
 
 
 class APISettings(BaseModel):
@@ -113,6 +168,10 @@ class Settings(BaseSettings):
     store: SecretStr = SecretStr("sqlite+aiosqlite:///./mailqueue.db")
     attachments: SecretStr = SecretStr("file://./attachments")
     sender: SecretStr = SecretStr("outbox://./outbox")
+    senders: list[AccountSettings] = []
+    """Several SMTP accounts; when given, ``sender`` is not used."""
+    sender_strategy: Literal["failover", "round_robin"] = "failover"
+    """``failover``: the first healthy account in order; ``round_robin``: accounts in turn."""
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
     worker: WorkerSettings = WorkerSettings()

@@ -70,8 +70,20 @@ ensure_promtool() {
     log "installing promtool (Debian package prometheus)"; apt_install prometheus
 }
 
+ensure_redis() {
+    port_open 6379 && return 0
+    if ! command -v redis-server >/dev/null 2>&1; then
+        log "installing Redis"; apt_install redis-server
+    fi
+    log "starting Redis"
+    # The shared rate limiter and throttle state (worker.rate_store) live here.
+    as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes >/dev/null
+    wait_port 6379 Redis
+}
+
 ensure_mariadb
 ensure_postgres
 ensure_rabbitmq
+ensure_redis
 ensure_promtool
-log "MariaDB, PostgreSQL and RabbitMQ are up"
+log "MariaDB, PostgreSQL, RabbitMQ and Redis are up"

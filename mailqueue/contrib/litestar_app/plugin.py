@@ -19,7 +19,8 @@ from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
 
-from mailqueue import BackendContext, MailQueue, MailQueueError, Sender, Settings, Worker, registry
+from mailqueue import BackendContext, MailQueue, MailQueueError, Sender, Settings, Worker
+from mailqueue.limits import RateLimiter
 
 __all__ = ["MailQueuePlugin"]
 
@@ -51,9 +52,12 @@ class MailQueuePlugin(InitPluginProtocol):
         self._owns_mailqueue = mailqueue is None
         self.mailqueue = mailqueue if mailqueue is not None else MailQueue.from_settings(settings)
         self.sender: Sender | None = None
+        self._limiter: RateLimiter | None = None
         if worker:
-            self.sender = registry.create_sender(
-                settings.sender.get_secret_value(), context=BackendContext(store=self.mailqueue.store)
+            from mailqueue.backends.accounts import build_sending
+
+            self.sender, self._limiter = build_sending(
+                settings, context=BackendContext(store=self.mailqueue.store)
             )
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
@@ -133,6 +137,7 @@ class MailQueuePlugin(InitPluginProtocol):
             attachments=mq.attachments,
             sender=self.sender,
             settings=self.settings.worker,
+            limiter=self._limiter,
         )
         self._worker_task = asyncio.create_task(self.worker.run(), name="mailqueue-worker")
         self._worker_task.add_done_callback(_report_worker_end)
