@@ -26,7 +26,7 @@ from pydantic_settings import (
 from mailqueue.errors import ConfigurationError
 from mailqueue.limits import parse_rate
 
-__all__ = ["APISettings", "Settings", "WorkerSettings", "load_settings"]
+__all__ = ["APISettings", "RetentionSettings", "Settings", "WorkerSettings", "load_settings"]
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("mailqueue_config", default=None)
 
@@ -65,6 +65,11 @@ class WorkerSettings(BaseModel):
     """Seconds a mail may stay ``sending`` before a worker that meets another
     copy of it presumes the sending worker dead and sends it; must exceed the
     longest SMTP transaction (connect, TLS, all commands and the data)."""
+    stale_sending: Literal["unknown", "resend", "off"] = "unknown"
+    """What the sweeper does with a mail left ``sending`` for twice ``sending_lease``
+    (its worker died and its delivery never came back): ``unknown`` marks it
+    ``unknown`` (maybe delivered; re-send it yourself), ``resend`` queues it
+    again (it may arrive twice), ``off`` leaves it."""
 
     @field_validator("rate")
     @classmethod
@@ -74,6 +79,26 @@ class WorkerSettings(BaseModel):
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+
+class RetentionSettings(BaseModel):
+    """What workers delete, and when (see docs/retention.md).
+
+    Times are in seconds; ``null`` turns a rule off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: float = Field(default=3600.0, ge=0)
+    """Seconds between two retention passes of a worker; 0 turns them off."""
+    attachments_after: float | None = Field(default=30 * 86400.0, ge=0)
+    """Delete the attachments of a finished mail (sent, failed, dead, unknown)
+    this long after it finished; a re-send after that goes without them."""
+    orphans_after: float | None = Field(default=86400.0, ge=0)
+    """Delete stored attachments that no mail refers to (an upload whose
+    request failed afterwards) once they are this old; must exceed the longest request."""
+    records_after: float | None = Field(default=None, ge=0)
+    """Soft-delete (``is_deleted``) finished mails this long after they finished; default off."""
 
 
 class APISettings(BaseModel):
@@ -107,6 +132,7 @@ class Settings(BaseSettings):
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
     worker: WorkerSettings = WorkerSettings()
+    retention: RetentionSettings = RetentionSettings()
     api: APISettings = APISettings()
     log_level: str = "INFO"
 

@@ -53,7 +53,7 @@ from mailqueue.records import (
     Status,
     utcnow,
 )
-from mailqueue.settings import WorkerSettings
+from mailqueue.settings import RetentionSettings, WorkerSettings
 
 __all__ = ["Worker", "backoff"]
 
@@ -81,6 +81,7 @@ class Worker:
         sender: opened Sender.
         settings: concurrency, limits, retry policy.
         limiter: a rate limiter to share (default: one built from ``settings.rate``).
+        retention: what the sweep loop deletes, and when (default: nothing).
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class Worker:
         sender: Sender,
         settings: WorkerSettings | None = None,
         limiter: RateLimiter | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -99,6 +101,7 @@ class Worker:
         self.sender = sender
         self.settings = settings or WorkerSettings()
         self.limiter = limiter or RateLimiter(self.settings.rate)
+        self.retention = retention
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
         #: invalid, error.
         self.counts: Counter[str] = Counter()
@@ -167,26 +170,33 @@ class Worker:
             logger.info("worker stopped counts=%s", dict(self.counts))
 
     async def _sweep_loop(self) -> None:
-        """Every ``sweep_interval`` seconds, publish again the mails whose publish was not confirmed."""
+        """Every ``sweep_interval`` seconds, publish again the mails whose publish was not
+        confirmed and settle those stuck ``sending``; every ``retention.interval``, sweep
+        old attachments and records (see :mod:`mailqueue.retention`)."""
         from mailqueue.client import MailQueue
 
         interval = self.settings.sweep_interval
         if interval <= 0:
             return
         mq = MailQueue(store=self.store, queue=self.queue, attachments=self.attachments)
+        clock = asyncio.get_running_loop().time
+        retained_at: float | None = None
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # workers spread out
-            try:
-                published = await mq.sweep(older_than=self.settings.sweep_after)
-            except BackendError as exc:
-                logger.warning("sweeping for unpublished mail failed (%s); trying again later", exc)
-                continue
-            except Exception:
-                logger.exception("sweeping for unpublished mail failed unexpectedly; trying again later")
-                continue
-            self.counts["swept"] += published
-            if published:
-                logger.warning("the sweeper published %d mail(s) whose publish was not confirmed", published)
+            self.counts["swept"] += await _sweep_step(
+                "unpublished", mq.sweep(older_than=self.settings.sweep_after)
+            )
+            if self.settings.stale_sending != "off":
+                self.counts["stale"] += await _sweep_step(
+                    "stale sending",
+                    mq.sweep_stale(
+                        older_than=2 * self.settings.sending_lease, action=self.settings.stale_sending
+                    ),
+                )
+            keep = self.retention
+            if keep and keep.interval > 0 and (retained_at is None or clock() - retained_at >= keep.interval):
+                retained_at = clock()
+                await _sweep_step("retention", mq.apply_retention(keep))
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -463,6 +473,21 @@ def _fail_pending(
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _sweep_step(what: str, step: Awaitable[int]) -> int:
+    """Run one sweep; log (never raise) a failure, which the next sweep tries again."""
+    try:
+        done = await step
+    except BackendError as exc:
+        logger.warning("sweep (%s) failed (%s); trying again later", what, exc)
+        return 0
+    except Exception:
+        logger.exception("sweep (%s) failed unexpectedly; trying again later", what)
+        return 0
+    if done:
+        logger.warning("sweep (%s) handled %d mail(s)", what, done)
+    return done
 
 
 async def _settle_quietly(settle: Awaitable[None]) -> None:

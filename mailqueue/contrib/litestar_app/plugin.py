@@ -133,6 +133,7 @@ class MailQueuePlugin(InitPluginProtocol):
             attachments=mq.attachments,
             sender=self.sender,
             settings=self.settings.worker,
+            retention=self.settings.retention,
         )
         self._worker_task = asyncio.create_task(self.worker.run(), name="mailqueue-worker")
         self._worker_task.add_done_callback(_report_worker_end)
