@@ -265,15 +265,18 @@ class Store(Resource, Protocol):
 
 @runtime_checkable
 class PrunableStore(Protocol):
-    """Optional Store capability: delete records for good (``mailqueue prune --hard``).
+    """Optional Store capability: delete records, a batch at a time (``mailqueue prune``).
 
-    A Store without it still works; hard pruning then refuses and says why.
+    A Store without it still works: soft pruning then updates one record at
+    a time, hard pruning refuses and says why.
     """
 
-    async def delete_records(self, mail_ids: Sequence[str], *, statuses: frozenset[Status]) -> list[str]:
+    async def delete_records(
+        self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False
+    ) -> list[str]:
         """Delete, in one transaction, those of ``mail_ids`` whose status is one
-        of ``statuses`` (checked at deletion), with their attempt history;
-        return the ids deleted."""
+        of ``statuses`` (checked at deletion), with their attempt history, or with
+        ``soft`` mark them ``is_deleted`` (those not marked yet); return their ids."""
 
 
 # --- AttachmentStore --------------------------------------------------------

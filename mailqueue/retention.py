@@ -226,6 +226,8 @@ async def prune(
             count += len(old)
         elif hard:
             count += await _delete(mq, old, chosen)
+        elif isinstance(mq.store, PrunableStore):
+            count += len(await mq.store.delete_records([r.id for r in old], statuses=chosen, soft=True))
         else:
             for record in old:
                 change = RecordUpdate(is_deleted=True, expect=frozenset({record.status}))

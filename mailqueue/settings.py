@@ -100,6 +100,14 @@ class RetentionSettings(BaseModel):
     records_after: float | None = Field(default=None, ge=0)
     """Soft-delete (``is_deleted``) finished mails this long after they finished; default off."""
 
+    @field_validator("attachments_after", "orphans_after", "records_after", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        # an environment variable cannot say null: take "off" (or "none", "null", "") for it
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "null"):
+            return None
+        return value
+
 
 class APISettings(BaseModel):
     """The HTTP service (see the Litestar app)."""

@@ -190,11 +190,14 @@ class MemoryStore(_InMemory):
         self._records[mail_id] = record.evolve(**changes)
         return True
 
-    async def delete_records(self, mail_ids: Sequence[str], *, statuses: frozenset[Status]) -> list[str]:
-        """Forget those of ``mail_ids`` whose status is one of ``statuses``, with their history.
+    async def delete_records(
+        self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False
+    ) -> list[str]:
+        """Forget those of ``mail_ids`` whose status is one of ``statuses``, with
+        their history; with ``soft``, mark them ``is_deleted`` instead.
 
         Returns:
-            The ids of the records deleted.
+            The ids of the records deleted (or newly marked).
 
         Raises:
             StoreError: the store is not open.
@@ -203,14 +206,17 @@ class MemoryStore(_InMemory):
         deleted: list[str] = []
         for mail_id in mail_ids:
             record = self._records.get(mail_id)
-            if record is None or record.status not in statuses:
+            if record is None or record.status not in statuses or (soft and record.is_deleted):
+                continue
+            deleted.append(mail_id)
+            if soft:
+                self._records[mail_id] = record.evolve(is_deleted=True, updated_at=utcnow())
                 continue
             del self._records[mail_id]
             del self._history[mail_id]
             key = record.mail.idempotency_key
             if key is not None and self._keys.get(key) == mail_id:
                 del self._keys[key]
-            deleted.append(mail_id)
         return deleted
 
     async def ping(self) -> None:
