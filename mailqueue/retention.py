@@ -54,6 +54,12 @@ async def _pages(mq: MailQueue, query: RecordQuery) -> AsyncIterator[list[MailRe
         query = dataclasses.replace(query, before_id=records[-1].id)
 
 
+async def _chain(*sources: AsyncIterator[list[MailRecord]]) -> AsyncIterator[list[MailRecord]]:
+    for source in sources:
+        async for records in source:
+            yield records
+
+
 async def sweep_stale(
     mq: MailQueue, *, older_than: float, action: Literal["unknown", "resend"], page: int = 500
 ) -> int:
@@ -153,8 +159,11 @@ async def sweep_attachments(
     finished_cutoff = now - timedelta(seconds=attachments_after) if attachments_after is not None else None
     needed: set[str] = set()
     expired: set[str] = set()
-    query = RecordQuery(since=since, include_deleted=True, limit=page)
-    async for records in _pages(mq, query):
+    # Mails still in flight are read whatever their age (there are few), the others
+    # from the oldest candidate on; a mail seen twice is judged the same way twice.
+    in_flight = RecordQuery(statuses=IN_FLIGHT, include_deleted=True, limit=page)
+    recent = RecordQuery(since=since, include_deleted=True, limit=page)
+    async for records in _chain(_pages(mq, in_flight), _pages(mq, recent)):
         for record in records:
             keys = [ref.key for ref in record.mail.attachments if ref.key in candidates]
             if not keys:

@@ -131,7 +131,7 @@ async def test_refused_arguments_exit_2(
 async def test_sweep_stale_and_attachments(mq: MailQueue, env: dict[str, str], tmp_path: Path) -> None:
     stuck = await add(mq, Status.SENDING, timedelta(hours=2))
     live = await add(mq, Status.SENDING, timedelta(seconds=1))
-    code, out, err = await cli(tmp_path, env, "sweep", "--stale", "unknown", "--stale-after", "3600")
+    code, _, err = await cli(tmp_path, env, "sweep", "--stale", "unknown", "--stale-after", "3600")
     assert code == 0, err
     assert "published 0 mail(s)" in err
     assert "marked unknown 1 mail(s) stuck sending for 3600 s or more" in err
@@ -144,11 +144,11 @@ async def test_sweep_stale_and_attachments(mq: MailQueue, env: dict[str, str], t
 
     orphan = await mq.store_attachment(Attachment("o.pdf", b"orphan", "application/pdf"))
     env = {**env, "MAILQUEUE_RETENTION__ORPHANS_AFTER": "0", "MAILQUEUE_RETENTION__ATTACHMENTS_AFTER": "off"}
-    code, out, err = await cli(tmp_path, env, "sweep", "--attachments", "--dry-run")
+    code, _out, err = await cli(tmp_path, env, "sweep", "--attachments", "--dry-run")
     assert code == 0, err
     assert "would delete 0 attachment(s) of finished mails and 1 orphaned attachment(s)" in err
     assert "published" not in err
-    code, out, err = await cli(tmp_path, env, "sweep", "--attachments")
+    code, _, err = await cli(tmp_path, env, "sweep", "--attachments")
     assert code == 0, err
     assert "deleted 0 attachment(s) of finished mails and 1 orphaned attachment(s)" in err
     with pytest.raises(AttachmentNotFoundError):

@@ -19,7 +19,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mailqueue import Attachment, Mail, MailQueue, MailRecord, Recipient, Status, Worker, WorkerSettings
+from mailqueue import (
+    Attachment,
+    Mail,
+    MailQueue,
+    MailRecord,
+    Recipient,
+    RetentionSettings,
+    Status,
+    Worker,
+    WorkerSettings,
+)
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.errors import AttachmentNotFoundError, ConfigurationError
@@ -319,3 +329,42 @@ async def test_finished_mails_attachments_are_swept_pending_ones_kept(mq_files: 
     assert (swept.finished, swept.orphans, swept.kept) == (4, 0, 3)
     for status, ref in refs.items():
         assert await exists(mq, ref.key) is (status in IN_FLIGHT), status
+
+
+async def test_worker_applies_retention_from_its_sweep_loop(mq_files: MailQueue) -> None:
+    mq = mq_files
+    orphan = await stored(mq, b"orphan")
+    done_ref = await stored(mq, b"done")
+    waiting_ref = await stored(mq, b"waiting")
+    done = await add(mq, Status.FAILED, age=timedelta(days=2), mail=mail(attachments=(done_ref,)))
+    waiting = await add(mq, Status.RETRYING, age=timedelta(days=2), mail=mail(attachments=(waiting_ref,)))
+    await asyncio.sleep(1.1)
+    keep = RetentionSettings(interval=3600, attachments_after=1, orphans_after=1, records_after=86400)
+    async with SMTPTestServer() as server:
+        sender = SMTPSender.from_url(server.url(from_address="noreply@example.com"))
+        await sender.open()
+        worker = Worker(
+            queue=mq.queue,
+            store=mq.store,
+            attachments=mq.attachments,
+            sender=sender,
+            settings=WorkerSettings(sweep_interval=0.05),
+            retention=keep,
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while await exists(mq, orphan.key) or await exists(mq, done_ref.key):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+            await sender.close()
+    assert await exists(mq, waiting_ref.key)
+    gone = await mq.status(done.id)
+    assert gone is not None
+    assert gone.is_deleted
+    kept = await mq.status(waiting.id)
+    assert kept is not None
+    assert not kept.is_deleted
