@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from mailqueue.envelope import decode_envelope
 from mailqueue.errors import (
@@ -54,6 +54,9 @@ from mailqueue.records import (
     utcnow,
 )
 from mailqueue.settings import RetentionSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    from mailqueue.client import MailQueue
 
 __all__ = ["Worker", "backoff"]
 
@@ -102,6 +105,7 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.limiter = limiter or RateLimiter(self.settings.rate)
         self.retention = retention
+        self._retained_at: float | None = None
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
         #: invalid, error.
         self.counts: Counter[str] = Counter()
@@ -170,33 +174,46 @@ class Worker:
             logger.info("worker stopped counts=%s", dict(self.counts))
 
     async def _sweep_loop(self) -> None:
-        """Every ``sweep_interval`` seconds, publish again the mails whose publish was not
-        confirmed and settle those stuck ``sending``; every ``retention.interval``, sweep
-        old attachments and records (see :mod:`mailqueue.retention`)."""
+        """Every ``sweep_interval`` seconds, publish again the mails whose publish was not confirmed."""
         from mailqueue.client import MailQueue
 
         interval = self.settings.sweep_interval
         if interval <= 0:
             return
         mq = MailQueue(store=self.store, queue=self.queue, attachments=self.attachments)
-        clock = asyncio.get_running_loop().time
-        retained_at: float | None = None
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # workers spread out
-            self.counts["swept"] += await _sweep_step(
-                "unpublished", mq.sweep(older_than=self.settings.sweep_after)
+            try:
+                published = await mq.sweep(older_than=self.settings.sweep_after)
+            except BackendError as exc:
+                logger.warning("sweeping for unpublished mail failed (%s); trying again later", exc)
+                continue
+            except Exception:
+                logger.exception("sweeping for unpublished mail failed unexpectedly; trying again later")
+                continue
+            self.counts["swept"] += published
+            if published:
+                logger.warning("the sweeper published %d mail(s) whose publish was not confirmed", published)
+            await self._recover_and_retain(mq)
+
+    async def _recover_and_retain(self, mq: MailQueue) -> None:
+        """After each sweep: settle mails stuck ``sending`` for 2 x ``sending_lease``
+        (see :meth:`MailQueue.sweep_stale`); every ``retention.interval``, apply the
+        retention rules (see :mod:`mailqueue.retention`). Failures are logged only."""
+        if self.settings.stale_sending != "off":
+            stale = mq.sweep_stale(
+                older_than=2 * self.settings.sending_lease, action=self.settings.stale_sending
             )
-            if self.settings.stale_sending != "off":
-                self.counts["stale"] += await _sweep_step(
-                    "stale sending",
-                    mq.sweep_stale(
-                        older_than=2 * self.settings.sending_lease, action=self.settings.stale_sending
-                    ),
-                )
-            keep = self.retention
-            if keep and keep.interval > 0 and (retained_at is None or clock() - retained_at >= keep.interval):
-                retained_at = clock()
-                await _sweep_step("retention", mq.apply_retention(keep))
+            self.counts["stale"] += await _sweep_step("stale sending", stale)
+        keep = self.retention
+        now = asyncio.get_running_loop().time()
+        if (
+            keep
+            and keep.interval > 0
+            and (self._retained_at is None or now - self._retained_at >= keep.interval)
+        ):
+            self._retained_at = now
+            await _sweep_step("retention", mq.apply_retention(keep))
 
     async def _drain(self) -> None:
         if not self._tasks:

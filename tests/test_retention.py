@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,14 +30,24 @@ from mailqueue import (
     Worker,
     WorkerSettings,
 )
+from mailqueue.backends.memory import MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.errors import AttachmentNotFoundError, ConfigurationError
-from mailqueue.protocols import AttachmentStore, BackendContext
+from mailqueue.protocols import (
+    AttachmentStore,
+    BackendContext,
+    ListableAttachmentStore,
+    PrunableStore,
+    ResourceMixin,
+    Store,
+    StoredAttachment,
+)
 from mailqueue.records import Attempt, RecordQuery, RecordUpdate, utcnow
 from mailqueue.retention import FINISHED, IN_FLIGHT, _settle_stale
 from mailqueue.stores import schema
 from mailqueue.stores.disk import FileAttachmentStore
+from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 from mailqueue.stores.sql import SQLStore
 from mailqueue.stores.sqlblob import SQLAttachmentStore
 from mailqueue.testing.smtpd import SMTPTestServer
@@ -368,3 +378,81 @@ async def test_worker_applies_retention_from_its_sweep_loop(mq_files: MailQueue)
     kept = await mq.status(waiting.id)
     assert kept is not None
     assert not kept.is_deleted
+
+
+# --- backends without the optional capabilities -------------------------------------------
+
+
+class PlainStore(ResourceMixin):
+    """A third-party Store with the five contract methods only (no ``delete_records``)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def add(self, record: MailRecord) -> MailRecord:
+        return await self.inner.add(record)
+
+    async def get(self, mail_id: str) -> MailRecord | None:
+        return await self.inner.get(mail_id)
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        return await self.inner.find(query)
+
+    async def update(self, mail_id: str, change: RecordUpdate) -> bool:
+        return await self.inner.update(mail_id, change)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+
+class PlainAttachments(ResourceMixin):
+    """A third-party AttachmentStore without ``list_keys``."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryAttachmentStore()
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> StoredAttachment:
+        return await self.inner.put(chunks, max_bytes=max_bytes)
+
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        return self.inner.read(key)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+
+async def test_backends_without_optional_capabilities_keep_working() -> None:
+    store, attachments = PlainStore(), PlainAttachments()
+    assert isinstance(store, Store)
+    assert not isinstance(store, PrunableStore)
+    assert isinstance(attachments, AttachmentStore)
+    assert not isinstance(attachments, ListableAttachmentStore)
+    async with MailQueue(store=store, queue=MemoryQueue(), attachments=attachments) as plain:
+        ref = await stored(plain, b"kept")
+        old = await add(plain, Status.SENT, age=timedelta(days=40), mail=mail(attachments=(ref,)))
+        live = await add(plain, Status.QUEUED, age=timedelta(days=40))
+        assert await plain.prune(older_than=86400, dry_run=True) == 1
+        assert await plain.prune(older_than=86400) == 1
+        got = await plain.status(old.id)
+        assert got is not None
+        assert got.is_deleted
+        with pytest.raises(ConfigurationError, match="cannot delete records"):
+            await plain.prune(older_than=86400, hard=True)
+        swept = await plain.sweep_attachments(attachments_after=0, orphans_after=0)
+        assert not swept.supported
+        assert await exists(plain, ref.key)
+        still = await plain.status(live.id)
+        assert still is not None
+        assert not still.is_deleted
