@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +51,7 @@ from mailqueue.stores.disk import FileAttachmentStore
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 from mailqueue.stores.sql import SQLStore
 from mailqueue.stores.sqlblob import SQLAttachmentStore
-from mailqueue.testing.smtpd import SMTPTestServer
+from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 DATABASES = [
     pytest.param("sqlite", id="sqlite"),
@@ -61,7 +62,9 @@ HOUR = timedelta(hours=1)
 
 
 def mail(subject: str = "Hello", attachments: tuple[object, ...] = ()) -> Mail:
+    """A mail as ``submit`` records it (its Message-ID fixed)."""
     return Mail(
+        message_id=f"<{secrets.token_hex(8)}@example.com>",
         subject=subject,
         html="<p>Hi</p>",
         to=[Recipient(address="to@example.com")],
@@ -218,7 +221,7 @@ async def test_stale_sending_resent_is_delivered_exactly_once(mq: MailQueue) -> 
         assert [a.outcome for a in got.history] == ["unknown", "sent"]
         assert len(server.messages) == 1
         received = email.message_from_bytes(server.messages[0].data, policy=email.policy.default)
-        assert received["Message-ID"] == "<x@y>"
+        assert received["Message-ID"] == stuck.mail.message_id
 
 
 async def test_worker_sweep_loop_settles_stale_sending_after_twice_the_lease(mq: MailQueue) -> None:
@@ -456,3 +459,43 @@ async def test_backends_without_optional_capabilities_keep_working() -> None:
         still = await plain.status(live.id)
         assert still is not None
         assert not still.is_deleted
+
+
+@pytest.mark.slow
+async def test_a_slow_live_send_is_never_taken_for_stale(mq: MailQueue) -> None:
+    # the server takes 1.5 s to accept the data; the sweep (every 0.05 s) only
+    # touches mails sending for 2 x sending_lease = 4 s
+    settings = WorkerSettings(sweep_interval=0.05, sending_lease=2, stale_sending="resend")
+    # ... while a mail really stuck is re-sent by the same sweep
+    stuck = await add(mq, Status.SENDING, age=timedelta(seconds=60), mail=mail("Stuck"))
+    async with SMTPTestServer(faults=[Fault("data_end", stall=1.5, times=None)]) as server:
+        sender = SMTPSender.from_url(server.url(from_address="noreply@example.com", timeout="10"))
+        await sender.open()
+        worker = Worker(
+            queue=mq.queue, store=mq.store, attachments=mq.attachments, sender=sender, settings=settings
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            record = await mq.submit(mail("Slow"))
+            deadline = asyncio.get_running_loop().time() + 15
+            seen_sending = False
+            while (got := await mq.status(record.id)) is not None and not got.status.final:
+                seen_sending = seen_sending or got.status is Status.SENDING
+                assert asyncio.get_running_loop().time() < deadline, got
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+            await sender.close()
+    assert seen_sending
+    assert got is not None
+    assert got.status is Status.SENT
+    assert [a.outcome for a in got.history] == ["sent"]
+    resent = await mq.status(stuck.id)
+    assert resent is not None
+    assert [a.outcome for a in resent.history] == ["unknown", "sent"]
+    subjects = sorted(
+        str(email.message_from_bytes(m.data, policy=email.policy.default)["Subject"]) for m in server.messages
+    )
+    assert subjects == ["Slow", "Stuck"]
+    assert worker.counts["stale"] == 1
