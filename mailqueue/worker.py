@@ -106,6 +106,7 @@ class Worker:
         self.limiter = limiter or RateLimiter(self.settings.rate)
         self.retention = retention
         self._retained_at: float | None = None
+        self._swept_since: float | None = None
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
         #: invalid, error.
         self.counts: Counter[str] = Counter()
@@ -200,13 +201,16 @@ class Worker:
         """After each sweep: settle mails stuck ``sending`` for 2 x ``sending_lease``
         (see :meth:`MailQueue.sweep_stale`); every ``retention.interval``, apply the
         retention rules (see :mod:`mailqueue.retention`). Failures are logged only."""
-        if self.settings.stale_sending != "off":
-            stale = mq.sweep_stale(
-                older_than=2 * self.settings.sending_lease, action=self.settings.stale_sending
-            )
+        now = asyncio.get_running_loop().time()
+        if self._swept_since is None:
+            self._swept_since = now - self.settings.sweep_interval
+        stale_after = 2 * self.settings.sending_lease
+        # Only once this worker has run that long itself: after an outage of every
+        # worker, deliveries handed back now get their chance before a verdict.
+        if self.settings.stale_sending != "off" and now - self._swept_since >= stale_after:
+            stale = mq.sweep_stale(older_than=stale_after, action=self.settings.stale_sending)
             self.counts["stale"] += await _sweep_step("stale sending", stale)
         keep = self.retention
-        now = asyncio.get_running_loop().time()
         if (
             keep
             and keep.interval > 0
