@@ -6,16 +6,20 @@ as ``python -m mailqueue`` in an empty folder, configured by environment only.
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from proc_helpers import run_program
 
 from mailqueue import Attachment, Mail, MailQueue, MailRecord, Recipient, Status
+from mailqueue.cli import main
 from mailqueue.errors import AttachmentNotFoundError
 from mailqueue.records import utcnow
 
@@ -154,3 +158,30 @@ async def test_sweep_stale_and_attachments(mq: MailQueue, env: dict[str, str], t
     with pytest.raises(AttachmentNotFoundError):
         async for _ in mq.attachments.read(orphan.key):
             pass
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def test_prune_timer_runs_commands_the_cli_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = (DEPLOY / "mailqueue-prune.service").read_text()
+    commands = [
+        line.split("=", 1)[1].split() for line in service.splitlines() if line.startswith("ExecStart=")
+    ]
+    assert [c[1:3] for c in commands] == [["prune", "--soft"], ["prune", "--hard"]]
+    timer = configparser.ConfigParser(interpolation=None)
+    timer.read_string((DEPLOY / "mailqueue-prune.timer").read_text())
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    for key in [k for k in os.environ if k.startswith("MAILQUEUE_")]:
+        monkeypatch.delenv(key)
+    config = tmp_path / "worker.yaml"
+    config.write_text(
+        f"store: sqlite+aiosqlite:///{tmp_path / 'mq.db'}\nattachments: file://{tmp_path / 'a'}\n"
+    )
+    for command in commands:
+        args = command[1:]
+        args[args.index("--config") + 1] = str(config)
+        result = CliRunner().invoke(main, [*args, "--dry-run"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "would be" in result.stdout
