@@ -355,7 +355,7 @@ async def test_worker_applies_retention_from_its_sweep_loop(mq_files: MailQueue)
     done = await add(mq, Status.FAILED, age=timedelta(days=2), mail=mail(attachments=(done_ref,)))
     waiting = await add(mq, Status.RETRYING, age=timedelta(days=2), mail=mail(attachments=(waiting_ref,)))
     await asyncio.sleep(1.1)
-    keep = RetentionSettings(interval=3600, attachments_after=1, orphans_after=1, records_after=86400)
+    keep = RetentionSettings(interval=0.2, attachments_after=1, orphans_after=1, records_after=86400)
     async with SMTPTestServer() as server:
         sender = SMTPSender.from_url(server.url(from_address="noreply@example.com"))
         await sender.open()
@@ -369,7 +369,7 @@ async def test_worker_applies_retention_from_its_sweep_loop(mq_files: MailQueue)
         )
         task = asyncio.create_task(worker.run())
         try:
-            deadline = asyncio.get_running_loop().time() + 10
+            deadline = asyncio.get_running_loop().time() + 20
             while await exists(mq, orphan.key) or await exists(mq, done_ref.key):
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.05)
