@@ -370,7 +370,12 @@ async def test_worker_applies_retention_from_its_sweep_loop(mq_files: MailQueue)
         task = asyncio.create_task(worker.run())
         try:
             deadline = asyncio.get_running_loop().time() + 20
-            while await exists(mq, orphan.key) or await exists(mq, done_ref.key):
+            # a pass removes attachments first, then soft-deletes records: wait for both
+            while (
+                await exists(mq, orphan.key)
+                or await exists(mq, done_ref.key)
+                or not getattr(await mq.status(done.id), "is_deleted", False)
+            ):
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.05)
         finally:
