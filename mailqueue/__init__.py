@@ -39,7 +39,9 @@ from mailqueue.protocols import (
     AttachmentStore,
     BackendContext,
     Delivery,
+    ListableAttachmentStore,
     OutgoingMessage,
+    PrunableStore,
     Queue,
     QueueCapabilities,
     RecipientReply,
@@ -57,7 +59,7 @@ from mailqueue.records import (
     RecordUpdate,
     Status,
 )
-from mailqueue.settings import APISettings, Settings, WorkerSettings, load_settings
+from mailqueue.settings import APISettings, RetentionSettings, Settings, WorkerSettings, load_settings
 from mailqueue.worker import Worker
 
 try:
@@ -80,6 +82,7 @@ __all__ = [
     "Delivery",
     "DeliveryError",
     "DeliveryTimeoutError",
+    "ListableAttachmentStore",
     "Mail",
     "MailQueue",
     "MailQueueError",
@@ -87,6 +90,7 @@ __all__ = [
     "MissingDependencyError",
     "OutgoingMessage",
     "PermanentDeliveryError",
+    "PrunableStore",
     "Queue",
     "QueueCapabilities",
     "QueueError",
@@ -97,6 +101,7 @@ __all__ = [
     "RecipientState",
     "RecordQuery",
     "RecordUpdate",
+    "RetentionSettings",
     "SendResult",
     "Sender",
     "Settings",

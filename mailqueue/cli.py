@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -170,6 +170,7 @@ async def run_worker(settings: Settings, *, install_signal_handlers: bool = True
             sender=sender,
             settings=settings.worker,
             limiter=limiter,
+            retention=settings.retention,
         )
         if install_signal_handlers:
             loop = asyncio.get_running_loop()
@@ -522,20 +523,74 @@ def resend(
     show_default=True,
     help="Only mails accepted at least this many seconds ago.",
 )
+@click.option(
+    "--stale",
+    type=click.Choice(["unknown", "resend"]),
+    help="Also settle mails stuck 'sending' (their worker died): mark them unknown, or queue them again.",
+)
+@click.option(
+    "--stale-after",
+    type=click.FloatRange(0),
+    help="Seconds a mail must have been 'sending' to count as stuck (default: 2 x worker.sending_lease).",
+)
+@click.option(
+    "--attachments",
+    "sweep_files",
+    is_flag=True,
+    help="Also delete attachments per retention.attachments_after and retention.orphans_after.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="With --attachments: count what would be deleted, delete nothing."
+)
 @click.pass_context
-def sweep(ctx: click.Context, config: Path | None, older_than: float) -> None:
+def sweep(
+    ctx: click.Context,
+    config: Path | None,
+    older_than: float,
+    stale: Literal["unknown", "resend"] | None,
+    stale_after: float | None,
+    sweep_files: bool,
+    dry_run: bool,
+) -> None:
     """Publish the mails whose publish was not confirmed (accepted while the queue was down).
 
     Workers do this every worker.sweep_interval seconds; this runs it once.
+    With --stale it also settles mails left 'sending' by a worker that died,
+    with --attachments it applies the attachment retention rules.
     """
     settings = _settings(ctx, config)
+    if stale_after is not None and stale is None:
+        raise click.UsageError("--stale-after needs --stale unknown|resend")
+    if dry_run and not sweep_files:
+        raise click.UsageError("--dry-run needs --attachments")
 
-    async def go() -> int:
+    async def go() -> None:
         async with MailQueue.from_settings(settings) as mq:
-            return await mq.sweep(older_than=older_than)
+            if not dry_run:
+                count = await mq.sweep(older_than=older_than)
+                click.echo(f"published {count} mail(s)", err=True)
+            if stale is not None:
+                after = stale_after if stale_after is not None else 2 * settings.worker.sending_lease
+                count = await mq.sweep_stale(older_than=after, action=stale)
+                verb = "marked unknown" if stale == "unknown" else "queued again"
+                click.echo(f"{verb} {count} mail(s) stuck sending for {after:g} s or more", err=True)
+            if sweep_files:
+                keep = settings.retention
+                swept = await mq.sweep_attachments(
+                    attachments_after=keep.attachments_after,
+                    orphans_after=keep.orphans_after,
+                    dry_run=dry_run,
+                )
+                if not swept.supported:
+                    raise click.ClickException("the attachment store cannot list its attachments")
+                verb = "would delete" if dry_run else "deleted"
+                click.echo(
+                    f"{verb} {swept.finished} attachment(s) of finished mails and "
+                    f"{swept.orphans} orphaned attachment(s)",
+                    err=True,
+                )
 
-    count = _run(go())
-    click.echo(f"published {count} mail(s)", err=True)
+    _run(go())
 
 
 @main.command()
@@ -897,6 +952,76 @@ def status(ctx: click.Context, config: Path | None, window: timedelta, as_json: 
             click.echo(line)
     if not report.ok:
         ctx.exit(1)
+
+
+@main.command()
+@_config_option
+@click.option("--soft", "mode", flag_value="soft", help="Set is_deleted=1 (hidden from lists and re-send).")
+@click.option("--hard", "mode", flag_value="hard", help="Delete the rows, their attempts and attachments.")
+@click.option(
+    "--older-than",
+    type=_Duration(),
+    required=True,
+    help="Only mails accepted and last changed longer ago than this, e.g. 30d.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    callback=lambda ctx, param, values: _statuses(values),
+    help="Only mails in this status (repeatable or comma separated; default: sent,failed,dead,unknown).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be pruned; change nothing.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 10000),
+    default=500,
+    show_default=True,
+    help="Records per query and per delete transaction.",
+)
+@click.pass_context
+def prune(
+    ctx: click.Context,
+    config: Path | None,
+    mode: str | None,
+    older_than: timedelta,
+    statuses: tuple[Status, ...],
+    dry_run: bool,
+    page_size: int,
+) -> None:
+    """Soft-delete or delete old finished mails. Mails queued, sending or retrying are never pruned."""
+    if mode is None:
+        raise click.UsageError("say --soft or --hard")
+    settings = _settings(ctx, config)
+    chosen = list(statuses) or None
+
+    async def go() -> int:
+        async with MailQueue.from_settings(settings) as mq:
+            return await mq.prune(
+                older_than=older_than.total_seconds(),
+                hard=mode == "hard",
+                statuses=chosen,
+                dry_run=dry_run,
+                page=page_size,
+            )
+
+    count = _run(go())
+    verb = {"soft": "soft-deleted", "hard": "deleted"}[mode]
+    click.echo(f"{'would be ' + verb if dry_run else verb} {count} mail(s)")
+
+
+def _statuses(values: tuple[str, ...]) -> tuple[Status, ...]:
+    chosen = []
+    for value in values:
+        for name in filter(None, (part.strip().lower() for part in value.split(","))):
+            try:
+                chosen.append(Status(name))
+            except ValueError:
+                known = ", ".join(s.value for s in Status)
+                raise click.BadParameter(
+                    f"{name!r} is not a status ({known})", param_hint="--status"
+                ) from None
+    return tuple(chosen)
 
 
 @main.group()

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import TYPE_CHECKING, BinaryIO, Literal, Self
 
 from mailqueue import metrics
 from mailqueue.envelope import encode_envelope
@@ -42,7 +42,10 @@ from mailqueue.records import (
     Status,
     utcnow,
 )
-from mailqueue.settings import Settings, load_settings
+from mailqueue.settings import RetentionSettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from mailqueue.retention import AttachmentSweep
 
 __all__ = ["MailQueue"]
 
@@ -317,6 +320,114 @@ class MailQueue:
             if len(records) < page:
                 return published
             query = dataclasses.replace(query, before_id=records[-1].id)
+
+    async def sweep_stale(
+        self, *, older_than: float, action: Literal["unknown", "resend"] = "unknown", page: int = 500
+    ) -> int:
+        """Settle the mails left ``sending`` for at least ``older_than`` seconds.
+
+        A worker that died mid-send leaves its mail ``sending``; if its
+        delivery never comes back (a broker lost it, a lease ran out without
+        redelivery), nothing else will move the mail. With ``action``
+        ``unknown`` (DESIGN's rule: an SMTP outcome that is not known is not
+        resent automatically) the mail becomes ``unknown`` and an ``unknown``
+        attempt says why; ``resend`` publishes it again and makes it
+        ``queued`` (it may then arrive twice). Each change is conditional on
+        the record still being ``sending`` with the ``updated_at`` it was read
+        with, so a worker that is still sending it, or took it up again, wins.
+        Workers call this with twice ``worker.sending_lease``.
+
+        Returns:
+            How many mails were settled.
+
+        Raises:
+            QueueError: (``resend``) the queue did not confirm; the rest wait for the next sweep.
+            StoreError: the store failed.
+        """
+        from mailqueue.retention import sweep_stale
+
+        return await sweep_stale(self, older_than=older_than, action=action, page=page)
+
+    async def sweep_attachments(
+        self,
+        *,
+        attachments_after: float | None,
+        orphans_after: float | None,
+        dry_run: bool = False,
+        page: int = 500,
+    ) -> AttachmentSweep:
+        """Delete the attachments no mail needs any more.
+
+        Those of mails finished (``sent``, ``failed``, ``dead``, ``unknown``)
+        at least ``attachments_after`` seconds ago, and those no mail refers
+        to (an upload whose request failed afterwards) stored at least
+        ``orphans_after`` seconds ago; ``None`` turns either rule off. Only
+        attachment stores that can list their keys
+        (:class:`~mailqueue.protocols.ListableAttachmentStore`) are swept.
+
+        Returns:
+            What was removed (or, with ``dry_run``, would be).
+
+        Raises:
+            StoreError: the store failed.
+            BackendError: the attachment store cannot be listed.
+        """
+        from mailqueue.retention import sweep_attachments
+
+        return await sweep_attachments(
+            self,
+            attachments_after=attachments_after,
+            orphans_after=orphans_after,
+            dry_run=dry_run,
+            page=page,
+        )
+
+    async def prune(
+        self,
+        *,
+        older_than: float,
+        hard: bool = False,
+        statuses: Iterable[Status] | None = None,
+        dry_run: bool = False,
+        page: int = 500,
+    ) -> int:
+        """Soft-delete (``is_deleted``) or delete old finished records, a page at a time.
+
+        Records in ``statuses`` (default: every finished state) created and
+        last changed more than ``older_than`` seconds ago. Soft deletion hides
+        them from :meth:`select`, ``resend`` and ``mailqueue status``; hard
+        deletion removes the rows, their attempts and their attachments
+        (soft-deleted records included), ``page`` records per transaction.
+        ``queued``, ``sending`` and ``retrying`` mails are never pruned.
+
+        Returns:
+            How many records were pruned (or, with ``dry_run``, would be).
+
+        Raises:
+            ConfigurationError: an in-flight status was asked for, or (``hard``)
+                the store cannot delete records.
+            StoreError: the store failed.
+        """
+        from mailqueue.retention import prune
+
+        return await prune(
+            self, older_than=older_than, hard=hard, statuses=statuses, dry_run=dry_run, page=page
+        )
+
+    async def apply_retention(self, settings: RetentionSettings) -> int:
+        """One retention pass as configured: sweep attachments, then soft-delete
+        old records if ``records_after`` is set. Workers run it every ``retention.interval``.
+
+        Returns:
+            How many attachments and records were removed.
+        """
+        swept = await self.sweep_attachments(
+            attachments_after=settings.attachments_after, orphans_after=settings.orphans_after
+        )
+        pruned = 0
+        if settings.records_after is not None:
+            pruned = await self.prune(older_than=settings.records_after)
+        return swept.finished + swept.orphans + pruned
 
     async def _mark_unpublished(self, mail_id: str, exc: QueueError) -> None:
         try:

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
-    from mailqueue.records import MailRecord, RecordQuery, RecordUpdate
+    from mailqueue.records import MailRecord, RecordQuery, RecordUpdate, Status
 
 __all__ = [
     "AttachmentStore",
     "BackendContext",
     "Consumer",
     "Delivery",
+    "ListableAttachmentStore",
     "OutgoingMessage",
+    "PrunableStore",
     "Queue",
     "QueueCapabilities",
     "RecipientReply",
@@ -260,6 +263,22 @@ class Store(Resource, Protocol):
         """Raise :class:`~mailqueue.errors.StoreError` if the store is unreachable."""
 
 
+@runtime_checkable
+class PrunableStore(Protocol):
+    """Optional Store capability: delete records, a batch at a time (``mailqueue prune``).
+
+    A Store without it still works: soft pruning then updates one record at
+    a time, hard pruning refuses and says why.
+    """
+
+    async def delete_records(
+        self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False
+    ) -> list[str]:
+        """Delete, in one transaction, those of ``mail_ids`` whose status is one
+        of ``statuses`` (checked at deletion), with their attempt history, or with
+        ``soft`` mark them ``is_deleted`` (those not marked yet); return their ids."""
+
+
 # --- AttachmentStore --------------------------------------------------------
 
 
@@ -286,6 +305,19 @@ class AttachmentStore(Resource, Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the attachment; a missing key is not an error."""
+
+
+@runtime_checkable
+class ListableAttachmentStore(Protocol):
+    """Optional AttachmentStore capability: list what is stored, with its age.
+
+    The retention sweep (:meth:`~mailqueue.client.MailQueue.sweep_attachments`)
+    needs it; an AttachmentStore without it is simply not swept.
+    """
+
+    def list_keys(self, *, before: datetime) -> AsyncIterator[tuple[str, datetime]]:
+        """Yield ``(key, stored_at)`` (timezone-aware UTC) of every complete
+        attachment stored before ``before``, in no particular order."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,9 @@ class RecordUpdate:
     ``attempts`` counter to its number. ``expect`` makes the update
     conditional: it is applied only if the record's current status is one of
     these (compare-and-set), and :meth:`Store.update` reports whether it was.
+    ``expect_updated_at`` adds a second condition: the record's ``updated_at``
+    is still exactly this value (as the Store returned it), i.e. nobody
+    changed the record since it was read.
     """
 
     status: Status | None = None
@@ -154,6 +157,7 @@ class RecordUpdate:
     next_attempt_at: datetime | None = None
     is_deleted: bool | None = None
     expect: frozenset[Status] | None = None
+    expect_updated_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from mailqueue.limits import parse_rate
 __all__ = [
     "APISettings",
     "AccountSettings",
+    "RetentionSettings",
     "Settings",
     "ThrottleSettings",
     "WorkerSettings",
@@ -133,11 +134,44 @@ class WorkerSettings(BaseModel):
     """Seconds a mail may stay ``sending`` before a worker that meets another
     copy of it presumes the sending worker dead and sends it; must exceed the
     longest SMTP transaction (connect, TLS, all commands and the data)."""
+    stale_sending: Literal["unknown", "resend", "off"] = "unknown"
+    """What the sweeper does with a mail left ``sending`` for twice ``sending_lease``
+    (its worker died and its delivery never came back): ``unknown`` marks it
+    ``unknown`` (maybe delivered; re-send it yourself), ``resend`` queues it
+    again (it may arrive twice), ``off`` leaves it."""
 
     @field_validator("rate")
     @classmethod
     def _rate(cls, value: str) -> str:
         return _check_rate(value)
+
+
+class RetentionSettings(BaseModel):
+    """What workers delete, and when (see docs/retention.md).
+
+    Times are in seconds; ``null`` turns a rule off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: float = Field(default=3600.0, ge=0)
+    """Seconds between two retention passes of a worker; 0 turns them off."""
+    attachments_after: float | None = Field(default=30 * 86400.0, ge=0)
+    """Delete the attachments of a finished mail (sent, failed, dead, unknown)
+    this long after it finished; a re-send after that goes without them."""
+    orphans_after: float | None = Field(default=86400.0, ge=0)
+    """Delete stored attachments that no mail refers to (an upload whose
+    request failed afterwards) once they are this old; must exceed the longest request."""
+    records_after: float | None = Field(default=None, ge=0)
+    """Soft-delete (``is_deleted``) finished mails this long after they finished; default off."""
+
+    @field_validator("attachments_after", "orphans_after", "records_after", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        # an environment variable cannot say null: take "off" (or "none", "null", "") for it
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "null"):
+            return None
+        return value
 
 
 class APISettings(BaseModel):
@@ -175,6 +209,7 @@ class Settings(BaseSettings):
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
     worker: WorkerSettings = WorkerSettings()
+    retention: RetentionSettings = RetentionSettings()
     api: APISettings = APISettings()
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mailqueue import metrics
 from mailqueue.envelope import decode_envelope
@@ -57,7 +57,10 @@ from mailqueue.records import (
     Status,
     utcnow,
 )
-from mailqueue.settings import WorkerSettings
+from mailqueue.settings import RetentionSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    from mailqueue.client import MailQueue
 
 __all__ = ["Worker", "backoff"]
 
@@ -87,6 +90,7 @@ class Worker:
         sender: opened Sender.
         settings: concurrency, limits, retry policy.
         limiter: a rate limiter to share (default: one built from ``settings.rate``).
+        retention: what the sweep loop deletes, and when (default: nothing).
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class Worker:
         sender: Sender,
         settings: WorkerSettings | None = None,
         limiter: RateLimiter | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -105,6 +110,9 @@ class Worker:
         self.sender = sender
         self.settings = settings or WorkerSettings()
         self.limiter = limiter or RateLimiter(self.settings.rate)
+        self.retention = retention
+        self._retained_at: float | None = None
+        self._swept_since: float | None = None
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
         #: invalid, error.
         self.counts: Counter[str] = Counter()
@@ -292,6 +300,29 @@ class Worker:
             metrics.SWEPT.inc(published)
             if published:
                 logger.warning("the sweeper published %d mail(s) whose publish was not confirmed", published)
+            await self._recover_and_retain(mq)
+
+    async def _recover_and_retain(self, mq: MailQueue) -> None:
+        """After each sweep: settle mails stuck ``sending`` for 2 x ``sending_lease``
+        (see :meth:`MailQueue.sweep_stale`); every ``retention.interval``, apply the
+        retention rules (see :mod:`mailqueue.retention`). Failures are logged only."""
+        now = asyncio.get_running_loop().time()
+        if self._swept_since is None:
+            self._swept_since = now - self.settings.sweep_interval
+        stale_after = 2 * self.settings.sending_lease
+        # Only once this worker has run that long itself: after an outage of every
+        # worker, deliveries handed back now get their chance before a verdict.
+        if self.settings.stale_sending != "off" and now - self._swept_since >= stale_after:
+            stale = mq.sweep_stale(older_than=stale_after, action=self.settings.stale_sending)
+            self.counts["stale"] += await _sweep_step("stale sending", stale)
+        keep = self.retention
+        if (
+            keep
+            and keep.interval > 0
+            and (self._retained_at is None or now - self._retained_at >= keep.interval)
+        ):
+            self._retained_at = now
+            await _sweep_step("retention", mq.apply_retention(keep))
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -588,6 +619,21 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark the outcome of an abandoned future as seen (no "exception was never retrieved")."""
     if not future.cancelled():
         future.exception()
+
+
+async def _sweep_step(what: str, step: Awaitable[int]) -> int:
+    """Run one sweep; log (never raise) a failure, which the next sweep tries again."""
+    try:
+        done = await step
+    except BackendError as exc:
+        logger.warning("sweep (%s) failed (%s); trying again later", what, exc)
+        return 0
+    except Exception:
+        logger.exception("sweep (%s) failed unexpectedly; trying again later", what)
+        return 0
+    if done:
+        logger.warning("sweep (%s) handled %d mail(s)", what, done)
+    return done
 
 
 async def _settle_quietly(settle: Awaitable[None]) -> None:

@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -452,6 +453,34 @@ class FileAttachmentStore(ResourceMixin):
         except OSError as exc:
             raise BackendError(f"file attachment store at {self._root}: {exc}") from exc
 
+    async def list_keys(self, *, before: datetime) -> AsyncIterator[tuple[str, datetime]]:
+        """Yield ``(key, stored_at)`` of the attachment files last modified before ``before``.
+
+        ``stored_at`` is the file's modification time (it is written once, when stored).
+
+        Raises:
+            BackendError: the folder could not be listed.
+        """
+        found = await self._io(self._list, before.timestamp())
+        for key, mtime in found:
+            yield key, datetime.fromtimestamp(mtime, UTC)
+
+    def _list(self, cutoff: float) -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
+        for first in _subfolders(self._root):
+            for second in _subfolders(first):
+                with os.scandir(second) as entries:
+                    for entry in entries:
+                        if not _KEY_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+                            continue
+                        try:
+                            mtime = entry.stat(follow_symlinks=False).st_mtime
+                        except FileNotFoundError:
+                            continue
+                        if mtime < cutoff:
+                            found.append((entry.name, mtime))
+        return found
+
     async def purge_incomplete(self, *, older_than: float = 3600.0) -> int:
         """Remove temporary files of uploads that a crash interrupted.
 
@@ -479,3 +508,16 @@ class FileAttachmentStore(ResourceMixin):
                 except FileNotFoundError:
                     continue
         return removed
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The two-character key folders directly in ``folder``."""
+    try:
+        with os.scandir(folder) as entries:
+            return [
+                Path(e.path)
+                for e in entries
+                if len(e.name) == 2 and not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        return []

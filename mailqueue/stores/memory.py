@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from datetime import datetime
 from typing import Self
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from mailqueue.errors import (
     StoreError,
 )
 from mailqueue.protocols import BackendContext, ResourceMixin, StoredAttachment
-from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, utcnow
+from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
 
 __all__ = ["MemoryAttachmentStore", "MemoryStore"]
 
@@ -166,6 +167,8 @@ class MemoryStore(_InMemory):
         record = self._records.get(mail_id)
         if record is None or (change.expect is not None and record.status not in change.expect):
             return False
+        if change.expect_updated_at is not None and record.updated_at != change.expect_updated_at:
+            return False
         changes: dict[str, object] = {"updated_at": utcnow()}
         for name in (
             "status",
@@ -186,6 +189,35 @@ class MemoryStore(_InMemory):
             self._history[mail_id].append(change.attempt)
         self._records[mail_id] = record.evolve(**changes)
         return True
+
+    async def delete_records(
+        self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False
+    ) -> list[str]:
+        """Forget those of ``mail_ids`` whose status is one of ``statuses``, with
+        their history; with ``soft``, mark them ``is_deleted`` instead.
+
+        Returns:
+            The ids of the records deleted (or newly marked).
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        deleted: list[str] = []
+        for mail_id in mail_ids:
+            record = self._records.get(mail_id)
+            if record is None or record.status not in statuses or (soft and record.is_deleted):
+                continue
+            deleted.append(mail_id)
+            if soft:
+                self._records[mail_id] = record.evolve(is_deleted=True, updated_at=utcnow())
+                continue
+            del self._records[mail_id]
+            del self._history[mail_id]
+            key = record.mail.idempotency_key
+            if key is not None and self._keys.get(key) == mail_id:
+                del self._keys[key]
+        return deleted
 
     async def ping(self) -> None:
         """Raise :class:`StoreError` if the store is not open."""
@@ -211,6 +243,7 @@ class MemoryAttachmentStore(_InMemory):
     def __init__(self) -> None:
         super().__init__()
         self._blobs: dict[str, bytes] = {}
+        self._stored_at: dict[str, datetime] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(attachments={len(self._blobs)})"
@@ -236,6 +269,7 @@ class MemoryAttachmentStore(_InMemory):
             parts.append(data)
         key = new_key()
         self._blobs[key] = b"".join(parts)
+        self._stored_at[key] = utcnow()
         return StoredAttachment(key=key, size=size, sha256=digest.hexdigest())
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
@@ -260,3 +294,15 @@ class MemoryAttachmentStore(_InMemory):
         """
         self._check_open()
         self._blobs.pop(key, None)
+        self._stored_at.pop(key, None)
+
+    async def list_keys(self, *, before: datetime) -> AsyncIterator[tuple[str, datetime]]:
+        """Yield ``(key, stored_at)`` of the attachments stored before ``before``.
+
+        Raises:
+            BackendError: the store is not open.
+        """
+        self._check_open()
+        for key, stored_at in list(self._stored_at.items()):
+            if stored_at < before:
+                yield key, stored_at

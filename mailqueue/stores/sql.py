@@ -998,6 +998,8 @@ class SQLStore(ResourceMixin):
         stmt = email.update().where(email.c.uid == mail_id)
         if change.expect is not None:
             stmt = stmt.where(email.c.status.in_(sorted(s.value for s in change.expect)))
+        if change.expect_updated_at is not None:
+            stmt = stmt.where(email.c.updated_at == self._db_time(change.expect_updated_at))
         stmt = stmt.values(values)
 
         async def work(engine: AsyncEngine) -> bool:
@@ -1015,6 +1017,58 @@ class SQLStore(ResourceMixin):
             return True
 
         return await self._run(f"update record {mail_id}", work)
+
+    async def delete_records(
+        self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False
+    ) -> list[str]:
+        """Delete those of ``mail_ids`` whose status is one of ``statuses``, and
+        their ``email_attempt`` rows, in one transaction; with ``soft``, set
+        ``is_deleted = 1`` on those not deleted yet instead.
+
+        The status is checked by the statement itself, so a record that
+        changed state since it was read (e.g. re-sent) stays.
+
+        Returns:
+            The ids of the records deleted (or newly marked).
+
+        Raises:
+            StoreError: the database failed.
+        """
+        if not mail_ids or not statuses:
+            return []
+        chosen = sa.and_(
+            email.c.uid.in_(list(mail_ids)), email.c.status.in_(sorted(s.value for s in statuses))
+        )
+        if soft:
+            chosen = sa.and_(chosen, email.c.is_deleted == 0)
+
+        async def work(engine: AsyncEngine) -> list[str]:
+            async with engine.begin() as connection:
+                if engine.dialect.name == "sqlite":
+                    # this first write takes SQLite's write lock: the rows read next are the rows changed
+                    await connection.execute(
+                        email.update().where(chosen).values(updated_at=self._db_time(utcnow()))
+                    )
+                # FOR UPDATE (MySQL/PostgreSQL): nobody changes or adds an attempt to these rows meanwhile
+                locked = sa.select(email.c.id, email.c.uid).where(chosen).with_for_update()
+                rows = (await connection.execute(locked)).all()
+                if not rows:
+                    return []
+                row_ids = [row.id for row in rows]
+                if soft:
+                    await connection.execute(
+                        email.update()
+                        .where(email.c.id.in_(row_ids))
+                        .values(is_deleted=1, updated_at=self._db_time(utcnow()))
+                    )
+                else:
+                    await connection.execute(
+                        email_attempt.delete().where(email_attempt.c.email_id.in_(row_ids))
+                    )
+                    await connection.execute(email.delete().where(email.c.id.in_(row_ids)))
+                return [str(row.uid) for row in rows]
+
+        return await self._run("delete records", work)
 
     async def ping(self) -> None:
         """Raise :class:`StoreError` unless the database answers."""

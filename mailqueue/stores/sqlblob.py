@@ -364,6 +364,27 @@ class SQLAttachmentStore(ResourceMixin):
             if found == key:
                 await self._remove(conn, key)
 
+    async def list_keys(self, *, before: datetime) -> AsyncIterator[tuple[str, datetime]]:
+        """Yield ``(key, stored_at)`` of the complete attachments stored before ``before``.
+
+        The keys are read first (in one query), then yielded.
+
+        Raises:
+            BackendError: the database failed.
+        """
+        engine = self.engine
+        cutoff = before.astimezone(UTC).replace(tzinfo=None)
+        async with self._translate("list attachments"), engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(_att_key, attachments.c.created_at).where(
+                        attachments.c.complete == sa.true(), attachments.c.created_at < cutoff
+                    )
+                )
+            ).all()
+        for key, created_at in rows:
+            yield key, created_at.replace(tzinfo=UTC)
+
     async def purge_incomplete(self, *, older_than: float = 3600.0) -> int:
         """Remove attachments whose upload started more than ``older_than``
         seconds ago and never completed (their writer crashed).

@@ -33,12 +33,13 @@ import hashlib
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mailqueue.errors import AttachmentNotFoundError, AttachmentTooLargeError
 from mailqueue.message import AttachmentRef
-from mailqueue.protocols import AttachmentStore, StoredAttachment
+from mailqueue.protocols import AttachmentStore, ListableAttachmentStore, StoredAttachment
 
 __all__ = ["AttachmentStoreConformance", "Inventory", "chunked", "read_all"]
 
@@ -285,6 +286,23 @@ class AttachmentStoreConformance:
         assert await _snapshot(inventory) == before
 
     # --- missing keys and delete ----------------------------------------------
+
+    async def test_list_keys_with_their_age(self, attachments: AttachmentStore) -> None:
+        if not isinstance(attachments, ListableAttachmentStore):
+            pytest.skip("the store cannot list its keys (optional ListableAttachmentStore)")
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        kept = await attachments.put(chunked(b"kept"))
+        gone = await attachments.put(chunked(b"gone"))
+        await attachments.delete(gone.key)
+        later = datetime.now(UTC) + timedelta(seconds=2)
+        listed = {key: at async for key, at in attachments.list_keys(before=later)}
+        assert kept.key in listed
+        assert gone.key not in listed
+        assert listed[kept.key].utcoffset() == timedelta(0)
+        # stores may keep the time to the second, cut
+        assert before - timedelta(seconds=1) <= listed[kept.key] <= later
+        earlier = {key async for key, _ in attachments.list_keys(before=before - timedelta(seconds=1))}
+        assert kept.key not in earlier
 
     async def test_read_missing_key(self, attachments: AttachmentStore) -> None:
         key = "0123456789abcdef0123456789abcdef"

@@ -35,7 +35,7 @@ import pytest
 
 from mailqueue.errors import StoreError
 from mailqueue.message import AttachmentRef, Mail, Recipient, new_id
-from mailqueue.protocols import Store
+from mailqueue.protocols import PrunableStore, Store
 from mailqueue.records import (
     Attempt,
     MailRecord,
@@ -375,6 +375,39 @@ class StoreConformance:
         assert got is not None
         assert got.status is Status.SENDING
         assert len(got.history) == 1
+
+    async def test_expect_updated_at_refuses_a_changed_record(self, store: Store) -> None:
+        old = utcnow() - timedelta(hours=1)
+        record = await store.add(make_record().evolve(status=Status.SENDING, updated_at=old))
+        (seen,) = await store.find(RecordQuery(ids=(record.id,)))
+        claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.SENDING}))
+        assert await store.update(record.id, claim)
+        stale = RecordUpdate(
+            status=Status.UNKNOWN, expect=frozenset({Status.SENDING}), expect_updated_at=seen.updated_at
+        )
+        assert await store.update(record.id, stale) is False
+        (now_seen,) = await store.find(RecordQuery(ids=(record.id,)))
+        assert now_seen.status is Status.SENDING
+        fresh = RecordUpdate(
+            status=Status.UNKNOWN, expect=frozenset({Status.SENDING}), expect_updated_at=now_seen.updated_at
+        )
+        assert await store.update(record.id, fresh)
+        got = await store.get(record.id)
+        assert got is not None
+        assert got.status is Status.UNKNOWN
+
+    async def test_delete_records_only_in_the_given_states(self, store: Store) -> None:
+        if not isinstance(store, PrunableStore):
+            pytest.skip("the store cannot delete records (optional PrunableStore)")
+        sent = await store.add(make_record().evolve(status=Status.SENT, history=(_attempt(1, "sent"),)))
+        queued = await store.add(make_record())
+        deleted = await store.delete_records(
+            [sent.id, queued.id, "0" * 32], statuses=frozenset({Status.SENT, Status.FAILED})
+        )
+        assert deleted == [sent.id]
+        assert await store.get(sent.id) is None
+        assert await store.get(queued.id) is not None
+        assert await store.delete_records([sent.id], statuses=frozenset({Status.SENT})) == []
 
     async def test_is_ok_follows_status(self, store: Store) -> None:
         record = await store.add(make_record())

@@ -138,6 +138,7 @@ class MailQueuePlugin(InitPluginProtocol):
             sender=self.sender,
             settings=self.settings.worker,
             limiter=self._limiter,
+            retention=self.settings.retention,
         )
         self._worker_task = asyncio.create_task(self.worker.run(), name="mailqueue-worker")
         self._worker_task.add_done_callback(_report_worker_end)
