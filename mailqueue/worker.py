@@ -11,7 +11,8 @@ For each delivery, in this order:
 4. load its attachments (missing ones: ``Not Found: <name>`` in the remark,
    or ``failed`` if so configured), render it, send to the recipients still
    pending;
-5. record the attempt and the outcome in the Store;
+5. record the attempt and the outcome in the Store (tried again until the
+   Store answers: the mail is not sent twice because the Store was down);
 6. only then settle the delivery: ack, retry after a backoff, or dead-letter.
 
 Shutdown (:meth:`Worker.stop`) stops taking deliveries, lets in-flight sends
@@ -61,6 +62,8 @@ logger = logging.getLogger("mailqueue.worker")
 
 _CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
 _REMARK_MAX: Final = 100
+#: Longest pause, in seconds, between tries to record an outcome while the Store fails.
+_RECORD_PAUSE_MAX: Final = 5.0
 
 
 def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -100,7 +103,7 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.limiter = limiter or RateLimiter(self.settings.rate)
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
-        #: invalid, error.
+        #: invalid, error, record_retried (a Store write of an outcome tried again).
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -392,7 +395,7 @@ class Worker:
             next_attempt_at=due,
             expect=frozenset({Status.SENDING}),
         )
-        if not await self.store.update(record.id, change):
+        if not await self._record(record.id, change):
             logger.warning("mail id=%s changed while it was being sent; recorded nothing", record.id)
         self.counts[{Status.RETRYING: "retried"}.get(status, str(status))] += 1
         log = logger.info if status in (Status.SENT, Status.RETRYING) else logger.warning
@@ -410,6 +413,32 @@ class Worker:
             await delivery.dead(f"{dead_reason} exhausted: {error}")
         else:
             await delivery.ack()
+
+    async def _record(self, mail_id: str, change: RecordUpdate) -> bool:
+        """Write an attempt's outcome, trying again for as long as the Store fails.
+
+        The mail has been sent (or refused) by now: giving the delivery back
+        instead would send it again. So the delivery stays unsettled until the
+        Store answers; only a shutdown that outlasts ``shutdown_timeout``
+        cancels the wait (the delivery is then released, the one window where
+        a copy may be sent twice). Should an earlier try have been committed
+        although its answer was lost, the repeat finds the status changed and
+        returns ``False``, which is harmless.
+        """
+        pause = 0.1
+        while True:
+            try:
+                return await self.store.update(mail_id, change)
+            except BackendError as exc:
+                self.counts["record_retried"] += 1
+                logger.warning(
+                    "mail id=%s: could not record the outcome (%s); trying again in %.1f s",
+                    mail_id,
+                    exc,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RECORD_PAUSE_MAX)
 
     async def _load_attachments(
         self, refs: Sequence[AttachmentRef]
