@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import secrets
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import httpx
 import pytest
 from conftest import _run
@@ -27,12 +30,19 @@ from faultproxy import FaultProxy
 from proc_helpers import Process, eventually, free_port, mailqueue, parse, wait_ready
 from test_broker_processes import _delete_amqp, mails, settings_env
 
-from mailqueue import MailQueue, RecordQuery, Status
+from mailqueue import Mail, MailQueue, RecordQuery, Status
 from mailqueue.testing.smtpd import Fault, FaultStage, SMTPTestServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.mysql, pytest.mark.rabbitmq]
 
 FINAL = (Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN)
+
+
+def worker_counts(log: str) -> dict[str, int]:
+    """The ``counts=`` a worker logs when it stops."""
+    match = re.search(r"worker stopped counts=(\{.*\})", log)
+    assert match, log[-2000:]
+    return {k: int(v) for k, v in re.findall(r"'(\w+)': (\d+)", match.group(1))}
 
 
 # --- helpers --------------------------------------------------------------------
@@ -149,6 +159,29 @@ class OnStage(Fault):
         return False
 
 
+class Share(Fault):
+    """A fault that fires on every ``every``-th arrival at its stage, ``fires`` times in all."""
+
+    def __init__(
+        self, stage: FaultStage, reply: str, *, every: int, fires: int, disconnect: bool = False
+    ) -> None:
+        super().__init__(stage, reply=reply, disconnect=disconnect, times=None)
+        self.every = every
+        self.left = fires
+        self.seen = 0
+        self.fired = 0
+
+    def _matches(self, stage: str, address: str | None, count: int) -> bool:
+        if stage != self.stage or not self.left:
+            return False
+        self.seen += 1
+        if self.seen % self.every:
+            return False
+        self.left -= 1
+        self.fired += 1
+        return True
+
+
 def form(n: int, tag: str) -> dict[str, str]:
     return {
         "title": f"{tag} {n}",
@@ -242,3 +275,233 @@ async def test_store_cut_while_the_worker_runs_loses_nothing_and_sends_nothing_t
     report("store-cut-worker", counts)
     assert counts["sent"] == 20
     assert "could not record the outcome" in log, "the cut did not fall between the 250 and the record"
+
+
+# --- the broker cut -----------------------------------------------------------------------
+
+
+async def test_broker_cut_on_the_api_side_answers_503_never_a_false_200(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    async with (
+        SMTPTestServer() as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        with proxy_to(amqp_queue_url) as rabbit:
+            env = settings_env(mysql_url, via(amqp_queue_url, rabbit), server)
+            async with (
+                api(tmp_path, env) as (proc, base),
+                httpx.AsyncClient(base_url=base, timeout=30) as http,
+            ):
+                ids = []
+                for n in range(3):
+                    reply = await http.post("/api/email/send", data=form(n, "before"))
+                    assert reply.status_code == 200, reply.text
+                    ids.append(reply.json()["data"]["id"])
+                await asyncio.to_thread(rabbit.cut)
+                refused = 0
+                for n in range(5):
+                    key = {"Idempotency-Key": f"cut-{n}"}
+                    reply = await http.post("/api/email/send", data=form(n, "cut"), headers=key)
+                    assert reply.status_code == 503, reply.text
+                    refused += 1
+                await asyncio.to_thread(rabbit.restore)
+                # the client repeats each refused request with its key until it is accepted
+                for n in range(5):
+                    key = {"Idempotency-Key": f"cut-{n}"}
+                    for _ in range(100):
+                        reply = await http.post("/api/email/send", data=form(n, "cut"), headers=key)
+                        if reply.status_code != 503:
+                            break
+                        await asyncio.sleep(0.2)
+                    assert reply.status_code == 200, reply.text
+                    ids.append(reply.json()["data"]["id"])
+                await proc.stop()
+            async with service(
+                tmp_path, "worker", settings_env(mysql_url, amqp_queue_url, server), "w"
+            ) as worker:
+                await eventually(lambda: all_final(mq, ids), "every accepted mail to be sent", worker)
+                await asyncio.sleep(0.5)
+                await worker.stop()
+        counts = await tally(mq, ids, server)
+    report("broker-cut-api", counts)
+    assert counts["sent"] == 8
+    assert refused == 5
+
+
+async def test_broker_cut_on_the_worker_side_reconnects_and_carries_on(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    async with (
+        SMTPTestServer(faults=[Fault("data_end", stall=0.05, times=None)]) as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        with proxy_to(amqp_queue_url) as rabbit:
+            env = settings_env(mysql_url, via(amqp_queue_url, rabbit), server)
+            ids = [(await mq.submit(m)).id for m in mails(30, "flow")]
+            async with service(tmp_path, "worker", env, "worker") as worker:
+
+                async def some_arrived() -> bool:
+                    return len(server.messages) >= 8
+
+                await eventually(some_arrived, "the first mails", worker)
+                await asyncio.to_thread(rabbit.cut)
+                await asyncio.sleep(1.5)
+                await asyncio.to_thread(rabbit.restore)
+                # the same process reconnects and finishes, also what was submitted meanwhile
+                ids += [(await mq.submit(m)).id for m in mails(10, "after")]
+                await eventually(lambda: all_final(mq, ids), "every mail to be sent", worker)
+                await asyncio.sleep(0.5)
+                await worker.stop()
+                counts_log = worker_counts(await worker.output())
+        counts = await tally(mq, ids, server)
+    report("broker-cut-worker", counts)
+    print(f"  worker counts: {counts_log}")
+    assert counts["sent"] == 40
+    assert rabbit.accepted >= 2, "the worker did not reconnect through the proxy"
+
+
+# --- SIGKILL ----------------------------------------------------------------------------
+
+
+async def test_sigkill_of_the_api_right_after_200_still_delivers(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    async with (
+        SMTPTestServer() as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        env = settings_env(mysql_url, amqp_queue_url, server)
+        async with api(tmp_path, env) as (proc, base), httpx.AsyncClient(base_url=base, timeout=30) as http:
+
+            async def post(n: int) -> str:
+                files = {"attachment[]": (f"a{n}.txt", b"attached %d" % n, "text/plain")}
+                reply = await http.post("/api/email/send", data=form(n, "killed"), files=files)
+                assert reply.status_code == 200, reply.text
+                mail_id: str = reply.json()["data"]["id"]
+                return mail_id
+
+            ids = list(await asyncio.gather(*(post(n) for n in range(10))))
+            proc.proc.kill()
+            assert await proc.proc.wait() == -signal.SIGKILL
+        async with service(tmp_path, "worker", env, "worker") as worker:
+            await eventually(lambda: all_final(mq, ids), "every accepted mail to be sent", worker)
+            await asyncio.sleep(0.5)
+            await worker.stop()
+        counts = await tally(mq, ids, server)
+        attached = sorted(
+            part.get_content() for m in server.messages for part in parse(m.data).iter_attachments()
+        )
+    report("sigkill-api", counts)
+    assert counts["sent"] == 10
+    assert attached == sorted(f"attached {n}" for n in range(10))
+
+
+async def test_sigkill_of_a_worker_after_the_250_before_the_ack(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    async with (
+        SMTPTestServer() as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        with proxy_to(mysql_url) as db:
+            # on the first final dot the Store's road hangs: the worker gets its 250
+            # but cannot commit the outcome, so it cannot ack either
+            server.faults.insert(0, OnStage("data_end", db.blackhole))
+            env = settings_env(via(mysql_url, db), amqp_queue_url, server, WORKER__CONCURRENCY="1")
+            ids = [(await mq.submit(m)).id for m in mails(5, "window")]
+            async with service(tmp_path, "worker", env, "first") as first:
+
+                async def got_one() -> bool:
+                    return len(server.messages) >= 1
+
+                await eventually(got_one, "the first 250", first)
+                await asyncio.sleep(0.3)  # the worker is now waiting for its commit
+                first.proc.kill()
+                assert await first.proc.wait() == -signal.SIGKILL
+            in_window = await mq.status(ids[0])
+            assert in_window is not None
+            assert in_window.status is Status.SENDING, in_window.status  # the outcome never reached the Store
+            assert len(server.messages) == 1
+            # the held statements are dropped with their connections, never committed late
+            await asyncio.to_thread(db.cut)
+            await asyncio.to_thread(db.restore)
+            async with service(tmp_path, "worker", env, "second") as second:
+                await eventually(lambda: all_final(mq, ids), "every mail to be settled", second)
+                await asyncio.sleep(0.5)
+                await second.stop()
+        counts = await tally(mq, ids, server)
+        first_id = str((await mq.status(ids[0])).mail.message_id)  # type: ignore[union-attr]
+        copies = [m for m in server.messages if str(parse(m.data)["Message-ID"]) == first_id]
+    report("sigkill-worker-after-250", counts, max_duplicates=1)
+    # delivered at least once; a second copy is the same message (same Message-ID)
+    assert len(copies) >= 1
+    assert counts["sent"] + counts["unknown"] == 5
+
+
+# --- the sink's 421 storm -------------------------------------------------------------------
+
+
+async def test_smtp_421_storm_slows_down_and_delivers_everything_once(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    storm = Share("mail", "421 4.7.0 Too many messages, slow down", every=2, fires=15, disconnect=True)
+    async with (
+        SMTPTestServer(faults=[storm]) as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        env = settings_env(mysql_url, amqp_queue_url, server)
+        ids = [(await mq.submit(m)).id for m in mails(30, "storm")]
+        async with service(tmp_path, "worker", env, "worker") as worker:
+            await eventually(lambda: all_final(mq, ids), "every mail to be sent", worker)
+            await asyncio.sleep(0.5)
+            await worker.stop()
+            counts_log = worker_counts(await worker.output())
+            # THROTTLE ASSERTION: scrape the worker's /metrics for mailqueue_retries_total{code="421"}
+            # and mailqueue_account_throttled_total once those metrics exist
+        counts = await tally(mq, ids, server)
+        records = [await mq.status(i) for i in ids]
+    report("smtp-421-storm", counts)
+    print(f"  421 replies: {storm.fired}; worker counts: {counts_log}")
+    assert storm.fired == 15
+    assert counts["sent"] == 30
+    # every 421 cost its mail one more attempt, recorded with its code
+    retried = [a for r in records if r is not None for a in r.attempts if a.code == 421]
+    assert len(retried) == storm.fired
+    assert counts_log.get("retried", 0) == storm.fired
+
+
+# --- a poison message ---------------------------------------------------------------------
+
+
+async def test_a_poison_message_ends_dead_while_the_others_flow(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str, rabbitmq_url: str
+) -> None:
+    poison = Fault("rcpt", address="poison@example.com", reply="451 4.3.0 mailbox busy", times=None)
+    async with (
+        SMTPTestServer(faults=[poison]) as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        env = settings_env(mysql_url, amqp_queue_url, server, WORKER__MAX_ATTEMPTS="3")
+        bad = mails(1, "poison")[0].model_copy()
+        bad = Mail.parse(bad.model_dump() | {"to": [{"address": "poison@example.com", "name": "P"}]})
+        ids = [(await mq.submit(bad)).id]
+        ids += [(await mq.submit(m)).id for m in mails(20, "fine")]
+        async with service(tmp_path, "worker", env, "worker") as worker:
+            await eventually(lambda: all_final(mq, ids), "every mail to be settled", worker)
+            await worker.stop()
+        counts = await tally(mq, ids, server)
+        record = await mq.status(ids[0])
+        assert record is not None
+        queue_name = re.search(r"queue=([^&]+)", amqp_queue_url).group(1)  # type: ignore[union-attr]
+        connection = await aio_pika.connect(rabbitmq_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            dead = await channel.declare_queue(f"{queue_name}.dead", passive=True)
+            dead_count = dead.declaration_result.message_count
+    report("poison", counts)
+    assert record.status is Status.DEAD
+    assert len(record.attempts) == 3
+    assert counts["sent"] == 20
+    assert counts["dead"] == 1
+    assert dead_count == 1
