@@ -465,10 +465,13 @@ async def test_smtp_421_storm_slows_down_and_delivers_everything_once(
     print(f"  421 replies: {storm.fired}; worker counts: {counts_log}")
     assert storm.fired == 15
     assert counts["sent"] == 30
-    # every 421 cost its mail one more attempt, recorded with its code
-    retried = [a for r in records if r is not None for a in r.attempts if a.code == 421]
-    assert len(retried) == storm.fired
-    assert counts_log.get("retried", 0) == storm.fired
+    # a 421 on a reused connection is taken as a stale connection and tried once more on a
+    # fresh one within the attempt; any other costs the mail an attempt, recorded with its code
+    retried = [a for r in records if r is not None for a in r.history if a.code == 421]
+    assert 0 < len(retried) <= storm.fired
+    assert counts_log.get("retried", 0) == len(retried)
+    # every 421 closed its connection: the worker came back on a new one each time
+    assert server.connections > storm.fired
 
 
 # --- a poison message ---------------------------------------------------------------------
@@ -501,7 +504,8 @@ async def test_a_poison_message_ends_dead_while_the_others_flow(
             dead_count = dead.declaration_result.message_count
     report("poison", counts)
     assert record.status is Status.DEAD
-    assert len(record.attempts) == 3
+    assert record.attempts == 3
+    assert [a.code for a in record.history] == [451, 451, 451]
     assert counts["sent"] == 20
     assert counts["dead"] == 1
     assert dead_count == 1
