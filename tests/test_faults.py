@@ -194,7 +194,7 @@ def form(n: int, tag: str) -> dict[str, str]:
 # --- the Store cut on the API side ----------------------------------------------------------
 
 
-async def test_store_cut_on_the_api_side_answers_503_never_500(
+async def test_store_cut_or_hung_on_the_api_side_answers_503_never_500(
     tmp_path: Path, mysql_url: str, amqp_queue_url: str
 ) -> None:
     async with (
@@ -202,7 +202,8 @@ async def test_store_cut_on_the_api_side_answers_503_never_500(
         MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
     ):
         with proxy_to(mysql_url) as db:
-            env = settings_env(via(mysql_url, db), amqp_queue_url, server)
+            # read_timeout (asyncmy's, seconds): a hung database fails a request instead of holding it
+            env = settings_env(via(mysql_url, db) + "&read_timeout=2", amqp_queue_url, server)
             async with (
                 api(tmp_path, env) as (proc, base),
                 httpx.AsyncClient(base_url=base, timeout=30) as http,
@@ -224,6 +225,19 @@ async def test_store_cut_on_the_api_side_answers_503_never_500(
                 reply = await http.get(f"/api/email/{ids[0]}")
                 assert reply.status_code == 503, reply.text
                 await asyncio.to_thread(db.restore)
+                # hung rather than cut: 503 once the read timeout is over, never a hang or a 200
+                await asyncio.to_thread(db.blackhole)
+                started = asyncio.get_running_loop().time()
+                hung = await asyncio.gather(
+                    *(http.post("/api/email/send", data=form(n, "hung")) for n in range(2)),
+                    http.get(f"/api/email/{ids[0]}"),
+                )
+                waited = asyncio.get_running_loop().time() - started
+                assert [r.status_code for r in hung] == [503, 503, 503], [r.text for r in hung]
+                codes.update(r.status_code for r in hung[:2])
+                # what the hung connections held is dropped with them, never committed late
+                await asyncio.to_thread(db.cut)
+                await asyncio.to_thread(db.restore)
                 for n in range(3):
                     reply = await http.post("/api/email/send", data=form(n, "after"))
                     assert reply.status_code == 200, reply.text
@@ -234,8 +248,10 @@ async def test_store_cut_on_the_api_side_answers_503_never_500(
                 await worker.stop()
         counts = await tally(mq, ids, server)
     report("store-cut-api", counts)
+    print(f"  refused: {codes}; a hung Store answered 503 after {waited:.1f} s")
     assert counts["sent"] == 6
-    assert codes == {503: 4}
+    assert codes == {503: 6}
+    assert waited < 15
 
 
 # --- the Store cut while a worker runs --------------------------------------------------
