@@ -4,7 +4,8 @@ For each delivery, in this order:
 
 1. decode the envelope (a payload that is not one goes to the dead-letter
    place, as the original dropped invalid JSON);
-2. read the record: a mail the Store already marks ``sent``, ``failed``,
+2. read the record (waiting, the delivery unsettled, while the Store is
+   unreachable): a mail the Store already marks ``sent``, ``failed``,
    ``dead``, ``unknown`` or deleted is acknowledged without sending
    (redelivery dedup);
 3. mark it ``sending`` (compare-and-set), take a rate-limit slot;
@@ -27,10 +28,10 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 from mailqueue.envelope import decode_envelope
 from mailqueue.errors import (
@@ -60,9 +61,11 @@ __all__ = ["Worker", "backoff"]
 
 logger = logging.getLogger("mailqueue.worker")
 
+_T = TypeVar("_T")
+
 _CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
 _REMARK_MAX: Final = 100
-#: Longest pause, in seconds, between tries to record an outcome while the Store fails.
+#: Longest pause, in seconds, between tries while the Store fails.
 _RECORD_PAUSE_MAX: Final = 5.0
 
 
@@ -103,7 +106,8 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.limiter = limiter or RateLimiter(self.settings.rate)
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
-        #: invalid, error, record_retried (a Store write of an outcome tried again).
+        #: invalid, error, record_retried (a Store write of an outcome tried again), store_wait
+        #: (a read or claim before sending tried again while the Store failed).
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -223,10 +227,13 @@ class Worker:
             logger.error("dead-lettering invalid payload key=%s: %s", delivery.key, exc)
             await delivery.dead(f"invalid payload: {exc}")
             return
-        record = await self.store.get(mail.id)
-        if record is None:
+        found = await self._until_stored(
+            lambda: self.store.get(mail.id), "read the record", mail.id, "store_wait"
+        )
+        if found is None:
             # Published but not recorded (e.g. restored queue): record it now.
-            record = await self.store.add(MailRecord.new(mail))
+            found = await self.store.add(MailRecord.new(mail))
+        record = found
         if record.status.final or record.is_deleted:
             self.counts["skipped"] += 1
             logger.info("mail id=%s is already %s; not sending again", mail.id, record.status)
@@ -264,7 +271,10 @@ class Worker:
         # only while it is really being sent (see ``sending_lease``).
         await self.limiter.acquire()
         started = utcnow()  # the attempt starts when it takes its rate-limit token
-        if not await self.store.update(mail.id, RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)):
+        claim = RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)
+        if not await self._until_stored(
+            lambda: self.store.update(mail.id, claim), "claim the mail", mail.id, "store_wait"
+        ):
             self.counts["skipped"] += 1
             await delivery.ack()
             return
@@ -425,17 +435,26 @@ class Worker:
         although its answer was lost, the repeat finds the status changed and
         returns ``False``, which is harmless.
         """
+        return await self._until_stored(
+            lambda: self.store.update(mail_id, change), "record the outcome", mail_id, "record_retried"
+        )
+
+    async def _until_stored(
+        self, call: Callable[[], Awaitable[_T]], what: str, mail_id: str, counter: str
+    ) -> _T:
+        """``await call()``, again after a growing pause for as long as the Store fails.
+
+        The delivery stays unsettled meanwhile: with every slot waiting, the
+        worker takes nothing more from the queue until the Store is back.
+        """
         pause = 0.1
         while True:
             try:
-                return await self.store.update(mail_id, change)
+                return await call()
             except BackendError as exc:
-                self.counts["record_retried"] += 1
+                self.counts[counter] += 1
                 logger.warning(
-                    "mail id=%s: could not record the outcome (%s); trying again in %.1f s",
-                    mail_id,
-                    exc,
-                    pause,
+                    "mail id=%s: could not %s (%s); trying again in %.1f s", mail_id, what, exc, pause
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, _RECORD_PAUSE_MAX)

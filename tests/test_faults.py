@@ -268,7 +268,8 @@ async def test_store_cut_while_the_worker_runs_loses_nothing_and_sends_nothing_t
         with proxy_to(mysql_url) as db:
             # the Store goes away right after a 250, before the worker records it
             server.faults.insert(0, OnStage("data_end", db.cut, skip=4))
-            env = settings_env(via(mysql_url, db), amqp_queue_url, server)
+            # slots to spare: deliveries arriving during the cut wait for the Store too
+            env = settings_env(via(mysql_url, db), amqp_queue_url, server, WORKER__CONCURRENCY="12")
             ids = [(await mq.submit(m)).id for m in mails(10, "early")]
             async with service(tmp_path, "worker", env, "worker") as worker:
 
@@ -288,9 +289,16 @@ async def test_store_cut_while_the_worker_runs_loses_nothing_and_sends_nothing_t
                 await asyncio.sleep(0.5)  # a late duplicate would arrive now
                 await worker.stop()
                 log = await worker.output()
+                counts_log = worker_counts(log)
         counts = await tally(mq, ids, server)
     report("store-cut-worker", counts)
+    print(f"  worker counts: {counts_log}")
     assert counts["sent"] == 20
+    # the deliveries waited for the Store, unsettled: none was handed back, retried or dropped
+    assert counts_log["store_wait"] > 0
+    assert counts_log["record_retried"] > 0
+    assert "error" not in counts_log
+    assert "retried" not in counts_log
     assert "could not record the outcome" in log, "the cut did not fall between the 250 and the record"
 
 
