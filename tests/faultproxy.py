@@ -11,6 +11,7 @@ in force::
         proxy.blackhole()    # connections accepted, nothing forwarded (a hung network)
         proxy.slow(0.2)      # every chunk held 0.2 s, both ways, order kept
         proxy.restore()      # forward normally again
+        proxy.cut_after(b"COMMIT", first=b"INSERT")  # the request arrives, its answer never does
 
 Data held back by :meth:`blackhole` is forwarded by :meth:`restore` (a
 network that recovers) and dropped by :meth:`cut`.
@@ -68,6 +69,10 @@ class FaultProxy:
         self._mode: Mode = "normal"
         self._delay = 0.0
         self._links: set[_Link] = set()
+        self._armed: list[tuple[bytes, bytes]] = []
+        self._armed_delay = 0.3
+        #: Set when a :meth:`cut_after` fault went off.
+        self.fired = threading.Event()
         self._server: asyncio.Server | None = None
         self._resumed: asyncio.Event | None = None
         self._loop = asyncio.new_event_loop()
@@ -119,6 +124,18 @@ class FaultProxy:
             raise ValueError("delay must not be negative")
         self._call(self._set, "slow", delay)
 
+    def cut_after(self, then: bytes, *, first: bytes = b"", delay: float = 0.3) -> None:
+        """Arm a one-shot fault: once a client has sent ``first`` and later ``then``
+        (say ``INSERT`` and ``COMMIT``), forward that request but hold every
+        answer, and :meth:`cut` ``delay`` seconds later: the service acted, the
+        client never hears of it. :attr:`fired` is set when it goes off."""
+        self.fired.clear()
+        self._armed_delay = delay
+        self._call(self._arm, first, then)
+
+    async def _arm(self, first: bytes, then: bytes) -> None:
+        self._armed[:] = [(first, then)]
+
     def restore(self) -> None:
         """Forward normally again (listening again after :meth:`cut`)."""
         self._call(self._restore)
@@ -162,12 +179,13 @@ class FaultProxy:
 
     async def _cut(self) -> None:
         self._mode = "cut"
-        assert self._resumed is not None
-        self._resumed.set()  # held data is dropped with its connection below
-        await self._unlisten()
+        # connections first, so that nothing held is forwarded on the way out
         for link in list(self._links):
             link.abort()
         self._links.clear()
+        await self._unlisten()
+        assert self._resumed is not None
+        self._resumed.set()
         await asyncio.sleep(0)
 
     async def _set(self, mode: Mode, delay: float) -> None:
@@ -199,8 +217,8 @@ class FaultProxy:
             return
         link.upstream = up_writer
         done = asyncio.Event()
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(source, sink, done))
+        for source, sink, upward in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.create_task(self._pump(source, sink, done, upward=upward))
             link.tasks.add(task)
         try:
             await done.wait()
@@ -212,7 +230,7 @@ class FaultProxy:
                 closing.close()
 
     async def _pump(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, done: asyncio.Event
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, done: asyncio.Event, *, upward: bool
     ) -> None:
         assert self._resumed is not None
         try:
@@ -225,10 +243,25 @@ class FaultProxy:
                     await asyncio.sleep(self._delay)
                 sink.write(chunk)
                 await sink.drain()
+                if upward and self._armed:
+                    self._check_armed(chunk)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             done.set()
+
+    def _check_armed(self, chunk: bytes) -> None:
+        first, then = self._armed[0]
+        if first and first in chunk:
+            self._armed[0] = (b"", then)
+        elif not first and then in chunk:
+            # the request is on its way: hold every answer from now on, then cut
+            self._armed.clear()
+            self._mode = "blackhole"
+            assert self._resumed is not None
+            self._resumed.clear()
+            self._loop.call_later(self._armed_delay, lambda: asyncio.ensure_future(self._cut()))
+            self.fired.set()
 
 
 def _free_port() -> int:

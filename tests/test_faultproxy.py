@@ -156,3 +156,23 @@ async def test_a_dead_target_closes_the_client(echo_port: int, clients: list[asy
         proxy.target = ("127.0.0.1", free_port())  # a port nobody listens on
         reader, _writer = await _connect(proxy, clients)
         assert await asyncio.wait_for(reader.read(10), 5) == b""
+
+
+async def test_cut_after_forwards_the_request_but_never_its_answer(
+    proxy: FaultProxy, clients: list[asyncio.StreamWriter]
+) -> None:
+    reader, writer = await _connect(proxy, clients)
+    await asyncio.to_thread(proxy.cut_after, b"COMMIT", first=b"INSERT", delay=0.2)
+    # a COMMIT before any INSERT does not fire it
+    assert await _roundtrip(reader, writer, b"COMMIT") == b"COMMIT"
+    assert await _roundtrip(reader, writer, b"INSERT") == b"INSERT"
+    assert not proxy.fired.is_set()
+    writer.write(b"COMMIT")
+    await writer.drain()
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(reader.readexactly(6), 5)
+    assert proxy.fired.is_set()
+    assert proxy.mode == "cut"
+    await asyncio.to_thread(proxy.restore)
+    reader, writer = await _connect(proxy, clients)
+    assert await _roundtrip(reader, writer, b"COMMIT") == b"COMMIT"  # one-shot

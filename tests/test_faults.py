@@ -255,6 +255,45 @@ async def test_store_cut_or_hung_on_the_api_side_answers_503_never_500(
     assert waited < 15
 
 
+async def test_store_commit_whose_answer_is_lost_is_still_delivered_after_a_retry(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    async with (
+        SMTPTestServer() as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        with proxy_to(mysql_url) as db:
+            env = settings_env(via(mysql_url, db), amqp_queue_url, server)
+            async with (
+                api(tmp_path, env) as (proc, base),
+                httpx.AsyncClient(base_url=base, timeout=30) as http,
+            ):
+                # the record's INSERT and COMMIT reach MariaDB; the answer to the COMMIT never returns
+                await asyncio.to_thread(db.cut_after, b"COMMIT", first=b"INSERT INTO email (")
+                key = {"Idempotency-Key": "lost-commit"}
+                reply = await http.post("/api/email/send", data=form(0, "lost"), headers=key)
+                assert db.fired.is_set()
+                assert reply.status_code == 503, reply.text
+                committed = await mq.find_by_idempotency_key("lost-commit")
+                assert committed is not None, "the COMMIT did not reach the database"
+                await asyncio.to_thread(db.restore)
+                # the client repeats the request with its key: 200 must mean it is queued
+                reply = await http.post("/api/email/send", data=form(0, "lost"), headers=key)
+                assert reply.status_code == 200, reply.text
+                ids = [reply.json()["data"]["id"]]
+                assert ids == [committed.id]
+                await proc.stop()
+            async with service(tmp_path, "worker", env, "worker") as worker:
+                await eventually(
+                    lambda: all_final(mq, ids), "the accepted mail to be sent", worker, within=10
+                )
+                await asyncio.sleep(0.3)
+                await worker.stop()
+        counts = await tally(mq, ids, server)
+    report("store-commit-answer-lost", counts)
+    assert counts["sent"] == 1
+
+
 # --- the Store cut while a worker runs --------------------------------------------------
 
 
