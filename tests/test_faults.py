@@ -25,11 +25,18 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import httpx
 import pytest
-from brokers import Tansu, tansu_binary
+from brokers import Tansu, rabbitmqctl, tansu_binary
 from conftest import _run, service_missing
 from faultproxy import FaultProxy
 from proc_helpers import Process, eventually, free_port, mailqueue, parse, wait_ready
-from test_broker_processes import KAFKA_OPTIONS, _delete_amqp, mails, settings_env, submit_until_accepted
+from test_broker_processes import (
+    KAFKA_OPTIONS,
+    _delete_amqp,
+    mails,
+    settings_env,
+    submit_until_accepted,
+    worker_counts,
+)
 
 from mailqueue import Mail, MailQueue, RecordQuery, Status
 from mailqueue.testing.smtpd import Fault, FaultStage, SMTPTestServer
@@ -37,13 +44,6 @@ from mailqueue.testing.smtpd import Fault, FaultStage, SMTPTestServer
 pytestmark = [pytest.mark.slow, pytest.mark.mysql, pytest.mark.rabbitmq]
 
 FINAL = (Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN)
-
-
-def worker_counts(log: str) -> dict[str, int]:
-    """The ``counts=`` a worker logs when it stops."""
-    match = re.search(r"worker stopped counts=(\{.*\})", log)
-    assert match, log[-2000:]
-    return {k: int(v) for k, v in re.findall(r"'(\w+)': (\d+)", match.group(1))}
 
 
 # --- helpers --------------------------------------------------------------------
@@ -111,6 +111,22 @@ def report(case: str, counts: dict[str, int], *, max_duplicates: int = 0) -> Non
     assert counts["other"] == 0, counts
     assert counts["accepted"] == counts["sent"] + counts["failed"] + counts["dead"] + counts["unknown"]
     assert counts["duplicates"] <= max_duplicates, counts
+
+
+def queue_name(url: str) -> str:
+    match = re.search(r"queue=([^&]+)", url)
+    assert match is not None, url
+    return match.group(1)
+
+
+async def unacknowledged(url: str) -> dict[str, int]:
+    """Unacknowledged messages of every RabbitMQ queue of this test's queue (main, retry tiers, dead)."""
+    name = queue_name(url)
+    out = await asyncio.to_thread(
+        rabbitmqctl, "list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"
+    )
+    rows = (line.split() for line in out.splitlines())
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[0].startswith(name)}
 
 
 async def all_final(mq: MailQueue, ids: list[str]) -> bool:
@@ -320,7 +336,13 @@ async def test_store_cut_while_the_worker_runs_loses_nothing_and_sends_nothing_t
                 ids += [(await mq.submit(m)).id for m in mails(10, "during")]
                 await asyncio.sleep(1.5)
                 during = len(server.messages)
-                await asyncio.sleep(1.0)
+                # every delivery not recorded yet is held by the worker, unacknowledged;
+                # none went back to the queue through a retry
+                recorded = len(await mq.store.find(RecordQuery(statuses=frozenset({Status.SENT}))))
+                assert await unacknowledged(amqp_queue_url) == {
+                    queue_name(amqp_queue_url): len(ids) - recorded
+                }
+                await asyncio.sleep(0.5)
                 # nothing is sent while the Store is away (each delivery waits for it)
                 assert len(server.messages) == during
                 await asyncio.to_thread(db.restore)
@@ -604,11 +626,10 @@ async def test_a_poison_message_ends_dead_while_the_others_flow(
         counts = await tally(mq, ids, server)
         record = await mq.status(ids[0])
         assert record is not None
-        queue_name = re.search(r"queue=([^&]+)", amqp_queue_url).group(1)  # type: ignore[union-attr]
         connection = await aio_pika.connect(rabbitmq_url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            dead = await channel.declare_queue(f"{queue_name}.dead", passive=True)
+            dead = await channel.declare_queue(f"{queue_name(amqp_queue_url)}.dead", passive=True)
             dead_count = dead.declaration_result.message_count
     report("poison", counts)
     assert record.status is Status.DEAD
