@@ -569,6 +569,39 @@ async def test_sigkill_of_a_worker_after_the_250_before_the_ack(
     assert counts["sent"] + counts["unknown"] == 5
 
 
+async def test_sigterm_of_a_worker_mid_batch_hands_back_what_it_did_not_finish(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    async with (
+        SMTPTestServer(faults=[Fault("data_end", stall=0.05, times=None)]) as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        env = settings_env(mysql_url, amqp_queue_url, server)
+        ids = [(await mq.submit(m)).id for m in mails(30, "term")]
+        async with service(tmp_path, "worker", env, "first") as first:
+
+            async def some_arrived() -> bool:
+                return len(server.messages) >= 8
+
+            await eventually(some_arrived, "the first mails", first)
+            await first.stop(signal.SIGTERM)  # exits 0 once in-flight sends are recorded
+            stopped = collections.Counter([(await mq.status(i)).status for i in ids])  # type: ignore[union-attr]
+            first_counts = worker_counts(await first.output())
+        # graceful: what was sent is recorded, the rest is back on the queue untouched
+        assert set(stopped) <= {Status.SENT, Status.QUEUED}, stopped
+        assert stopped[Status.SENT] == len(server.messages) == first_counts["sent"]
+        held = await unacknowledged(amqp_queue_url)
+        assert held == {queue_name(amqp_queue_url): 0}, held
+        async with service(tmp_path, "worker", env, "second") as second:
+            await eventually(lambda: all_final(mq, ids), "every mail to be sent", second)
+            await asyncio.sleep(0.5)
+            await second.stop()
+        counts = await tally(mq, ids, server)
+    report("sigterm-worker", counts)
+    print(f"  sent before SIGTERM: {first_counts['sent']}")
+    assert counts["sent"] == 30
+
+
 # --- the sink's 421 storm -------------------------------------------------------------------
 
 
