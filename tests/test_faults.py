@@ -339,9 +339,10 @@ async def test_store_cut_while_the_worker_runs_loses_nothing_and_sends_nothing_t
                 # every delivery not recorded yet is held by the worker, unacknowledged;
                 # none went back to the queue through a retry
                 recorded = len(await mq.store.find(RecordQuery(statuses=frozenset({Status.SENT}))))
-                assert await unacknowledged(amqp_queue_url) == {
-                    queue_name(amqp_queue_url): len(ids) - recorded
-                }
+                held = await unacknowledged(amqp_queue_url)
+                assert set(held) == {queue_name(amqp_queue_url)}, held
+                # (more only if a COMMIT went through as the road was cut: recorded, not yet acked)
+                assert held[queue_name(amqp_queue_url)] >= len(ids) - recorded, (held, recorded)
                 await asyncio.sleep(0.5)
                 # nothing is sent while the Store is away (each delivery waits for it)
                 assert len(server.messages) == during
