@@ -528,6 +528,52 @@ async def test_sigkill_of_the_api_right_after_200_still_delivers(
     assert attached == sorted(f"attached {n}" for n in range(10))
 
 
+async def test_sigkill_of_the_api_between_the_commit_and_the_publish_still_delivers(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    async with (
+        SMTPTestServer() as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        with proxy_to(amqp_queue_url) as rabbit:
+            env = settings_env(mysql_url, via(amqp_queue_url, rabbit), server)
+            async with (
+                api(tmp_path, env) as (proc, base),
+                httpx.AsyncClient(base_url=base, timeout=30) as http,
+            ):
+                reply = await http.post("/api/email/send", data=form(0, "answered"))
+                assert reply.status_code == 200, reply.text
+                # the publish hangs waiting for its confirm: the record is committed, not queued
+                await asyncio.to_thread(rabbit.blackhole)
+                pending = asyncio.ensure_future(http.post("/api/email/send", data=form(1, "unanswered")))
+
+                async def recorded() -> bool:
+                    return len(await mq.store.find(RecordQuery())) == 2
+
+                await eventually(recorded, "the second record", proc)
+                await asyncio.sleep(0.2)
+                proc.proc.kill()
+                assert await proc.proc.wait() == -signal.SIGKILL
+                with pytest.raises(httpx.TransportError):
+                    await pending
+                await asyncio.to_thread(rabbit.cut)
+        ids = [r.id for r in await mq.store.find(RecordQuery())]
+        # a worker's sweeper publishes what was recorded but never confirmed on the queue
+        sweep = {"WORKER__SWEEP_INTERVAL": "0.5", "WORKER__SWEEP_AFTER": "0"}
+        async with service(
+            tmp_path, "worker", settings_env(mysql_url, amqp_queue_url, server, **sweep), "w"
+        ) as w:
+            await eventually(lambda: all_final(mq, ids), "both mails to be sent", w)
+            await asyncio.sleep(0.5)
+            await w.stop()
+            swept = worker_counts(await w.output()).get("swept", 0)
+        counts = await tally(mq, ids, server)
+    report("sigkill-api-before-publish", counts)
+    print(f"  1 answered 200, 1 killed before its answer; swept: {swept}")
+    assert counts["sent"] == 2
+    assert swept == 1
+
+
 async def test_sigkill_of_a_worker_after_the_250_before_the_ack(
     tmp_path: Path, mysql_url: str, amqp_queue_url: str
 ) -> None:
