@@ -54,6 +54,9 @@ logger = logging.getLogger("mailqueue.client")
 _CHUNK = 256 * 1024
 #: ``last_error`` of a record whose first publish was not confirmed.
 PUBLISH_PENDING = "publish not confirmed"
+_NOT_YET_PUBLISHED = f"{PUBLISH_PENDING}: not yet"
+#: Seconds a repeated submit waits for the first one to publish its record before publishing it itself.
+SUBMIT_GRACE = 3.0
 #: Statuses ``resend`` picks when none are named.
 RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
 
@@ -251,7 +254,10 @@ class MailQueue:
                 raise ValidationError([("attachments", "at most 100 attachments are allowed")])
             # model_copy() would skip validation, and the key comes from the caller
             mail = Mail.parse(mail.model_dump() | update)
-            record = await self.store.add(MailRecord.new(mail))
+            # Marked unpublished until the queue confirms: should the answer to this
+            # COMMIT be lost (the caller then sees an error), a repeat with the key
+            # or the sweeper still publishes it.
+            record = await self.store.add(MailRecord.new(mail).evolve(last_error=_NOT_YET_PUBLISHED))
         except BaseException:
             await self._discard(stored)
             raise
@@ -264,8 +270,13 @@ class MailQueue:
         except QueueError as exc:
             await self._mark_unpublished(mail.id, exc)
             raise
+        try:
+            await self.store.update(mail.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED})))
+        except BackendError as exc:
+            # queued all the same; the sweeper may publish a second copy, which workers drop
+            logger.warning("mail id=%s is queued but its mark could not be cleared: %s", mail.id, exc)
         metrics.MAILS_ACCEPTED.inc()
-        return record
+        return record.evolve(last_error="")
 
     async def ensure_queued(self, record: MailRecord) -> MailRecord:
         """Publish again a record whose first publish was not confirmed.
@@ -277,6 +288,8 @@ class MailQueue:
         Raises:
             QueueError: the queue did not confirm this time either.
         """
+        if record.last_error == _NOT_YET_PUBLISHED:
+            record = await self._wait_for_submit(record)
         if not (
             record.status is Status.QUEUED
             and record.attempts == 0
@@ -286,6 +299,19 @@ class MailQueue:
         await self.publish(record.mail)
         await self.store.update(record.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED})))
         return record.evolve(last_error="")
+
+    async def _wait_for_submit(self, record: MailRecord) -> MailRecord:
+        """A record still marked by the submit that made it: that submit is
+        publishing right now (wait for it), or it died not knowing its record
+        was committed (publish it once :data:`SUBMIT_GRACE` has passed)."""
+        deadline = record.created_at + timedelta(seconds=SUBMIT_GRACE)
+        while record.last_error == _NOT_YET_PUBLISHED and utcnow() < deadline:
+            await asyncio.sleep(0.05)
+            fresh = await self.store.get(record.id)
+            if fresh is None:
+                break
+            record = fresh
+        return record
 
     async def sweep(self, *, older_than: float = 60.0, page: int = 500) -> int:
         """Publish again every mail whose publish was not confirmed.

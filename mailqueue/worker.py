@@ -4,14 +4,16 @@ For each delivery, in this order:
 
 1. decode the envelope (a payload that is not one goes to the dead-letter
    place, as the original dropped invalid JSON);
-2. read the record: a mail the Store already marks ``sent``, ``failed``,
+2. read the record (waiting, the delivery unsettled, while the Store is
+   unreachable): a mail the Store already marks ``sent``, ``failed``,
    ``dead``, ``unknown`` or deleted is acknowledged without sending
    (redelivery dedup);
 3. mark it ``sending`` (compare-and-set), take a rate-limit slot;
 4. load its attachments (missing ones: ``Not Found: <name>`` in the remark,
    or ``failed`` if so configured), render it, send to the recipients still
    pending;
-5. record the attempt and the outcome in the Store;
+5. record the attempt and the outcome in the Store (tried again until the
+   Store answers: the mail is not sent twice because the Store was down);
 6. only then settle the delivery: ack, retry after a backoff, or dead-letter.
 
 Shutdown (:meth:`Worker.stop`) stops taking deliveries, lets in-flight sends
@@ -30,7 +32,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from mailqueue import metrics
 from mailqueue.envelope import decode_envelope
@@ -66,10 +68,14 @@ __all__ = ["Worker", "backoff"]
 
 logger = logging.getLogger("mailqueue.worker")
 
+_T = TypeVar("_T")
+
 _CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
 _REMARK_MAX: Final = 100
 #: A component that ran this many seconds before failing restarts with the shortest pause again.
 _STABLE: Final = 300.0
+#: Longest pause, in seconds, between tries while the Store fails.
+_RECORD_PAUSE_MAX: Final = 5.0
 
 
 def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -114,7 +120,8 @@ class Worker:
         self._retained_at: float | None = None
         self._swept_since: float | None = None
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
-        #: invalid, error.
+        #: invalid, error, record_retried (a Store write of an outcome tried again), store_wait
+        #: (a read or claim before sending tried again while the Store failed).
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -358,10 +365,13 @@ class Worker:
             await delivery.dead(f"invalid payload: {exc}")
             return
         mail_id_var.set(mail.id)  # each delivery runs in a task of its own: its log lines carry it
-        record = await self.store.get(mail.id)
-        if record is None:
+        found = await self._until_stored(
+            lambda: self.store.get(mail.id), "read the record", mail.id, "store_wait"
+        )
+        if found is None:
             # Published but not recorded (e.g. restored queue): record it now.
-            record = await self.store.add(MailRecord.new(mail))
+            found = await self.store.add(MailRecord.new(mail))
+        record = found
         if record.status.final or record.is_deleted:
             self.counts["skipped"] += 1
             logger.info("mail id=%s is already %s; not sending again", mail.id, record.status)
@@ -399,7 +409,10 @@ class Worker:
         # only while it is really being sent (see ``sending_lease``).
         await self.limiter.acquire()
         started = utcnow()  # the attempt starts when it takes its rate-limit token
-        if not await self.store.update(mail.id, RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)):
+        claim = RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)
+        if not await self._until_stored(
+            lambda: self.store.update(mail.id, claim), "claim the mail", mail.id, "store_wait"
+        ):
             self.counts["skipped"] += 1
             await delivery.ack()
             return
@@ -538,7 +551,7 @@ class Worker:
             next_attempt_at=due,
             expect=frozenset({Status.SENDING}),
         )
-        if not await self.store.update(record.id, change):
+        if not await self._record(record.id, change):
             logger.warning("mail id=%s changed while it was being sent; recorded nothing", record.id)
         self.counts[{Status.RETRYING: "retried"}.get(status, str(status))] += 1
         if status.final:
@@ -560,6 +573,41 @@ class Worker:
             await delivery.dead(f"{dead_reason} exhausted: {error}")
         else:
             await delivery.ack()
+
+    async def _record(self, mail_id: str, change: RecordUpdate) -> bool:
+        """Write an attempt's outcome, trying again for as long as the Store fails.
+
+        The mail has been sent (or refused) by now: giving the delivery back
+        instead would send it again. So the delivery stays unsettled until the
+        Store answers; only a shutdown that outlasts ``shutdown_timeout``
+        cancels the wait (the delivery is then released, the one window where
+        a copy may be sent twice). Should an earlier try have been committed
+        although its answer was lost, the repeat finds the status changed and
+        returns ``False``, which is harmless.
+        """
+        return await self._until_stored(
+            lambda: self.store.update(mail_id, change), "record the outcome", mail_id, "record_retried"
+        )
+
+    async def _until_stored(
+        self, call: Callable[[], Awaitable[_T]], what: str, mail_id: str, counter: str
+    ) -> _T:
+        """``await call()``, again after a growing pause for as long as the Store fails.
+
+        The delivery stays unsettled meanwhile: with every slot waiting, the
+        worker takes nothing more from the queue until the Store is back.
+        """
+        pause = 0.1
+        while True:
+            try:
+                return await call()
+            except BackendError as exc:
+                self.counts[counter] += 1
+                logger.warning(
+                    "mail id=%s: could not %s (%s); trying again in %.1f s", mail_id, what, exc, pause
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RECORD_PAUSE_MAX)
 
     async def _load_attachments(
         self, refs: Sequence[AttachmentRef]

@@ -47,10 +47,18 @@ def port_open(port: int) -> bool:
 class Tansu:
     """One Tansu broker process on ``127.0.0.1:<port>`` with memory storage."""
 
-    def __init__(self, binary: Path, port: int | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        port: int | None = None,
+        log: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.binary = binary
         self.port = port or free_port()
         self.log = log
+        #: The port Tansu tells clients to connect to (a fault proxy's, say); default its own.
+        self.advertised_port = advertised_port or self.port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +80,7 @@ class Tansu:
                     "--listener-url",
                     listener,
                     "--advertised-listener-url",
-                    listener,
+                    f"tcp://127.0.0.1:{self.advertised_port}",
                     "--storage-engine",
                     "memory://tansu/",
                 ],

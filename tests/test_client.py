@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from mailqueue import Attachment, Mail, MailQueue, RecordQuery, ValidationError
+from mailqueue import Attachment, Mail, MailQueue, MailRecord, RecordQuery, StoreError, ValidationError
+from mailqueue.backends.memory import MemoryQueue
+from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 
 
 @pytest.mark.parametrize("bad", ["key\r\nX-Evil: 1", "k" * 256, "two words"])
@@ -105,3 +109,38 @@ async def test_sweep_publishes_the_mails_whose_publish_failed(store_url: str) ->
         # nothing left to sweep: nothing is published twice
         assert await mq.sweep(older_than=0) == 0
         assert await mq.queue.depth() == 4
+
+
+class _CommitAnswerLost(MemoryStore):
+    """A Store whose ``add`` commits, then fails as if the answer to the COMMIT was lost."""
+
+    lose = True
+
+    async def add(self, record: MailRecord) -> MailRecord:
+        added = await super().add(record)
+        if self.lose:
+            self.lose = False
+            raise StoreError("lost connection to the database during COMMIT")
+        return added
+
+
+async def test_a_repeat_after_a_lost_commit_answer_queues_the_mail_once() -> None:
+    """The first submit failed not knowing its record was committed; a repeat
+    with the key must publish it (or its 200 would be a false one), once."""
+    from mailqueue.client import SUBMIT_GRACE
+
+    store = _CommitAnswerLost()
+    async with MailQueue(store=store, queue=MemoryQueue(), attachments=MemoryAttachmentStore()) as mq:
+        mail = Mail(subject="s", html="h", to=[{"address": "a@example.com"}])
+        with pytest.raises(StoreError):
+            await mq.submit(mail, idempotency_key="order-10")
+        assert await mq.queue.depth() == 0
+        started = time.monotonic()
+        again = await mq.submit(mail, idempotency_key="order-10")
+        # it waited for the first submit to publish, in case it was still at it
+        assert time.monotonic() - started >= SUBMIT_GRACE * 0.5
+        assert again.id == mail.id
+        assert await mq.queue.depth() == 1
+        assert (await mq.status(mail.id)).last_error == ""  # type: ignore[union-attr]
+        await mq.submit(mail, idempotency_key="order-10")
+        assert await mq.queue.depth() == 1
