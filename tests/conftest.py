@@ -13,7 +13,7 @@ import concurrent.futures
 import os
 import secrets
 import socket
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from mailqueue.stores import schema
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MYSQL_HOST = os.environ.get("MAILQUEUE_TEST_MYSQL", "127.0.0.1:3306")
 POSTGRES_HOST = os.environ.get("MAILQUEUE_TEST_POSTGRES", "127.0.0.1:5432")
+REDIS = os.environ.get("MAILQUEUE_TEST_REDIS", "127.0.0.1:6379")
 
 
 def service_missing(what: str) -> None:
@@ -164,3 +165,18 @@ def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
 def kafka_bootstrap(tansu: Tansu) -> str:
     """``host:port`` of the session's Tansu broker."""
     return tansu.bootstrap
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """Redis database 0; the keys of accounts named ``test-*`` are removed afterwards."""
+    if not reachable(REDIS):
+        service_missing(f"Redis at {REDIS}")
+    url = f"redis://{REDIS}/0"
+    yield url
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    async for key in client.scan_iter("mq:rl:test-*"):
+        await client.delete(key)
+    await client.aclose()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import re
 import secrets
 import signal
@@ -29,6 +30,7 @@ from brokers import Tansu, rabbitmqctl, tansu_binary
 from conftest import _run, service_missing
 from faultproxy import FaultProxy
 from proc_helpers import Process, eventually, free_port, mailqueue, parse, wait_ready
+from prometheus_client.parser import text_string_to_metric_families
 from test_broker_processes import (
     KAFKA_OPTIONS,
     _delete_amqp,
@@ -652,23 +654,34 @@ async def test_sigterm_of_a_worker_mid_batch_hands_back_what_it_did_not_finish(
 # --- the sink's 421 storm -------------------------------------------------------------------
 
 
+@pytest.mark.redis
 async def test_smtp_421_storm_slows_down_and_delivers_everything_once(
-    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str, redis_url: str
 ) -> None:
     storm = Share("mail", "421 4.7.0 Too many messages, slow down", every=2, fires=15, disconnect=True)
+    account = f"test-storm-{secrets.token_hex(4)}"  # its own throttle state in Redis
+    metrics_port = free_port()
     async with (
         SMTPTestServer(faults=[storm]) as server,
         MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
     ):
-        env = settings_env(mysql_url, amqp_queue_url, server)
+        senders = [{"url": server.url(from_address="noreply@example.com", timeout="5"), "name": account}]
+        env = settings_env(mysql_url, amqp_queue_url, server) | {
+            "MAILQUEUE_SENDERS": json.dumps(senders),
+            "MAILQUEUE_WORKER__RATE": "20/s",
+            "MAILQUEUE_WORKER__RATE_STORE": redis_url,
+            "MAILQUEUE_WORKER__THROTTLE__PAUSE": "0.1",
+            "MAILQUEUE_WORKER__THROTTLE__BREAKER_FAILURES": "100",
+            "MAILQUEUE_WORKER__METRICS_PORT": str(metrics_port),
+        }
         ids = [(await mq.submit(m)).id for m in mails(30, "storm")]
         async with service(tmp_path, "worker", env, "worker") as worker:
             await eventually(lambda: all_final(mq, ids), "every mail to be sent", worker)
+            async with httpx.AsyncClient() as http:
+                scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
             await asyncio.sleep(0.5)
             await worker.stop()
             counts_log = worker_counts(await worker.output())
-            # THROTTLE ASSERTION: scrape the worker's /metrics for mailqueue_retries_total{code="421"}
-            # and mailqueue_account_throttled_total once those metrics exist
         counts = await tally(mq, ids, server)
         records = [await mq.status(i) for i in ids]
     report("smtp-421-storm", counts)
@@ -682,6 +695,21 @@ async def test_smtp_421_storm_slows_down_and_delivers_everything_once(
     assert counts_log.get("retried", 0) == len(retried)
     # every 421 closed its connection: the worker came back on a new one each time
     assert server.connections > storm.fired
+    # the metrics show the throttle: the account was slowed down by the 421s, the retries counted by code
+    samples = {
+        (m.name, tuple(sorted(m.labels.items()))): m.value
+        for family in text_string_to_metric_families(scraped)
+        for m in family.samples
+    }
+    throttled = samples[("mailqueue_account_throttled_total", (("account", account),))]
+    retries_421 = sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "mailqueue_retries_total" and ("code", "421") in labels
+    )
+    print(f"  metrics: account throttled={throttled:g} retries{{code=421}}={retries_421:g}")
+    assert 0 < throttled <= storm.fired
+    assert retries_421 == len(retried)
 
 
 # --- a poison message ---------------------------------------------------------------------

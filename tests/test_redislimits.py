@@ -17,11 +17,10 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import reachable, service_missing
+from conftest import service_missing
 from proc_helpers import free_port
 from prometheus_client import REGISTRY
 
@@ -31,22 +30,6 @@ from mailqueue.testing.smtpd import ReceivedMessage, SMTPTestServer
 from mailqueue.throttle import AIMDParams
 
 pytestmark = pytest.mark.redis
-
-REDIS = os.environ.get("MAILQUEUE_TEST_REDIS", "127.0.0.1:6379")
-
-
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    if not reachable(REDIS):
-        service_missing(f"Redis at {REDIS}")
-    url = f"redis://{REDIS}/0"
-    yield url
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    async for key in client.scan_iter("mq:rl:test-*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 def most_in_window(times: list[float], width: float) -> int:
