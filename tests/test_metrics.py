@@ -10,7 +10,6 @@ table, which is what a dropped or broken database looks like to it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 from conftest import service_missing
+from faultproxy import FaultProxy
 from http_helpers import serve
+from proc_helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker, WorkerSettings, load_settings
@@ -47,13 +48,6 @@ def parse(text: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def mail(address: str, subject: str = "Hello") -> Mail:
@@ -340,49 +334,6 @@ def test_alert_rules_are_valid_and_name_existing_metrics() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-class CuttableProxy:
-    """A TCP proxy on 127.0.0.1 to ``target`` whose link can be cut (all connections dropped) and restored."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port, reuse_address=True)
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
 @pytest.mark.mysql
 async def test_worker_recovers_when_its_database_link_is_cut(
     tmp_path: Path, server: SMTPTestServer, mysql_url: str
@@ -390,9 +341,9 @@ async def test_worker_recovers_when_its_database_link_is_cut(
     from urllib.parse import urlsplit
 
     direct = urlsplit(mysql_url)
-    proxy = CuttableProxy((direct.hostname or "127.0.0.1", direct.port or 3306))
-    await proxy.open()
-    proxied = direct._replace(netloc=f"root@127.0.0.1:{proxy.port}").geturl()
+    proxy = FaultProxy(direct.port or 3306, host=direct.hostname or "127.0.0.1")
+    proxy.start()
+    proxied = direct._replace(netloc=f"root@{proxy.address}").geturl()
     port = free_port()
     common: dict[str, Any] = {
         "queue": "sql://?poll=0.05",
@@ -424,21 +375,21 @@ async def test_worker_recovers_when_its_database_link_is_cut(
         first = await mq.submit(mail("before@example.com"))
         await wait_for(lambda: sent(first.id), what="mail sent before the cut")
 
-        await proxy.cut()
+        proxy.cut()
         await wait_for(lambda: ready_is(503), what="not ready while the database link is cut")
         assert value(parse((await http.get("/metrics")).text), "mailqueue_worker_ready") == 0
         during = await mq.submit(mail("during@example.com"))  # accepted: the API side still reaches it
         await asyncio.sleep(0.5)
         assert not await sent(during.id)
 
-        await proxy.open()
+        proxy.restore()
         await wait_for(lambda: ready_is(200), within=20, what="ready again once the link is back")
         await wait_for(lambda: sent(during.id), within=20, what="the mail accepted during the cut is sent")
         assert value(parse((await http.get("/metrics")).text), "mailqueue_worker_ready") == 1
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker
-    await proxy.cut()
+    proxy.stop()
     assert len(server.messages) == 2
 
 
@@ -447,28 +398,28 @@ async def test_api_readiness_follows_its_database_link(tmp_path: Path, mysql_url
     from urllib.parse import urlsplit
 
     direct = urlsplit(mysql_url)
-    proxy = CuttableProxy((direct.hostname or "127.0.0.1", direct.port or 3306))
-    await proxy.open()
+    proxy = FaultProxy(direct.port or 3306, host=direct.hostname or "127.0.0.1")
+    proxy.start()
     settings = load_settings(
-        store=direct._replace(netloc=f"root@127.0.0.1:{proxy.port}").geturl(),
+        store=direct._replace(netloc=f"root@{proxy.address}").geturl(),
         queue="sql://",
         attachments=f"file://{tmp_path}/attachments",
         sender="outbox://" + str(tmp_path / "outbox"),
     )
     async with serve(create_app(settings)) as client:
         assert (await client.get("/health/ready")).status_code == 200
-        await proxy.cut()
+        proxy.cut()
         answer = await client.get("/health/ready")
         assert answer.status_code == 503
         assert answer.json()["data"]["checks"] == {"store": "unavailable", "queue": "unavailable"}
         assert (await client.get("/metrics")).status_code == 200  # metrics still answer
-        await proxy.open()
+        proxy.restore()
 
         async def ready() -> bool:
             return (await client.get("/health/ready")).status_code == 200
 
         await wait_for(ready, within=20, what="the API ready again")
-    await proxy.cut()
+    proxy.stop()
 
 
 async def test_smtp_pool_metrics(server: SMTPTestServer) -> None:
