@@ -180,27 +180,14 @@ class Worker:
         concurrency = self.settings.concurrency
         slots = asyncio.Semaphore(concurrency)
         stop_wait = asyncio.ensure_future(self._stopping.wait())
-        sweeper = asyncio.create_task(self._supervise("sweeper", self._sweep_loop), name="mailqueue-sweeper")
+        sweeper = asyncio.create_task(
+            self._supervise("sweeper", self._sweep_loop, longest=60.0), name="mailqueue-sweeper"
+        )
         health = asyncio.create_task(self._health_loop(), name="mailqueue-health")
         logger.info("worker started concurrency=%d rate=%r", concurrency, self.settings.rate)
-        restarts = 0
         try:
-            while not self._stopping.is_set():
-                began = time.monotonic()
-                try:
-                    await self._consume(slots, stop_wait)
-                    break  # stopped, or the queue ended the iteration
-                except Exception:
-                    if time.monotonic() - began > _STABLE:
-                        restarts = 0  # it ran well for a while: start the backoff over
-                    pause = min(30.0, self.settings.restart_base * 2.0 ** min(restarts, 10))
-                    restarts += 1
-                    self._set_ready(consuming=False)
-                    metrics.WORKER_RESTARTS.labels(component="consumer").inc()
-                    self.counts["restart"] += 1
-                    logger.exception("the consumer failed unexpectedly; restarting it in %.1f s", pause)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(stop_wait), pause)
+            # returns once stopped, or once the queue ended the iteration
+            await self._supervise("consumer", lambda: self._consume(slots, stop_wait), longest=30.0)
         finally:
             self._set_ready(consuming=False)
             stop_wait.cancel()
@@ -257,6 +244,7 @@ class Worker:
                 task.add_done_callback(lambda _: metrics.IN_FLIGHT.dec())
                 task.add_done_callback(lambda _: slots.release())
         finally:
+            self._set_ready(consuming=False)
             if next_delivery is not None:
                 # cancelled while waiting (e.g. the task running the worker was cancelled)
                 next_delivery.cancel()
@@ -264,23 +252,28 @@ class Worker:
             with contextlib.suppress(Exception):
                 await deliveries.aclose()
 
-    async def _supervise(self, component: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` until it returns; restart it with exponential backoff when it raises."""
+    async def _supervise(
+        self, component: str, body: Callable[[], Awaitable[None]], *, longest: float
+    ) -> None:
+        """Run ``body`` until it returns or the worker stops; when it raises, restart it
+        after an exponential backoff (``restart_base`` doubling up to ``longest`` seconds)."""
         restarts = 0
-        while True:
+        while not self._stopping.is_set():
             began = time.monotonic()
             try:
                 await body()
                 return
             except Exception:
                 if time.monotonic() - began > _STABLE:
-                    restarts = 0
-                pause = min(60.0, self.settings.restart_base * 2.0 ** min(restarts, 10))
+                    restarts = 0  # it ran well for a while: start the backoff over
+                pause = min(longest, self.settings.restart_base * 2.0 ** min(restarts, 10))
                 restarts += 1
                 metrics.WORKER_RESTARTS.labels(component=component).inc()
                 self.counts["restart"] += 1
                 logger.exception("the %s failed unexpectedly; restarting it in %.1f s", component, pause)
-                await asyncio.sleep(pause)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._stopping.wait()
 
     async def _health_loop(self) -> None:
         """Check the store and the queue every few seconds, so that readiness comes back by itself."""
