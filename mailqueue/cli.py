@@ -105,7 +105,8 @@ def _configure_logging(settings: Settings, *, structured: bool = True) -> None:
     one plain line per record for the others."""
     if structured:
         urls = [settings.queue, settings.store, settings.attachments, settings.sender]
-        secrets = secrets_of_urls(url.get_secret_value() for url in urls)
+        urls += [account.url for account in settings.senders]
+        secrets = secrets_of_urls([url.get_secret_value() for url in urls] + [settings.worker.rate_store])
         secrets += [token.get_secret_value() for token in settings.api.tokens]
         configure_logging(settings.log_level, settings.log_format, secrets=secrets)
     else:

@@ -90,6 +90,25 @@ def test_cli_logging_hides_the_settings_secrets(capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.usefixtures("restore_root")
+def test_cli_logging_hides_the_accounts_and_rate_store_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = load_settings(
+        senders=[
+            {"url": "smtp://main:first-S3cret@127.0.0.1:2525?from=a@example.com", "name": "main"},
+            {"url": "smtp://backup:second-S3cret@127.0.0.1:2526?from=a@example.com", "name": "backup"},
+        ],
+        worker={"rate": "5/s", "rate_store": "redis://:redis-S3cret@127.0.0.1:6379/0"},
+        log_format="kv",
+    )
+    _configure_logging(settings)
+    log.error("refused: first-S3cret second-S3cret redis-S3cret")
+    err = capsys.readouterr().err
+    assert "level=error" in err
+    assert "first-S3cret" not in err
+    assert "second-S3cret" not in err
+    assert "redis-S3cret" not in err
+
+
+@pytest.mark.usefixtures("restore_root")
 async def test_worker_lines_about_a_mail_carry_its_id() -> None:
     out = io.StringIO()
     configure_logging("INFO", "kv", stream=out)
