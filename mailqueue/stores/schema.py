@@ -76,6 +76,7 @@ email = sa.Table(
     # the dashboard's pages (keyset on uid), counts and activity chart: see revision 0003
     sa.Index("ix_email_status_deleted_uid", "status", "is_deleted", "uid"),
     sa.Index("ix_email_code_deleted_uid", "last_code", "is_deleted", "uid"),
+    sa.Index("ix_email_created_deleted_uid", "created_at", "is_deleted", "uid"),
     sa.Index("ix_email_sent_at", "sent_at"),
     sa.Index("ix_email_status_updated_at", "status", "updated_at"),
 )

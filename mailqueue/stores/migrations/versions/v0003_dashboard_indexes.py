@@ -8,6 +8,9 @@ deleted records out:
 - ``(status, is_deleted, uid)`` replaces ``(status, id)``: a page of one
   status, and ``count_by_status`` and capped counts read the index only;
 - ``(last_code, is_deleted, uid)``: a page of one SMTP reply code;
+- ``(created_at, is_deleted, uid)``: a page of a time window, sorted from the
+  index alone (MySQL/MariaDB are told to use it, since they would rather walk
+  ``uq_email_uid`` from the newest row back to the window);
 - ``(sent_at)`` and ``(status, updated_at)``: mails sent, and mails failed or
   dead, per minute of the activity chart (``created_at`` has its index already).
 
@@ -34,6 +37,7 @@ depends_on: str | None = None
 EMAIL_INDEXES = [
     ("ix_email_status_deleted_uid", ["status", "is_deleted", "uid"]),
     ("ix_email_code_deleted_uid", ["last_code", "is_deleted", "uid"]),
+    ("ix_email_created_deleted_uid", ["created_at", "is_deleted", "uid"]),
     ("ix_email_sent_at", ["sent_at"]),
     ("ix_email_status_updated_at", ["status", "updated_at"]),
 ]
@@ -42,7 +46,7 @@ REPLACED = ("ix_email_status_id", ["status", "id"])
 
 
 def _indexes() -> set[str]:
-    return {index["name"] for index in sa.inspect(op.get_bind()).get_indexes("email")}
+    return {str(index["name"]) for index in sa.inspect(op.get_bind()).get_indexes("email")}
 
 
 def upgrade() -> None:
