@@ -186,6 +186,9 @@ class APISettings(BaseModel):
     max_attachments: int = Field(default=10, ge=0)
     max_request_bytes: int = Field(default=35 * 1024 * 1024, ge=0)
     max_recipients: int = Field(default=100, ge=1, le=100)
+    ui: bool | None = None
+    """The operator dashboard at ``/ui``: ``true`` on, ``false`` off, ``null`` (default) on when
+    ``tokens`` are configured or the API listens on loopback only, off otherwise."""
 
 
 class Settings(BaseSettings):
