@@ -1,0 +1,118 @@
+"""The documentation site: the generated settings reference and the examples on its pages."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import typing
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from mailqueue import registry
+from mailqueue.protocols import BackendContext
+from mailqueue.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script(name: str) -> ModuleType:
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+reference = _load_script("settings_reference")
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[tuple[type[BaseModel], str, str]]:
+    """(model, field name, dotted key) of every field, nested models and list items included."""
+    found = []
+    for name, info in model.model_fields.items():
+        key = prefix + name
+        found.append((model, name, key))
+        annotation = info.annotation
+        if typing.get_origin(annotation) is list:
+            (item,) = typing.get_args(annotation)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                found.extend(_keys(item, key + "[]."))
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.extend(_keys(annotation, key + "."))
+    return found
+
+
+def test_the_reference_has_a_row_for_every_setting() -> None:
+    rendered = reference.render()
+    keys = _keys(Settings)
+    assert len(keys) > 50
+    missing = [key for _, _, key in keys if f"| `{key}` |" not in rendered]
+    assert missing == []
+
+
+def test_every_setting_has_a_description() -> None:
+    undocumented = [
+        key for model, name, key in _keys(Settings) if not reference.field_docs(model).get(name, "").strip()
+    ]
+    assert undocumented == []
+
+
+def test_the_reference_shows_defaults_and_environment_names() -> None:
+    rendered = reference.render()
+    assert (
+        "| `worker.concurrency` | integer (≥ 1, ≤ 1000) | `8` | `MAILQUEUE_WORKER__CONCURRENCY` |" in rendered
+    )
+    assert "| `store` | string (secret) | `sqlite+aiosqlite:///./mailqueue.db` |" in rendered
+    assert "`MAILQUEUE_WORKER__THROTTLE__BREAKER_COOLDOWN`" in rendered
+
+
+def test_the_committed_configuration_page_is_up_to_date() -> None:
+    page = reference.PAGE.read_text(encoding="utf-8")
+    assert reference.updated(page) == page, "run: .venv/bin/python scripts/settings_reference.py"
+
+
+def _settings_examples() -> list[tuple[str, str]]:
+    """Every YAML block of the docs whose keys are mailqueue settings, as (page:block number, text)."""
+    found = []
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        for number, block in enumerate(re.findall(r"```yaml\n(.*?)```", text, re.S)):
+            data = yaml.safe_load(block)
+            keys = set(data) if isinstance(data, dict) else set()
+            if keys & set(Settings.model_fields) or not keys:
+                found.append((f"{path.relative_to(ROOT / 'docs')}:{number}", block))
+    return found
+
+
+EXAMPLES = _settings_examples()
+
+
+def test_the_docs_have_settings_examples() -> None:
+    assert len(EXAMPLES) >= 7
+
+
+@pytest.mark.parametrize(("where", "block"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
+def test_every_settings_example_loads_and_its_backends_build(
+    where: str, block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys, values and every backend URL (scheme and query options) of the example are valid."""
+    for name in [n for n in os.environ if n.startswith("MAILQUEUE_")]:
+        monkeypatch.delenv(name)
+    path = tmp_path / "example.yaml"
+    path.write_text(block, encoding="utf-8")
+    settings = load_settings(path)
+    store = registry.create_store(settings.store.get_secret_value())
+    context = BackendContext(store=store)
+    registry.create_queue(settings.queue.get_secret_value(), context=context)
+    registry.create_attachment_store(settings.attachments.get_secret_value(), context=context)
+    for url in [settings.sender, *(account.url for account in settings.senders)]:
+        registry.create_sender(url.get_secret_value(), context=context)
