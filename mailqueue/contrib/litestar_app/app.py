@@ -8,7 +8,7 @@ with the HTTP status equal to ``code``, Litestar's own errors included):
 - ``GET /health/live``, ``GET /health/ready``: probes, never authenticated;
 - ``GET /metrics``: Prometheus metrics (text format), never authenticated;
 - ``GET /schema``: the OpenAPI document (``/schema/openapi.json``);
-- ``/ui``: the operator dashboard (HTML; see :mod:`mailqueue.contrib.litestar_app.ui`), when ``api.ui`` allows.
+- ``/ui``: the operator dashboard (HTML, :mod:`mailqueue.contrib.litestar_app.ui`) when ``api.ui`` allows.
 
 ``/api/`` routes need ``Authorization: Bearer <token>`` when
 ``settings.api.tokens`` holds any token.

@@ -83,7 +83,7 @@ def ui_enabled(settings: Settings, host: str | None = None) -> tuple[bool, str]:
 def template_config() -> TemplateConfig[Any]:
     """The Jinja2 engine of the dashboard's templates (autoescaping on, undefined names an error)."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-    from litestar.contrib.jinja import JinjaTemplateEngine
+    from litestar.plugins.jinja import JinjaTemplateEngine
 
     from mailqueue.contrib.litestar_app.ui import formatting
 
@@ -104,7 +104,9 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
         if request.method in ("GET", "HEAD"):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return Redirect(
-                f"{ui.base}/login?next={_quote(target)}", status_code=303, headers={"Cache-Control": "no-store"}
+                f"{ui.base}/login?next={_quote(target)}",
+                status_code=303,
+                headers={"Cache-Control": "no-store"},
             )
         status, message = 401, "Your session has ended: log in again."
     elif isinstance(exc, HTTPException):

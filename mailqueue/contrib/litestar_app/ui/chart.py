@@ -18,7 +18,7 @@ __all__ = ["Chart", "Column", "Series", "build_chart", "window_start"]
 
 WIDTH = 720
 HEIGHT = 220
-_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 12, 12, 30
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 12, 14, 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ def window_start(now: datetime, bucket: timedelta, count: int) -> datetime:
 def _nice(value: int) -> int:
     if value <= 4:
         return 4
-    exponent = 10 ** math.floor(math.log10(value))
+    exponent: int = 10 ** math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
         if step * exponent >= value:
             return math.ceil(step * exponent)
@@ -108,7 +108,7 @@ def build_chart(
     series = (
         Series("accepted", "accepted", points(accepted), sum(accepted)),
         Series("sent", "sent", points(sent), sum(sent)),
-        Series("failed", "failed, dead or unknown", points(failed), sum(failed)),
+        Series("failed", "failed or dead", points(failed), sum(failed)),
     )
     y_ticks = tuple((y(v), v) for v in (0, top_value // 2, top_value))
     every = max(1, count // 4)

@@ -4,10 +4,10 @@ turned into a :class:`~mailqueue.RecordQuery` and back into link parameters."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal, TypeAlias
 
 from mailqueue import RecordQuery, Status
 
@@ -21,12 +21,8 @@ _TEXT_MAX = 255
 _ID = re.compile(r"^[0-9a-z][0-9a-z_-]{0,63}$")
 
 
-class MultiValues(Protocol):
-    """A query string or form: one key may appear several times."""
-
-    def getall(self, key: str, default: list[str] | None = None) -> list[str]: ...
-
-    def get(self, key: str, default: str | None = None) -> str | None: ...
+#: Every value of a query or form field, by name (empty list if absent).
+MultiValues: TypeAlias = Callable[[str], list[str]]
 
 
 def is_mail_id(value: str) -> bool:
@@ -68,7 +64,12 @@ class Filters:
         """Read the filters; what is wrong is listed in :attr:`errors` (and left out)."""
         errors: list[str] = []
         statuses: list[Status] = []
-        for raw in values.getall("status", []):
+
+        def first(name: str) -> str:
+            found = values(name)
+            return found[0] if found else ""
+
+        for raw in values("status"):
             if not raw:
                 continue
             try:
@@ -80,24 +81,24 @@ class Filters:
                 statuses.append(status)
         texts: dict[str, str] = {}
         for name in ("recipient", "subject"):
-            text = (values.get(name) or "").strip()
+            text = first(name).strip()
             if len(text) > _TEXT_MAX:
                 errors.append(f"{name}: at most {_TEXT_MAX} characters")
                 text = ""
             texts[name] = text
         code: int | None = None
-        raw_code = (values.get("code") or "").strip()
+        raw_code = first("code").strip()
         if raw_code:
             if raw_code.isascii() and raw_code.isdigit() and 100 <= int(raw_code) <= 599:
                 code = int(raw_code)
             else:
                 errors.append("code: an SMTP reply code, 100 to 599")
-        order = values.get("order") or "newest"
+        order = first("order") or "newest"
         if order not in ("newest", "oldest"):
             errors.append("order: newest or oldest")
             order = "newest"
-        since = _time(values.get("since") or "", "from", errors)
-        until = _time(values.get("until") or "", "to", errors)
+        since = _time(first("since"), "from", errors)
+        until = _time(first("until"), "to", errors)
         if since is not None and until is not None and until < since:
             errors.append("to: must not be before from")
         return cls(
@@ -108,7 +109,7 @@ class Filters:
             until=until,
             code=code,
             order="oldest" if order == "oldest" else "newest",
-            include_deleted=(values.get("deleted") or "") == "1",
+            include_deleted=first("deleted") == "1",
             errors=tuple(errors),
         )
 
@@ -186,4 +187,3 @@ class Filters:
 def input_time(value: datetime) -> str:
     """``value`` as a ``datetime-local`` input wants it (UTC, to the second)."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-

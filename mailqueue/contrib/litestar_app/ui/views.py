@@ -21,6 +21,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Stream, Template
 from prometheus_client import Counter
 
@@ -36,10 +37,10 @@ from mailqueue import (
 )
 from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
 from mailqueue.contrib.litestar_app.ui.chart import build_chart, window_start
-from mailqueue.contrib.litestar_app.ui.filters import FINAL_STATUSES, Filters, is_mail_id
+from mailqueue.contrib.litestar_app.ui.filters import FINAL_STATUSES, Filters, MultiValues, is_mail_id
 from mailqueue.contrib.litestar_app.ui.session import CSRF_FIELD, Session, SessionManager
 from mailqueue.protocols import InspectableStore
-from mailqueue.records import RecordQuery, RecipientState, utcnow
+from mailqueue.records import RecipientState, RecordQuery, utcnow
 from mailqueue.throttle import classify_reply
 
 __all__ = ["UI_ACTIONS", "LoginRequired", "UIRequest", "handlers"]
@@ -68,7 +69,9 @@ PAGE_CSP: Final = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-PREVIEW_CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox; frame-ancestors 'self'"
+PREVIEW_CSP: Final = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox; frame-ancestors 'self'"
+)
 _COMMON_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -193,13 +196,22 @@ async def _form(request: Request[Any, Any, Any]) -> Any:
     return form
 
 
-def _load_id(mail_id: str) -> str:
+def _values(data: Any) -> MultiValues:
+    """Read a query string or form (Litestar's multi-dicts) as :data:`MultiValues`."""
+
+    def values(name: str) -> list[str]:
+        return [v for v in data.getall(name, []) if isinstance(v, str)]
+
+    return values
+
+
+def _load_id(mail_id: FromPath[str]) -> str:
     if not is_mail_id(mail_id):
         raise NotFoundException(f"No mail with id {mail_id[:70]!r}.")
     return mail_id
 
 
-async def _record(mailqueue: MailQueue, mail_id: str) -> MailRecord:
+async def _record(mailqueue: MailQueue, mail_id: FromPath[str]) -> MailRecord:
     record = await asyncio.wait_for(mailqueue.status(_load_id(mail_id)), READ_TIMEOUT)
     if record is None:
         raise NotFoundException(f"No mail with id {mail_id!r}.")
@@ -245,7 +257,10 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
         await asyncio.sleep(LOGIN_FAILURE_DELAY)
         logger.warning("dashboard login refused: wrong or missing token (client %s)", _client(request))
         return page(
-            request, "login.html", {"next": target, "error": "That token is not one of api.tokens."}, status=401
+            request,
+            "login.html",
+            {"next": target, "error": "That token is not one of api.tokens."},
+            status=401,
         )
     name = form.get("name")
     label = _operator_name(name if isinstance(name, str) else "")
@@ -313,7 +328,7 @@ async def overview(
     request: Request[Any, Any, Any],
     mailqueue: NamedDependency[MailQueue],
     mailqueue_plugin: NamedDependency[MailQueuePlugin],
-    window: Literal["hour", "day"] = "hour",
+    window: FromQuery[Literal["hour", "day"]] = "hour",
 ) -> Template:
     """Counts by status, the activity chart, the queue and the accounts."""
     store = _inspectable(mailqueue)
@@ -394,7 +409,7 @@ def _cursor(value: str | None) -> str | None:
 @get("/messages", name="ui:messages")
 async def messages(request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue]) -> Template:
     """The filtered, paginated list of mails."""
-    filters = Filters.parse(request.query_params)
+    filters = Filters.parse(_values(request.query_params))
     before = _cursor(request.query_params.get("before"))
     after = None if before else _cursor(request.query_params.get("after"))
     rows, older, newer = await asyncio.wait_for(_page_of(mailqueue, filters, before, after), READ_TIMEOUT)
@@ -459,9 +474,17 @@ async def _is_stored(mailqueue: MailQueue, key: str) -> bool | None:
     return True
 
 
+def _error_class(outcome: str, code: int | None, reply: str) -> str | None:
+    """What a failed attempt says about the account (throttle, connection, auth, quota), if anything."""
+    if outcome in ("sent", "skipped"):
+        return None
+    kind = str(classify_reply(code, reply))
+    return None if kind in ("other", "recipient") else kind
+
+
 @get("/messages/{mail_id:str}", name="ui:message")
 async def message(
-    request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue], mail_id: str
+    request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue], mail_id: FromPath[str]
 ) -> Template:
     """One mail: envelope, recipients, attempts, attachments, body preview, actions."""
     record = await _record(mailqueue, mail_id)
@@ -478,9 +501,7 @@ async def message(
     attempts = [
         {
             "attempt": attempt,
-            "error_class": None
-            if attempt.outcome in ("sent", "skipped")
-            else str(classify_reply(attempt.code, attempt.reply)),
+            "error_class": _error_class(attempt.outcome, attempt.code, attempt.reply),
         }
         for attempt in record.history
     ]
@@ -501,7 +522,7 @@ async def message(
 
 
 @get("/messages/{mail_id:str}/preview", name="ui:preview")
-async def preview(mailqueue: NamedDependency[MailQueue], mail_id: str) -> Response[str]:
+async def preview(mailqueue: NamedDependency[MailQueue], mail_id: FromPath[str]) -> Response[str]:
     """The mail's HTML body, for a sandboxed iframe: no script, no remote loads (CSP)."""
     record = await _record(mailqueue, mail_id)
     return Response(
@@ -517,7 +538,9 @@ def _disposition(filename: str) -> str:
 
 
 @get("/messages/{mail_id:str}/attachments/{index:int}", name="ui:attachment")
-async def attachment(mailqueue: NamedDependency[MailQueue], mail_id: str, index: int) -> Stream:
+async def attachment(
+    mailqueue: NamedDependency[MailQueue], mail_id: FromPath[str], index: FromPath[int]
+) -> Stream:
     """Download one attachment, if it is still in the attachment store."""
     record = await _record(mailqueue, mail_id)
     refs = record.mail.attachments
@@ -562,7 +585,7 @@ async def attachment(mailqueue: NamedDependency[MailQueue], mail_id: str, index:
 
 @post("/messages/{mail_id:str}/resend", status_code=303)
 async def resend_one(
-    request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue], mail_id: str
+    request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue], mail_id: FromPath[str]
 ) -> Redirect:
     """Queue one finished mail again (``MailQueue.resend``, as ``mailqueue resend --id``)."""
     ui = _ui(request)
@@ -588,7 +611,7 @@ async def resend_one(
 
 @post("/messages/{mail_id:str}/delete", status_code=303)
 async def delete_one(
-    request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue], mail_id: str
+    request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue], mail_id: FromPath[str]
 ) -> Redirect:
     """Mark a mail ``is_deleted`` (hidden from lists, status and re-sends; the row stays)."""
     ui = _ui(request)
@@ -603,7 +626,9 @@ async def delete_one(
     return _redirect(ui, f"/messages/{record.id}", [("done", "deleted")])
 
 
-async def _selection(mailqueue: MailQueue, filters: Filters) -> tuple[tuple[Status, ...], tuple[Status, ...], int]:
+async def _selection(
+    mailqueue: MailQueue, filters: Filters
+) -> tuple[tuple[Status, ...], tuple[Status, ...], int]:
     store = _inspectable(mailqueue)
     if store is None:
         raise HTTPException(
@@ -621,7 +646,7 @@ async def _selection(mailqueue: MailQueue, filters: Filters) -> tuple[tuple[Stat
 @get("/resend", name="ui:resend-confirm")
 async def resend_confirm(request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue]) -> Template:
     """How many mails a re-send of this selection would queue again; the button to do it."""
-    filters = Filters.parse(request.query_params)
+    filters = Filters.parse(_values(request.query_params))
     if filters.errors:
         raise HTTPException(status_code=400, detail="; ".join(filters.errors))
     picked, left, count = await _selection(mailqueue, filters)
@@ -642,11 +667,13 @@ async def resend_confirm(request: Request[Any, Any, Any], mailqueue: NamedDepend
 
 
 @post("/resend", status_code=303)
-async def resend_selection(request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue]) -> Redirect:
+async def resend_selection(
+    request: Request[Any, Any, Any], mailqueue: NamedDependency[MailQueue]
+) -> Redirect:
     """Queue again every finished mail of the selection (``MailQueue.resend``, as ``mailqueue resend``)."""
     ui = _ui(request)
     form = await _form(request)
-    filters = Filters.parse(form)
+    filters = Filters.parse(_values(form))
     if filters.errors:
         raise HTTPException(status_code=400, detail="; ".join(filters.errors))
     picked, _left, count = await _selection(mailqueue, filters)
