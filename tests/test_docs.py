@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -116,3 +118,62 @@ def test_every_settings_example_loads_and_its_backends_build(
     registry.create_attachment_store(settings.attachments.get_secret_value(), context=context)
     for url in [settings.sender, *(account.url for account in settings.senders)]:
         registry.create_sender(url.get_secret_value(), context=context)
+
+
+# --- the benchmark results page (docs_hooks/benchmarks.py) ----------------------------------------
+
+# a 1x1 PNG
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def _build_site(tmp_path: Path, results: str | None, files: dict[str, bytes] | None = None) -> Path:
+    """Build the real site with --strict from a copy of the project, with these benchmark results."""
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "docs", project / "docs")
+    shutil.copytree(ROOT / "docs_hooks", project / "docs_hooks")
+    shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+    bench = project / "benchmarks"
+    bench.mkdir()
+    if results is not None:
+        (bench / "RESULTS.md").write_text(results, encoding="utf-8")
+    for name, data in (files or {}).items():
+        (bench / name).write_bytes(data)
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return site
+
+
+@pytest.mark.slow
+def test_without_results_the_benchmarks_page_says_so(tmp_path: Path) -> None:
+    site = _build_site(tmp_path, None)
+    assert "No results committed yet" in (site / "benchmarks" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_the_results_and_their_chart_are_published(tmp_path: Path) -> None:
+    results = (
+        "# Benchmark results\n\nWorker: 1234 mails/s.\n\n"
+        "![throughput vs concurrency](worker-concurrency.png)\n\n"
+        "Raw numbers: [results.json](results.json).\n"
+    )
+    files = {"worker-concurrency.png": PNG, "api-latency.png": PNG, "results.json": b"{}", "run.py": b""}
+    site = _build_site(tmp_path, results, files)
+    page = site / "benchmarks" / "index.html"
+    html = page.read_text(encoding="utf-8")
+    assert "1234 mails/s" in html
+    for src in re.findall(r'<img[^>]*src="([^"]+)"', html) + re.findall(r'href="([^"#]+\.json)"', html):
+        assert (page.parent / src).resolve().is_file(), src
+    assert (site / "worker-concurrency.png").read_bytes() == PNG
+    assert (site / "api-latency.png").is_file()  # every chart, linked or not
+    assert not (site / "run.py").exists()  # only what the page links to, and images
