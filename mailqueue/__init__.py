@@ -39,6 +39,7 @@ from mailqueue.protocols import (
     AttachmentStore,
     BackendContext,
     Delivery,
+    InspectableStore,
     ListableAttachmentStore,
     OutgoingMessage,
     PrunableStore,
@@ -51,6 +52,7 @@ from mailqueue.protocols import (
     StoredAttachment,
 )
 from mailqueue.records import (
+    ActivityBucket,
     Attempt,
     MailRecord,
     RecipientOutcome,
@@ -69,6 +71,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "APISettings",
+    "ActivityBucket",
     "Attachment",
     "AttachmentError",
     "AttachmentNotFoundError",
@@ -82,6 +85,7 @@ __all__ = [
     "Delivery",
     "DeliveryError",
     "DeliveryTimeoutError",
+    "InspectableStore",
     "ListableAttachmentStore",
     "Mail",
     "MailQueue",

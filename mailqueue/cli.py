@@ -476,6 +476,9 @@ class _Time(click.ParamType[datetime]):
     "--since", type=_Time(), help="Only mails accepted at or after this time (ISO 8601, UTC if no zone)."
 )
 @click.option("--until", type=_Time(), help="Only mails accepted before this time.")
+@click.option("--recipient", help="Only mails to an address containing this text (any case).")
+@click.option("--subject", help="Only mails whose subject contains this text (any case).")
+@click.option("--code", type=click.IntRange(100, 599), help="Only mails whose last SMTP reply had this code.")
 @click.option("--dry-run", is_flag=True, help="List what would be re-sent; change nothing.")
 @click.pass_context
 def resend(
@@ -485,6 +488,9 @@ def resend(
     statuses: tuple[str, ...],
     since: datetime | None,
     until: datetime | None,
+    recipient: str | None,
+    subject: str | None,
+    code: int | None,
     dry_run: bool,
 ) -> None:
     """Queue failed (or chosen) mails again, keeping their Message-ID."""
@@ -503,6 +509,9 @@ def resend(
                     statuses=chosen,
                     since=since,
                     until=until,
+                    recipient=recipient,
+                    subject=subject,
+                    code=code,
                     dry_run=dry_run,
                     progress=tick,
                 )
