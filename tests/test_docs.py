@@ -177,3 +177,70 @@ def test_the_results_and_their_chart_are_published(tmp_path: Path) -> None:
     assert (site / "worker-concurrency.png").read_bytes() == PNG
     assert (site / "api-latency.png").is_file()  # every chart, linked or not
     assert not (site / "run.py").exists()  # only what the page links to, and images
+
+
+# --- the conformance examples of writing-a-backend.md ---------------------------------------------
+
+# The page's plugins are hypothetical; these stand-ins let its examples run as they are written.
+STAND_INS = {
+    "mailqueue_redis": (
+        "from mailqueue.backends.memory import MemoryQueue\n"
+        "class RedisQueue(MemoryQueue):\n"
+        "    @classmethod\n"
+        "    def from_url(cls, url, *, context):\n"
+        "        return cls()\n"
+    ),
+    "mailqueue_mongo": (
+        "from mailqueue.stores.memory import MemoryStore\n"
+        "class MongoStore(MemoryStore):\n"
+        "    @classmethod\n"
+        "    def from_url(cls, url, *, context=None):\n"
+        "        return cls()\n"
+    ),
+    "mailqueue_s3": (
+        "from mailqueue.stores.memory import MemoryAttachmentStore\n"
+        "class S3AttachmentStore(MemoryAttachmentStore):\n"
+        "    @classmethod\n"
+        "    def from_url(cls, url, *, context=None):\n"
+        "        return cls()\n"
+    ),
+    "mailqueue_fancysmtp": "from mailqueue.backends.smtp import SMTPSender as FancySMTPSender\n",
+}
+
+
+@pytest.mark.slow
+def test_the_conformance_examples_of_writing_a_backend_run(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "writing-a-backend.md").read_text(encoding="utf-8")
+    blocks = [
+        block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "mailqueue.testing" in block
+    ]
+    assert len(blocks) == 3
+    for name, source in STAND_INS.items():
+        (tmp_path / f"{name}.py").write_text(source, encoding="utf-8")
+    for number, block in enumerate(blocks):
+        (tmp_path / f"test_example{number}.py").write_text(block, encoding="utf-8")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-o",
+            "asyncio_default_fixture_loop_scope=function",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary
+    assert int(summary.split(" passed")[0].split()[-1]) >= 90, summary
