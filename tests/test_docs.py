@@ -12,11 +12,13 @@ import typing
 from pathlib import Path
 from types import ModuleType
 
+import click
 import pytest
 import yaml
 from pydantic import BaseModel
 
 from mailqueue import registry
+from mailqueue.cli import main as cli_main
 from mailqueue.protocols import BackendContext
 from mailqueue.settings import Settings, load_settings
 
@@ -244,3 +246,44 @@ def test_the_conformance_examples_of_writing_a_backend_run(tmp_path: Path) -> No
     summary = done.stdout.strip().splitlines()[-1]
     assert " passed" in summary
     assert int(summary.split(" passed")[0].split()[-1]) >= 90, summary
+
+
+# --- command lines on the pages -------------------------------------------------------------------
+
+_COMMAND_LINE = re.compile(r"mailqueue((?: [a-z]+)+)((?: +[^\s`|]+)*)")
+
+
+def _flags_in_docs() -> list[tuple[str, tuple[str, ...], str]]:
+    """(page, command path, flag) of every ``mailqueue <command> ... --flag`` on the pages and README."""
+    found = []
+    for path in [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            for match in _COMMAND_LINE.finditer(line):
+                words = match.group(1).split()
+                if words[0] not in cli_main.commands:
+                    continue
+                command: tuple[str, ...] = (words[0],)
+                group = cli_main.commands[words[0]]
+                if isinstance(group, click.Group) and len(words) > 1 and words[1] in group.commands:
+                    command = (words[0], words[1])
+                rest = " ".join(words[len(command) :]) + match.group(2)
+                for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", rest):
+                    found.append((path.name, command, flag))
+    return found
+
+
+def test_every_command_line_flag_in_the_docs_exists() -> None:
+    flags = _flags_in_docs()
+    assert len(flags) > 30
+    unknown = []
+    for page, path, flag in flags:
+        command: click.Command = cli_main
+        for name in path:
+            assert isinstance(command, click.Group)
+            command = command.commands[name]
+        known = {"--help", "-h"}
+        for param in command.params:
+            known.update(getattr(param, "opts", []), getattr(param, "secondary_opts", []))
+        if flag not in known:
+            unknown.append((page, " ".join(path), flag))
+    assert unknown == []
