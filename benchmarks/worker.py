@@ -630,13 +630,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backends", default="amqp,kafka,sql,embedded", help="comma-separated; '' for none")
     p.add_argument("--variants", default="small,attach", help="small,attach")
     p.add_argument(
-        "--mails", type=int, default=3000, help="mails per throughput run (embedded: at most 1500)"
+        "--mails", type=int, default=2000, help="mails per throughput run (embedded: at most 1500)"
     )
     p.add_argument(
         "--concurrency", type=int, default=8, help="worker concurrency = SMTP pool = ceiling connections"
     )
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--sweep-mails", type=int, default=2000)
+    p.add_argument("--sweep-mails", type=int, default=1000)
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--memory-concurrency", type=int, default=8)
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/worker.json")
