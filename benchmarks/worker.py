@@ -51,6 +51,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,13 +212,12 @@ async def preload(setup: Setup, count: int, attachment_bytes: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def count_sent(setup: Setup) -> int:
+async def count_sent(store: Any) -> int:
+    """Records ``sent`` in the run's Store (its database holds this run's mails only)."""
     from mailqueue import Status
-    from mailqueue.stores.sql import SQLStore
 
-    async with SQLStore.from_url(setup.store) as store:
-        counts = await store.count_by_status()
-    return counts[Status.SENT]
+    counts = await store.count_by_status()
+    return int(counts[Status.SENT])
 
 
 # --- the worker process ---------------------------------------------------------------
@@ -322,19 +322,26 @@ async def run_worker(
         async with backend(kind, tmp, sink, concurrency) as setup:
             result["submit_per_s"] = round(await preload(setup, mails, VARIANT_BYTES[variant]), 1)
             worker = WorkerProcess(tmp, setup.config)
+            from mailqueue.stores.sql import SQLStore
+
+            store = SQLStore.from_url(setup.store)
+            await store.open()  # opened before the worker starts: polling it costs one query
             sink.reset()
             started = time.perf_counter()
             pid = worker.start()
+            profiler = start_profile(pid, f"{kind}-{variant}") if PROFILE else None
             try:
                 delivered = await wait_delivered(setup, sink, worker, mails, limit)
+                if profiler is not None:
+                    result["profile"] = finish_profile(profiler)
                 if not delivered:
                     result["error"] = f"timed out or worker died; log tail:\n{worker.tail()}"
                 # every record sent in the Store (polled from here, after the deliveries)
                 deadline = time.monotonic() + 60
-                sent = await count_sent(setup)
+                sent = await count_sent(store)
                 while sent < mails and time.monotonic() < deadline and worker.alive():
-                    await asyncio.sleep(0.2)
-                    sent = await count_sent(setup)
+                    await asyncio.sleep(0.1)
+                    sent = await count_sent(store)
                 recorded_at = time.perf_counter()
                 result["peak_rss_mib"] = round(vm_value(pid, "VmHWM") / 2**20, 1)
                 result["worker_cpu_s"] = round(cpu_seconds(pid), 2)
@@ -356,6 +363,7 @@ async def run_worker(
             finally:
                 code = worker.stop()
                 result["worker_exit"] = code
+                await store.close()
     return result
 
 
@@ -371,6 +379,32 @@ async def wait_delivered(setup: Setup, sink: Sink, worker: WorkerProcess, mails:
         if time.monotonic() > deadline or not worker.alive():
             return False
     return True
+
+
+PROFILE = False  # --profile: py-spy every worker run
+
+
+def start_profile(pid: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """py-spy the worker (collapsed stacks, flamegraph.pl / speedscope can read them)."""
+    out = RESULTS / f"worker-profile-{name}.txt"
+    RESULTS.mkdir(exist_ok=True)
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "-o", str(out)]
+    process = subprocess.Popen(
+        [*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return process, out
+
+
+def finish_profile(profiler: tuple[subprocess.Popen[bytes], Path]) -> str:
+    process, out = profiler
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return str(out.relative_to(ROOT))
 
 
 # --- the ceiling ----------------------------------------------------------------------
@@ -639,6 +673,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sweep-mails", type=int, default=1000)
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--memory-concurrency", type=int, default=8)
+    p.add_argument("--profile", action="store_true", help="py-spy each worker run into results/")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/worker.json")
     return p.parse_args(argv)
 
@@ -649,6 +684,7 @@ if __name__ == "__main__":
         asyncio.run(_ceiling_child(port, mails, connections, sys.argv[5]))
         sys.exit(0)
     arguments = parse(sys.argv[1:])
+    PROFILE = arguments.profile
     outcome = asyncio.run(main(arguments))
     if not arguments.no_save:
         RESULTS.mkdir(exist_ok=True)
