@@ -40,7 +40,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,7 +130,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
 @contextmanager
 def running(command: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[int]:
     """Start a server process (own process group), wait until ready, yield its pid, stop it."""
-    log = tempfile.NamedTemporaryFile(prefix="mqapi-server-", suffix=".log", delete=False)
+    # closed in the finally below, after the server has stopped writing to it
+    log = tempfile.NamedTemporaryFile(prefix="mqapi-server-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy(), start_new_session=True
     )
@@ -376,11 +376,11 @@ def bare_app() -> Any:
 
 def serve_bare(port: int, workers: int) -> None:
     """Serve :func:`bare_app` exactly as ``mailqueue api`` serves its app (same uvicorn options)."""
-    from mailqueue.cli import _bind, _serve_in_process, _uvicorn_options
-    from mailqueue.settings import load_settings
-
     import uvicorn
     from uvicorn.supervisors import Multiprocess
+
+    from mailqueue.cli import _bind, _serve_in_process, _uvicorn_options
+    from mailqueue.settings import load_settings
 
     options = _uvicorn_options(load_settings(log_level="WARNING"), access_log=False)
     sock = _bind("127.0.0.1", port)
@@ -505,6 +505,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def count_files_in(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
 async def run_api_scenario(
     port: int,
     database: str,
@@ -516,11 +520,11 @@ async def run_api_scenario(
     count_files: bool = False,
 ) -> dict[str, Any]:
     before = await count_records(database)
-    files_before = sum(1 for p in attachments.rglob("*") if p.is_file()) if count_files else 0
+    files_before = count_files_in(attachments) if count_files else 0
     result = await asyncio.to_thread(load, f"http://127.0.0.1:{port}/api/email/send", body, requests)
     result.update(await settle(database, queue, result["ok_200"], before))
     if count_files:
-        files = sum(1 for p in attachments.rglob("*") if p.is_file()) - files_before
+        files = count_files_in(attachments) - files_before
         result["attachment_files"] = files
         result["durable_ok"] = result["durable_ok"] and files == result["ok_200"]
     return result
@@ -561,7 +565,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 results["attachment_1mib"] = summarize(
                     [
                         await run_api_scenario(
-                            port, database, queue, attachments, big, args.attachment_requests, count_files=True
+                            port,
+                            database,
+                            queue,
+                            attachments,
+                            big,
+                            args.attachment_requests,
+                            count_files=True,
                         )
                         for _ in range(args.runs)
                     ]
@@ -570,7 +580,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_ceilings:
             bare_port = free_port()
             env = os.environ.copy() | {"MQAPI_BARE_QUEUE": bare_queue}
-            command = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(bare_port)]
+            command = [sys.executable, str(HERE / "api.py"), "--serve-bare", str(bare_port)]
             command += ["--workers", str(args.workers)]
             with running(command, f"http://127.0.0.1:{bare_port}/health/ready", env=env):
                 url = f"http://127.0.0.1:{bare_port}/api/email/send"
@@ -583,7 +593,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     run.update(queued_messages=messages, durable_ok=messages == run["ok_200"])
                     bare.append(run)
             results["bare_ceiling"] = summarize(bare)
-            results["raw_publish"] = summarize([await raw_publish(raw_queue, args.requests) for _ in range(args.runs)])
+            results["raw_publish"] = summarize(
+                [await raw_publish(raw_queue, args.requests) for _ in range(args.runs)]
+            )
             results["ratio_vs_bare"] = round(results["small"]["rps"] / results["bare_ceiling"]["rps"], 3)
         if not args.skip_memory:
             results["memory_upload_100mib"] = await memory_scenario(tmp, database, queue, args.upload_mib)
@@ -655,7 +667,7 @@ def table(results: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{name:<18} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r.get('errors', 0):>7} {str(r.get('durable_ok')):>8}"
+            f"{r.get('errors', 0):>7} {r.get('durable_ok')!s:>8}"
         )
     if "ratio_vs_bare" in results:
         lines.append(f"ratio API/bare: {results['ratio_vs_bare']}")
@@ -669,7 +681,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=6000, help="small requests per run")
     parser.add_argument("--attachment-requests", type=int, default=600, help="1 MiB requests per run")
     parser.add_argument("--workers", type=int, default=1, help="API processes (mailqueue api --workers)")
