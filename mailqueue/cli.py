@@ -356,7 +356,7 @@ def _run_service(
         app = None
         if workers == 1:
             try:
-                app = service.create_app(settings, worker=worker)
+                app = service.create_app(settings, worker=worker, host=host)
             except ConfigurationError as exc:
                 raise click.UsageError(str(exc)) from None
         bound_port = sock.getsockname()[1]
@@ -374,6 +374,8 @@ def _run_service(
                 os.environ["MAILQUEUE_CONFIG"] = str(path.resolve())
             if log_format:
                 os.environ["MAILQUEUE_LOG_FORMAT"] = log_format
+            # the API processes decide on the dashboard (api.ui) by the address actually listened on
+            os.environ["MAILQUEUE_API__HOST"] = host
             _serve_in_processes(workers, sock, options)
     finally:
         sock.close()

@@ -200,6 +200,9 @@ class APISettings(BaseModel):
     """Largest request body, in bytes (413 above it)."""
     max_recipients: int = Field(default=100, ge=1, le=100)
     """Most receivers in one request (413 above it); 100 at most, as a mail holds no more."""
+    ui: bool | None = None
+    """The operator dashboard at ``/ui``: ``true`` on, ``false`` off, ``null`` (default) on when
+    ``tokens`` are configured or the API listens on loopback only, off otherwise (see docs/dashboard.md)."""
 
 
 class Settings(BaseSettings):
