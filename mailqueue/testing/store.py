@@ -534,6 +534,10 @@ class StoreConformance:
         )
         assert sorted(window) == sorted(r.id for r in records[1:4])
         assert await _ids(store, RecordQuery(since=base + timedelta(hours=1))) == []
+        oldest = await _ids(store, RecordQuery(since=base + timedelta(minutes=1), order="oldest", limit=2))
+        assert oldest == sorted(r.id for r in records[1:])[:2]
+        newest = await _ids(store, RecordQuery(until=base + timedelta(minutes=3), limit=2))
+        assert newest == sorted((r.id for r in records[:3]), reverse=True)[:2]
         got = await store.get(records[3].id)
         assert got is not None
         assert_same_time(got.created_at, base + timedelta(minutes=3))
