@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final, Literal
 from urllib.parse import quote, urlencode
@@ -652,7 +652,8 @@ async def _selection(
     picked, left = filters.resend_statuses()
     if not picked:
         return picked, left, 0
-    query = filters.query(limit=1, statuses=picked)
+    # deleted mails are never re-sent, whatever the list shows
+    query = replace(filters.query(limit=1, statuses=picked), include_deleted=False)
     count = await asyncio.wait_for(store.count(query, cap=COUNT_CAP + 1), READ_TIMEOUT)
     return picked, left, count
 
