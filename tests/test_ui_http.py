@@ -210,6 +210,13 @@ async def test_a_wrong_token_or_a_missing_csrf_token_logs_nobody_in(service: Ser
     assert (await service.client.get("/ui")).status_code == 303
 
 
+async def test_forms_are_small(service: Service) -> None:
+    await service.login()
+    csrf = await service.csrf()
+    answer = await service.client.post("/ui/resend", data={"csrf_token": csrf, "subject": "x" * 70_000})
+    assert answer.status_code == 413
+
+
 async def test_after_login_only_pages_of_this_site(service: Service) -> None:
     for target, expected in [
         ("/ui/messages?status=failed", "/ui/messages?status=failed"),

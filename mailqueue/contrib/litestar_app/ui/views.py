@@ -40,7 +40,7 @@ from mailqueue.contrib.litestar_app.ui.chart import Chart, build_chart, window_s
 from mailqueue.contrib.litestar_app.ui.filters import FINAL_STATUSES, Filters, MultiValues, is_mail_id
 from mailqueue.contrib.litestar_app.ui.session import CSRF_FIELD, Session, SessionManager
 from mailqueue.protocols import InspectableStore
-from mailqueue.records import RecipientState, RecordQuery, utcnow
+from mailqueue.records import RecordQuery, utcnow
 from mailqueue.throttle import classify_reply
 
 __all__ = ["UI_ACTIONS", "LoginRequired", "UIRequest", "handlers"]
@@ -454,7 +454,6 @@ async def messages(request: Request[Any, Any, Any], mailqueue: NamedDependency[M
             "cap": COUNT_CAP,
             "filter_query": urlencode(filters.params()),
             "flash": flash,
-            "pending": RecipientState.PENDING,
         },
         status=400 if filters.errors else 200,
     )
