@@ -58,8 +58,11 @@ for _action in ("resend", "resend_selection", "delete"):
 
 #: Mails per page of the list.
 PAGE_SIZE: Final = 50
-#: Most mails counted (and re-sent in one go) from the dashboard.
+#: Most mails re-sent in one go from the dashboard (and counted for its confirmation).
 COUNT_CAP: Final = 10_000
+#: Most mails the list counts: beyond, it says "more than" (counting stops early, so a common
+#: filter on millions of rows costs a thousand index entries, not all of them).
+LIST_COUNT_CAP: Final = 1_000
 #: Seconds a backend may take to answer a dashboard read (a last resort: set the
 #: store's own ``read_timeout``; a substring filter on millions of rows may scan them all).
 READ_TIMEOUT: Final = 60.0
@@ -425,7 +428,7 @@ async def messages(request: Request[Any, Any, Any], mailqueue: NamedDependency[M
     async def count() -> int | None:
         if store is None or filters.errors:
             return None
-        return await store.count(filters.query(limit=1), cap=COUNT_CAP)
+        return await store.count(filters.query(limit=1), cap=LIST_COUNT_CAP + 1)
 
     # side by side: a filter the indexes cannot serve costs one scan's time, not two
     (rows, older, newer), total = await asyncio.wait_for(
@@ -451,7 +454,7 @@ async def messages(request: Request[Any, Any, Any], mailqueue: NamedDependency[M
             "statuses": [str(s) for s in Status],
             "links": links,
             "total": total,
-            "cap": COUNT_CAP,
+            "cap": LIST_COUNT_CAP,
             "filter_query": urlencode(filters.params()),
             "flash": flash,
         },
