@@ -131,6 +131,8 @@ ERROR_CHARS = 1000
 MESSAGE_ID_CHARS = 255
 #: The index a page of a time window is read from on MySQL/MariaDB (see ``find``).
 TIME_INDEX = "ix_email_created_deleted_uid"
+#: The index a subject search walks on MySQL/MariaDB (see ``find``).
+SUBJECT_INDEX = "ix_email_deleted_uid_title"
 #: Rows read per round when a recipient filter is checked row by row.
 _RECIPIENT_BATCH = 1000
 
@@ -1084,6 +1086,21 @@ class SQLStore(ResourceMixin):
             and query.ids is None
             and query.idempotency_key is None
         )
+        # a subject alone is searched in an index that holds it (in uid order),
+        # and only the rows of the page are read: a deferred join, since
+        # MariaDB cannot check the index entries first in a descending scan
+        subject_hint = (
+            dialect in ("mysql", "mariadb")
+            and query.subject is not None
+            and query.recipient is None
+            and not query.include_deleted
+            and query.ids is None
+            and query.statuses is None
+            and query.since is None
+            and query.until is None
+            and query.idempotency_key is None
+            and query.code is None
+        )
         batch = query.limit  # false positives of the recipient pre-filter are rare: one more round
 
         async def work(engine: AsyncEngine) -> list[MailRecord]:
@@ -1091,12 +1108,24 @@ class SQLStore(ResourceMixin):
             found: list[MailRecord] = []
             async with engine.connect() as connection:
                 while True:
-                    stmt = sa.select(email).where(*where)
+                    cursors = []
                     if before is not None:
-                        stmt = stmt.where(email.c.uid < before)
+                        cursors.append(email.c.uid < before)
                     if after is not None:
-                        stmt = stmt.where(email.c.uid > after)
-                    stmt = stmt.order_by(email.c.uid.desc() if newest else email.c.uid.asc()).limit(batch)
+                        cursors.append(email.c.uid > after)
+                    order = email.c.uid.desc() if newest else email.c.uid.asc()
+                    if subject_hint:
+                        page = (
+                            sa.select(email.c.id)
+                            .where(*where, *cursors)
+                            .order_by(order)
+                            .limit(batch)
+                            .with_hint(email, f"FORCE INDEX ({SUBJECT_INDEX})", dialect_name=dialect)
+                            .subquery("page")
+                        )
+                        stmt = sa.select(email).join(page, email.c.id == page.c.id).order_by(order)
+                    else:
+                        stmt = sa.select(email).where(*where, *cursors).order_by(order).limit(batch)
                     if window_hint:
                         stmt = stmt.with_hint(email, f"FORCE INDEX ({TIME_INDEX})", dialect_name=dialect)
                     rows = (await connection.execute(stmt)).mappings().all()

@@ -609,6 +609,10 @@ class StoreConformance:
         assert await _ids(store, RecordQuery(subject="100%")) == [percent.id]
         assert await _ids(store, RecordQuery(subject="0_p")) == []
         assert await _ids(store, RecordQuery(subject="e 1000 p")) == [plain.id]
+        both = sorted([percent.id, plain.id])
+        assert await _ids(store, RecordQuery(subject="invoice", order="oldest", limit=1)) == both[:1]
+        assert await _ids(store, RecordQuery(subject="invoice", before_id=both[1])) == both[:1]
+        assert await _ids(store, RecordQuery(subject="invoice", after_id=both[0])) == both[1:]
 
     async def test_find_by_code(self, store: Store) -> None:
         refused, deferred, fresh = await _add_many(store, 3)

@@ -12,11 +12,15 @@ deleted records out:
   index alone (MySQL/MariaDB are told to use it, since they would rather walk
   ``uq_email_uid`` from the newest row back to the window);
 - ``(sent_at)`` and ``(status, updated_at)``: mails sent, and mails failed or
-  dead, per minute of the activity chart (``created_at`` has its index already).
+  dead, per minute of the activity chart (``created_at`` has its index already);
+- ``(is_deleted, uid, title)``: a subject search reads this index, in uid
+  order, instead of the rows (a twentieth of their size), and then only the
+  rows of the page.
 
-Substring filters (recipient, subject) cannot use a B-tree index: they walk
-``uq_email_uid`` and stop after ``limit`` matches. Like revision 0002, every
-step checks what exists first, so the revision can run again.
+Substring filters cannot seek in a B-tree index: a recipient search walks
+``uq_email_uid`` and reads the rows, a subject search the index above; both
+stop after ``limit`` matches. Like revision 0002, every step checks what
+exists first, so the revision can run again.
 
 Revision ID: 0003
 Revises: 0002
@@ -38,6 +42,7 @@ EMAIL_INDEXES = [
     ("ix_email_status_deleted_uid", ["status", "is_deleted", "uid"]),
     ("ix_email_code_deleted_uid", ["last_code", "is_deleted", "uid"]),
     ("ix_email_created_deleted_uid", ["created_at", "is_deleted", "uid"]),
+    ("ix_email_deleted_uid_title", ["is_deleted", "uid", "title"]),
     ("ix_email_sent_at", ["sent_at"]),
     ("ix_email_status_updated_at", ["status", "updated_at"]),
 ]
