@@ -23,6 +23,7 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Stream, Template
+from litestar.types import Guard
 from prometheus_client import Counter
 
 from mailqueue import (
@@ -109,7 +110,7 @@ class UIRequest:
     secure: bool
 
 
-def make_guard(sessions: SessionManager) -> Any:
+def make_guard(sessions: SessionManager) -> Guard:
     """The guard of every dashboard route: reads the session and checks who is asking.
 
     Raises (from the guard):
