@@ -201,6 +201,17 @@ def targets(worker: Any, api: Any) -> str:
 
     amqp = run("amqp")
     rate = amqp.get("per_s") if amqp else None
+    sweep = (worker or {}).get("sweep") or []
+    if sweep:
+        best = max(sweep, key=lambda p: p.get("worker_per_s") or 0)
+        rows.append(
+            (
+                "(information) best of the concurrency sweep, amqp + MariaDB",
+                f"{fmt(best.get('worker_per_s'))} mails/s at concurrency {best['concurrency']}, "
+                f"{fmt(best.get('ratio'))} x its ceiling",
+                "-",
+            )
+        )
     rows.append(
         (
             "Worker, amqp + MariaDB, 2 KiB mails: >= 1,500 mails/s",

@@ -105,7 +105,16 @@ async def mariadb_database() -> AsyncIterator[str]:
 async def delete_rabbitmq(name: str) -> None:
     import aio_pika
 
-    connection = await aio_pika.connect(RABBITMQ)
+    deadline = time.monotonic() + 60
+    while True:  # the broker may be restarting (other work on the machine): keep trying a minute
+        try:
+            connection = await aio_pika.connect(RABBITMQ)
+            break
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                log(f"could not delete RabbitMQ queue {name}: {exc}")
+                return
+            await asyncio.sleep(2)
     async with connection:
         for queue in (name, f"{name}.dead"):
             channel = await connection.channel()
@@ -315,6 +324,30 @@ async def run_worker(
     *,
     limit: float = 300.0,
 ) -> dict[str, Any]:
+    """:func:`measure_worker`, with a failure recorded in the result instead of raised."""
+    try:
+        return await measure_worker(kind, variant, mails, concurrency, sink, limit=limit)
+    except Exception as exc:
+        log(f"worker {kind}/{variant} failed: {exc!r}")
+        return {
+            "backend": kind,
+            "variant": variant,
+            "mails": mails,
+            "concurrency": concurrency,
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+
+
+async def measure_worker(
+    kind: str,
+    variant: str,
+    mails: int,
+    concurrency: int,
+    sink: Sink,
+    *,
+    limit: float = 300.0,
+) -> dict[str, Any]:
     """Preload ``mails``, run one worker until all are delivered and recorded; return the figures."""
     result: dict[str, Any] = {"backend": kind, "variant": variant, "mails": mails, "concurrency": concurrency}
     with tempfile.TemporaryDirectory(prefix="mqbench-") as tmpname:
@@ -382,6 +415,7 @@ async def wait_delivered(setup: Setup, sink: Sink, worker: WorkerProcess, mails:
 
 
 PROFILE = False  # --profile: py-spy every worker run
+SAVE = True  # --no-save: write nothing
 
 
 def start_profile(pid: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -515,7 +549,11 @@ async def scenario_memory(concurrency: int, counts: tuple[int, ...] = (1000, 300
     runs = []
     message_bytes = len(build_message("mib"))
     with Sink() as sink:
-        idle = await run_idle_worker(sink, concurrency)
+        try:
+            idle = await run_idle_worker(sink, concurrency)
+        except Exception as exc:
+            log(f"idle worker failed: {exc!r}")
+            idle = 0.0
         for count in counts:
             run = await run_worker("amqp", "mib", count, concurrency, sink, limit=600)
             log(f"memory {count} x 1 MiB: peak {run.get('peak_rss_mib')} MiB, {run.get('per_s')}/s")
@@ -596,6 +634,14 @@ def chart(points: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def save(result: dict[str, Any]) -> None:
+    """Write what was measured so far into ``results/worker.json`` (unless ``--no-save``)."""
+    if SAVE:
+        RESULTS.mkdir(exist_ok=True)
+        target = RESULTS / "worker.json"
+        target.write_text(json.dumps(merge_results(target, result), indent=2) + "\n")
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     result: dict[str, Any] = {
@@ -628,12 +674,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 ],
             )
         )
+        save(result)
     if args.sweep:
         points = await scenario_sweep(args.sweep_mails)
         result["sweep"] = points
         chart(points, CHART)
         print(table(points, ["concurrency", "worker_per_s", "ceiling_per_s", "ratio", "worker_cpu_s", "ok"]))
         print(f"chart: {CHART.relative_to(ROOT)}")
+        save(result)
     if args.memory:
         memory = await scenario_memory(args.memory_concurrency)
         result["memory"] = memory
@@ -643,6 +691,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"growth with 3x the queue {memory['growth_with_queue_mib']} MiB, bounded: {memory['bounded']}"
         )
     result["seconds"] = round(time.time() - started, 1)
+    save(result)
     return result
 
 
@@ -685,9 +734,10 @@ if __name__ == "__main__":
         sys.exit(0)
     arguments = parse(sys.argv[1:])
     PROFILE = arguments.profile
+    SAVE = not arguments.no_save
     outcome = asyncio.run(main(arguments))
-    if not arguments.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        target = RESULTS / "worker.json"
-        target.write_text(json.dumps(merge_results(target, outcome), indent=2) + "\n")
     print(json.dumps(outcome))
+    checks = [*outcome.get("runs", []), *outcome.get("ceilings", []), *outcome.get("sweep", [])]
+    checks += outcome.get("memory", {}).get("runs", [])
+    # a slow run is a figure; a mail lost, duplicated or not recorded is a failure
+    sys.exit(0 if all(c.get("ok") for c in checks) else 1)
