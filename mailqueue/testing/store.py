@@ -25,7 +25,8 @@ and ``until`` as exclusive; the history lists attempts in the order they were
 added; a closed store raises :class:`~mailqueue.errors.StoreError`.
 
 The optional capabilities (:class:`~mailqueue.protocols.PrunableStore`,
-:class:`~mailqueue.protocols.InspectableStore`) are tested when the store has
+:class:`~mailqueue.protocols.InspectableStore`, :class:`~mailqueue.protocols.BatchStore`)
+are tested when the store has
 them and skipped otherwise.
 """
 
@@ -39,7 +40,7 @@ import pytest
 
 from mailqueue.errors import StoreError
 from mailqueue.message import AttachmentRef, Mail, Recipient, new_id
-from mailqueue.protocols import InspectableStore, PrunableStore, Store
+from mailqueue.protocols import BatchStore, InspectableStore, PrunableStore, Store
 from mailqueue.records import (
     Attempt,
     MailRecord,
@@ -423,6 +424,39 @@ class StoreConformance:
         assert await store.get(queued.id) is not None
         assert await store.delete_records([sent.id], statuses=frozenset({Status.SENT})) == []
 
+    async def test_add_many_inserts_all_as_add_would(self, store: Store) -> None:
+        if not isinstance(store, BatchStore):
+            pytest.skip("the store cannot add records in batches (optional BatchStore)")
+        records = [make_record(subject=f"s{n}").evolve(last_error="pending") for n in range(5)]
+        added = await store.add_many(records)
+        assert [r.id for r in added] == [r.id for r in records]
+        for record, got in zip(records, added, strict=True):
+            assert got == await store.get(record.id)
+            assert (got.mail, got.status, got.last_error) == (record.mail, Status.QUEUED, "pending")
+        assert await store.add_many([]) == []
+
+    async def test_add_many_is_all_or_nothing(self, store: Store) -> None:
+        if not isinstance(store, BatchStore):
+            pytest.skip("the store cannot add records in batches (optional BatchStore)")
+        taken = await store.add(make_record())
+        fresh = make_record()
+        with pytest.raises(StoreError):
+            await store.add_many([fresh, taken])
+        assert await store.get(fresh.id) is None
+        with pytest.raises(StoreError):
+            await store.add_many([make_record(idempotency_key="k1")])
+
+    async def test_clear_last_error_only_queued_with_that_error(self, store: Store) -> None:
+        if not isinstance(store, BatchStore):
+            pytest.skip("the store cannot clear marks in batches (optional BatchStore)")
+        marked = [await store.add(make_record().evolve(last_error="mark")) for _ in range(3)]
+        other = await store.add(make_record().evolve(last_error="another error"))
+        assert await store.update(marked[2].id, RecordUpdate(status=Status.SENDING))
+        await store.clear_last_error([r.id for r in (*marked, other)] + ["0" * 32], expected="mark")
+        got = [await store.get(r.id) for r in (*marked, other)]
+        assert [g.last_error for g in got if g is not None] == ["", "", "mark", "another error"]
+        await store.clear_last_error([], expected="mark")
+
     async def test_is_ok_follows_status(self, store: Store) -> None:
         record = await store.add(make_record())
         for status in Status:
@@ -500,6 +534,10 @@ class StoreConformance:
         )
         assert sorted(window) == sorted(r.id for r in records[1:4])
         assert await _ids(store, RecordQuery(since=base + timedelta(hours=1))) == []
+        oldest = await _ids(store, RecordQuery(since=base + timedelta(minutes=1), order="oldest", limit=2))
+        assert oldest == sorted(r.id for r in records[1:])[:2]
+        newest = await _ids(store, RecordQuery(until=base + timedelta(minutes=3), limit=2))
+        assert newest == sorted((r.id for r in records[:3]), reverse=True)[:2]
         got = await store.get(records[3].id)
         assert got is not None
         assert_same_time(got.created_at, base + timedelta(minutes=3))
@@ -571,6 +609,10 @@ class StoreConformance:
         assert await _ids(store, RecordQuery(subject="100%")) == [percent.id]
         assert await _ids(store, RecordQuery(subject="0_p")) == []
         assert await _ids(store, RecordQuery(subject="e 1000 p")) == [plain.id]
+        both = sorted([percent.id, plain.id])
+        assert await _ids(store, RecordQuery(subject="invoice", order="oldest", limit=1)) == both[:1]
+        assert await _ids(store, RecordQuery(subject="invoice", before_id=both[1])) == both[:1]
+        assert await _ids(store, RecordQuery(subject="invoice", after_id=both[0])) == both[1:]
 
     async def test_find_by_code(self, store: Store) -> None:
         refused, deferred, fresh = await _add_many(store, 3)
