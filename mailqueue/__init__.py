@@ -38,6 +38,7 @@ from mailqueue.mime import render
 from mailqueue.protocols import (
     AttachmentStore,
     BackendContext,
+    BatchStore,
     Delivery,
     ListableAttachmentStore,
     OutgoingMessage,
@@ -78,6 +79,7 @@ __all__ = [
     "Attempt",
     "BackendContext",
     "BackendError",
+    "BatchStore",
     "ConfigurationError",
     "Delivery",
     "DeliveryError",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttachmentStore",
     "BackendContext",
+    "BatchStore",
     "Consumer",
     "Delivery",
     "ListableAttachmentStore",
@@ -277,6 +278,24 @@ class PrunableStore(Protocol):
         """Delete, in one transaction, those of ``mail_ids`` whose status is one
         of ``statuses`` (checked at deletion), with their attempt history, or with
         ``soft`` mark them ``is_deleted`` (those not marked yet); return their ids."""
+
+
+@runtime_checkable
+class BatchStore(Protocol):
+    """Optional Store capability: read or change many records in one round trip.
+
+    The worker groups the reads, claims and outcomes of concurrent deliveries
+    through it (group commit). A Store without it works the same, one record
+    at a time.
+    """
+
+    async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
+        """The records of those of ``mail_ids`` that exist, by id, without history."""
+
+    async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
+        """Apply each ``(mail_id, change)`` as :meth:`Store.update` would, in order, in
+        one transaction: all are committed, or none is and the call raises. Returns
+        what :meth:`Store.update` would have returned for each."""
 
 
 # --- AttachmentStore --------------------------------------------------------

@@ -972,6 +972,79 @@ class SQLStore(ResourceMixin):
         Raises:
             StoreError: the database failed.
         """
+        stmt, attempt = self._update_statement(mail_id, change)
+
+        async def work(engine: AsyncEngine) -> bool:
+            async with engine.begin() as connection:
+                # the UPDATE comes first so that it takes the row (or SQLite's write) lock
+                if (await connection.execute(stmt)).rowcount != 1:
+                    return False
+                if attempt is not None:
+                    email_id = (
+                        await connection.execute(sa.select(email.c.id).where(email.c.uid == mail_id))
+                    ).scalar_one()
+                    await connection.execute(
+                        email_attempt.insert().values(self._attempt_values(email_id, attempt))
+                    )
+            return True
+
+        return await self._run(f"update record {mail_id}", work)
+
+    async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
+        """The records of those of ``mail_ids`` that exist, by id, without history, in one query.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        wanted = list(dict.fromkeys(mail_ids))
+        if not wanted:
+            return {}
+
+        async def work(engine: AsyncEngine) -> dict[str, MailRecord]:
+            async with engine.connect() as connection:
+                rows = (await connection.execute(sa.select(email).where(email.c.uid.in_(wanted)))).mappings()
+                return {str(row["uid"]): _record(row) for row in rows}
+
+        return await self._run(f"read {len(wanted)} record(s)", work)
+
+    async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
+        """Apply each change as :meth:`update` does, in order, in one transaction (one commit).
+
+        Returns:
+            For each change, whether it was applied.
+
+        Raises:
+            StoreError: the database failed; nothing was committed.
+        """
+        if not changes:
+            return []
+        prepared = [(mail_id, *self._update_statement(mail_id, change)) for mail_id, change in changes]
+
+        async def work(engine: AsyncEngine) -> list[bool]:
+            applied: list[bool] = []
+            attempts: list[tuple[str, Attempt]] = []
+            async with engine.begin() as connection:
+                for mail_id, stmt, attempt in prepared:
+                    done = (await connection.execute(stmt)).rowcount == 1
+                    applied.append(done)
+                    if done and attempt is not None:
+                        attempts.append((mail_id, attempt))
+                if attempts:
+                    uids = list(dict.fromkeys(mail_id for mail_id, _ in attempts))
+                    found = await connection.execute(
+                        sa.select(email.c.uid, email.c.id).where(email.c.uid.in_(uids))
+                    )
+                    row_ids = {str(uid): row_id for uid, row_id in found.all()}
+                    await connection.execute(
+                        email_attempt.insert(),
+                        [self._attempt_values(row_ids[mail_id], attempt) for mail_id, attempt in attempts],
+                    )
+            return applied
+
+        return await self._run(f"update {len(changes)} record(s)", work)
+
+    def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:
+        """The conditional UPDATE of one record for ``change``, and the attempt row to add with it."""
         values: dict[str, Any] = {"updated_at": self._db_time(utcnow())}
         if change.status is not None:
             values["status"] = change.status.value
@@ -1000,7 +1073,7 @@ class SQLStore(ResourceMixin):
             stmt = stmt.where(email.c.status.in_(sorted(s.value for s in change.expect)))
         if change.expect_updated_at is not None:
             stmt = stmt.where(email.c.updated_at == self._db_time(change.expect_updated_at))
-        stmt = stmt.values(values)
+        return stmt.values(values), attempt
 
         async def work(engine: AsyncEngine) -> bool:
             async with engine.begin() as connection:
@@ -1015,8 +1088,6 @@ class SQLStore(ResourceMixin):
                         email_attempt.insert().values(self._attempt_values(email_id, attempt))
                     )
             return True
-
-        return await self._run(f"update record {mail_id}", work)
 
     async def delete_records(
         self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False
