@@ -40,6 +40,7 @@ from mailqueue.protocols import (
     BackendContext,
     BatchStore,
     Delivery,
+    InspectableStore,
     ListableAttachmentStore,
     OutgoingMessage,
     PrunableStore,
@@ -52,6 +53,7 @@ from mailqueue.protocols import (
     StoredAttachment,
 )
 from mailqueue.records import (
+    ActivityBucket,
     Attempt,
     MailRecord,
     RecipientOutcome,
@@ -70,6 +72,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "APISettings",
+    "ActivityBucket",
     "Attachment",
     "AttachmentError",
     "AttachmentNotFoundError",
@@ -84,6 +87,7 @@ __all__ = [
     "Delivery",
     "DeliveryError",
     "DeliveryTimeoutError",
+    "InspectableStore",
     "ListableAttachmentStore",
     "Mail",
     "MailQueue",

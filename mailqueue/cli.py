@@ -356,7 +356,7 @@ def _run_service(
         app = None
         if workers == 1:
             try:
-                app = service.create_app(settings, worker=worker)
+                app = service.create_app(settings, worker=worker, host=host)
             except ConfigurationError as exc:
                 raise click.UsageError(str(exc)) from None
         bound_port = sock.getsockname()[1]
@@ -374,6 +374,8 @@ def _run_service(
                 os.environ["MAILQUEUE_CONFIG"] = str(path.resolve())
             if log_format:
                 os.environ["MAILQUEUE_LOG_FORMAT"] = log_format
+            # the API processes decide on the dashboard (api.ui) by the address actually listened on
+            os.environ["MAILQUEUE_API__HOST"] = host
             _serve_in_processes(workers, sock, options)
     finally:
         sock.close()
@@ -476,6 +478,9 @@ class _Time(click.ParamType[datetime]):
     "--since", type=_Time(), help="Only mails accepted at or after this time (ISO 8601, UTC if no zone)."
 )
 @click.option("--until", type=_Time(), help="Only mails accepted before this time.")
+@click.option("--recipient", help="Only mails to an address containing this text (any case).")
+@click.option("--subject", help="Only mails whose subject contains this text (any case).")
+@click.option("--code", type=click.IntRange(100, 599), help="Only mails whose last SMTP reply had this code.")
 @click.option("--dry-run", is_flag=True, help="List what would be re-sent; change nothing.")
 @click.pass_context
 def resend(
@@ -485,6 +490,9 @@ def resend(
     statuses: tuple[str, ...],
     since: datetime | None,
     until: datetime | None,
+    recipient: str | None,
+    subject: str | None,
+    code: int | None,
     dry_run: bool,
 ) -> None:
     """Queue failed (or chosen) mails again, keeping their Message-ID."""
@@ -503,6 +511,9 @@ def resend(
                     statuses=chosen,
                     since=since,
                     until=until,
+                    recipient=recipient,
+                    subject=subject,
+                    code=code,
                     dry_run=dry_run,
                     progress=tick,
                 )

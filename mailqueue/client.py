@@ -488,9 +488,17 @@ class MailQueue:
         statuses: Iterable[Status] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        recipient: str | None = None,
+        subject: str | None = None,
+        code: int | None = None,
         page_size: int = 500,
     ) -> AsyncIterator[MailRecord]:
-        """Every record matching the criteria, newest first, read page by page."""
+        """Every record matching the criteria, newest first, read page by page.
+
+        The criteria are those of :class:`~mailqueue.records.RecordQuery`:
+        ``recipient`` and ``subject`` are case-insensitive substrings of a
+        recipient address and of the subject, ``code`` the last SMTP reply code.
+        """
         status_set = frozenset(statuses) if statuses is not None else None
         cursor: str | None = None
         while True:
@@ -500,6 +508,9 @@ class MailQueue:
                     statuses=status_set,
                     since=since,
                     until=until,
+                    recipient=recipient,
+                    subject=subject,
+                    code=code,
                     before_id=cursor,
                     limit=page_size,
                 )
@@ -517,12 +528,16 @@ class MailQueue:
         statuses: Iterable[Status] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        recipient: str | None = None,
+        subject: str | None = None,
+        code: int | None = None,
         dry_run: bool = False,
         progress: Callable[[MailRecord], None] | None = None,
     ) -> list[MailRecord]:
         """Queue mails again, keeping their Message-ID.
 
-        Without ``ids``, picks ``failed`` and ``dead`` mails (or ``statuses``).
+        Without ``ids``, picks ``failed`` and ``dead`` mails (or ``statuses``);
+        every other criterion (see :meth:`select`) narrows the choice further.
         Recipients already delivered are not sent again, except for a mail
         that is ``sent`` as a whole and was asked for explicitly (by id or
         status): then every recipient gets it again.
@@ -532,7 +547,15 @@ class MailQueue:
         """
         chosen = frozenset(statuses) if statuses is not None else (None if ids else RESEND_DEFAULT)
         selected: list[MailRecord] = []
-        async for record in self.select(ids=ids, statuses=chosen, since=since, until=until):
+        async for record in self.select(
+            ids=ids,
+            statuses=chosen,
+            since=since,
+            until=until,
+            recipient=recipient,
+            subject=subject,
+            code=code,
+        ):
             if record.is_deleted:
                 continue
             selected.append(record)

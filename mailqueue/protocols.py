@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
-    from mailqueue.records import MailRecord, RecordQuery, RecordUpdate, Status
+    from mailqueue.records import ActivityBucket, MailRecord, RecordQuery, RecordUpdate, Status
 
 __all__ = [
     "AttachmentStore",
@@ -29,6 +29,7 @@ __all__ = [
     "BatchStore",
     "Consumer",
     "Delivery",
+    "InspectableStore",
     "ListableAttachmentStore",
     "OutgoingMessage",
     "PrunableStore",
@@ -254,7 +255,7 @@ class Store(Resource, Protocol):
         """The record with its attempt history, or ``None``."""
 
     async def find(self, query: RecordQuery) -> list[MailRecord]:
-        """Records matching ``query``, newest first, without history."""
+        """At most ``query.limit`` records matching ``query``, in ``query.order``, without history."""
 
     async def update(self, mail_id: str, change: RecordUpdate) -> bool:
         """Apply ``change`` atomically; ``False`` if the record is missing or
@@ -296,6 +297,29 @@ class BatchStore(Protocol):
         """Apply each ``(mail_id, change)`` as :meth:`Store.update` would, in order, in
         one transaction: all are committed, or none is and the call raises. Returns
         what :meth:`Store.update` would have returned for each."""
+
+
+@runtime_checkable
+class InspectableStore(Protocol):
+    """Optional Store capability: counts and activity for an operator's overview.
+
+    A Store without it still works; a dashboard then shows lists only.
+    """
+
+    async def count_by_status(self, *, include_deleted: bool = False) -> dict[Status, int]:
+        """How many records are in each status; every :class:`Status` is a key (0 when none)."""
+
+    async def count(self, query: RecordQuery, *, cap: int = 10_000) -> int:
+        """How many records match ``query`` (its ``limit``, ``order`` and cursors
+        ignored), counting no further than ``cap``: ``min(matches, cap)``."""
+
+    async def activity(self, *, since: datetime, bucket: timedelta) -> list[ActivityBucket]:
+        """Mails accepted (``created_at``), sent (``sent_at``) and failed (now
+        ``failed``/``dead``, by ``updated_at``; soft-deleted ones count too) per
+        ``bucket`` (a positive whole number of seconds), oldest first, from
+        ``since`` floored to a multiple of ``bucket`` since the Unix epoch up to
+        the bucket holding now, empty ones included; ``ValueError`` for a bad
+        ``bucket`` or more than 10,000 buckets."""
 
 
 # --- AttachmentStore --------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from mailqueue.message import Mail
 
 __all__ = [
+    "ActivityBucket",
     "Attempt",
     "MailRecord",
     "RecipientOutcome",
@@ -16,8 +18,13 @@ __all__ = [
     "RecordQuery",
     "RecordUpdate",
     "Status",
+    "activity_range",
     "utcnow",
 ]
+
+#: Most buckets :func:`activity_range` allows.
+MAX_BUCKETS = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -162,10 +169,26 @@ class RecordUpdate:
 
 @dataclass(frozen=True, slots=True)
 class RecordQuery:
-    """Which records :meth:`Store.find` returns, newest first.
+    """Which records :meth:`Store.find` returns, newest first by default.
 
-    Every given criterion must match. ``before_id`` is the keyset cursor: only
-    records with a smaller id (ids sort by creation time) are returned.
+    Every given criterion must match:
+
+    - ``ids``, ``statuses``: the record's id / status is one of these;
+    - ``since`` (inclusive), ``until`` (exclusive): bounds on ``created_at``;
+    - ``idempotency_key``: the mail's idempotency key is exactly this;
+    - ``recipient``: case-insensitive substring of any envelope recipient's
+      address (to, cc or bcc);
+    - ``subject``: case-insensitive substring of the subject;
+    - ``code``: the last SMTP reply code (``last_code``) is exactly this;
+    - ``include_deleted``: records marked ``is_deleted`` are returned too.
+
+    Case-insensitive means at least for ASCII letters (SQLite folds no others).
+
+    ``order`` is ``newest`` (greatest id first) or ``oldest`` (smallest id
+    first); ids sort by creation time. ``before_id`` and ``after_id`` are the
+    keyset cursors: only records with a smaller, resp. greater, id are
+    returned (the cursor itself is not), whatever the order. At most
+    ``limit`` records are returned.
     """
 
     ids: tuple[str, ...] | None = None
@@ -176,3 +199,47 @@ class RecordQuery:
     include_deleted: bool = False
     before_id: str | None = None
     limit: int = 100
+    recipient: str | None = None
+    subject: str | None = None
+    code: int | None = None
+    after_id: str | None = None
+    order: Literal["newest", "oldest"] = "newest"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBucket:
+    """How many mails were accepted, sent and failed in one time slice.
+
+    ``start`` is the slice's beginning (timezone-aware UTC); it lasts the
+    ``bucket`` asked of :meth:`~mailqueue.protocols.InspectableStore.activity`.
+    ``accepted`` counts records created in it, ``sent`` those whose
+    ``sent_at`` falls in it, ``failed`` those now ``failed`` or ``dead``
+    whose ``updated_at`` falls in it.
+    """
+
+    start: datetime
+    accepted: int
+    sent: int
+    failed: int
+
+
+def activity_range(since: datetime, bucket: timedelta, now: datetime) -> tuple[datetime, int]:
+    """The first bucket's start and the number of buckets of an activity query.
+
+    ``since`` (naive is taken as UTC) is floored to a multiple of ``bucket``
+    since the Unix epoch; the last bucket is the one holding ``now``. A
+    ``since`` after ``now`` gives no buckets.
+
+    Raises:
+        ValueError: ``bucket`` is not a positive whole number of seconds, or
+            more than :data:`MAX_BUCKETS` buckets would be needed.
+    """
+    if bucket <= timedelta(0) or bucket.microseconds:
+        raise ValueError(f"the activity bucket must be a positive whole number of seconds, not {bucket}")
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    start = _EPOCH + ((since - _EPOCH) // bucket) * bucket
+    count = 0 if now < start else (now - start) // bucket + 1
+    if count > MAX_BUCKETS:
+        raise ValueError(f"{count} activity buckets asked for; at most {MAX_BUCKETS}")
+    return start, count

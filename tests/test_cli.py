@@ -362,6 +362,11 @@ async def test_resend_selects_and_requeues_a_failed_mail(in_tmp: Path) -> None:
             assert [line.split("\t")[0] for line in out.splitlines()] == [b]
             until = sent_b.created_at.isoformat()
             assert listed(await cli("resend", "--dry-run", *both, "--until", until)) == [a]
+            # by recipient and subject (any case) and by the last reply code
+            assert listed(await cli("resend", "--dry-run", *both, "--recipient", "A@EXAMPLE")) == [a]
+            assert listed(await cli("resend", "--dry-run", *both, "--subject", "SECOND")) == [b]
+            assert listed(await cli("resend", "--dry-run", *both, "--code", "550")) == [a]
+            assert listed(await cli("resend", "--dry-run", "--subject", "second")) == []  # b is sent
             tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
             nothing = await cli("resend", "--dry-run", *both, "--since", tomorrow)
             assert nothing.exit_code == 0, nothing.output
@@ -418,6 +423,13 @@ def test_resend_with_a_bad_time_is_a_usage_error(in_tmp: Path) -> None:
     result = invoke(["resend", "--since", "yesterday"])
     assert result.exit_code == 2
     assert "'yesterday' is not an ISO 8601 time" in result.stderr
+
+
+def test_resend_with_a_code_that_is_no_smtp_code_is_a_usage_error(in_tmp: Path) -> None:
+    result = invoke(["resend", "--code", "99"])
+    assert result.exit_code == 2
+    assert "--code" in result.stderr
+    assert list(in_tmp.iterdir()) == []
 
 
 def test_resend_with_an_unknown_status_is_a_usage_error(in_tmp: Path) -> None:

@@ -144,3 +144,40 @@ async def test_a_repeat_after_a_lost_commit_answer_queues_the_mail_once() -> Non
         assert (await mq.status(mail.id)).last_error == ""  # type: ignore[union-attr]
         await mq.submit(mail, idempotency_key="order-10")
         assert await mq.queue.depth() == 1
+
+
+async def test_resend_narrows_by_recipient_subject_and_code(store_url: str) -> None:
+    from mailqueue import RecordUpdate, Status
+
+    async with MailQueue.from_urls(store=store_url, queue="memory://", attachments="memory://") as mq:
+
+        async def failed(subject: str, address: str, code: int) -> str:
+            record = await mq.submit(Mail(subject=subject, html="h", to=[{"address": address}]))
+            assert await mq.store.update(record.id, RecordUpdate(status=Status.FAILED, last_code=code))
+            return record.id
+
+        bounced = await failed("Your invoice", "Ann@Example.com", 550)
+        other_code = await failed("Your invoice", "ann@example.com", 554)
+        other_subject = await failed("Welcome", "ann@example.com", 550)
+        other_address = await failed("Your invoice", "bob@example.com", 550)
+        depth = await mq.queue.depth()
+
+        picked = mq.select(statuses=[Status.FAILED], recipient="ANN@", subject="INVOICE", code=550)
+        assert [r.id async for r in picked] == [bounced]
+        dry = await mq.resend(recipient="ANN@", subject="INVOICE", code=550, dry_run=True)
+        assert [r.id for r in dry] == [bounced]
+        assert await mq.queue.depth() == depth
+        done = await mq.resend(recipient="ANN@", subject="INVOICE", code=550)
+        assert [r.id for r in done] == [bounced]
+        assert await mq.queue.depth() == depth + 1
+        statuses = {}
+        for mail_id in (bounced, other_code, other_subject, other_address):
+            record = await mq.status(mail_id)
+            assert record is not None
+            statuses[mail_id] = record.status
+        assert statuses == {
+            bounced: Status.QUEUED,
+            other_code: Status.FAILED,
+            other_subject: Status.FAILED,
+            other_address: Status.FAILED,
+        }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Self
 from urllib.parse import urlsplit
 
@@ -27,7 +27,16 @@ from mailqueue.errors import (
     StoreError,
 )
 from mailqueue.protocols import BackendContext, ResourceMixin, StoredAttachment
-from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
+from mailqueue.records import (
+    ActivityBucket,
+    Attempt,
+    MailRecord,
+    RecordQuery,
+    RecordUpdate,
+    Status,
+    activity_range,
+    utcnow,
+)
 
 __all__ = ["MemoryAttachmentStore", "MemoryStore"]
 
@@ -132,7 +141,7 @@ class MemoryStore(_InMemory):
         return record.evolve(history=tuple(self._history[mail_id]))
 
     async def find(self, query: RecordQuery) -> list[MailRecord]:
-        """Records matching ``query``, greatest id first, without history.
+        """Records matching ``query``, in ``query.order`` of their ids, without history.
 
         ``since`` is inclusive and ``until`` exclusive, both on ``created_at``.
 
@@ -141,21 +150,75 @@ class MemoryStore(_InMemory):
         """
         self._check_open()
         found: list[MailRecord] = []
-        for mail_id in sorted(self._records, reverse=True):
+        for mail_id in sorted(self._records, reverse=query.order != "oldest"):
             if len(found) >= query.limit:
                 break
-            record = self._records[mail_id]
-            if (
-                (query.ids is None or mail_id in query.ids)
-                and (query.statuses is None or record.status in query.statuses)
-                and (query.since is None or record.created_at >= query.since)
-                and (query.until is None or record.created_at < query.until)
-                and (query.idempotency_key is None or record.mail.idempotency_key == query.idempotency_key)
-                and (query.include_deleted or not record.is_deleted)
-                and (query.before_id is None or mail_id < query.before_id)
+            if (query.before_id is not None and mail_id >= query.before_id) or (
+                query.after_id is not None and mail_id <= query.after_id
             ):
+                continue
+            record = self._records[mail_id]
+            if _matches(record, query):
                 found.append(record)
         return found
+
+    async def count(self, query: RecordQuery, *, cap: int = 10_000) -> int:
+        """How many records match ``query`` (limit, order and cursors ignored), at most ``cap``.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        total = 0
+        for record in self._records.values():
+            if total >= cap:
+                break
+            if _matches(record, query):
+                total += 1
+        return total
+
+    async def count_by_status(self, *, include_deleted: bool = False) -> dict[Status, int]:
+        """How many records are in each status (every status a key).
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        counts = dict.fromkeys(Status, 0)
+        for record in self._records.values():
+            if include_deleted or not record.is_deleted:
+                counts[record.status] += 1
+        return counts
+
+    async def activity(self, *, since: datetime, bucket: timedelta) -> list[ActivityBucket]:
+        """Mails accepted, sent and failed per ``bucket`` from ``since`` to now, oldest first.
+
+        Soft-deleted records count too.
+
+        Raises:
+            ValueError: ``bucket`` is not a positive whole number of seconds,
+                or too many buckets.
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        start, slots = activity_range(since, bucket, utcnow())
+        accepted, sent, failed = [0] * slots, [0] * slots, [0] * slots
+
+        def tally(counts: list[int], when: datetime | None) -> None:
+            if when is not None and when >= start:
+                index = (when - start) // bucket
+                if index < slots:
+                    counts[index] += 1
+
+        for record in self._records.values():
+            tally(accepted, record.created_at)
+            tally(sent, record.sent_at)
+            if record.status in (Status.FAILED, Status.DEAD):
+                tally(failed, record.updated_at)
+        return [
+            ActivityBucket(start=start + i * bucket, accepted=accepted[i], sent=sent[i], failed=failed[i])
+            for i in range(slots)
+        ]
 
     async def update(self, mail_id: str, change: RecordUpdate) -> bool:
         """Apply ``change``; ``False`` if the record is missing or its status is not in ``change.expect``.
@@ -240,6 +303,28 @@ class MemoryStore(_InMemory):
     async def ping(self) -> None:
         """Raise :class:`StoreError` if the store is not open."""
         self._check_open()
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    return needle.lower() in haystack.lower()
+
+
+def _matches(record: MailRecord, query: RecordQuery) -> bool:
+    """Whether ``record`` meets every criterion of ``query`` but the cursors and limit."""
+    return (
+        (query.ids is None or record.id in query.ids)
+        and (query.statuses is None or record.status in query.statuses)
+        and (query.since is None or record.created_at >= query.since)
+        and (query.until is None or record.created_at < query.until)
+        and (query.idempotency_key is None or record.mail.idempotency_key == query.idempotency_key)
+        and (query.include_deleted or not record.is_deleted)
+        and (query.code is None or record.last_code == query.code)
+        and (query.subject is None or _contains(record.mail.subject, query.subject))
+        and (
+            query.recipient is None
+            or any(_contains(outcome.address, query.recipient) for outcome in record.recipients)
+        )
+    )
 
 
 def new_key() -> str:

@@ -67,7 +67,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import urlsplit
@@ -82,6 +82,7 @@ from mailqueue.errors import ConfigurationError, MailQueueError, MissingDependen
 from mailqueue.message import Mail, Recipient, check_body_text, check_header_text
 from mailqueue.protocols import BackendContext, ResourceMixin
 from mailqueue.records import (
+    ActivityBucket,
     Attempt,
     MailRecord,
     RecipientOutcome,
@@ -89,6 +90,7 @@ from mailqueue.records import (
     RecordQuery,
     RecordUpdate,
     Status,
+    activity_range,
     utcnow,
 )
 from mailqueue.stores import schema
@@ -127,6 +129,8 @@ ATTACHMENT_CHARS = 1000
 REMARK_CHARS = 100
 ERROR_CHARS = 1000
 MESSAGE_ID_CHARS = 255
+#: Rows read per round when a recipient filter is checked row by row.
+_RECIPIENT_BATCH = 1000
 
 email = schema.email
 email_attempt = schema.email_attempt
@@ -651,6 +655,40 @@ def _attempt(row: Mapping[Any, Any]) -> Attempt:
     )
 
 
+def _recipient_matches(row: Mapping[Any, Any], needle: str) -> bool:
+    """Whether an envelope recipient address of the row contains ``needle``, in any case.
+
+    The addresses are those of the ``recipients`` outcomes, or for rows
+    without them (the original service's) those of ``receiver``.
+    """
+    outcomes = _load_outcomes(row["recipients"])
+    if outcomes is not None:
+        addresses = [outcome.address for outcome in outcomes]
+    else:
+        addresses = [r.address for r in _legacy_recipients(row["receiver"], row["receiver_name"])]
+    needle = needle.lower()
+    return any(needle in address.lower() for address in addresses)
+
+
+def _bucket_index(
+    dialect: str, column: sa.ColumnElement[datetime], start: datetime, seconds: int
+) -> sa.ColumnElement[Any]:
+    """SQL for the bucket a time falls in: whole ``seconds`` since ``start``, floored."""
+    if dialect in ("mysql", "mariadb"):
+        # TIMESTAMPDIFF of two DATETIMEs ignores the session time zone
+        elapsed: sa.ColumnElement[Any] = sa.func.timestampdiff(
+            sa.literal_column("SECOND"), sa.literal(start, sa.DateTime()), column
+        )
+        return elapsed.op("DIV")(seconds)
+    if dialect == "postgresql":
+        elapsed = sa.extract("epoch", column - sa.literal(start, sa.DateTime()))
+        return sa.func.floor(elapsed / seconds)
+    # SQLite: strftime('%s') is whole seconds since the epoch; integer division floors (non-negative)
+    epoch = int((start.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+    elapsed = sa.cast(sa.func.strftime("%s", column), sa.Integer()) - epoch
+    return elapsed.self_group().op("/")(seconds)
+
+
 # --- the store -----------------------------------------------------------------------
 
 
@@ -926,41 +964,209 @@ class SQLStore(ResourceMixin):
 
         return await self._run(f"read record {mail_id}", work)
 
+    def _conditions(self, query: RecordQuery) -> list[sa.ColumnElement[bool]]:
+        """The WHERE of ``query`` without its cursors; a recipient is only pre-filtered."""
+        where: list[sa.ColumnElement[bool]] = [email.c.uid.is_not(None)]
+        if query.ids is not None:
+            where.append(email.c.uid.in_(query.ids))
+        if query.statuses is not None:
+            where.append(email.c.status.in_(sorted(s.value for s in query.statuses)))
+        # the bounds keep their microseconds: a record matches if the time it
+        # is returned with (perhaps cut to the second) is in range
+        if query.since is not None:
+            where.append(email.c.created_at >= _naive(query.since))
+        if query.until is not None:
+            where.append(email.c.created_at < _naive(query.until))
+        if query.idempotency_key is not None:
+            where.append(email.c.idempotency_key == query.idempotency_key)
+        if not query.include_deleted:
+            where.append(email.c.is_deleted == 0)
+        if query.code is not None:
+            where.append(email.c.last_code == query.code)
+        if query.subject is not None:
+            where.append(email.c.title.icontains(query.subject, autoescape=True))
+        if query.recipient is not None:
+            # a superset: the JSON of the outcomes also holds the replies; the
+            # rows are checked again in Python (_recipient_matches)
+            quoted = json.dumps(query.recipient, ensure_ascii=False)[1:-1]
+            where.append(
+                sa.or_(
+                    email.c.recipients.icontains(quoted, autoescape=True),
+                    email.c.receiver.icontains(query.recipient, autoescape=True),
+                )
+            )
+        return where
+
     async def find(self, query: RecordQuery) -> list[MailRecord]:
-        """Records matching ``query``, newest (greatest id) first, without history.
+        """Records matching ``query``, in ``query.order`` of their ids, without history.
 
         ``since`` is inclusive and ``until`` exclusive, both on ``created_at``.
+        A ``recipient`` filter is matched by the database on a superset and
+        checked again row by row, reading further until ``limit`` rows match.
 
         Raises:
             StoreError: the database failed.
         """
         if query.limit < 1:
             return []
-        stmt = sa.select(email).where(email.c.uid.is_not(None))
-        if query.ids is not None:
-            stmt = stmt.where(email.c.uid.in_(query.ids))
-        if query.statuses is not None:
-            stmt = stmt.where(email.c.status.in_(sorted(s.value for s in query.statuses)))
-        # the bounds keep their microseconds: a record matches if the time it
-        # is returned with (perhaps cut to the second) is in range
-        if query.since is not None:
-            stmt = stmt.where(email.c.created_at >= _naive(query.since))
-        if query.until is not None:
-            stmt = stmt.where(email.c.created_at < _naive(query.until))
-        if query.idempotency_key is not None:
-            stmt = stmt.where(email.c.idempotency_key == query.idempotency_key)
-        if not query.include_deleted:
-            stmt = stmt.where(email.c.is_deleted == 0)
-        if query.before_id is not None:
-            stmt = stmt.where(email.c.uid < query.before_id)
-        stmt = stmt.order_by(email.c.uid.desc()).limit(query.limit)
+        where = self._conditions(query)
+        newest = query.order != "oldest"
+        before, after = query.before_id, query.after_id
+        needle = query.recipient
+        batch = query.limit if needle is None else max(query.limit, 100)
 
         async def work(engine: AsyncEngine) -> list[MailRecord]:
+            nonlocal before, after
+            found: list[MailRecord] = []
             async with engine.connect() as connection:
-                rows = (await connection.execute(stmt)).mappings().all()
-            return [_record(row) for row in rows]
+                while True:
+                    stmt = sa.select(email).where(*where)
+                    if before is not None:
+                        stmt = stmt.where(email.c.uid < before)
+                    if after is not None:
+                        stmt = stmt.where(email.c.uid > after)
+                    stmt = stmt.order_by(email.c.uid.desc() if newest else email.c.uid.asc()).limit(batch)
+                    rows = (await connection.execute(stmt)).mappings().all()
+                    for row in rows:
+                        if needle is None or _recipient_matches(row, needle):
+                            found.append(_record(row))
+                            if len(found) == query.limit:
+                                return found
+                    if len(rows) < batch:
+                        return found
+                    if newest:
+                        before = rows[-1]["uid"]
+                    else:
+                        after = rows[-1]["uid"]
 
         return await self._run("find records", work)
+
+    async def count(self, query: RecordQuery, *, cap: int = 10_000) -> int:
+        """How many records match ``query`` (limit, order and cursors ignored), at most ``cap``.
+
+        The database stops at ``cap`` rows; with a ``recipient`` filter the
+        candidate rows are read (a few columns, in batches) and checked one by one.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        if cap < 1:
+            return 0
+        where = self._conditions(query)
+        needle = query.recipient
+
+        async def work(engine: AsyncEngine) -> int:
+            async with engine.connect() as connection:
+                if needle is None:
+                    capped = sa.select(sa.literal(1).label("one")).where(*where).limit(cap).subquery()
+                    stmt = sa.select(sa.func.count()).select_from(capped)
+                    return int((await connection.execute(stmt)).scalar_one())
+                total = 0
+                cursor: str | None = None
+                columns = (email.c.uid, email.c.recipients, email.c.receiver, email.c.receiver_name)
+                while True:
+                    batch: sa.Select[Any] = sa.select(*columns).where(*where)
+                    if cursor is not None:
+                        batch = batch.where(email.c.uid < cursor)
+                    batch = batch.order_by(email.c.uid.desc()).limit(_RECIPIENT_BATCH)
+                    rows = (await connection.execute(batch)).mappings().all()
+                    for row in rows:
+                        if _recipient_matches(row, needle):
+                            total += 1
+                            if total >= cap:
+                                return total
+                    if len(rows) < _RECIPIENT_BATCH:
+                        return total
+                    cursor = rows[-1]["uid"]
+
+        return await self._run("count records", work)
+
+    async def count_by_status(self, *, include_deleted: bool = False) -> dict[Status, int]:
+        """How many records are in each status (every status a key).
+
+        One ``GROUP BY status`` over the index on ``(status, is_deleted, uid)``.
+        A status this version does not know (written by a newer one) counts as
+        the record reads back: ``sent`` if ``is_ok``, else ``failed``.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        where: list[sa.ColumnElement[bool]] = [email.c.uid.is_not(None)]
+        if not include_deleted:
+            where.append(email.c.is_deleted == 0)
+        known = sorted(s.value for s in Status)
+
+        async def work(engine: AsyncEngine) -> dict[Status, int]:
+            counts = dict.fromkeys(Status, 0)
+            async with engine.connect() as connection:
+                stmt = sa.select(email.c.status, sa.func.count()).where(*where).group_by(email.c.status)
+                strays = False
+                for status, number in (await connection.execute(stmt)).all():
+                    if status in known:
+                        counts[Status(status)] += int(number)
+                    else:
+                        strays = True
+                if strays:
+                    stmt = (
+                        sa.select(email.c.is_ok, sa.func.count())
+                        .where(*where, email.c.status.not_in(known))
+                        .group_by(email.c.is_ok)
+                    )
+                    for is_ok, number in (await connection.execute(stmt)).all():
+                        counts[Status.SENT if is_ok else Status.FAILED] += int(number)
+            return counts
+
+        return await self._run("count records by status", work)
+
+    async def activity(self, *, since: datetime, bucket: timedelta) -> list[ActivityBucket]:
+        """Mails accepted, sent and failed per ``bucket`` from ``since`` to now, oldest first.
+
+        Three ``GROUP BY`` queries over the indexes on ``created_at``,
+        ``sent_at`` and ``(status, updated_at)``. Soft-deleted records count too.
+
+        Raises:
+            ValueError: ``bucket`` is not a positive whole number of seconds,
+                or too many buckets.
+            StoreError: the database failed.
+        """
+        start, slots = activity_range(since, bucket, utcnow())
+        if slots == 0:
+            return []
+        seconds = int(bucket.total_seconds())
+        low = _naive(start)
+        high = _naive(start + slots * bucket)
+        failed = (email.c.status.in_([Status.DEAD.value, Status.FAILED.value]),)
+        dialect = self.dialect_name
+
+        def tally(column: sa.ColumnElement[datetime], *extra: sa.ColumnElement[bool]) -> sa.Select[Any]:
+            index = _bucket_index(dialect, column, low, seconds).label("slot")
+            return (
+                sa.select(index, sa.func.count())
+                .where(email.c.uid.is_not(None), column >= low, column < high, *extra)
+                .group_by(sa.literal_column("slot"))
+            )
+
+        async def work(engine: AsyncEngine) -> list[ActivityBucket]:
+            counts = [[0] * slots for _ in range(3)]
+            async with engine.connect() as connection:
+                for kind, stmt in enumerate(
+                    (
+                        tally(email.c.created_at),
+                        tally(email.c.sent_at),
+                        tally(email.c.updated_at, *failed),
+                    )
+                ):
+                    for slot, number in (await connection.execute(stmt)).all():
+                        if slot is not None and 0 <= int(slot) < slots:
+                            counts[kind][int(slot)] += int(number)
+            return [
+                ActivityBucket(
+                    start=start + i * bucket, accepted=counts[0][i], sent=counts[1][i], failed=counts[2][i]
+                )
+                for i in range(slots)
+            ]
+
+        return await self._run("read the activity", work)
 
     async def update(self, mail_id: str, change: RecordUpdate) -> bool:
         """Apply ``change`` in one transaction (the attempt row included).

@@ -23,6 +23,10 @@ taken (without a taken idempotency key) raises
 :class:`~mailqueue.errors.StoreError`; ``find`` takes ``since`` as inclusive
 and ``until`` as exclusive; the history lists attempts in the order they were
 added; a closed store raises :class:`~mailqueue.errors.StoreError`.
+
+The optional capabilities (:class:`~mailqueue.protocols.PrunableStore`,
+:class:`~mailqueue.protocols.InspectableStore`) are tested when the store has
+them and skipped otherwise.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import pytest
 
 from mailqueue.errors import StoreError
 from mailqueue.message import AttachmentRef, Mail, Recipient, new_id
-from mailqueue.protocols import BatchStore, PrunableStore, Store
+from mailqueue.protocols import BatchStore, InspectableStore, PrunableStore, Store
 from mailqueue.records import (
     Attempt,
     MailRecord,
@@ -119,6 +123,16 @@ async def _add_many(store: Store, count: int, **changes: Any) -> list[MailRecord
 
 async def _ids(store: Store, query: RecordQuery) -> list[str]:
     return [record.id for record in await store.find(query)]
+
+
+def _inspectable(store: Store) -> InspectableStore:
+    if not isinstance(store, InspectableStore):
+        pytest.skip("the store cannot count or report activity (optional InspectableStore)")
+    return store
+
+
+def _refused(address: str, reply: str) -> RecipientOutcome:
+    return RecipientOutcome(address, RecipientState.FAILED, 550, reply)
 
 
 class StoreConformance:
@@ -574,6 +588,186 @@ class StoreConformance:
         records = sorted(await _add_many(store, 3), key=lambda r: r.id)
         assert await _ids(store, RecordQuery(before_id=records[1].id)) == [records[0].id]
         assert await _ids(store, RecordQuery(before_id=records[0].id)) == []
+
+    async def test_find_by_recipient_any_case_in_to_cc_and_bcc(self, store: Store) -> None:
+        mail = make_mail(
+            to=(Recipient(address="Alice.Smith@Example.com"),),
+            cc=(Recipient(address="bob@corp.example.org"),),
+            bcc=(Recipient(address="carol_x@example.net"),),
+        )
+        full = await store.add(MailRecord.new(mail))
+        other = await store.add(make_record(to=(Recipient(address="carolyx@example.net"),)))
+        assert await _ids(store, RecordQuery(recipient="alice.smith@example.COM")) == [full.id]
+        assert await _ids(store, RecordQuery(recipient="CORP.example")) == [full.id]
+        assert await _ids(store, RecordQuery(recipient="carol_x")) == [full.id]
+        assert sorted(await _ids(store, RecordQuery(recipient="carol"))) == sorted([full.id, other.id])
+        assert await _ids(store, RecordQuery(recipient="nobody")) == []
+        assert await _ids(store, RecordQuery(recipient="%")) == []
+
+    async def test_find_by_recipient_ignores_reply_texts(self, store: Store) -> None:
+        # replies that mention the text, on more rows than a store may read at once
+        for _ in range(120):
+            noise = make_record(to=(Recipient(address="x@example.com"),))
+            await store.add(noise.evolve(recipients=(_refused("x@example.com", "5.1.1 mailbox gone"),)))
+        wanted = [
+            await store.add(make_record(to=(Recipient(address=f"gone{i}@example.com"),))) for i in range(2)
+        ]
+        expected = sorted((r.id for r in wanted), reverse=True)
+        assert await _ids(store, RecordQuery(recipient="GONE", limit=5)) == expected
+        assert await _ids(store, RecordQuery(recipient="gone", limit=1)) == expected[:1]
+        assert await _ids(store, RecordQuery(recipient="gone", order="oldest")) == expected[::-1]
+        assert await _ids(store, RecordQuery(recipient="mailbox")) == []
+
+    async def test_find_by_subject_any_case_and_literally(self, store: Store) -> None:
+        percent = await store.add(make_record(subject="Invoice 100% paid"))
+        plain = await store.add(make_record(subject="invoice 1000 paid"))
+        await store.add(make_record(subject="Welcome"))
+        assert sorted(await _ids(store, RecordQuery(subject="INVOICE"))) == sorted([percent.id, plain.id])
+        assert await _ids(store, RecordQuery(subject="100%")) == [percent.id]
+        assert await _ids(store, RecordQuery(subject="0_p")) == []
+        assert await _ids(store, RecordQuery(subject="e 1000 p")) == [plain.id]
+
+    async def test_find_by_code(self, store: Store) -> None:
+        refused, deferred, fresh = await _add_many(store, 3)
+        assert await store.update(refused.id, RecordUpdate(status=Status.FAILED, last_code=550))
+        assert await store.update(deferred.id, RecordUpdate(status=Status.RETRYING, last_code=421))
+        assert await _ids(store, RecordQuery(code=550)) == [refused.id]
+        assert await _ids(store, RecordQuery(code=421, statuses=frozenset({Status.RETRYING}))) == [
+            deferred.id
+        ]
+        assert await _ids(store, RecordQuery(code=421, statuses=frozenset({Status.FAILED}))) == []
+        assert await _ids(store, RecordQuery(code=250)) == []
+        assert fresh.id not in await _ids(store, RecordQuery(code=0))
+
+    async def test_new_filters_combine_with_the_others(self, store: Store) -> None:
+        match = await store.add(make_record(subject="Reset", to=(Recipient(address="ann@example.com"),)))
+        wrong_subject = await store.add(
+            make_record(subject="Hello", to=(Recipient(address="ann@example.com"),))
+        )
+        deleted = await store.add(make_record(subject="Reset", to=(Recipient(address="ann@example.com"),)))
+        for record in (match, wrong_subject, deleted):
+            assert await store.update(record.id, RecordUpdate(status=Status.FAILED, last_code=550))
+        assert await store.update(deleted.id, RecordUpdate(is_deleted=True))
+        query = RecordQuery(recipient="ann@", subject="reset", code=550, statuses=frozenset({Status.FAILED}))
+        assert await _ids(store, query) == [match.id]
+        with_deleted = RecordQuery(recipient="ann@", subject="reset", code=550, include_deleted=True)
+        assert await _ids(store, with_deleted) == sorted([match.id, deleted.id], reverse=True)
+
+    async def test_oldest_first_pagination_with_after_id(self, store: Store) -> None:
+        records = await _add_many(store, 25)
+        ascending = sorted(r.id for r in records)
+        assert await _ids(store, RecordQuery(order="oldest", limit=3)) == ascending[:3]
+        pages: list[list[str]] = []
+        after: str | None = None
+        while page := await _ids(store, RecordQuery(order="oldest", limit=10, after_id=after)):
+            pages.append(page)
+            after = page[-1]
+            assert len(pages) <= 3, "pagination does not end"
+        assert [len(page) for page in pages] == [10, 10, 5]
+        assert [mail_id for page in pages for mail_id in page] == ascending
+
+    async def test_after_id_and_before_id_bound_a_range_in_either_order(self, store: Store) -> None:
+        ids = sorted(r.id for r in await _add_many(store, 6))
+        window = RecordQuery(after_id=ids[1], before_id=ids[4])
+        assert await _ids(store, window) == [ids[3], ids[2]]
+        assert await _ids(store, RecordQuery(after_id=ids[1], before_id=ids[4], order="oldest")) == ids[2:4]
+        assert await _ids(store, RecordQuery(after_id=ids[3])) == [ids[5], ids[4]]
+        assert await _ids(store, RecordQuery(before_id=ids[2], order="oldest")) == ids[:2]
+        assert await _ids(store, RecordQuery(after_id=ids[5])) == []
+
+    # --- InspectableStore (optional) --------------------------------------------------
+
+    async def test_count_by_status_has_every_status(self, store: Store) -> None:
+        inspectable = _inspectable(store)
+        assert await inspectable.count_by_status() == dict.fromkeys(Status, 0)
+        records = await _add_many(store, 6)
+        for record, status in zip(
+            records, (Status.SENT, Status.SENT, Status.FAILED, Status.DEAD), strict=False
+        ):
+            assert await store.update(record.id, RecordUpdate(status=status))
+        assert await store.update(records[1].id, RecordUpdate(is_deleted=True))
+        counts = await inspectable.count_by_status()
+        assert set(counts) == set(Status)
+        expected = dict.fromkeys(Status, 0) | {
+            Status.SENT: 1,
+            Status.FAILED: 1,
+            Status.DEAD: 1,
+            Status.QUEUED: 2,
+        }
+        assert counts == expected
+        assert await inspectable.count_by_status(include_deleted=True) == expected | {Status.SENT: 2}
+
+    async def test_count_matches_find_and_stops_at_cap(self, store: Store) -> None:
+        inspectable = _inspectable(store)
+        records = await _add_many(store, 7, subject="Report")
+        await _add_many(store, 2, subject="Other")
+        for record in records[:5]:
+            assert await store.update(record.id, RecordUpdate(status=Status.FAILED, last_code=550))
+        ids = sorted(r.id for r in records)
+        failed = RecordQuery(statuses=frozenset({Status.FAILED}), limit=1, before_id=ids[0], after_id=ids[-1])
+        assert await inspectable.count(failed) == 5
+        assert await inspectable.count(failed, cap=3) == 3
+        assert await inspectable.count(RecordQuery(subject="report", code=550)) == 5
+        assert await inspectable.count(RecordQuery(subject="report")) == 7
+        assert await inspectable.count(RecordQuery()) == 9
+        assert await inspectable.count(RecordQuery(code=421)) == 0
+        assert await inspectable.count(RecordQuery(), cap=0) == 0
+
+    async def test_count_by_recipient_ignores_reply_texts(self, store: Store) -> None:
+        inspectable = _inspectable(store)
+        for _ in range(3):
+            noise = make_record(to=(Recipient(address="x@example.com"),))
+            await store.add(noise.evolve(recipients=(_refused("x@example.com", "mailbox full"),)))
+        await _add_many(store, 4, to=(Recipient(address="full.name@example.com"),))
+        assert await inspectable.count(RecordQuery(recipient="FULL")) == 4
+        assert await inspectable.count(RecordQuery(recipient="full"), cap=2) == 2
+        assert await inspectable.count(RecordQuery(recipient="mailbox")) == 0
+
+    async def test_activity_buckets(self, store: Store) -> None:
+        inspectable = _inspectable(store)
+        minute = timedelta(minutes=1)
+        now = utcnow()
+        base = now.replace(second=0, microsecond=0) - 5 * minute
+        later = base + 2 * minute
+
+        async def add(status: Status, created: datetime, **times: datetime) -> None:
+            changes = {"updated_at": created, **times}
+            record = make_record().evolve(status=status, created_at=created, **changes)
+            await store.add(record)
+
+        await add(Status.SENT, base + timedelta(seconds=5), sent_at=base + timedelta(seconds=65))
+        await add(Status.SENT, base + timedelta(seconds=59), sent_at=later + timedelta(seconds=1))
+        await add(Status.FAILED, base + timedelta(seconds=10), updated_at=later + timedelta(seconds=30))
+        await add(Status.DEAD, base - 30 * minute, updated_at=later)
+        await add(Status.RETRYING, later, updated_at=later + timedelta(seconds=3))
+        await add(Status.SENT, base - 30 * minute, sent_at=base - 20 * minute)
+        deleted = make_record().evolve(status=Status.QUEUED, created_at=later, is_deleted=True)
+        await store.add(deleted)
+
+        buckets = await inspectable.activity(since=base + timedelta(seconds=30), bucket=minute)
+        assert len(buckets) in (6, 7)  # the minute may turn meanwhile
+        assert [b.start for b in buckets] == [base + i * minute for i in range(len(buckets))]
+        assert all(b.start.utcoffset() == timedelta(0) for b in buckets)
+        got = [(b.accepted, b.sent, b.failed) for b in buckets]
+        assert got[:4] == [(3, 0, 0), (0, 1, 0), (2, 1, 2), (0, 0, 0)]
+        assert all(counts == (0, 0, 0) for counts in got[4:])
+
+        hourly = await inspectable.activity(since=now - timedelta(days=1), bucket=timedelta(hours=1))
+        assert len(hourly) in (25, 26)
+        assert hourly[0].start == (now - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+        assert sum(b.accepted for b in hourly) == 7
+        assert sum(b.sent for b in hourly) == 3
+        assert sum(b.failed for b in hourly) == 2
+
+    async def test_activity_refuses_bad_buckets(self, store: Store) -> None:
+        inspectable = _inspectable(store)
+        now = utcnow()
+        assert await inspectable.activity(since=now + timedelta(hours=2), bucket=timedelta(hours=1)) == []
+        for bucket in (timedelta(0), timedelta(seconds=-60), timedelta(milliseconds=1500)):
+            with pytest.raises(ValueError, match="whole number of seconds"):
+                await inspectable.activity(since=now - timedelta(hours=1), bucket=bucket)
+        with pytest.raises(ValueError, match="buckets"):
+            await inspectable.activity(since=now - timedelta(days=30), bucket=timedelta(seconds=1))
 
     # --- liveness ------------------------------------------------------------------
 

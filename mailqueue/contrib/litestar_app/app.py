@@ -7,7 +7,8 @@ with the HTTP status equal to ``code``, Litestar's own errors included):
 - ``GET /api/email/{id}``: a mail's state;
 - ``GET /health/live``, ``GET /health/ready``: probes, never authenticated;
 - ``GET /metrics``: Prometheus metrics (text format), never authenticated;
-- ``GET /schema``: the OpenAPI document (``/schema/openapi.json``).
+- ``GET /schema``: the OpenAPI document (``/schema/openapi.json``);
+- ``/ui``: the operator dashboard (HTML, :mod:`mailqueue.contrib.litestar_app.ui`) when ``api.ui`` allows.
 
 ``/api/`` routes need ``Authorization: Bearer <token>`` when
 ``settings.api.tokens`` holds any token.
@@ -23,11 +24,14 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ControllerRouterHandler
 
 from mailqueue import MailQueue, Settings, __version__
 from mailqueue.contrib.litestar_app.auth import bearer_guard
 from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
 from mailqueue.contrib.litestar_app.routes import get_mail, live, metrics_endpoint, ready, send_email
+from mailqueue.contrib.litestar_app.ui import template_config as ui_template_config
+from mailqueue.contrib.litestar_app.ui import ui_enabled, ui_handlers
 
 __all__ = ["create_app", "envelope_exception_handler"]
 
@@ -57,7 +61,13 @@ def envelope_exception_handler(request: Request[Any, Any, Any], exc: Exception) 
     )
 
 
-def create_app(settings: Settings, *, mailqueue: MailQueue | None = None, worker: bool = False) -> Litestar:
+def create_app(
+    settings: Settings,
+    *,
+    mailqueue: MailQueue | None = None,
+    worker: bool = False,
+    host: str | None = None,
+) -> Litestar:
     """Build the mailqueue HTTP service.
 
     Args:
@@ -66,6 +76,8 @@ def create_app(settings: Settings, *, mailqueue: MailQueue | None = None, worker
             (opened at startup if needed, left open at shutdown for its owner to close).
         worker: also run a Worker in the app's lifespan, sending through
             ``settings.sender`` (``mailqueue serve``); it is stopped gracefully on shutdown.
+        host: the address the server listens on (default ``api.host``); with ``api.ui`` unset,
+            the dashboard is served only if a token is configured or this is loopback.
 
     Returns:
         The app; serve it with any ASGI server.
@@ -80,8 +92,18 @@ def create_app(settings: Settings, *, mailqueue: MailQueue | None = None, worker
         guards=[bearer_guard(settings.api.tokens)],
         security=[{_SECURITY_SCHEME: []}],
     )
+    handlers: list[ControllerRouterHandler] = [api, live, ready, metrics_endpoint]
+    template_config = None
+    ui_on, why = ui_enabled(settings, host)
+    if ui_on:
+        handlers.extend(ui_handlers(settings))
+        template_config = ui_template_config()
+        logger.info("operator dashboard on at /ui (%s)", why)
+    else:
+        logger.info("operator dashboard off: %s", why)
     return Litestar(
-        route_handlers=[api, live, ready, metrics_endpoint],
+        route_handlers=handlers,
+        template_config=template_config,
         plugins=[plugin],
         exception_handlers={Exception: envelope_exception_handler},
         openapi_config=OpenAPIConfig(
