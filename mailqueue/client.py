@@ -20,11 +20,11 @@ import asyncio
 import dataclasses
 import io
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Literal, Self
+from typing import TYPE_CHECKING, BinaryIO, Generic, Literal, Self, TypeVar
 
 from mailqueue import metrics
 from mailqueue.envelope import encode_envelope
@@ -32,7 +32,7 @@ from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreErr
 from mailqueue.logs import bind_mail_id
 from mailqueue.message import Attachment, AttachmentRef, Mail
 from mailqueue.mime import make_message_id
-from mailqueue.protocols import AttachmentStore, BackendContext, Queue, Store
+from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, Queue, Store
 from mailqueue.records import (
     MailRecord,
     RecipientOutcome,
@@ -59,6 +59,79 @@ _NOT_YET_PUBLISHED = f"{PUBLISH_PENDING}: not yet"
 SUBMIT_GRACE = 3.0
 #: Statuses ``resend`` picks when none are named.
 RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+#: Most records one group commit inserts, most marks one statement clears.
+BATCH_MAX = 256
+#: Seconds the marks of confirmed submits wait to be cleared together.
+CLEAR_LINGER = 0.05
+
+
+class _Batcher(Generic[_T, _R]):
+    """Hands items to ``flush`` in batches: the first at once, the rest while a flush runs.
+
+    ``flush`` returns one result per item, or an exception for an item that failed alone.
+
+    At most ``flushers`` flushes run at a time; items that arrive meanwhile
+    wait and go together in the next one (group commit). Nothing waits on a
+    timer: an idle batcher adds no latency. With ``linger``, a flush waits that
+    long for more items first (for work nobody waits for).
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[_T]], Awaitable[list[_R | Exception]]],
+        *,
+        flushers: int = 2,
+        max_batch: int = BATCH_MAX,
+        linger: float = 0.0,
+    ) -> None:
+        self._flush = flush
+        self._linger = linger
+        self._flushers = flushers
+        self._max_batch = max_batch
+        self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, item: _T) -> asyncio.Future[_R]:
+        """Queue ``item``; the future gets its result (or the batch's exception)."""
+        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if len(self._tasks) < self._flushers:
+            task = asyncio.create_task(self._run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def _run(self) -> None:
+        if self._linger:
+            await asyncio.sleep(self._linger)
+        while self._pending:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            try:
+                results = await self._flush([item for item, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def drain(self) -> None:
+        """Wait until every item queued so far is flushed."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def _chunks(
@@ -113,6 +186,12 @@ class MailQueue:
         self.message_id_domain = message_id_domain
         self.max_attachment_bytes = max_attachment_bytes
         self._opened: list[Store | Queue | AttachmentStore] = []
+        self._adds: _Batcher[MailRecord, MailRecord] | None = None
+        self._clears: _Batcher[str, None] | None = None
+        if isinstance(store, BatchStore):
+            self._adds = _Batcher(self._add_many)
+            # nobody waits for a clear: gather them for a while, one UPDATE per batch
+            self._clears = _Batcher(self._clear_marks, flushers=1, linger=CLEAR_LINGER)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> MailQueue:
@@ -161,7 +240,10 @@ class MailQueue:
             self._opened.append(backend)
 
     async def close(self) -> None:
-        """Close what :meth:`open` opened, in reverse order."""
+        """Close what :meth:`open` opened, in reverse order (after the pending writes)."""
+        for batcher in (self._adds, self._clears):
+            if batcher is not None:
+                await batcher.drain()
         while self._opened:
             backend = self._opened.pop()
             try:
@@ -245,19 +327,30 @@ class MailQueue:
         try:
             for attachment in attachments:
                 stored.append(await self.store_attachment(attachment))
-            update: dict[str, object] = {"attachments": mail.attachments + tuple(stored)}
-            if key is not None:
-                update["idempotency_key"] = key
-            if mail.message_id is None:
-                update["message_id"] = make_message_id(mail.id, self.message_id_domain)
-            if len(update["attachments"]) > 100:  # type: ignore[arg-type]
-                raise ValidationError([("attachments", "at most 100 attachments are allowed")])
-            # model_copy() would skip validation, and the key comes from the caller
-            mail = Mail.parse(mail.model_dump() | update)
+            if not stored and key == mail.idempotency_key:
+                # nothing new from the caller: the (frozen) mail was validated when it was made
+                if mail.message_id is None:
+                    message_id = make_message_id(mail.id, self.message_id_domain)
+                    mail = mail.model_copy(update={"message_id": message_id})
+            else:
+                update: dict[str, object] = {"attachments": mail.attachments + tuple(stored)}
+                if key is not None:
+                    update["idempotency_key"] = key
+                if mail.message_id is None:
+                    update["message_id"] = make_message_id(mail.id, self.message_id_domain)
+                if len(update["attachments"]) > 100:  # type: ignore[arg-type]
+                    raise ValidationError([("attachments", "at most 100 attachments are allowed")])
+                # model_copy() would skip validation, and the key comes from the caller
+                mail = Mail.parse(mail.model_dump() | update)
             # Marked unpublished until the queue confirms: should the answer to this
             # COMMIT be lost (the caller then sees an error), a repeat with the key
             # or the sweeper still publishes it.
-            record = await self.store.add(MailRecord.new(mail).evolve(last_error=_NOT_YET_PUBLISHED))
+            new = MailRecord.new(mail).evolve(last_error=_NOT_YET_PUBLISHED)
+            if self._adds is not None and key is None:
+                # committed together with the records of concurrent submits (group commit)
+                record = await self._adds.submit(new)
+            else:
+                record = await self.store.add(new)
         except BaseException:
             await self._discard(stored)
             raise
@@ -270,11 +363,19 @@ class MailQueue:
         except QueueError as exc:
             await self._mark_unpublished(mail.id, exc)
             raise
-        try:
-            await self.store.update(mail.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED})))
-        except BackendError as exc:
-            # queued all the same; the sweeper may publish a second copy, which workers drop
-            logger.warning("mail id=%s is queued but its mark could not be cleared: %s", mail.id, exc)
+        if self._clears is not None:
+            # Recorded and confirmed: the answer need not wait for the mark to go; it is cleared
+            # with those of concurrent submits. Should that fail, the sweeper publishes a second
+            # copy, which workers drop.
+            self._clears.submit(mail.id)
+        else:
+            try:
+                await self.store.update(
+                    mail.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED}))
+                )
+            except BackendError as exc:
+                # queued all the same; the sweeper may publish a second copy, which workers drop
+                logger.warning("mail id=%s is queued but its mark could not be cleared: %s", mail.id, exc)
         metrics.MAILS_ACCEPTED.inc()
         return record.evolve(last_error="")
 
@@ -333,6 +434,8 @@ class MailQueue:
             QueueError: the queue still does not confirm (the rest wait for the next sweep).
             StoreError: the store cannot be read.
         """
+        if self._clears is not None:
+            await self._clears.drain()  # marks of mails this instance published are not swept
         until = utcnow() - timedelta(seconds=older_than)
         query = RecordQuery(statuses=frozenset({Status.QUEUED}), until=until, limit=page)
         published = 0
@@ -454,6 +557,30 @@ class MailQueue:
         if settings.records_after is not None:
             pruned = await self.prune(older_than=settings.records_after)
         return swept.finished + swept.orphans + pruned
+
+    async def _add_many(self, records: list[MailRecord]) -> list[MailRecord | Exception]:
+        assert isinstance(self.store, BatchStore)
+        if len(records) == 1:
+            return [await self.store.add(records[0])]
+        try:
+            added: list[MailRecord | Exception] = [*await self.store.add_many(records)]
+        except StoreError:
+            # one bad record (an id taken) must not fail the others: each on its own
+            results = await asyncio.gather(*(self.store.add(r) for r in records), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result from None
+            return [r for r in results if isinstance(r, MailRecord | Exception)]
+        return added
+
+    async def _clear_marks(self, mail_ids: list[str]) -> list[Exception | None]:
+        assert isinstance(self.store, BatchStore)
+        try:
+            await self.store.clear_last_error(mail_ids, expected=_NOT_YET_PUBLISHED)
+        except BackendError as exc:
+            # queued all the same; the sweeper may publish second copies, which workers drop
+            logger.warning("%d queued mails keep their publish mark: %s", len(mail_ids), exc)
+        return [None] * len(mail_ids)
 
     async def _mark_unpublished(self, mail_id: str, exc: QueueError) -> None:
         try:

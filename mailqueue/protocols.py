@@ -27,6 +27,7 @@ __all__ = [
     "AttachmentStore",
     "BackendContext",
     "BatchStore",
+    "BatchUpdateStore",
     "Consumer",
     "Delivery",
     "InspectableStore",
@@ -283,6 +284,26 @@ class PrunableStore(Protocol):
 
 @runtime_checkable
 class BatchStore(Protocol):
+    """Optional Store capability: the writes of many submits in one statement each.
+
+    :class:`~mailqueue.MailQueue` uses it to group the records of concurrent
+    submits into one transaction (each submit still returns only after the
+    commit that holds its record) and to clear their "not yet published"
+    marks after the queue confirmed them. A Store without it is written one
+    record at a time.
+    """
+
+    async def add_many(self, records: Sequence[MailRecord]) -> list[MailRecord]:
+        """Insert ``records`` (new, without idempotency key or history) in one
+        transaction, all or none; return them as stored, in the same order."""
+
+    async def clear_last_error(self, mail_ids: Sequence[str], *, expected: str) -> None:
+        """Set ``last_error`` to ``""`` on those of ``mail_ids`` that are still
+        ``queued`` and whose ``last_error`` is ``expected``, in one statement."""
+
+
+@runtime_checkable
+class BatchUpdateStore(Protocol):
     """Optional Store capability: read or change many records in one round trip.
 
     The worker groups the reads, claims and outcomes of concurrent deliveries

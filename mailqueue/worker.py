@@ -51,7 +51,7 @@ from mailqueue.message import AttachmentRef, Mail
 from mailqueue.mime import render
 from mailqueue.protocols import (
     AttachmentStore,
-    BatchStore,
+    BatchUpdateStore,
     Delivery,
     OutgoingMessage,
     Queue,
@@ -87,7 +87,7 @@ _REMARK_MAX: Final = 100
 _STABLE: Final = 300.0
 #: Longest pause, in seconds, between tries while the Store fails.
 _RECORD_PAUSE_MAX: Final = 5.0
-#: Most reads, or most changes, a BatchStore gets in one call.
+#: Most reads, or most changes, a BatchUpdateStore gets in one call.
 _BATCH_MAX: Final = 200
 
 
@@ -142,7 +142,7 @@ class Worker:
         self._deps_ok = True
         self._reads: _Batcher[str, MailRecord | None] | None = None
         self._writes: _Batcher[tuple[str, RecordUpdate], bool] | None = None
-        if isinstance(store, BatchStore):
+        if isinstance(store, BatchUpdateStore):
             # Group commit: the reads, claims and outcomes of concurrent deliveries go
             # to the Store together, one query or one transaction per group.
             many = store

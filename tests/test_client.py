@@ -146,6 +146,61 @@ async def test_a_repeat_after_a_lost_commit_answer_queues_the_mail_once() -> Non
         assert await mq.queue.depth() == 1
 
 
+@pytest.fixture(params=["sqlite", "mysql"])
+def sql_store_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+async def test_concurrent_submits_are_committed_together_and_each_is_queued(sql_store_url: str) -> None:
+    """Group commit: every submit returns only once its own record is committed and published;
+    the "not yet published" marks are cleared afterwards, in batches."""
+    import asyncio
+
+    from mailqueue import Status
+    from mailqueue.client import PUBLISH_PENDING
+
+    async with MailQueue.from_urls(store=sql_store_url, queue="memory://", attachments="memory://") as mq:
+        batches: list[int] = []
+        add_many = mq.store.add_many  # type: ignore[attr-defined]
+
+        async def counting(records: list[MailRecord]) -> list[MailRecord]:
+            batches.append(len(records))
+            result: list[MailRecord] = await add_many(records)
+            return result
+
+        mq.store.add_many = counting  # type: ignore[attr-defined]
+        mails = [Mail(subject=f"s{n}", html="h", to=[{"address": f"a{n}@example.com"}]) for n in range(40)]
+        records = await asyncio.gather(*(mq.submit(mail) for mail in mails))
+        assert [r.id for r in records] == [m.id for m in mails]
+        assert all(r.last_error == "" for r in records)
+        assert await mq.queue.depth() == 40
+        assert max(batches) > 1  # some records shared a transaction
+        stored = await mq.store.find(RecordQuery(limit=100))
+        assert sorted(r.id for r in stored) == sorted(m.id for m in mails)
+        assert all(r.status is Status.QUEUED for r in stored)
+        # nothing to sweep: the marks are cleared (the sweep waits for pending clears)
+        assert await mq.sweep(older_than=0) == 0
+        assert not any(r.last_error.startswith(PUBLISH_PENDING) for r in await mq.store.find(RecordQuery()))
+        assert await mq.queue.depth() == 40
+
+
+async def test_a_taken_id_in_a_group_commit_fails_only_its_own_submit(sql_store_url: str) -> None:
+    import asyncio
+
+    async with MailQueue.from_urls(store=sql_store_url, queue="memory://", attachments="memory://") as mq:
+        first = await mq.submit(Mail(subject="s", html="h", to=[{"address": "a@example.com"}]))
+        again = Mail(id=first.id, subject="s", html="h", to=[{"address": "a@example.com"}])
+        others = [Mail(subject=f"s{n}", html="h", to=[{"address": f"a{n}@example.com"}]) for n in range(10)]
+        results = await asyncio.gather(
+            *(mq.submit(m) for m in [*others[:5], again, *others[5:]]), return_exceptions=True
+        )
+        assert isinstance(results[5], StoreError)
+        assert [r.id for r in results if isinstance(r, MailRecord)] == [m.id for m in others]
+        assert await mq.queue.depth() == 11
+        assert len(await mq.store.find(RecordQuery(limit=100))) == 11
+
+
 async def test_resend_narrows_by_recipient_subject_and_code(store_url: str) -> None:
     from mailqueue import RecordUpdate, Status
 

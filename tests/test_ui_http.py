@@ -10,16 +10,19 @@ test client (its address is ``testclient``). The browser tests are in
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from http_helpers import serve
 from litestar.testing import AsyncTestClient
+from proc_helpers import free_port, mailqueue, wait_ready
 from prometheus_client import REGISTRY
 
 from mailqueue import (
@@ -473,3 +476,35 @@ def test_filters_read_and_written_back() -> None:
     assert mixed.resend_statuses() == ((Status.UNKNOWN,), (Status.QUEUED,))
     bad = Filters.parse(lambda name: {"until": ["2026-01-01"], "since": ["2026-02-01"]}.get(name, []))
     assert bad.errors == ("to: must not be before from",)
+
+
+# --- the commands -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_commands_say_whether_the_dashboard_is_on(tmp_path: Path) -> None:
+    # `mailqueue serve` with no settings at all: the embedded default, open to loopback
+    port = free_port()
+    env = {"MAILQUEUE_QUEUE": "sql://?poll=0.05", "MAILQUEUE_LOG_LEVEL": "INFO"}
+    async with mailqueue(tmp_path, "serve", "--port", str(port), env=env, log=tmp_path / "serve.log") as proc:
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(proc, base)
+        async with httpx.AsyncClient(base_url=base) as client:
+            page = await client.get("/ui")
+            assert page.status_code == 200, page.text
+            assert "local (127.0.0.1)" in page.text
+        await proc.stop()
+    assert "operator dashboard on at /ui (no api.tokens: open to this machine (loopback) only)" in (
+        await proc.output()
+    )
+    # `mailqueue api` in two processes, switched off: each process says so, and /ui is not there
+    port = free_port()
+    env = {**env, "MAILQUEUE_API__UI": "false", "MAILQUEUE_API__TOKENS": json.dumps([TOKEN])}
+    args = ("api", "--workers", "2", "--port", str(port))
+    async with mailqueue(tmp_path, *args, env=env, log=tmp_path / "api.log") as proc:
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(proc, base)
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/ui/login")).status_code == 404
+        await proc.stop()
+    assert (await proc.output()).count("operator dashboard off: api.ui is false") == 2

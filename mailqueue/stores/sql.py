@@ -612,6 +612,10 @@ def _mail_of(row: Mapping[Any, Any]) -> Mail:
     return _legacy_mail(row)
 
 
+#: One statement object for every insert, so that its compiled form is cached.
+_INSERT = email.insert()
+
+
 def _record(
     row: Mapping[Any, Any], history: tuple[Attempt, ...] = (), mail: Mail | None = None
 ) -> MailRecord:
@@ -930,7 +934,8 @@ class SQLStore(ResourceMixin):
                 return existing
             try:
                 async with engine.begin() as connection:
-                    result = await connection.execute(email.insert().values(values))
+                    # parameters apart from the statement: its compiled form is cached
+                    result = await connection.execute(_INSERT, values)
                     assert result.inserted_primary_key is not None
                     email_id = result.inserted_primary_key[0]
                     if record.history:
@@ -947,6 +952,60 @@ class SQLStore(ResourceMixin):
             return _record(stored, tuple(self._stored_attempt(a) for a in record.history), mail=record.mail)
 
         return await self._run(f"add record {record.id}", work)
+
+    async def add_many(self, records: Sequence[MailRecord]) -> list[MailRecord]:
+        """Insert ``records`` in one transaction (one multi-row INSERT), all or none.
+
+        For new records without idempotency key or history (those go through
+        :meth:`add`): the group commit of concurrent submits.
+
+        Returns:
+            The records as stored, in the order given.
+
+        Raises:
+            StoreError: a record has an idempotency key or history, a mail id
+                exists already, or the database failed; nothing was inserted.
+        """
+        if any(r.mail.idempotency_key is not None or r.history for r in records):
+            raise StoreError("add_many takes records without idempotency key or history")
+        if not records:
+            return []
+        rows = [self._row_values(r) for r in records]
+
+        async def work(engine: AsyncEngine) -> list[MailRecord]:
+            try:
+                async with engine.begin() as connection:
+                    await connection.execute(_INSERT, rows)
+            except sa.exc.IntegrityError:
+                raise StoreError("a record with one of these ids exists already") from None
+            return [_record(values, mail=r.mail) for values, r in zip(rows, records, strict=True)]
+
+        return await self._run(f"add {len(records)} records", work)
+
+    async def clear_last_error(self, mail_ids: Sequence[str], *, expected: str) -> None:
+        """Set ``last_error`` to ``""`` on those of ``mail_ids`` still ``queued``
+        whose ``last_error`` is ``expected``, in one statement.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        if not mail_ids:
+            return
+        stmt = (
+            email.update()
+            .where(
+                email.c.uid.in_(list(mail_ids)),
+                email.c.status == Status.QUEUED.value,
+                email.c.last_error == _clip(expected, ERROR_CHARS),
+            )
+            .values(last_error="", updated_at=self._db_time(utcnow()))
+        )
+
+        async def work(engine: AsyncEngine) -> None:
+            async with engine.begin() as connection:
+                await connection.execute(stmt)
+
+        await self._run(f"clear the marks of {len(mail_ids)} records", work)
 
     def _stored_attempt(self, attempt: Attempt) -> Attempt:
         return _attempt(self._attempt_values(0, attempt))
@@ -1280,20 +1339,6 @@ class SQLStore(ResourceMixin):
         if change.expect_updated_at is not None:
             stmt = stmt.where(email.c.updated_at == self._db_time(change.expect_updated_at))
         return stmt.values(values), attempt
-
-        async def work(engine: AsyncEngine) -> bool:
-            async with engine.begin() as connection:
-                # the UPDATE comes first so that it takes the row (or SQLite's write) lock
-                if (await connection.execute(stmt)).rowcount != 1:
-                    return False
-                if attempt is not None:
-                    email_id = (
-                        await connection.execute(sa.select(email.c.id).where(email.c.uid == mail_id))
-                    ).scalar_one()
-                    await connection.execute(
-                        email_attempt.insert().values(self._attempt_values(email_id, attempt))
-                    )
-            return True
 
     async def delete_records(
         self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False

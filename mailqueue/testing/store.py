@@ -25,7 +25,8 @@ and ``until`` as exclusive; the history lists attempts in the order they were
 added; a closed store raises :class:`~mailqueue.errors.StoreError`.
 
 The optional capabilities (:class:`~mailqueue.protocols.PrunableStore`,
-:class:`~mailqueue.protocols.InspectableStore`) are tested when the store has
+:class:`~mailqueue.protocols.InspectableStore`, :class:`~mailqueue.protocols.BatchStore`,
+:class:`~mailqueue.protocols.BatchUpdateStore`) are tested when the store has
 them and skipped otherwise.
 """
 
@@ -39,7 +40,7 @@ import pytest
 
 from mailqueue.errors import StoreError
 from mailqueue.message import AttachmentRef, Mail, Recipient, new_id
-from mailqueue.protocols import BatchStore, InspectableStore, PrunableStore, Store
+from mailqueue.protocols import BatchStore, BatchUpdateStore, InspectableStore, PrunableStore, Store
 from mailqueue.records import (
     Attempt,
     MailRecord,
@@ -411,8 +412,8 @@ class StoreConformance:
         assert got.status is Status.UNKNOWN
 
     async def test_get_many_reads_those_that_exist(self, store: Store) -> None:
-        if not isinstance(store, BatchStore):
-            pytest.skip("the store cannot read records in batches (optional BatchStore)")
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot read records in batches (optional BatchUpdateStore)")
         first = await store.add(make_record().evolve(history=(_attempt(1),), attempts=1))
         second = await store.add(make_record(subject="Second"))
         found = await store.get_many([second.id, "0" * 32, first.id, second.id])
@@ -424,8 +425,8 @@ class StoreConformance:
         assert await store.get_many([]) == {}
 
     async def test_update_many_is_update_in_order(self, store: Store) -> None:
-        if not isinstance(store, BatchStore):
-            pytest.skip("the store cannot change records in batches (optional BatchStore)")
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
         one = await store.add(make_record())
         two = await store.add(make_record())
         claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED, Status.RETRYING}))
@@ -452,8 +453,8 @@ class StoreConformance:
         assert await store.update_many([]) == []
 
     async def test_update_many_lets_exactly_one_concurrent_claim_win(self, store: Store) -> None:
-        if not isinstance(store, BatchStore):
-            pytest.skip("the store cannot change records in batches (optional BatchStore)")
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
         records = [await store.add(make_record()) for _ in range(3)]
         claim = RecordUpdate(status=Status.SENDING, attempt=_attempt(1), expect=frozenset({Status.QUEUED}))
         batches = await asyncio.gather(
@@ -477,6 +478,39 @@ class StoreConformance:
         assert await store.get(sent.id) is None
         assert await store.get(queued.id) is not None
         assert await store.delete_records([sent.id], statuses=frozenset({Status.SENT})) == []
+
+    async def test_add_many_inserts_all_as_add_would(self, store: Store) -> None:
+        if not isinstance(store, BatchStore):
+            pytest.skip("the store cannot add records in batches (optional BatchStore)")
+        records = [make_record(subject=f"s{n}").evolve(last_error="pending") for n in range(5)]
+        added = await store.add_many(records)
+        assert [r.id for r in added] == [r.id for r in records]
+        for record, got in zip(records, added, strict=True):
+            assert got == await store.get(record.id)
+            assert (got.mail, got.status, got.last_error) == (record.mail, Status.QUEUED, "pending")
+        assert await store.add_many([]) == []
+
+    async def test_add_many_is_all_or_nothing(self, store: Store) -> None:
+        if not isinstance(store, BatchStore):
+            pytest.skip("the store cannot add records in batches (optional BatchStore)")
+        taken = await store.add(make_record())
+        fresh = make_record()
+        with pytest.raises(StoreError):
+            await store.add_many([fresh, taken])
+        assert await store.get(fresh.id) is None
+        with pytest.raises(StoreError):
+            await store.add_many([make_record(idempotency_key="k1")])
+
+    async def test_clear_last_error_only_queued_with_that_error(self, store: Store) -> None:
+        if not isinstance(store, BatchStore):
+            pytest.skip("the store cannot clear marks in batches (optional BatchStore)")
+        marked = [await store.add(make_record().evolve(last_error="mark")) for _ in range(3)]
+        other = await store.add(make_record().evolve(last_error="another error"))
+        assert await store.update(marked[2].id, RecordUpdate(status=Status.SENDING))
+        await store.clear_last_error([r.id for r in (*marked, other)] + ["0" * 32], expected="mark")
+        got = [await store.get(r.id) for r in (*marked, other)]
+        assert [g.last_error for g in got if g is not None] == ["", "", "mark", "another error"]
+        await store.clear_last_error([], expected="mark")
 
     async def test_is_ok_follows_status(self, store: Store) -> None:
         record = await store.add(make_record())

@@ -27,7 +27,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
 
 from mailqueue import MailQueue, Settings, __version__
-from mailqueue.contrib.litestar_app.auth import bearer_guard
+from mailqueue.contrib.litestar_app.auth import bearer_guard, configured_tokens
 from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
 from mailqueue.contrib.litestar_app.routes import get_mail, live, metrics_endpoint, ready, send_email
 from mailqueue.contrib.litestar_app.ui import template_config as ui_template_config
@@ -89,7 +89,8 @@ def create_app(
     api = Router(
         path="/api",
         route_handlers=[send_email, get_mail],
-        guards=[bearer_guard(settings.api.tokens)],
+        # without tokens there is nothing to check: no guard, no per-request cost
+        guards=[bearer_guard(settings.api.tokens)] if configured_tokens(settings.api.tokens) else [],
         security=[{_SECURITY_SCHEME: []}],
     )
     handlers: list[ControllerRouterHandler] = [api, live, ready, metrics_endpoint]

@@ -83,7 +83,8 @@ def bearer_guard(tokens: Sequence[SecretStr]) -> Guard:
     """
     secrets = configured_tokens(tokens)
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async: Litestar would run a plain function in a worker thread, for every request
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         if not secrets:
             return
         scheme, _sep, presented = connection.headers.get("authorization", "").partition(" ")

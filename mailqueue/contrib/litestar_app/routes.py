@@ -36,7 +36,6 @@ from mailqueue import (
     MailQueue,
     MailQueueError,
     QueueError,
-    Settings,
     ValidationError,
     metrics,
     parse_recipients,
@@ -421,11 +420,12 @@ def _check_idempotency_key(value: str | None) -> str | None:
 )
 async def send_email(
     request: Request[Any, Any, Any],
-    mailqueue: NamedDependency[MailQueue],
-    mailqueue_settings: NamedDependency[Settings],
+    # one dependency: Litestar resolves two or more in a task group, a cost on every request
+    mailqueue_plugin: NamedDependency[MailQueuePlugin],
 ) -> Response[SendReply]:
     """Accept a mail (multipart form or JSON)."""
-    limits = mailqueue_settings.api
+    mailqueue = mailqueue_plugin.mailqueue
+    limits = mailqueue_plugin.settings.api
     media_type, options = request.content_type
     if media_type not in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
         raise ApiError(415, "Unsupported Media Type: send multipart/form-data or application/json")

@@ -72,7 +72,7 @@ def _nice(value: int) -> int:
     if value <= 4:
         return 4
     exponent: int = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 2, 3, 5, 10):
         if step * exponent >= value:
             return math.ceil(step * exponent)
     return value  # pragma: no cover - the loop always returns
