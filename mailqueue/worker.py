@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from mailqueue import metrics
-from mailqueue.envelope import decode_envelope
+from mailqueue.envelope import decode_envelope, envelope_mail_id
 from mailqueue.errors import (
     AttachmentNotFoundError,
     BackendError,
@@ -377,21 +377,26 @@ class Worker:
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to the end, settling it exactly once."""
         try:
-            mail = decode_envelope(delivery.body)
+            # Only the id, at first: a recorded mail is sent as the Store has it,
+            # so the envelope's copy is validated only when there is no record.
+            mail_id = envelope_mail_id(delivery.body)
         except ValueError as exc:
-            self.counts["invalid"] += 1
-            logger.error("dead-lettering invalid payload key=%s: %s", delivery.key, exc)
-            await delivery.dead(f"invalid payload: {exc}")
+            await self._dead_letter(delivery, exc)
             return
-        mail_id_var.set(mail.id)  # each delivery runs in a task of its own: its log lines carry it
-        found = await self._until_stored(lambda: self._get(mail.id), "read the record", mail.id, "store_wait")
+        mail_id_var.set(mail_id)  # each delivery runs in a task of its own: its log lines carry it
+        found = await self._until_stored(lambda: self._get(mail_id), "read the record", mail_id, "store_wait")
         if found is None:
+            try:
+                mail = decode_envelope(delivery.body)
+            except ValueError as exc:
+                await self._dead_letter(delivery, exc)
+                return
             # Published but not recorded (e.g. restored queue): record it now.
             found = await self.store.add(MailRecord.new(mail))
         record = found
         if record.status.final or record.is_deleted:
             self.counts["skipped"] += 1
-            logger.info("mail id=%s is already %s; not sending again", mail.id, record.status)
+            logger.info("mail id=%s is already %s; not sending again", mail_id, record.status)
             await delivery.ack()
             return
         now = utcnow()
@@ -407,14 +412,14 @@ class Worker:
                 self.counts["deferred"] += 1
                 logger.info(
                     "mail id=%s is being sent by another delivery; looking again in %.0f s",
-                    mail.id,
+                    mail_id,
                     lease - held,
                 )
                 await delivery.retry(lease - held + 1.0)
                 return
             logger.warning(
                 "mail id=%s has been sending for %.0f s (lease %.0f s); its worker is presumed dead",
-                mail.id,
+                mail_id,
                 held,
                 lease,
             )
@@ -428,13 +433,18 @@ class Worker:
         started = utcnow()  # the attempt starts when it takes its rate-limit token
         claim = RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)
         if not await self._until_stored(
-            lambda: self._update(mail.id, claim), "claim the mail", mail.id, "store_wait"
+            lambda: self._update(mail_id, claim), "claim the mail", mail_id, "store_wait"
         ):
             self.counts["skipped"] += 1
             await delivery.ack()
             return
         # The Store's copy is the source of truth (a re-send may have changed it).
         await self._deliver(delivery, record.mail, record, started)
+
+    async def _dead_letter(self, delivery: Delivery, exc: ValueError) -> None:
+        self.counts["invalid"] += 1
+        logger.error("dead-lettering invalid payload key=%s: %s", delivery.key, exc)
+        await delivery.dead(f"invalid payload: {exc}")
 
     async def _deliver(self, delivery: Delivery, mail: Mail, record: MailRecord, started: datetime) -> None:
         number = record.attempts + 1

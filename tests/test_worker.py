@@ -551,3 +551,37 @@ async def test_failed_batch_commit_acks_none_and_sends_nothing_twice(server: SMT
     assert sorted(queue.acked) == sorted(ids)  # each acked once, after its outcome was committed
     assert len(server.messages) == len(ids)  # the outcomes were recorded again, not sent again
     assert worker.counts["record_retried"] >= 1
+
+
+async def test_recorded_mail_is_sent_as_the_store_has_it(rig: Rig) -> None:
+    """The worker takes only the id from the envelope when the Store has the mail."""
+    stored = mail("ann@example.com", subject="From the Store", message_id="<kept.1@example.com>")
+    await rig.mq.store.add(MailRecord.new(stored))
+    await rig.mq.queue.publish(stored.id, b'{"v":1,"mail":{"id":"%s","subject":7}}' % stored.id.encode())
+    done = await rig.final(stored.id)
+    assert done.status is Status.SENT
+    (message,) = [email.message_from_bytes(m.data, policy=email.policy.default) for m in rig.server.messages]
+    assert (message["Subject"], message["Message-ID"]) == ("From the Store", "<kept.1@example.com>")
+    assert rig.worker.counts["invalid"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v":1,"mail":{"id":"0000abcd","subject":7}}',  # no record, and not a mail
+        b'{"v":2,"mail":{"id":"0000abcd"}}',
+        b'{"v":true,"mail":{"id":"0000abcd"}}',
+        b'{"v":1,"mail":{"id":"../etc"}}',
+        b'{"v":1,"mail":[]}',
+        b"\xff\xfe",
+    ],
+)
+async def test_envelope_without_record_or_id_is_dead_lettered(rig: Rig, body: bytes) -> None:
+    await rig.mq.queue.publish("bad", body)
+    for _ in range(100):
+        if rig.worker.counts["invalid"]:
+            break
+        await asyncio.sleep(0.02)
+    assert rig.worker.counts["invalid"] == 1
+    assert await rig.mq.status("0000abcd") is None
+    assert rig.server.messages == []

@@ -452,6 +452,24 @@ class StoreConformance:
         assert (got_two.status, got_two.attempts, got_two.history) == (Status.SENDING, 0, ())
         assert await store.update_many([]) == []
 
+    async def test_update_many_same_change_to_many_records(self, store: Store) -> None:
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
+        records = [await store.add(make_record()) for _ in range(4)]
+        sent = records[1].id
+        assert await store.update(sent, RecordUpdate(status=Status.SENT))
+        claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED, Status.RETRYING}))
+        ids = [r.id for r in records]
+        assert await store.update_many([(mail_id, claim) for mail_id in ids]) == [True, False, True, True]
+        got = await store.get_many(ids)
+        assert [got[mail_id].status for mail_id in ids] == [
+            Status.SENDING,
+            Status.SENT,
+            Status.SENDING,
+            Status.SENDING,
+        ]
+        assert await store.update_many([(mail_id, claim) for mail_id in ids]) == [False] * 4
+
     async def test_update_many_lets_exactly_one_concurrent_claim_win(self, store: Store) -> None:
         if not isinstance(store, BatchUpdateStore):
             pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
