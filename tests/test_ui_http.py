@@ -161,6 +161,7 @@ async def test_pages_need_a_login(service: Service) -> None:
     css = await service.client.get("/ui/static/ui.css")
     assert css.status_code == 200
     assert css.headers["content-type"].startswith("text/css")
+    assert css.headers["cache-control"] == "max-age=3600"
 
 
 async def test_login_sets_a_strict_http_only_cookie(service: Service) -> None:
@@ -207,6 +208,13 @@ async def test_a_wrong_token_or_a_missing_csrf_token_logs_nobody_in(service: Ser
     no_csrf = await service.client.post("/ui/login", data={"token": TOKEN})
     assert no_csrf.status_code == 403
     assert (await service.client.get("/ui")).status_code == 303
+
+
+async def test_forms_are_small(service: Service) -> None:
+    await service.login()
+    csrf = await service.csrf()
+    answer = await service.client.post("/ui/resend", data={"csrf_token": csrf, "subject": "x" * 70_000})
+    assert answer.status_code == 413
 
 
 async def test_after_login_only_pages_of_this_site(service: Service) -> None:
@@ -382,6 +390,19 @@ async def test_keyset_pages_walk_every_mail_once_in_both_orders(service: Service
         assert row.findall(back.text) == expected[50:100]
 
 
+async def test_the_list_counts_up_to_a_thousand(service: Service) -> None:
+    await service.login()
+    for i in range(1000):
+        await service.mail(subject=f"Many {i}")
+    page = await service.client.get("/ui/messages")
+    assert "1,000 mails match" in page.text
+    assert "More than" not in page.text
+    await service.mail(subject="One more")
+    assert "More than 1,000 mails match" in (await service.client.get("/ui/messages")).text
+    # "Many 1", "Many 10".."Many 19", "Many 100".."Many 199": 111 mails
+    assert "111 mails match" in (await service.client.get("/ui/messages?subject=Many+1")).text
+
+
 async def test_resend_refuses_mails_in_flight_or_deleted(service: Service) -> None:
     await service.login()
     queued = await service.mail()
@@ -439,6 +460,14 @@ async def test_actions_are_logged_and_counted(service: Service, caplog: pytest.L
     listed = await service.client.get("/ui/messages")
     assert one not in listed.text
     assert one in (await service.client.get("/ui/messages?deleted=1")).text
+    # and a re-send of a list that shows deleted mails leaves them out, in its count too
+    await service.finish(one, Status.DEAD)
+    confirm = await service.client.get("/ui/resend", params={"deleted": "1", "status": "dead"})
+    assert "No mail of this selection can be re-sent." in confirm.text
+    form = {"csrf_token": csrf, "deleted": "1", "status": "dead"}
+    answer = await service.client.post("/ui/resend", data=form)
+    assert answer.headers["location"].endswith("resent=0")
+    assert (await service.mq.status(one)).status is Status.DEAD  # type: ignore[union-attr]
 
 
 def test_filters_read_and_written_back() -> None:

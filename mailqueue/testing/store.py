@@ -607,6 +607,10 @@ class StoreConformance:
         )
         assert sorted(window) == sorted(r.id for r in records[1:4])
         assert await _ids(store, RecordQuery(since=base + timedelta(hours=1))) == []
+        oldest = await _ids(store, RecordQuery(since=base + timedelta(minutes=1), order="oldest", limit=2))
+        assert oldest == sorted(r.id for r in records[1:])[:2]
+        newest = await _ids(store, RecordQuery(until=base + timedelta(minutes=3), limit=2))
+        assert newest == sorted((r.id for r in records[:3]), reverse=True)[:2]
         got = await store.get(records[3].id)
         assert got is not None
         assert_same_time(got.created_at, base + timedelta(minutes=3))
@@ -678,6 +682,10 @@ class StoreConformance:
         assert await _ids(store, RecordQuery(subject="100%")) == [percent.id]
         assert await _ids(store, RecordQuery(subject="0_p")) == []
         assert await _ids(store, RecordQuery(subject="e 1000 p")) == [plain.id]
+        both = sorted([percent.id, plain.id])
+        assert await _ids(store, RecordQuery(subject="invoice", order="oldest", limit=1)) == both[:1]
+        assert await _ids(store, RecordQuery(subject="invoice", before_id=both[1])) == both[:1]
+        assert await _ids(store, RecordQuery(subject="invoice", after_id=both[0])) == both[1:]
 
     async def test_find_by_code(self, store: Store) -> None:
         refused, deferred, fresh = await _add_many(store, 3)
