@@ -295,6 +295,30 @@ async def test_downgrade_keeps_the_rows_and_upgrade_adopts_them(scratch_url: str
     assert legacy.mail.to == (Recipient(address="k@example.com", name="K"),)
 
 
+async def test_dashboard_indexes_come_and_go_with_revision_0003(scratch_url: str) -> None:
+    def indexes(conn: Connection) -> set[str]:
+        return {str(index["name"]) for index in sa.inspect(conn).get_indexes("email")}
+
+    dashboard = {
+        "ix_email_status_deleted_uid",
+        "ix_email_code_deleted_uid",
+        "ix_email_created_deleted_uid",
+        "ix_email_deleted_uid_title",
+        "ix_email_sent_at",
+        "ix_email_status_updated_at",
+    }
+    await upgrade(scratch_url)
+    at_head = await run(scratch_url, indexes)
+    assert dashboard <= at_head
+    assert "ix_email_status_id" not in at_head
+    await downgrade(scratch_url, "0002")
+    assert await current(scratch_url) == "0002"
+    at_0002 = await run(scratch_url, indexes)
+    assert at_0002 == (at_head - dashboard) | {"ix_email_status_id"}
+    await upgrade(scratch_url)
+    await assert_at_head(scratch_url)
+
+
 async def test_unknown_revision_is_refused_by_upgrade_not_by_open(
     scratch_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -10,16 +10,19 @@ test client (its address is ``testclient``). The browser tests are in
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from http_helpers import serve
 from litestar.testing import AsyncTestClient
+from proc_helpers import free_port, mailqueue, wait_ready
 from prometheus_client import REGISTRY
 
 from mailqueue import (
@@ -158,6 +161,7 @@ async def test_pages_need_a_login(service: Service) -> None:
     css = await service.client.get("/ui/static/ui.css")
     assert css.status_code == 200
     assert css.headers["content-type"].startswith("text/css")
+    assert css.headers["cache-control"] == "max-age=3600"
 
 
 async def test_login_sets_a_strict_http_only_cookie(service: Service) -> None:
@@ -204,6 +208,13 @@ async def test_a_wrong_token_or_a_missing_csrf_token_logs_nobody_in(service: Ser
     no_csrf = await service.client.post("/ui/login", data={"token": TOKEN})
     assert no_csrf.status_code == 403
     assert (await service.client.get("/ui")).status_code == 303
+
+
+async def test_forms_are_small(service: Service) -> None:
+    await service.login()
+    csrf = await service.csrf()
+    answer = await service.client.post("/ui/resend", data={"csrf_token": csrf, "subject": "x" * 70_000})
+    assert answer.status_code == 413
 
 
 async def test_after_login_only_pages_of_this_site(service: Service) -> None:
@@ -379,6 +390,19 @@ async def test_keyset_pages_walk_every_mail_once_in_both_orders(service: Service
         assert row.findall(back.text) == expected[50:100]
 
 
+async def test_the_list_counts_up_to_a_thousand(service: Service) -> None:
+    await service.login()
+    for i in range(1000):
+        await service.mail(subject=f"Many {i}")
+    page = await service.client.get("/ui/messages")
+    assert "1,000 mails match" in page.text
+    assert "More than" not in page.text
+    await service.mail(subject="One more")
+    assert "More than 1,000 mails match" in (await service.client.get("/ui/messages")).text
+    # "Many 1", "Many 10".."Many 19", "Many 100".."Many 199": 111 mails
+    assert "111 mails match" in (await service.client.get("/ui/messages?subject=Many+1")).text
+
+
 async def test_resend_refuses_mails_in_flight_or_deleted(service: Service) -> None:
     await service.login()
     queued = await service.mail()
@@ -436,6 +460,14 @@ async def test_actions_are_logged_and_counted(service: Service, caplog: pytest.L
     listed = await service.client.get("/ui/messages")
     assert one not in listed.text
     assert one in (await service.client.get("/ui/messages?deleted=1")).text
+    # and a re-send of a list that shows deleted mails leaves them out, in its count too
+    await service.finish(one, Status.DEAD)
+    confirm = await service.client.get("/ui/resend", params={"deleted": "1", "status": "dead"})
+    assert "No mail of this selection can be re-sent." in confirm.text
+    form = {"csrf_token": csrf, "deleted": "1", "status": "dead"}
+    answer = await service.client.post("/ui/resend", data=form)
+    assert answer.headers["location"].endswith("resent=0")
+    assert (await service.mq.status(one)).status is Status.DEAD  # type: ignore[union-attr]
 
 
 def test_filters_read_and_written_back() -> None:
@@ -473,3 +505,35 @@ def test_filters_read_and_written_back() -> None:
     assert mixed.resend_statuses() == ((Status.UNKNOWN,), (Status.QUEUED,))
     bad = Filters.parse(lambda name: {"until": ["2026-01-01"], "since": ["2026-02-01"]}.get(name, []))
     assert bad.errors == ("to: must not be before from",)
+
+
+# --- the commands -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_commands_say_whether_the_dashboard_is_on(tmp_path: Path) -> None:
+    # `mailqueue serve` with no settings at all: the embedded default, open to loopback
+    port = free_port()
+    env = {"MAILQUEUE_QUEUE": "sql://?poll=0.05", "MAILQUEUE_LOG_LEVEL": "INFO"}
+    async with mailqueue(tmp_path, "serve", "--port", str(port), env=env, log=tmp_path / "serve.log") as proc:
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(proc, base)
+        async with httpx.AsyncClient(base_url=base) as client:
+            page = await client.get("/ui")
+            assert page.status_code == 200, page.text
+            assert "local (127.0.0.1)" in page.text
+        await proc.stop()
+    assert "operator dashboard on at /ui (no api.tokens: open to this machine (loopback) only)" in (
+        await proc.output()
+    )
+    # `mailqueue api` in two processes, switched off: each process says so, and /ui is not there
+    port = free_port()
+    env = {**env, "MAILQUEUE_API__UI": "false", "MAILQUEUE_API__TOKENS": json.dumps([TOKEN])}
+    args = ("api", "--workers", "2", "--port", str(port))
+    async with mailqueue(tmp_path, *args, env=env, log=tmp_path / "api.log") as proc:
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(proc, base)
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/ui/login")).status_code == 404
+        await proc.stop()
+    assert (await proc.output()).count("operator dashboard off: api.ui is false") == 2

@@ -73,7 +73,13 @@ email = sa.Table(
     sa.Index("idx-created_at", "created_at"),
     sa.Index("uq_email_uid", "uid", unique=True),
     sa.Index("uq_email_idempotency_key", "idempotency_key", unique=True),
-    sa.Index("ix_email_status_id", "status", "id"),
+    # the dashboard's pages (keyset on uid), counts and activity chart: see revision 0003
+    sa.Index("ix_email_status_deleted_uid", "status", "is_deleted", "uid"),
+    sa.Index("ix_email_code_deleted_uid", "last_code", "is_deleted", "uid"),
+    sa.Index("ix_email_created_deleted_uid", "created_at", "is_deleted", "uid"),
+    sa.Index("ix_email_deleted_uid_title", "is_deleted", "uid", "title"),
+    sa.Index("ix_email_sent_at", "sent_at"),
+    sa.Index("ix_email_status_updated_at", "status", "updated_at"),
 )
 
 email_attempt = sa.Table(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, Router
+from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
@@ -152,5 +153,6 @@ def ui_handlers(settings: Settings) -> list[ControllerRouterHandler]:
         directories=[_HERE / "static"],
         name="ui:static",
         include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=3600),
     )
     return [pages, static]
