@@ -27,6 +27,7 @@ __all__ = [
     "AttachmentStore",
     "BackendContext",
     "BatchStore",
+    "BatchUpdateStore",
     "Consumer",
     "Delivery",
     "InspectableStore",
@@ -299,6 +300,24 @@ class BatchStore(Protocol):
     async def clear_last_error(self, mail_ids: Sequence[str], *, expected: str) -> None:
         """Set ``last_error`` to ``""`` on those of ``mail_ids`` that are still
         ``queued`` and whose ``last_error`` is ``expected``, in one statement."""
+
+
+@runtime_checkable
+class BatchUpdateStore(Protocol):
+    """Optional Store capability: read or change many records in one round trip.
+
+    The worker groups the reads, claims and outcomes of concurrent deliveries
+    through it (group commit). A Store without it works the same, one record
+    at a time.
+    """
+
+    async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
+        """The records of those of ``mail_ids`` that exist, by id, without history."""
+
+    async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
+        """Apply each ``(mail_id, change)`` as :meth:`Store.update` would, in order, in
+        one transaction: all are committed, or none is and the call raises. Returns
+        what :meth:`Store.update` would have returned for each."""
 
 
 @runtime_checkable

@@ -32,10 +32,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from mailqueue import metrics
-from mailqueue.envelope import decode_envelope
+from mailqueue.envelope import decode_envelope, envelope_mail_id
 from mailqueue.errors import (
     AttachmentNotFoundError,
     BackendError,
@@ -49,7 +49,16 @@ from mailqueue.limits import RateLimiter
 from mailqueue.logs import mail_id_var
 from mailqueue.message import AttachmentRef, Mail
 from mailqueue.mime import render
-from mailqueue.protocols import AttachmentStore, Delivery, OutgoingMessage, Queue, Sender, SendResult, Store
+from mailqueue.protocols import (
+    AttachmentStore,
+    BatchUpdateStore,
+    Delivery,
+    OutgoingMessage,
+    Queue,
+    Sender,
+    SendResult,
+    Store,
+)
 from mailqueue.records import (
     Attempt,
     MailRecord,
@@ -69,6 +78,8 @@ __all__ = ["Worker", "backoff"]
 logger = logging.getLogger("mailqueue.worker")
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
+_R = TypeVar("_R")
 
 _CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
 _REMARK_MAX: Final = 100
@@ -76,6 +87,8 @@ _REMARK_MAX: Final = 100
 _STABLE: Final = 300.0
 #: Longest pause, in seconds, between tries while the Store fails.
 _RECORD_PAUSE_MAX: Final = 5.0
+#: Most reads, or most changes, a BatchUpdateStore gets in one call.
+_BATCH_MAX: Final = 200
 
 
 def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -127,6 +140,19 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._consuming = False
         self._deps_ok = True
+        self._reads: _Batcher[str, MailRecord | None] | None = None
+        self._writes: _Batcher[tuple[str, RecordUpdate], bool] | None = None
+        if isinstance(store, BatchUpdateStore):
+            # Group commit: the reads, claims and outcomes of concurrent deliveries go
+            # to the Store together, one query or one transaction per group.
+            many = store
+
+            async def read(ids: list[str]) -> list[MailRecord | None]:
+                found = await many.get_many(ids)
+                return [found.get(mail_id) for mail_id in ids]
+
+            self._reads = _Batcher(read, _BATCH_MAX)
+            self._writes = _Batcher(many.update_many, _BATCH_MAX)
 
     @property
     def ready(self) -> bool:
@@ -351,23 +377,26 @@ class Worker:
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to the end, settling it exactly once."""
         try:
-            mail = decode_envelope(delivery.body)
+            # Only the id, at first: a recorded mail is sent as the Store has it,
+            # so the envelope's copy is validated only when there is no record.
+            mail_id = envelope_mail_id(delivery.body)
         except ValueError as exc:
-            self.counts["invalid"] += 1
-            logger.error("dead-lettering invalid payload key=%s: %s", delivery.key, exc)
-            await delivery.dead(f"invalid payload: {exc}")
+            await self._dead_letter(delivery, exc)
             return
-        mail_id_var.set(mail.id)  # each delivery runs in a task of its own: its log lines carry it
-        found = await self._until_stored(
-            lambda: self.store.get(mail.id), "read the record", mail.id, "store_wait"
-        )
+        mail_id_var.set(mail_id)  # each delivery runs in a task of its own: its log lines carry it
+        found = await self._until_stored(lambda: self._get(mail_id), "read the record", mail_id, "store_wait")
         if found is None:
+            try:
+                mail = decode_envelope(delivery.body)
+            except ValueError as exc:
+                await self._dead_letter(delivery, exc)
+                return
             # Published but not recorded (e.g. restored queue): record it now.
             found = await self.store.add(MailRecord.new(mail))
         record = found
         if record.status.final or record.is_deleted:
             self.counts["skipped"] += 1
-            logger.info("mail id=%s is already %s; not sending again", mail.id, record.status)
+            logger.info("mail id=%s is already %s; not sending again", mail_id, record.status)
             await delivery.ack()
             return
         now = utcnow()
@@ -383,14 +412,14 @@ class Worker:
                 self.counts["deferred"] += 1
                 logger.info(
                     "mail id=%s is being sent by another delivery; looking again in %.0f s",
-                    mail.id,
+                    mail_id,
                     lease - held,
                 )
                 await delivery.retry(lease - held + 1.0)
                 return
             logger.warning(
                 "mail id=%s has been sending for %.0f s (lease %.0f s); its worker is presumed dead",
-                mail.id,
+                mail_id,
                 held,
                 lease,
             )
@@ -404,13 +433,18 @@ class Worker:
         started = utcnow()  # the attempt starts when it takes its rate-limit token
         claim = RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)
         if not await self._until_stored(
-            lambda: self.store.update(mail.id, claim), "claim the mail", mail.id, "store_wait"
+            lambda: self._update(mail_id, claim), "claim the mail", mail_id, "store_wait"
         ):
             self.counts["skipped"] += 1
             await delivery.ack()
             return
         # The Store's copy is the source of truth (a re-send may have changed it).
         await self._deliver(delivery, record.mail, record, started)
+
+    async def _dead_letter(self, delivery: Delivery, exc: ValueError) -> None:
+        self.counts["invalid"] += 1
+        logger.error("dead-lettering invalid payload key=%s: %s", delivery.key, exc)
+        await delivery.dead(f"invalid payload: {exc}")
 
     async def _deliver(self, delivery: Delivery, mail: Mail, record: MailRecord, started: datetime) -> None:
         number = record.attempts + 1
@@ -579,8 +613,20 @@ class Worker:
         returns ``False``, which is harmless.
         """
         return await self._until_stored(
-            lambda: self.store.update(mail_id, change), "record the outcome", mail_id, "record_retried"
+            lambda: self._update(mail_id, change), "record the outcome", mail_id, "record_retried"
         )
+
+    async def _get(self, mail_id: str) -> MailRecord | None:
+        """The record (history left out when read together with others' records)."""
+        if self._reads is None:
+            return await self.store.get(mail_id)
+        return await self._reads.call(mail_id)
+
+    async def _update(self, mail_id: str, change: RecordUpdate) -> bool:
+        """:meth:`Store.update`; returns once the change is committed (with others', perhaps)."""
+        if self._writes is None:
+            return await self.store.update(mail_id, change)
+        return await self._writes.call((mail_id, change))
 
     async def _until_stored(
         self, call: Callable[[], Awaitable[_T]], what: str, mail_id: str, counter: str
@@ -622,6 +668,56 @@ class Worker:
                 await self.attachments.delete(ref.key)
             except Exception:
                 logger.warning("could not delete attachment key=%s of a sent mail", ref.key)
+
+
+class _Batcher(Generic[_K, _R]):
+    """Run concurrent calls together: those made while a batch is running form the next one.
+
+    A lone call goes at once (one event-loop turn later), so batching adds no
+    wait when the worker is idle and grows with the load. Each caller gets its
+    own result once the whole batch has returned, or the batch's exception:
+    a failed batch fails every call in it, as failed single calls would.
+    """
+
+    def __init__(self, run: Callable[[list[_K]], Awaitable[list[_R]]], limit: int) -> None:
+        self._run = run
+        self._limit = limit
+        self._pending: list[tuple[_K, asyncio.Future[_R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def call(self, item: _K) -> _R:
+        """Add ``item`` to the next batch and wait for its result."""
+        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        # A caller that is cancelled cancels only its future: the batch runs for the others.
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._limit], self._pending[self._limit :]
+                try:
+                    results = await self._run([item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.cancel()
+                    for _, future in self._pending:
+                        future.cancel()
+                    self._pending = []
+                    raise exc
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._task = None
 
 
 def _apply_result(

@@ -184,3 +184,5 @@ async def test_worker_process_json_logs_metrics_and_no_password(tmp_path: Path) 
     about = [line for line in lines if "status=" in line["msg"]]
     assert {line["mail_id"] for line in about} == set(ids)
     assert any("***" in line["msg"] for line in about)  # the refusal, with the password hidden
+    # uvloop is installed in the test environment (mailqueue[speedups]): the worker runs on it
+    assert {"event loop: uvloop"} <= {line["msg"] for line in lines}

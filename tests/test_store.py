@@ -412,3 +412,24 @@ async def test_memory_store_keeps_records_across_reopen() -> None:
         record = await store.add(make_record())
     async with store:
         assert await store.get(record.id) == record
+
+
+# --- batches (group commit) ---------------------------------------------------------
+
+
+async def test_update_many_that_fails_commits_none_of_its_changes(sql_store: SQLStore) -> None:
+    """One bad change (an attempt row the database refuses) undoes the whole batch."""
+    first = MailRecord.new(Mail(subject="a", html="a", to=[Recipient(address="a@example.com")]))
+    second = MailRecord.new(Mail(subject="b", html="b", to=[Recipient(address="b@example.com")]))
+    await sql_store.add(first)
+    await sql_store.add(second)
+    now = utcnow()
+    good = RecordUpdate(status=Status.SENT, attempt=Attempt(1, now, now, "sent", 250, ""))
+    bad = RecordUpdate(status=Status.SENT, attempt=Attempt(1, None, now, "sent", 250, ""))  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await sql_store.update_many([(first.id, good), (second.id, bad)])
+    for record in (first, second):
+        got = await sql_store.get(record.id)
+        assert got is not None
+        assert (got.status, got.attempts, got.history) == (Status.QUEUED, 0, ())
+    assert await sql_store.update_many([(first.id, good), (second.id, good)]) == [True, True]

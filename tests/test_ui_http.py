@@ -390,6 +390,19 @@ async def test_keyset_pages_walk_every_mail_once_in_both_orders(service: Service
         assert row.findall(back.text) == expected[50:100]
 
 
+async def test_the_list_counts_up_to_a_thousand(service: Service) -> None:
+    await service.login()
+    for i in range(1000):
+        await service.mail(subject=f"Many {i}")
+    page = await service.client.get("/ui/messages")
+    assert "1,000 mails match" in page.text
+    assert "More than" not in page.text
+    await service.mail(subject="One more")
+    assert "More than 1,000 mails match" in (await service.client.get("/ui/messages")).text
+    # "Many 1", "Many 10".."Many 19", "Many 100".."Many 199": 111 mails
+    assert "111 mails match" in (await service.client.get("/ui/messages?subject=Many+1")).text
+
+
 async def test_resend_refuses_mails_in_flight_or_deleted(service: Service) -> None:
     await service.login()
     queued = await service.mail()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,10 +29,12 @@ from mailqueue import (
     Worker,
     WorkerSettings,
 )
-from mailqueue.backends.memory import MemoryQueue
+from mailqueue.backends.memory import MemoryDelivery, MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.envelope import encode_envelope
+from mailqueue.errors import StoreError
 from mailqueue.protocols import AttachmentStore, Queue, Store
+from mailqueue.records import RecordUpdate
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
@@ -456,3 +458,130 @@ async def test_copy_of_a_mail_whose_sender_died_is_sent_after_the_lease(rig: Rig
     assert done.status is Status.SENT
     assert len(rig.server.messages) == 1
     assert rig.worker.counts["deferred"] == 1
+
+
+# --- group commit (a Store that can change records in batches) ---------------------
+
+
+class AckLog:
+    """A Queue wrapper that notes every ack, by key, in order."""
+
+    def __init__(self, inner: MemoryQueue) -> None:
+        self.inner = inner
+        self.acked: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def consume(self, *, prefetch: int) -> AsyncIterator[object]:
+        log = self.acked
+        inner = self.inner.consume(prefetch=prefetch)
+
+        class Noted:
+            def __init__(self, delivery: MemoryDelivery) -> None:
+                self.delivery = delivery
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(self.delivery, name)
+
+            async def ack(self) -> None:
+                await self.delivery.ack()
+                log.append(self.delivery.key)
+
+        class Consumer:
+            def __aiter__(self) -> Consumer:
+                return self
+
+            async def __anext__(self) -> Noted:
+                return Noted(await inner.__anext__())
+
+            async def aclose(self) -> None:
+                await inner.aclose()
+
+        return Consumer()
+
+
+class FailingCommits(MemoryStore):
+    """A MemoryStore whose batch commits holding an outcome fail ``times`` times (changing nothing)."""
+
+    def __init__(self, times: int, acks: AckLog) -> None:
+        super().__init__()
+        self.times = times
+        self.acks = acks
+        self.failed: list[list[str]] = []
+        self.acked_when_failed: list[str] = []
+
+    async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
+        ids = [mail_id for mail_id, change in changes if change.attempt is not None]
+        if ids and self.times > 0:
+            self.times -= 1
+            self.failed.append(ids)
+            self.acked_when_failed += [i for i in ids if i in self.acks.acked]
+            raise StoreError("commit failed (injected)")
+        return await super().update_many(changes)
+
+
+async def test_failed_batch_commit_acks_none_and_sends_nothing_twice(server: SMTPTestServer) -> None:
+    queue = AckLog(MemoryQueue())
+    store = FailingCommits(times=3, acks=queue)
+    attachments = MemoryAttachmentStore()
+    async with store, queue.inner, attachments:
+        mq = MailQueue(
+            store=store, queue=queue.inner, attachments=attachments, message_id_domain="example.com"
+        )
+        ids = [(await mq.submit(mail(f"user{n}@example.com"))).id for n in range(12)]
+        sender = SMTPSender.from_url(server.url(from_address="noreply@example.com", timeout="1"))
+        async with sender:
+            worker = Worker(
+                queue=queue,  # type: ignore[arg-type]
+                store=store,
+                attachments=attachments,
+                sender=sender,
+                settings=FAST,
+            )
+            rig = Rig(mq, server, sender, worker)
+            rig.start()
+            try:
+                for mail_id in ids:
+                    assert (await rig.final(mail_id)).status is Status.SENT
+            finally:
+                await rig.stop()
+    assert store.failed, "no batch commit failed: the test proved nothing"
+    assert store.acked_when_failed == []
+    assert sorted(queue.acked) == sorted(ids)  # each acked once, after its outcome was committed
+    assert len(server.messages) == len(ids)  # the outcomes were recorded again, not sent again
+    assert worker.counts["record_retried"] >= 1
+
+
+async def test_recorded_mail_is_sent_as_the_store_has_it(rig: Rig) -> None:
+    """The worker takes only the id from the envelope when the Store has the mail."""
+    stored = mail("ann@example.com", subject="From the Store", message_id="<kept.1@example.com>")
+    await rig.mq.store.add(MailRecord.new(stored))
+    await rig.mq.queue.publish(stored.id, b'{"v":1,"mail":{"id":"%s","subject":7}}' % stored.id.encode())
+    done = await rig.final(stored.id)
+    assert done.status is Status.SENT
+    (message,) = [email.message_from_bytes(m.data, policy=email.policy.default) for m in rig.server.messages]
+    assert (message["Subject"], message["Message-ID"]) == ("From the Store", "<kept.1@example.com>")
+    assert rig.worker.counts["invalid"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v":1,"mail":{"id":"0000abcd","subject":7}}',  # no record, and not a mail
+        b'{"v":2,"mail":{"id":"0000abcd"}}',
+        b'{"v":true,"mail":{"id":"0000abcd"}}',
+        b'{"v":1,"mail":{"id":"../etc"}}',
+        b'{"v":1,"mail":[]}',
+        b"\xff\xfe",
+    ],
+)
+async def test_envelope_without_record_or_id_is_dead_lettered(rig: Rig, body: bytes) -> None:
+    await rig.mq.queue.publish("bad", body)
+    for _ in range(100):
+        if rig.worker.counts["invalid"]:
+            break
+        await asyncio.sleep(0.02)
+    assert rig.worker.counts["invalid"] == 1
+    assert await rig.mq.status("0000abcd") is None
+    assert rig.server.messages == []

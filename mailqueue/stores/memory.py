@@ -253,6 +253,24 @@ class MemoryStore(_InMemory):
         self._records[mail_id] = record.evolve(**changes)
         return True
 
+    async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
+        """The records of those of ``mail_ids`` that exist, without history.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        return {mail_id: self._records[mail_id] for mail_id in mail_ids if mail_id in self._records}
+
+    async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
+        """Apply each change as :meth:`update` does, in order, all at once.
+
+        Raises:
+            StoreError: the store is not open (nothing is changed).
+        """
+        self._check_open()
+        return [await self.update(mail_id, change) for mail_id, change in changes]
+
     async def delete_records(
         self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False
     ) -> list[str]:

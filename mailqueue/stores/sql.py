@@ -1286,7 +1286,134 @@ class SQLStore(ResourceMixin):
         Raises:
             StoreError: the database failed.
         """
-        values: dict[str, Any] = {"updated_at": self._db_time(utcnow())}
+        stmt, attempt = self._update_statement(mail_id, change)
+
+        async def work(engine: AsyncEngine) -> bool:
+            async with engine.begin() as connection:
+                # the UPDATE comes first so that it takes the row (or SQLite's write) lock
+                if (await connection.execute(stmt)).rowcount != 1:
+                    return False
+                if attempt is not None:
+                    email_id = (
+                        await connection.execute(sa.select(email.c.id).where(email.c.uid == mail_id))
+                    ).scalar_one()
+                    await connection.execute(
+                        email_attempt.insert().values(self._attempt_values(email_id, attempt))
+                    )
+            return True
+
+        return await self._run(f"update record {mail_id}", work)
+
+    async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
+        """The records of those of ``mail_ids`` that exist, by id, without history, in one query.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        wanted = list(dict.fromkeys(mail_ids))
+        if not wanted:
+            return {}
+
+        async def work(engine: AsyncEngine) -> dict[str, MailRecord]:
+            async with engine.connect() as connection:
+                rows = (await connection.execute(sa.select(email).where(email.c.uid.in_(wanted)))).mappings()
+                return {str(row["uid"]): _record(row) for row in rows}
+
+        return await self._run(f"read {len(wanted)} record(s)", work)
+
+    async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
+        """Apply each change as :meth:`update` does, in order, in one transaction (one commit).
+
+        Returns:
+            For each change, whether it was applied.
+
+        Raises:
+            StoreError: the database failed; nothing was committed.
+        """
+        if not changes:
+            return []
+        # Runs of the same change to different records without an attempt (the
+        # worker's claims) go as one statement; the others one statement each.
+        runs: list[tuple[list[str], RecordUpdate]] = []
+        members: set[str] = set()
+        for mail_id, change in changes:
+            if (
+                runs
+                and change.attempt is None
+                and change.expect_updated_at is None
+                and runs[-1][1] == change
+                and mail_id not in members
+            ):
+                runs[-1][0].append(mail_id)
+            else:
+                runs.append(([mail_id], change))
+                members = set()
+            members.add(mail_id)
+        now = utcnow()
+
+        async def work(engine: AsyncEngine) -> list[bool]:
+            applied: list[bool] = []
+            attempts: list[tuple[str, Attempt]] = []
+            async with engine.begin() as connection:
+                for ids, change in runs:
+                    values, conditions, attempt = self._change(change, now)
+                    if len(ids) == 1:
+                        stmt = email.update().where(email.c.uid == ids[0], *conditions).values(values)
+                        done = set(ids) if (await connection.execute(stmt)).rowcount == 1 else set()
+                    else:
+                        done = await self._update_group(connection, ids, values, conditions)
+                    for mail_id in ids:
+                        applied.append(mail_id in done)
+                        if mail_id in done and attempt is not None:
+                            attempts.append((mail_id, attempt))
+                if attempts:
+                    uids = list(dict.fromkeys(mail_id for mail_id, _ in attempts))
+                    found = await connection.execute(
+                        sa.select(email.c.uid, email.c.id).where(email.c.uid.in_(uids))
+                    )
+                    row_ids = {str(uid): row_id for uid, row_id in found.all()}
+                    await connection.execute(
+                        email_attempt.insert(),
+                        [self._attempt_values(row_ids[mail_id], attempt) for mail_id, attempt in attempts],
+                    )
+            return applied
+
+        return await self._run(f"update {len(changes)} record(s)", work)
+
+    @staticmethod
+    async def _update_group(
+        connection: AsyncConnection,
+        ids: list[str],
+        values: dict[str, Any],
+        conditions: list[sa.ColumnElement[bool]],
+    ) -> set[str]:
+        """Apply one change to those of the records ``ids`` (distinct) that meet
+        ``conditions``, in one statement or two; return the ids of those changed."""
+        chosen = sa.and_(email.c.uid.in_(ids), *conditions)
+        if connection.dialect.name in ("sqlite", "postgresql"):
+            changed = await connection.execute(
+                email.update().where(chosen).values(values).returning(email.c.uid)
+            )
+            return {str(uid) for (uid,) in changed.all()}
+        # MySQL/MariaDB have no UPDATE ... RETURNING: lock the rows that match, then change exactly those.
+        rows = await connection.execute(sa.select(email.c.uid).where(chosen).with_for_update())
+        locked = [str(uid) for (uid,) in rows.all()]
+        if locked:
+            await connection.execute(
+                email.update().where(email.c.uid.in_(locked), *conditions).values(values)
+            )
+        return set(locked)
+
+    def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:
+        """The conditional UPDATE of one record for ``change``, and the attempt row to add with it."""
+        values, conditions, attempt = self._change(change, utcnow())
+        return email.update().where(email.c.uid == mail_id, *conditions).values(values), attempt
+
+    def _change(
+        self, change: RecordUpdate, now: datetime
+    ) -> tuple[dict[str, Any], list[sa.ColumnElement[bool]], Attempt | None]:
+        """What ``change`` sets, the conditions it puts on the row, and the attempt row to add."""
+        values: dict[str, Any] = {"updated_at": self._db_time(now)}
         if change.status is not None:
             values["status"] = change.status.value
             values["is_ok"] = 1 if change.status is Status.SENT else 0
@@ -1309,28 +1436,12 @@ class SQLStore(ResourceMixin):
             values["attempts"] = sa.case(
                 (email.c.attempts < attempt.number, attempt.number), else_=email.c.attempts
             )
-        stmt = email.update().where(email.c.uid == mail_id)
+        conditions: list[sa.ColumnElement[bool]] = []
         if change.expect is not None:
-            stmt = stmt.where(email.c.status.in_(sorted(s.value for s in change.expect)))
+            conditions.append(email.c.status.in_(sorted(s.value for s in change.expect)))
         if change.expect_updated_at is not None:
-            stmt = stmt.where(email.c.updated_at == self._db_time(change.expect_updated_at))
-        stmt = stmt.values(values)
-
-        async def work(engine: AsyncEngine) -> bool:
-            async with engine.begin() as connection:
-                # the UPDATE comes first so that it takes the row (or SQLite's write) lock
-                if (await connection.execute(stmt)).rowcount != 1:
-                    return False
-                if attempt is not None:
-                    email_id = (
-                        await connection.execute(sa.select(email.c.id).where(email.c.uid == mail_id))
-                    ).scalar_one()
-                    await connection.execute(
-                        email_attempt.insert().values(self._attempt_values(email_id, attempt))
-                    )
-            return True
-
-        return await self._run(f"update record {mail_id}", work)
+            conditions.append(email.c.updated_at == self._db_time(change.expect_updated_at))
+        return values, conditions, attempt
 
     async def delete_records(
         self, mail_ids: Sequence[str], *, statuses: frozenset[Status], soft: bool = False

@@ -25,8 +25,8 @@ and ``until`` as exclusive; the history lists attempts in the order they were
 added; a closed store raises :class:`~mailqueue.errors.StoreError`.
 
 The optional capabilities (:class:`~mailqueue.protocols.PrunableStore`,
-:class:`~mailqueue.protocols.InspectableStore`, :class:`~mailqueue.protocols.BatchStore`)
-are tested when the store has
+:class:`~mailqueue.protocols.InspectableStore`, :class:`~mailqueue.protocols.BatchStore`,
+:class:`~mailqueue.protocols.BatchUpdateStore`) are tested when the store has
 them and skipped otherwise.
 """
 
@@ -40,7 +40,7 @@ import pytest
 
 from mailqueue.errors import StoreError
 from mailqueue.message import AttachmentRef, Mail, Recipient, new_id
-from mailqueue.protocols import BatchStore, InspectableStore, PrunableStore, Store
+from mailqueue.protocols import BatchStore, BatchUpdateStore, InspectableStore, PrunableStore, Store
 from mailqueue.records import (
     Attempt,
     MailRecord,
@@ -410,6 +410,79 @@ class StoreConformance:
         got = await store.get(record.id)
         assert got is not None
         assert got.status is Status.UNKNOWN
+
+    async def test_get_many_reads_those_that_exist(self, store: Store) -> None:
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot read records in batches (optional BatchUpdateStore)")
+        first = await store.add(make_record().evolve(history=(_attempt(1),), attempts=1))
+        second = await store.add(make_record(subject="Second"))
+        found = await store.get_many([second.id, "0" * 32, first.id, second.id])
+        assert sorted(found) == sorted([first.id, second.id])
+        for record in (first, second):
+            single = await store.get(record.id)
+            assert single is not None
+            assert found[record.id] == single.evolve(history=())
+        assert await store.get_many([]) == {}
+
+    async def test_update_many_is_update_in_order(self, store: Store) -> None:
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
+        one = await store.add(make_record())
+        two = await store.add(make_record())
+        claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED, Status.RETRYING}))
+        sent = RecordUpdate(
+            status=Status.SENT, attempt=_attempt(1, "sent"), remark="ok", expect=frozenset({Status.SENDING})
+        )
+        results = await store.update_many(
+            [
+                (one.id, claim),
+                (one.id, claim),  # the first changed it: no longer queued
+                (one.id, sent),
+                (two.id, sent),  # not sending: refused
+                ("0" * 32, claim),
+                (two.id, claim),
+            ]
+        )
+        assert results == [True, False, True, False, False, True]
+        got_one, got_two = await store.get(one.id), await store.get(two.id)
+        assert got_one is not None
+        assert got_two is not None
+        assert (got_one.status, got_one.attempts, got_one.remark) == (Status.SENT, 1, "ok")
+        assert [a.outcome for a in got_one.history] == ["sent"]
+        assert (got_two.status, got_two.attempts, got_two.history) == (Status.SENDING, 0, ())
+        assert await store.update_many([]) == []
+
+    async def test_update_many_same_change_to_many_records(self, store: Store) -> None:
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
+        records = [await store.add(make_record()) for _ in range(4)]
+        sent = records[1].id
+        assert await store.update(sent, RecordUpdate(status=Status.SENT))
+        claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED, Status.RETRYING}))
+        ids = [r.id for r in records]
+        assert await store.update_many([(mail_id, claim) for mail_id in ids]) == [True, False, True, True]
+        got = await store.get_many(ids)
+        assert [got[mail_id].status for mail_id in ids] == [
+            Status.SENDING,
+            Status.SENT,
+            Status.SENDING,
+            Status.SENDING,
+        ]
+        assert await store.update_many([(mail_id, claim) for mail_id in ids]) == [False] * 4
+
+    async def test_update_many_lets_exactly_one_concurrent_claim_win(self, store: Store) -> None:
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
+        records = [await store.add(make_record()) for _ in range(3)]
+        claim = RecordUpdate(status=Status.SENDING, attempt=_attempt(1), expect=frozenset({Status.QUEUED}))
+        batches = await asyncio.gather(
+            *(store.update_many([(r.id, claim) for r in records]) for _ in range(5))
+        )
+        for index, record in enumerate(records):
+            assert sorted(batch[index] for batch in batches) == [False] * 4 + [True]
+            got = await store.get(record.id)
+            assert got is not None
+            assert (got.status, len(got.history)) == (Status.SENDING, 1)
 
     async def test_delete_records_only_in_the_given_states(self, store: Store) -> None:
         if not isinstance(store, PrunableStore):
