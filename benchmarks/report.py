@@ -326,6 +326,7 @@ def worker_section(worker: Any) -> str:
                     "mails",
                     "concurrency",
                     "per_s",
+                    "range",
                     "recorded_per_s",
                     "ceiling_per_s",
                     "ratio",
