@@ -308,7 +308,9 @@ def targets(worker: Any, api: Any) -> str:
 def worker_section(worker: Any) -> str:
     if not worker:
         return "_Not run (benchmarks/worker.py)._\n"
-    out = [f"Run {worker.get('date', '?')}, {fmt(worker.get('seconds'))} s.\n\n"]
+    dates = worker.get("section_dates") or {}
+    when = ", ".join(f"{k} {v}" for k, v in dates.items()) or worker.get("date", "?")
+    out = [f"Measured: {when}.\n\n"]
     if worker.get("runs"):
         out.append(
             "One `mailqueue worker` process per row, mails preloaded with `MailQueue.submit`; "

@@ -783,9 +783,14 @@ def merge_results(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError):
         return fresh
     merged = {**old, **fresh}
+    dates = dict(old.get("section_dates") or {})
     for key in ("runs", "ceilings", "sweep", "memory"):
-        if key not in fresh and key in old:
+        if key in fresh:
+            dates[key] = fresh.get("date")
+        elif key in old:
             merged[key] = old[key]
+            dates.setdefault(key, old.get("date"))
+    merged["section_dates"] = dates
     return merged
 
 
