@@ -337,6 +337,7 @@ def worker_section(worker: Any) -> str:
                     "peak_rss_mib",
                     "worker_cpu_s",
                     "submit_per_s",
+                    "load_1min",
                     "ok",
                 ],
             )

@@ -351,6 +351,8 @@ async def measure_worker(
 ) -> dict[str, Any]:
     """Preload ``mails``, run one worker until all are delivered and recorded; return the figures."""
     result: dict[str, Any] = {"backend": kind, "variant": variant, "mails": mails, "concurrency": concurrency}
+    # the machine's 1-minute load average as the run starts: other work on the machine shows here
+    result["load_1min"] = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="mqbench-") as tmpname:
         tmp = Path(tmpname)
         async with backend(kind, tmp, sink, concurrency) as setup:
