@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -395,6 +396,22 @@ def serve_bare(port: int, workers: int) -> None:
 # --- memory ------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (uvicorn's worker processes)."""
+    total = 0.0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -496,11 +513,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return runs[0]
     ordered = sorted(runs, key=lambda r: r["rps"])
     result = dict(ordered[len(ordered) // 2])
-    for key in ("rps", "p50_ms", "p99_ms"):
+    for key in ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request"):
+        if key not in runs[0]:
+            continue
         values = [r[key] for r in runs]
         result[f"{key}_range"] = [min(values), max(values)]
     result["durable_ok"] = all(r.get("durable_ok", False) for r in runs)
-    result["errors"] = sum(r["errors"] for r in runs)
+    result["errors"] = sum(r.get("errors", 0) for r in runs)
     result["runs"] = len(runs)
     return result
 
@@ -510,6 +529,7 @@ def count_files_in(folder: Path) -> int:
 
 
 async def run_api_scenario(
+    pid: int,
     port: int,
     database: str,
     queue: str,
@@ -521,7 +541,9 @@ async def run_api_scenario(
 ) -> dict[str, Any]:
     before = await count_records(database)
     files_before = count_files_in(attachments) if count_files else 0
+    cpu = cpu_seconds(pid)
     result = await asyncio.to_thread(load, f"http://127.0.0.1:{port}/api/email/send", body, requests)
+    result["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(pid) - cpu) / requests, 3)
     result.update(await settle(database, queue, result["ok_200"], before))
     if count_files:
         files = count_files_in(attachments) - files_before
@@ -549,22 +571,60 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         config = tmp / "api.yaml"
         write_config(config, database=database, queue=queue, attachments=attachments, port=port)
-        with running(api_command(config, args.workers), f"http://127.0.0.1:{port}/health/ready") as pid:
-            await asyncio.to_thread(load, f"http://127.0.0.1:{port}/api/email/send", small_body(), 1000)
+        with contextlib.ExitStack() as servers:
+            pid = servers.enter_context(
+                running(api_command(config, args.workers), f"http://127.0.0.1:{port}/health/ready")
+            )
+            api_url = f"http://127.0.0.1:{port}/api/email/send"
+            await asyncio.to_thread(load, api_url, small_body(), 1000)
             await queue_count_and_purge(queue)
+            bare_url = None
+            bare_pid = 0
+            if not args.skip_ceilings:
+                bare_port = free_port()
+                env = os.environ.copy() | {"MQAPI_BARE_QUEUE": bare_queue}
+                command = [sys.executable, str(HERE / "api.py"), "--serve-bare", str(bare_port)]
+                command += ["--workers", str(args.workers)]
+                bare_pid = servers.enter_context(
+                    running(command, f"http://127.0.0.1:{bare_port}/health/ready", env=env)
+                )
+                bare_url = f"http://127.0.0.1:{bare_port}/api/email/send"
+                await asyncio.to_thread(load, bare_url, small_body(), 1000)
+                await queue_count_and_purge(bare_queue)
+            # the API and the bare endpoint take turns, so that both see the same background load
+            small: list[dict[str, Any]] = []
+            bare: list[dict[str, Any]] = []
             profiler = start_profile(pid, args) if args.profile else None
-            small = [
-                await run_api_scenario(port, database, queue, attachments, small_body(), args.requests)
-                for _ in range(args.runs)
-            ]
+            for _ in range(args.runs):
+                small.append(
+                    await run_api_scenario(
+                        pid, port, database, queue, attachments, small_body(), args.requests
+                    )
+                )
+                if bare_url is not None:
+                    cpu = cpu_seconds(bare_pid)
+                    run = await asyncio.to_thread(load, bare_url, small_body(), args.requests)
+                    run["server_cpu_ms_per_request"] = round(
+                        1000 * (cpu_seconds(bare_pid) - cpu) / args.requests, 3
+                    )
+                    messages = await queue_count_and_purge(bare_queue)
+                    run.update(queued_messages=messages, durable_ok=messages == run["ok_200"])
+                    bare.append(run)
             if profiler is not None:
                 results["profile"] = finish_profile(profiler)
             results["small"] = summarize(small)
+            if bare:
+                results["bare_ceiling"] = summarize(bare)
+                ratios = [a["rps"] / b["rps"] for a, b in zip(small, bare, strict=True)]
+                results["ratio_vs_bare"] = round(results["small"]["rps"] / results["bare_ceiling"]["rps"], 3)
+                results["ratio_vs_bare_per_run"] = [round(r, 3) for r in ratios]
             if not args.skip_attachment:
                 big = attachment_body(MIB)
-                results["attachment_1mib"] = summarize(
-                    [
+                runs = []
+                for _ in range(args.runs):
+                    runs.append(
                         await run_api_scenario(
+                            pid,
                             port,
                             database,
                             queue,
@@ -573,30 +633,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                             args.attachment_requests,
                             count_files=True,
                         )
-                        for _ in range(args.runs)
-                    ]
-                )
+                    )
+                results["attachment_1mib"] = summarize(runs)
                 shutil.rmtree(attachments, ignore_errors=True)
         if not args.skip_ceilings:
-            bare_port = free_port()
-            env = os.environ.copy() | {"MQAPI_BARE_QUEUE": bare_queue}
-            command = [sys.executable, str(HERE / "api.py"), "--serve-bare", str(bare_port)]
-            command += ["--workers", str(args.workers)]
-            with running(command, f"http://127.0.0.1:{bare_port}/health/ready", env=env):
-                url = f"http://127.0.0.1:{bare_port}/api/email/send"
-                await asyncio.to_thread(load, url, small_body(), 1000)
-                await queue_count_and_purge(bare_queue)
-                bare = []
-                for _ in range(args.runs):
-                    run = await asyncio.to_thread(load, url, small_body(), args.requests)
-                    messages = await queue_count_and_purge(bare_queue)
-                    run.update(queued_messages=messages, durable_ok=messages == run["ok_200"])
-                    bare.append(run)
-            results["bare_ceiling"] = summarize(bare)
             results["raw_publish"] = summarize(
                 [await raw_publish(raw_queue, args.requests) for _ in range(args.runs)]
             )
-            results["ratio_vs_bare"] = round(results["small"]["rps"] / results["bare_ceiling"]["rps"], 3)
         if not args.skip_memory:
             results["memory_upload_100mib"] = await memory_scenario(tmp, database, queue, args.upload_mib)
     finally:

@@ -222,6 +222,17 @@ def targets(worker: Any, api: Any) -> str:
             ),
         )
     )
+    sweep = (worker or {}).get("sweep") or []
+    if sweep:
+        best = max(sweep, key=lambda p: p.get("worker_per_s") or 0)
+        rows.append(
+            (
+                "(information) best of the concurrency sweep, amqp + MariaDB",
+                f"{fmt(best.get('worker_per_s'))} mails/s at concurrency {best['concurrency']}, "
+                f"{fmt(best.get('ratio'))} x its ceiling",
+                "-",
+            )
+        )
     embedded = run("embedded")
     rate = embedded.get("per_s") if embedded else None
     rows.append(
@@ -277,7 +288,11 @@ def targets(worker: Any, api: Any) -> str:
     bounded = wmem.get("bounded") if wmem else None
     shown = ""
     if wmem:
-        peaks = ", ".join(f"{r['mails']:,} queued: {fmt(r['peak_rss_mib'])} MiB" for r in wmem["runs"])
+        peaks = ", ".join(
+            f"{r['mails']:,} queued: "
+            + (f"{fmt(r['peak_rss_mib'])} MiB" if r.get("peak_rss_mib") else "failed")
+            for r in wmem["runs"]
+        )
         shown = f"{peaks}; concurrency x message = {fmt(wmem['bound_mib'])} MiB"
     rows.append(
         (
@@ -293,14 +308,16 @@ def targets(worker: Any, api: Any) -> str:
 def worker_section(worker: Any) -> str:
     if not worker:
         return "_Not run (benchmarks/worker.py)._\n"
-    out = [f"Run {worker.get('date', '?')}, {fmt(worker.get('seconds'))} s.\n"]
+    dates = worker.get("section_dates") or {}
+    when = ", ".join(f"{k} {v}" for k, v in dates.items()) or worker.get("date", "?")
+    out = [f"Measured: {when}.\n\n"]
     if worker.get("runs"):
         out.append(
             "One `mailqueue worker` process per row, mails preloaded with `MailQueue.submit`; "
             "`per_s` = mails/s from the first to the last mail the sink accepted (embedded: the "
             "first and last `.eml` written to the outbox); `recorded_per_s` = mails / (first delivery -> "
             "every record `sent` in the Store); `received` = mails the sink counted (exactly once each "
-            "if it equals `mails`); `ratio` = worker / raw aiosmtplib ceiling.\n"
+            "if it equals `mails`); `ratio` = worker / raw aiosmtplib ceiling.\n\n"
         )
         out.append(
             md_table(
@@ -311,6 +328,7 @@ def worker_section(worker: Any) -> str:
                     "mails",
                     "concurrency",
                     "per_s",
+                    "range",
                     "recorded_per_s",
                     "ceiling_per_s",
                     "ratio",
@@ -319,6 +337,7 @@ def worker_section(worker: Any) -> str:
                     "peak_rss_mib",
                     "worker_cpu_s",
                     "submit_per_s",
+                    "load_1min",
                     "ok",
                 ],
             )
@@ -327,9 +346,14 @@ def worker_section(worker: Any) -> str:
         for r in errors:
             out.append(f"\n`{r['backend']}/{r['variant']}` error: `{fmt(r['error'])[:500]}`\n")
     if worker.get("ceilings"):
-        out.append("\nRaw aiosmtplib ceiling (pre-built bytes, persistent connections, same sink):\n\n")
         out.append(
-            md_table(worker["ceilings"], ["variant", "connections", "mails", "per_s", "received", "ok"])
+            "\nRaw aiosmtplib ceiling (pre-built bytes, persistent connections, same sink; "
+            "median of 3 runs):\n\n"
+        )
+        out.append(
+            md_table(
+                worker["ceilings"], ["variant", "connections", "mails", "per_s", "range", "received", "ok"]
+            )
         )
     if worker.get("sweep"):
         out.append(
@@ -349,9 +373,10 @@ def worker_section(worker: Any) -> str:
             f"concurrency {memory['concurrency']})\n\n"
             f"A message is {fmt(memory['message_mib'])} MiB on the wire; concurrency x message = "
             f"{fmt(memory['bound_mib'])} MiB. Idle worker peak: {fmt(memory['idle_peak_mib'])} MiB. "
-            f"Growth of the peak from the smallest to the largest queue: "
-            f"{fmt(memory['growth_with_queue_mib'])} MiB. Bounded (growth <= half of concurrency x message, "
-            f"peak over idle <= 4 x concurrency x message, all delivered): {fmt(memory['bounded'])}.\n\n"
+            f"Growth of the peak from the shortest to the longest queue: "
+            f"{fmt(memory['growth_with_queue_mib'])} MiB. Bounded (that growth <= concurrency x message, "
+            f"every mail delivered once and recorded): {fmt(memory['bounded'])}.\n\n"
+            "![worker RSS while sending 1 MiB mails](worker-memory.png)\n\n"
         )
         out.append(
             md_table(memory["runs"], ["mails", "peak_rss_mib", "per_s", "received", "sent_in_store", "ok"])

@@ -67,7 +67,7 @@ _R = TypeVar("_R")
 #: Most records one group commit inserts, most marks one statement clears.
 BATCH_MAX = 256
 #: Seconds the marks of confirmed submits wait to be cleared together.
-CLEAR_LINGER = 0.05
+CLEAR_LINGER = 0.2
 
 
 class _Batcher(Generic[_T, _R]):
@@ -189,7 +189,7 @@ class MailQueue:
         self._adds: _Batcher[MailRecord, MailRecord] | None = None
         self._clears: _Batcher[str, None] | None = None
         if isinstance(store, BatchStore):
-            self._adds = _Batcher(self._add_many)
+            self._adds = _Batcher(self._add_many, flushers=1)
             # nobody waits for a clear: gather them for a while, one UPDATE per batch
             self._clears = _Batcher(self._clear_marks, flushers=1, linger=CLEAR_LINGER)
 

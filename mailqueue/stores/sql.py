@@ -132,7 +132,7 @@ MESSAGE_ID_CHARS = 255
 #: The index a page of a time window is read from on MySQL/MariaDB (see ``find``).
 TIME_INDEX = "ix_email_created_deleted_uid"
 #: The index a subject search walks on MySQL/MariaDB (see ``find``).
-SUBJECT_INDEX = "ix_email_deleted_uid_title"
+SUBJECT_INDEX = "ix_email_uid_deleted_title"
 #: Rows read per round when a recipient filter is checked row by row.
 _RECIPIENT_BATCH = 1000
 
@@ -1097,13 +1097,17 @@ class SQLStore(ResourceMixin):
         needle = query.recipient
         dialect = self.dialect_name
         # MariaDB/MySQL walk uq_email_uid for ORDER BY uid LIMIT n even when a
-        # time window far from the newest (oldest) end holds the rows; from
-        # there the window's own index, sorted, is far cheaper
+        # time window far from the newest (oldest) end holds the rows, or few
+        # of them match; the window's own index, sorted, costs what the window
+        # holds. Not when a status or code (with indexes of their own) is given:
+        # the sweeper's "queued, older than a minute" would sort the whole table
         window_hint = (
             dialect in ("mysql", "mariadb")
-            and (query.until if newest else query.since) is not None
+            and (query.since is not None or query.until is not None)
             and query.ids is None
             and query.idempotency_key is None
+            and query.statuses is None
+            and query.code is None
         )
         # a subject alone is searched in an index that holds it (in uid order),
         # and only the rows of the page are read: a deferred join, since
