@@ -362,6 +362,18 @@ async def measure(url: str, runs: int, show_plans: bool) -> tuple[list[dict[str,
                 "recipient, 1 match (full scan)",
                 lambda: store.find(RecordQuery(recipient="zelda.quimby", limit=PAGE)),
             ),
+            (
+                "recipient, 1 match, status=failed",
+                lambda: store.find(RecordQuery(recipient="zelda.quimby", statuses=failed, limit=PAGE)),
+            ),
+            (
+                "recipient, 1 match, last 24 h",
+                lambda: store.find(
+                    RecordQuery(
+                        recipient="zelda.quimby", since=datetime.now(UTC) - timedelta(days=1), limit=PAGE
+                    )
+                ),
+            ),
             ("subject 'invoice' (common)", lambda: store.find(RecordQuery(subject="invoice", limit=PAGE))),
             (
                 "subject, 1 match (full scan)",

@@ -303,7 +303,7 @@ async def test_dashboard_indexes_come_and_go_with_revision_0003(scratch_url: str
         "ix_email_status_deleted_uid",
         "ix_email_code_deleted_uid",
         "ix_email_created_deleted_uid",
-        "ix_email_deleted_uid_title",
+        "ix_email_uid_deleted_title",
         "ix_email_sent_at",
         "ix_email_status_updated_at",
     }

@@ -77,7 +77,7 @@ email = sa.Table(
     sa.Index("ix_email_status_deleted_uid", "status", "is_deleted", "uid"),
     sa.Index("ix_email_code_deleted_uid", "last_code", "is_deleted", "uid"),
     sa.Index("ix_email_created_deleted_uid", "created_at", "is_deleted", "uid"),
-    sa.Index("ix_email_deleted_uid_title", "is_deleted", "uid", "title"),
+    sa.Index("ix_email_uid_deleted_title", "uid", "is_deleted", "title"),
     sa.Index("ix_email_sent_at", "sent_at"),
     sa.Index("ix_email_status_updated_at", "status", "updated_at"),
 )

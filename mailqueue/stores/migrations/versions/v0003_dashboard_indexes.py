@@ -13,9 +13,10 @@ deleted records out:
   ``uq_email_uid`` from the newest row back to the window);
 - ``(sent_at)`` and ``(status, updated_at)``: mails sent, and mails failed or
   dead, per minute of the activity chart (``created_at`` has its index already);
-- ``(is_deleted, uid, title)``: a subject search reads this index, in uid
+- ``(uid, is_deleted, title)``: a subject search reads this index, in uid
   order, instead of the rows (a twentieth of their size), and then only the
-  rows of the page.
+  rows of the page. ``uid`` comes first: led by ``is_deleted``, MariaDB took
+  it for every page and for ``count_by_status`` (seconds on a million rows).
 
 Substring filters cannot seek in a B-tree index: a recipient search walks
 ``uq_email_uid`` and reads the rows, a subject search the index above; both
@@ -42,12 +43,14 @@ EMAIL_INDEXES = [
     ("ix_email_status_deleted_uid", ["status", "is_deleted", "uid"]),
     ("ix_email_code_deleted_uid", ["last_code", "is_deleted", "uid"]),
     ("ix_email_created_deleted_uid", ["created_at", "is_deleted", "uid"]),
-    ("ix_email_deleted_uid_title", ["is_deleted", "uid", "title"]),
+    ("ix_email_uid_deleted_title", ["uid", "is_deleted", "title"]),
     ("ix_email_sent_at", ["sent_at"]),
     ("ix_email_status_updated_at", ["status", "updated_at"]),
 ]
 #: (name, columns) of revision 0002's index that the first one above replaces.
 REPLACED = ("ix_email_status_id", ["status", "id"])
+#: Indexes of an early version of this revision, dropped where present.
+DROPPED = ["ix_email_deleted_uid_title"]
 
 
 def _indexes() -> set[str]:
@@ -60,9 +63,9 @@ def upgrade() -> None:
     for name, columns in EMAIL_INDEXES:
         if name not in existing:
             op.create_index(name, "email", columns)
-    name, _ = REPLACED
-    if name in existing:
-        op.drop_index(name, table_name="email")
+    for name in [REPLACED[0], *DROPPED]:
+        if name in existing:
+            op.drop_index(name, table_name="email")
 
 
 def downgrade() -> None:
