@@ -558,7 +558,7 @@ class MailQueue:
         pruned = 0
         if settings.records_after is not None:
             pruned = await self.prune(older_than=settings.records_after)
-        return swept.finished + swept.orphans + pruned
+        return swept.finished + swept.orphans + swept.incomplete + pruned
 
     async def _add_many(self, records: list[MailRecord]) -> list[MailRecord | Exception]:
         assert isinstance(self.store, BatchStore)
