@@ -612,7 +612,8 @@ def sweep(
                 verb = "would delete" if dry_run else "deleted"
                 click.echo(
                     f"{verb} {swept.finished} attachment(s) of finished mails and "
-                    f"{swept.orphans} orphaned attachment(s)",
+                    f"{swept.orphans} orphaned attachment(s)"
+                    + (f", and {swept.incomplete} unfinished upload(s)" if swept.incomplete else ""),
                     err=True,
                 )
 

@@ -100,7 +100,9 @@ class _Batcher(Generic[_T, _R]):
         """Queue ``item``; the future gets its result (or the batch's exception)."""
         future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if len(self._tasks) < self._flushers:
+        # A finished task may still be in the set (its done-callback runs later); one not
+        # finished checks for pending items again before it ends, so it takes this one too.
+        if sum(1 for task in self._tasks if not task.done()) < self._flushers:
             task = asyncio.create_task(self._run())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -556,7 +558,7 @@ class MailQueue:
         pruned = 0
         if settings.records_after is not None:
             pruned = await self.prune(older_than=settings.records_after)
-        return swept.finished + swept.orphans + pruned
+        return swept.finished + swept.orphans + swept.incomplete + pruned
 
     async def _add_many(self, records: list[MailRecord]) -> list[MailRecord | Exception]:
         assert isinstance(self.store, BatchStore)

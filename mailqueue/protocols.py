@@ -34,6 +34,7 @@ __all__ = [
     "ListableAttachmentStore",
     "OutgoingMessage",
     "PrunableStore",
+    "PurgeableAttachmentStore",
     "Queue",
     "QueueCapabilities",
     "RecipientReply",
@@ -382,6 +383,21 @@ class ListableAttachmentStore(Protocol):
     def list_keys(self, *, before: datetime) -> AsyncIterator[tuple[str, datetime]]:
         """Yield ``(key, stored_at)`` (timezone-aware UTC) of every complete
         attachment stored before ``before``, in no particular order."""
+
+
+@runtime_checkable
+class PurgeableAttachmentStore(Protocol):
+    """Optional AttachmentStore capability: remove uploads a crash left unfinished.
+
+    An upload whose writer died (a killed API process) is never complete, so
+    no mail refers to it and :class:`ListableAttachmentStore` does not list
+    it; the retention sweep removes it with this once it is
+    ``retention.orphans_after`` old.
+    """
+
+    async def purge_incomplete(self, *, older_than: float = 3600.0) -> int:
+        """Remove unfinished uploads started more than ``older_than`` seconds ago;
+        return how many were removed. Uploads in progress are younger and stay."""
 
 
 @dataclass(frozen=True, slots=True)

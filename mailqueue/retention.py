@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
 
 from mailqueue.errors import AttachmentError, BackendError, ConfigurationError
-from mailqueue.protocols import ListableAttachmentStore, PrunableStore
+from mailqueue.protocols import ListableAttachmentStore, PrunableStore, PurgeableAttachmentStore
 from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
 
 if TYPE_CHECKING:
@@ -121,6 +121,9 @@ class AttachmentSweep:
         finished: attachments of mails finished ``attachments_after`` ago.
         orphans: attachments no mail refers to, ``orphans_after`` old.
         kept: attachments old enough to be looked at but still needed.
+        incomplete: unfinished uploads a crash left, ``orphans_after`` old
+            (:class:`~mailqueue.protocols.PurgeableAttachmentStore`; not
+            counted by a dry run).
         supported: ``False`` if the attachment store cannot list its keys
             (nothing was swept).
     """
@@ -129,6 +132,7 @@ class AttachmentSweep:
     orphans: int = 0
     kept: int = 0
     supported: bool = True
+    incomplete: int = 0
 
 
 async def sweep_attachments(
@@ -144,16 +148,24 @@ async def sweep_attachments(
     See :meth:`MailQueue.sweep_attachments`.
     """
     store = mq.attachments
+    incomplete = 0
+    if orphans_after is not None and not dry_run and isinstance(store, PurgeableAttachmentStore):
+        try:
+            incomplete = await store.purge_incomplete(older_than=orphans_after)
+        except (AttachmentError, BackendError) as exc:
+            logger.warning("could not remove unfinished uploads (%s); trying again next time", exc)
+        if incomplete:
+            logger.info("attachments swept: %d unfinished upload(s)", incomplete)
     if not isinstance(store, ListableAttachmentStore):
         logger.info("the attachment store %s cannot list its keys; attachments are not swept", type(store))
-        return AttachmentSweep(supported=False)
+        return AttachmentSweep(supported=False, incomplete=incomplete)
     ages = [age for age in (attachments_after, orphans_after) if age is not None]
     if not ages:
-        return AttachmentSweep()
+        return AttachmentSweep(incomplete=incomplete)
     now = utcnow()
     candidates = {key: at async for key, at in store.list_keys(before=now - timedelta(seconds=min(ages)))}
     if not candidates:
-        return AttachmentSweep()
+        return AttachmentSweep(incomplete=incomplete)
     # A record refers only to attachments stored before it was created.
     since = min(candidates.values()) - CLOCK_SLACK
     finished_cutoff = now - timedelta(seconds=attachments_after) if attachments_after is not None else None
@@ -192,7 +204,9 @@ async def sweep_attachments(
                 logger.warning("could not delete attachment key=%s (%s); trying again next time", key, exc)
                 expired.discard(key)
                 orphans.discard(key)
-    result = AttachmentSweep(finished=len(expired), orphans=len(orphans), kept=len(needed))
+    result = AttachmentSweep(
+        finished=len(expired), orphans=len(orphans), kept=len(needed), incomplete=incomplete
+    )
     if result.finished or result.orphans:
         logger.info(
             "attachments %s: %d of finished mails, %d orphaned",

@@ -32,9 +32,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from mailqueue import metrics
+from mailqueue.batching import Batcher
 from mailqueue.envelope import decode_envelope, envelope_mail_id
 from mailqueue.errors import (
     AttachmentNotFoundError,
@@ -78,8 +79,6 @@ __all__ = ["Worker", "backoff"]
 logger = logging.getLogger("mailqueue.worker")
 
 _T = TypeVar("_T")
-_K = TypeVar("_K")
-_R = TypeVar("_R")
 
 _CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
 _REMARK_MAX: Final = 100
@@ -140,8 +139,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._consuming = False
         self._deps_ok = True
-        self._reads: _Batcher[str, MailRecord | None] | None = None
-        self._writes: _Batcher[tuple[str, RecordUpdate], bool] | None = None
+        self._reads: Batcher[str, MailRecord | None] | None = None
+        self._writes: Batcher[tuple[str, RecordUpdate], bool] | None = None
         if isinstance(store, BatchUpdateStore):
             # Group commit: the reads, claims and outcomes of concurrent deliveries go
             # to the Store together, one query or one transaction per group.
@@ -151,8 +150,8 @@ class Worker:
                 found = await many.get_many(ids)
                 return [found.get(mail_id) for mail_id in ids]
 
-            self._reads = _Batcher(read, _BATCH_MAX)
-            self._writes = _Batcher(many.update_many, _BATCH_MAX)
+            self._reads = Batcher(read, _BATCH_MAX)
+            self._writes = Batcher(many.update_many, _BATCH_MAX)
 
     @property
     def ready(self) -> bool:
@@ -668,56 +667,6 @@ class Worker:
                 await self.attachments.delete(ref.key)
             except Exception:
                 logger.warning("could not delete attachment key=%s of a sent mail", ref.key)
-
-
-class _Batcher(Generic[_K, _R]):
-    """Run concurrent calls together: those made while a batch is running form the next one.
-
-    A lone call goes at once (one event-loop turn later), so batching adds no
-    wait when the worker is idle and grows with the load. Each caller gets its
-    own result once the whole batch has returned, or the batch's exception:
-    a failed batch fails every call in it, as failed single calls would.
-    """
-
-    def __init__(self, run: Callable[[list[_K]], Awaitable[list[_R]]], limit: int) -> None:
-        self._run = run
-        self._limit = limit
-        self._pending: list[tuple[_K, asyncio.Future[_R]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def call(self, item: _K) -> _R:
-        """Add ``item`` to the next batch and wait for its result."""
-        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain())
-        # A caller that is cancelled cancels only its future: the batch runs for the others.
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[: self._limit], self._pending[self._limit :]
-                try:
-                    results = await self._run([item for item, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.cancel()
-                    for _, future in self._pending:
-                        future.cancel()
-                    self._pending = []
-                    raise exc
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self._task = None
 
 
 def _apply_result(

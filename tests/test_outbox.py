@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -159,3 +160,47 @@ async def test_send_requires_open(tmp_path: Path) -> None:
         await outbox.send(message())
     await outbox.close()
     await outbox.close()
+
+
+async def test_concurrent_sends_share_folder_fsyncs_and_return_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each send returns after a folder fsync that began after its renames; concurrent sends share them."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+        events.append(("folder sync" if folder else "file sync", ""))
+        real_fsync(fd)
+        if folder:
+            events.append(("folder synced", ""))
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        real_replace(src, dst)
+        events.append(("renamed", Path(dst).name))
+
+    # spies that note the order of the real system calls
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    count = 40
+    async with OutboxSender(path=tmp_path) as outbox:
+
+        async def send(n: int) -> None:
+            await outbox.send(message(f"m{n}"))
+            events.append(("returned", f"m{n}"))
+
+        await asyncio.gather(*(send(n) for n in range(count)))
+    assert len(names(tmp_path)) == 2 * count
+    assert events.count(("file sync", "")) == 2 * count
+    folder_syncs = events.count(("folder sync", ""))
+    assert 1 <= folder_syncs < count
+    for n in range(count):
+        renamed = events.index(("renamed", f"m{n}.eml"))
+        assert events.index(("renamed", f"m{n}.json")) < renamed
+        returned = events.index(("returned", f"m{n}"))
+        began = [i for i, e in enumerate(events) if e[0] == "folder sync" and renamed < i < returned]
+        ended = [
+            i for i, e in enumerate(events) if e[0] == "folder synced" and began and began[0] < i < returned
+        ]
+        assert ended, f"m{n} returned before a folder fsync after its renames ended"

@@ -13,6 +13,7 @@ import asyncio
 import email
 import email.policy
 import secrets
+import sys
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -330,6 +331,57 @@ async def test_orphaned_upload_is_swept_only_once_old_enough(mq_files: MailQueue
     assert (swept.finished, swept.orphans, swept.kept) == (0, 1, 1)
     assert not await exists(mq, orphan.key)
     assert await exists(mq, used.key), f"attachment of queued mail {record.id} must stay"
+
+
+_CRASHING_UPLOAD = """
+import asyncio, sys
+from mailqueue.protocols import BackendContext
+from mailqueue.stores.disk import FileAttachmentStore
+from mailqueue.stores.sql import SQLStore
+from mailqueue.stores.sqlblob import SQLAttachmentStore
+
+async def main(db_url, attachments_url):
+    store = SQLStore.from_url(db_url)
+    context = BackendContext(store=store)
+    kind = SQLAttachmentStore if attachments_url == "sql://" else FileAttachmentStore
+    attachments = kind.from_url(attachments_url, context=context)
+    await store.open()
+    await attachments.open()
+
+    async def chunks():
+        yield b"x" * (4 << 20)  # more than one chunk of either store
+        print("writing", flush=True)
+        await asyncio.sleep(3600)
+
+    await attachments.put(chunks())
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_upload_cut_by_a_crash_is_swept_once_old_enough(
+    mq_files: MailQueue, db_url: str, attachment_kind: str, tmp_path: Path
+) -> None:
+    mq = mq_files
+    url = "sql://" if attachment_kind == "sql" else f"file://{tmp_path / 'attachments'}?fsync=false"
+    # an API process killed in the middle of an upload: nothing of it is ever cleaned up by itself
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_UPLOAD, db_url, url, stdout=asyncio.subprocess.PIPE
+    )
+    assert writer.stdout is not None
+    assert await asyncio.wait_for(writer.stdout.readline(), 30) == b"writing\n"
+    await asyncio.sleep(0.3)  # the first chunk is handed to the store
+    writer.kill()
+    await writer.wait()
+    young = await mq.sweep_attachments(attachments_after=None, orphans_after=30)
+    assert young.incomplete == 0
+    await asyncio.sleep(1.2)
+    dry = await mq.sweep_attachments(attachments_after=None, orphans_after=1, dry_run=True)
+    assert dry.incomplete == 0, "a dry run removes nothing"
+    swept = await mq.sweep_attachments(attachments_after=None, orphans_after=1)
+    assert swept.incomplete == 1
+    again = await mq.sweep_attachments(attachments_after=None, orphans_after=1)
+    assert again.incomplete == 0
 
 
 async def test_finished_mails_attachments_are_swept_pending_ones_kept(mq_files: MailQueue) -> None:

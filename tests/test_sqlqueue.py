@@ -385,3 +385,22 @@ async def test_lost_connection_raises_queue_error(server_url: str) -> None:
 
 if __name__ == "__main__":
     asyncio.run(_consumer_process(sys.argv[1], sys.argv[2]))
+
+
+async def test_concurrent_acks_go_together_and_skip_a_lost_lease(engine: AsyncEngine) -> None:
+    name = queue_name()
+    first_q = SQLQueue(engine=engine, queue=name, poll=0.05, lease=1.0)
+    second_q = SQLQueue(engine=engine, queue=name, poll=0.05, lease=30.0)
+    async with first_q, second_q:
+        await first_q.publish("late", b"x")
+        first = first_q.consume(prefetch=10)
+        late = await asyncio.wait_for(anext(first), 5)
+        again = await asyncio.wait_for(anext(second_q.consume(prefetch=1)), 5)  # once the lease expired
+        assert (again.key, again.redelivered) == ("late", True)
+        for n in range(5):
+            await first_q.publish(f"k{n}", b"x")
+        held = [await asyncio.wait_for(anext(first), 5) for _ in range(5)]
+        await asyncio.gather(late.ack(), *(d.ack() for d in held))  # one batch
+        assert [(r.msg_key, r.deliveries) for r in await rows(engine, name)] == [("late", 2)]
+        await again.ack()
+        assert await rows(engine, name) == []

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import service_missing
 from http_helpers import serve
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from mailqueue import Attachment, InspectableStore, Mail, MailQueue, Recipient, Status, load_settings
 from mailqueue.contrib.litestar_app import create_app
@@ -215,7 +215,7 @@ async def _walk_through(d: Dashboard, browser: Browser, remote_port: int, remote
 
     # the right one lets you in: the counts are the Store's
     await log_in(page, d.base)
-    assert page.url == f"{d.base}/ui"
+    await page.wait_for_url(f"{d.base}/ui")
     counts = await d.store.count_by_status()
     for status in Status:
         shown = await page.locator(f"#count-{status} .value").inner_text()
@@ -225,13 +225,14 @@ async def _walk_through(d: Dashboard, browser: Browser, remote_port: int, remote
     assert "Alice (token #1)" in await page.locator(".operator").inner_text()
     await shoot(page, d.screens, "overview")
     await page.get_by_role("link", name="Last day").click()
-    assert page.url.endswith("/ui?window=day")
+    await page.wait_for_url(f"{d.base}/ui?window=day")
 
     # filter to the failed mail: status and recipient
     await page.get_by_role("link", name="Messages").click()
     await page.get_by_label("failed").check()
     await page.get_by_label("Subject contains").fill("quarterly")
     await page.get_by_role("button", name="Apply").click()
+    await page.wait_for_url("**/ui/messages?status=failed&*subject=quarterly*")
     rows = page.locator("table.list tbody tr")
     assert await rows.count() == 1
     assert "1 mail matches" in await page.locator("#match-count").inner_text()
@@ -239,7 +240,7 @@ async def _walk_through(d: Dashboard, browser: Browser, remote_port: int, remote
 
     # open it: envelope, attempts, attachment
     await page.get_by_role("link", name="Quarterly report").click()
-    assert page.url == f"{d.base}/ui/messages/{failed_id}"
+    await page.wait_for_url(f"{d.base}/ui/messages/{failed_id}")
     assert await page.locator("#status").inner_text() == "failed"
     attempts = page.locator("#attempts li")
     assert await attempts.count() == 1
@@ -322,7 +323,7 @@ async def _walk_through(d: Dashboard, browser: Browser, remote_port: int, remote
 
     # log out: the dashboard asks for the token again
     await page.get_by_role("button", name="Log out").click()
-    assert "/ui/login" in page.url
+    await page.wait_for_url(f"{d.base}/ui/login")
     await page.goto(f"{d.base}/ui/messages")
     assert "/ui/login" in page.url
     assert dialogs == []
@@ -340,6 +341,7 @@ async def test_phone_width_is_usable_with_the_keyboard(dashboard: Dashboard, bro
     page = await context.new_page()
     await page.goto(f"{d.base}/ui/login")
     # the token field has the focus; Tab reaches the name field and then the button
+    await expect(page.get_by_label("API token")).to_be_focused()
     await page.keyboard.type(TOKEN)
     await page.keyboard.press("Tab")
     await page.keyboard.type("Bob")

@@ -390,6 +390,19 @@ async def test_keyset_pages_walk_every_mail_once_in_both_orders(service: Service
         assert row.findall(back.text) == expected[50:100]
 
 
+async def test_the_overview_names_the_oldest_waiting_mail(service: Service) -> None:
+    await service.login()
+    assert "none waiting" in (await service.client.get("/ui")).text
+    first, second, third = [await service.mail(subject=f"Wait {i}") for i in range(3)]
+    await service.finish(first, Status.SENT)
+    assert await service.mq.store.update(second, RecordUpdate(status=Status.RETRYING))
+    page = await service.client.get("/ui")
+    assert f'<a href="/ui/messages/{second}">' in page.text
+    assert '<dd id="queue-depth">3</dd>' in page.text
+    assert await service.mq.store.update(second, RecordUpdate(status=Status.DEAD))
+    assert f'<a href="/ui/messages/{third}">' in (await service.client.get("/ui")).text
+
+
 async def test_the_list_counts_up_to_a_thousand(service: Service) -> None:
     await service.login()
     for i in range(1000):

@@ -18,22 +18,29 @@ For each message two files appear in the folder (created by ``open()``):
 - ``<mail_id>.eml``, the message bytes exactly as rendered.
 
 Each is written atomically: to a hidden temporary file in the same folder,
-flushed and fsync'ed, then renamed over the final name (and the folder
-fsync'ed), so a reader never sees a partial file; the envelope is written
-first, so an ``.eml`` always has its ``.json`` beside it. Sending the same
-mail again replaces both. Every recipient is reported accepted (250). Disk
-errors are :class:`~mailqueue.errors.TransientDeliveryError`. File work runs
-in a thread, off the event loop.
+flushed and fsync'ed, then renamed over the final name, so a reader never
+sees a partial file; the envelope is renamed first, so an ``.eml`` always has
+its ``.json`` beside it. :meth:`OutboxSender.send` returns only once the folder
+is fsync'ed after its renames: the files are durable before the mail is
+reported sent. Concurrent sends share that folder fsync (one for every send
+that renamed before it started), so a mail costs two file fsyncs and a share
+of one folder fsync. Sending the same mail again replaces both. Every
+recipient is reported accepted (250). Disk errors are
+:class:`~mailqueue.errors.TransientDeliveryError`. File work runs in a pool
+of up to 32 threads, off the event loop, so that the fsyncs of concurrent
+sends overlap (the file system commits them together).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -49,6 +56,8 @@ __all__ = ["DEFAULT_FROM", "OutboxSender"]
 DEFAULT_FROM = "mailqueue@example.com"
 
 _MAIL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Threads writing files at once: fsyncs waiting together are committed together.
+_THREADS = 32
 
 
 class OutboxSender(ResourceMixin):
@@ -69,6 +78,11 @@ class OutboxSender(ResourceMixin):
             raise ConfigurationError(f"invalid from address: {exc}") from None
         self.path = Path(path)
         self._folder: Path | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        # Folder fsyncs shared by concurrent sends: renames noted, renames covered, the fsync running.
+        self._renamed = 0
+        self._synced = 0
+        self._syncing: asyncio.Future[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
@@ -111,10 +125,15 @@ class OutboxSender(ResourceMixin):
         except OSError as exc:
             raise ConfigurationError(f"cannot create outbox folder {str(folder)!r}: {exc}") from None
         self._folder = folder
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(_THREADS, thread_name_prefix="mailqueue-outbox")
 
     async def close(self) -> None:
-        """Nothing to release; idempotent."""
+        """Stop the writing threads (after the writes under way); idempotent."""
         self._folder = None
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            await asyncio.to_thread(threads.shutdown)
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Write ``message`` to ``<mail_id>.eml`` and its envelope to ``<mail_id>.json``.
@@ -141,19 +160,42 @@ class OutboxSender(ResourceMixin):
             "written_at": datetime.now(UTC).isoformat(),
         }
         sidecar = json.dumps(envelope, ensure_ascii=False, indent=2).encode() + b"\n"
+        threads = self._threads
+        assert threads is not None
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._write_pair, folder, message.mail_id, sidecar, message.data)
+            write = functools.partial(_write_pair, folder, message.mail_id, sidecar, message.data)
+            await loop.run_in_executor(threads, write)
+            await self._sync_folder(folder, threads)
         except OSError as exc:
             raise TransientDeliveryError(f"cannot write to outbox {str(folder)!r}: {exc}") from exc
         target = folder / f"{message.mail_id}.eml"
         reply = RecipientReply(250, f"2.0.0 written to {target}")
         return SendResult(dict.fromkeys(recipients, reply))
 
-    @staticmethod
-    def _write_pair(folder: Path, mail_id: str, sidecar: bytes, data: bytes) -> None:
-        _write_atomically(folder, f"{mail_id}.json", sidecar)
-        _write_atomically(folder, f"{mail_id}.eml", data)
-        _fsync_folder(folder)
+    async def _sync_folder(self, folder: Path, threads: ThreadPoolExecutor) -> None:
+        """Return once a folder fsync that started after this send's renames has ended."""
+        self._renamed += 1
+        mine = self._renamed
+        while self._synced < mine:
+            syncing = self._syncing
+            if syncing is None:
+                syncing = self._syncing = asyncio.ensure_future(self._fsync(folder, threads, self._renamed))
+            # shielded: the fsync serves every send waiting for it, whoever started it
+            await asyncio.shield(syncing)
+
+    async def _fsync(self, folder: Path, threads: ThreadPoolExecutor, covered: int) -> None:
+        """One folder fsync; renames noted up to ``covered`` are durable once it returns."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(threads, _fsync_folder, folder)
+            self._synced = max(self._synced, covered)
+        finally:
+            self._syncing = None
+
+
+def _write_pair(folder: Path, mail_id: str, sidecar: bytes, data: bytes) -> None:
+    _write_atomically(folder, f"{mail_id}.json", sidecar)
+    _write_atomically(folder, f"{mail_id}.eml", data)
 
 
 def _write_atomically(folder: Path, name: str, data: bytes) -> None:

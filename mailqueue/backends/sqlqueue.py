@@ -28,7 +28,8 @@ one transaction (MariaDB, PostgreSQL), or a single
 ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` (SQLite, whose
 writers are serialized; use WAL mode for several processes).
 
-Settling is conditional on the lease token: ``ack`` deletes the row, ``retry``
+Settling is conditional on the lease token: ``ack`` deletes the row (the acks
+of concurrent deliveries together, in one transaction), ``retry``
 and ``release`` make it ready again (later or now), ``dead`` sets
 ``state='dead'`` and ``dead_reason`` (the row stays, never redelivered). A
 delivery whose lease expired and was claimed again by another consumer no
@@ -54,6 +55,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin, Store
 from mailqueue.stores.schema import queue as table
@@ -132,7 +134,21 @@ class SQLDelivery:
         Raises:
             QueueError: the database failed; the delivery stays unsettled.
         """
-        await self._settle(sa.delete(table), "ack")
+        if self._state != self._OWNED:
+            return
+        self._state = self._SETTLING
+        try:
+            # acks of concurrent deliveries are deleted together, one statement and one commit
+            removed = await self._queue._acks.call((self._id, self._lease))
+        except BaseException:
+            self._state = self._OWNED
+            raise
+        self._state = self._SETTLED
+        self._queue._forget(self)
+        if not removed:
+            logger.warning(
+                "sql queue: ack of %r ignored: its lease expired and it was claimed again", self._key
+            )
 
     async def retry(self, delay: float) -> None:
         """Make the row ready again ``delay`` seconds from now (same no-op rules as :meth:`ack`)."""
@@ -309,6 +325,7 @@ class SQLQueue(ResourceMixin):
         self._closed = True
         self._consumers: set[SQLConsumer] = set()
         self._unsettled: dict[SQLDelivery, None] = {}
+        self._acks: Batcher[tuple[int, str], bool] = Batcher(self._delete, 500)
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext) -> Self:
@@ -462,6 +479,31 @@ class SQLQueue(ResourceMixin):
         self._unsettled.pop(delivery, None)
         delivery._consumer._owned.discard(delivery)
         delivery._consumer._wake.set()
+
+    async def _delete(self, leases: list[tuple[int, str]]) -> list[bool]:
+        """Delete the rows still held under these leases, in one transaction; report each."""
+        # the ids first, so that the rows are found (and locked) by the primary key alone
+        held = sa.and_(
+            table.c.id.in_(sorted({row_id for row_id, _ in leases})),
+            sa.tuple_(table.c.id, table.c.lease).in_(leases),
+            table.c.state == _READY,
+        )
+        with _translate("ack"):
+            async with self._connect() as conn:
+                if conn.dialect.name in ("mysql", "mariadb"):
+                    # as in _claim: lock the rows read, not the gaps between them
+                    await conn.execution_options(isolation_level="READ COMMITTED")
+                async with conn.begin():
+                    if conn.dialect.name == "sqlite":
+                        # the first write takes SQLite's write lock: the rows read next are the rows deleted
+                        await conn.execute(sa.update(table).where(held).values(lease=table.c.lease))
+                    found = await conn.execute(
+                        sa.select(table.c.id, table.c.lease).where(held).with_for_update()
+                    )
+                    mine = {(int(row_id), str(lease)) for row_id, lease in found.all()}
+                    if mine:
+                        await conn.execute(sa.delete(table).where(table.c.id.in_(sorted(i for i, _ in mine))))
+        return [lease in mine for lease in leases]
 
     async def _claim(self, consumer: SQLConsumer, limit: int) -> list[SQLDelivery]:
         now = _now_ms()

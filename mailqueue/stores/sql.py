@@ -606,6 +606,25 @@ def _status(row: Mapping[Any, Any]) -> Status:
         return Status.SENT if row["is_ok"] else Status.FAILED
 
 
+def _kind(change: RecordUpdate) -> tuple[object, ...] | None:
+    """What changes of one group share: the fields they set and their condition
+    (``None`` for a change that is never grouped)."""
+    if change.expect_updated_at is not None:
+        return None
+    fields = (
+        change.status,
+        change.recipients is not None,
+        change.remark is not None,
+        change.last_error is not None,
+        change.last_code is not None,
+        change.sent_at is not None,
+        change.next_attempt_at is not None,
+        change.is_deleted,
+        change.attempt is not None,
+    )
+    return (*fields, change.expect)
+
+
 def _mail_of(row: Mapping[Any, Any]) -> Mail:
     payload = row["payload"]
     if payload:
@@ -1332,21 +1351,20 @@ class SQLStore(ResourceMixin):
         """
         if not changes:
             return []
-        # Runs of the same change to different records without an attempt (the
-        # worker's claims) go as one statement; the others one statement each.
-        runs: list[tuple[list[str], RecordUpdate]] = []
+        # Runs of changes of one kind (same columns, same condition) to different
+        # records, such as the worker's claims or its outcomes, go as one group.
+        runs: list[list[tuple[str, RecordUpdate]]] = []
         members: set[str] = set()
         for mail_id, change in changes:
             if (
                 runs
-                and change.attempt is None
-                and change.expect_updated_at is None
-                and runs[-1][1] == change
+                and _kind(change) is not None
+                and _kind(change) == _kind(runs[-1][0][1])
                 and mail_id not in members
             ):
-                runs[-1][0].append(mail_id)
+                runs[-1].append((mail_id, change))
             else:
-                runs.append(([mail_id], change))
+                runs.append([(mail_id, change)])
                 members = set()
             members.add(mail_id)
         now = utcnow()
@@ -1355,17 +1373,18 @@ class SQLStore(ResourceMixin):
             applied: list[bool] = []
             attempts: list[tuple[str, Attempt]] = []
             async with engine.begin() as connection:
-                for ids, change in runs:
-                    values, conditions, attempt = self._change(change, now)
-                    if len(ids) == 1:
-                        stmt = email.update().where(email.c.uid == ids[0], *conditions).values(values)
-                        done = set(ids) if (await connection.execute(stmt)).rowcount == 1 else set()
+                for run in runs:
+                    if len(run) == 1:
+                        mail_id, change = run[0]
+                        values, conditions, _ = self._change(change, now)
+                        stmt = email.update().where(email.c.uid == mail_id, *conditions).values(values)
+                        done = {mail_id} if (await connection.execute(stmt)).rowcount == 1 else set()
                     else:
-                        done = await self._update_group(connection, ids, values, conditions)
-                    for mail_id in ids:
+                        done = await self._update_run(connection, run, now)
+                    for mail_id, change in run:
                         applied.append(mail_id in done)
-                        if mail_id in done and attempt is not None:
-                            attempts.append((mail_id, attempt))
+                        if mail_id in done and change.attempt is not None:
+                            attempts.append((mail_id, change.attempt))
                 if attempts:
                     uids = list(dict.fromkeys(mail_id for mail_id, _ in attempts))
                     found = await connection.execute(
@@ -1380,29 +1399,54 @@ class SQLStore(ResourceMixin):
 
         return await self._run(f"update {len(changes)} record(s)", work)
 
-    @staticmethod
-    async def _update_group(
-        connection: AsyncConnection,
-        ids: list[str],
-        values: dict[str, Any],
-        conditions: list[sa.ColumnElement[bool]],
+    async def _update_run(
+        self, connection: AsyncConnection, run: list[tuple[str, RecordUpdate]], now: datetime
     ) -> set[str]:
-        """Apply one change to those of the records ``ids`` (distinct) that meet
-        ``conditions``, in one statement or two; return the ids of those changed."""
+        """Apply a run of changes of one kind to distinct records, each only if the
+        record meets the run's condition, in two statements (one when the changes are
+        all the same); return the ids of the records changed."""
+        ids = [mail_id for mail_id, _ in run]
+        values, conditions, _ = self._change(run[0][1], now)
         chosen = sa.and_(email.c.uid.in_(ids), *conditions)
-        if connection.dialect.name in ("sqlite", "postgresql"):
-            changed = await connection.execute(
-                email.update().where(chosen).values(values).returning(email.c.uid)
+        same = all(change == run[0][1] for _, change in run)
+        returning = connection.dialect.name in ("sqlite", "postgresql")
+        if returning:
+            # the first write takes the locks (SQLite's write lock) and tells which rows match
+            stamp = (
+                email.update().where(chosen).values(values if same else {"updated_at": values["updated_at"]})
             )
-            return {str(uid) for (uid,) in changed.all()}
-        # MySQL/MariaDB have no UPDATE ... RETURNING: lock the rows that match, then change exactly those.
-        rows = await connection.execute(sa.select(email.c.uid).where(chosen).with_for_update())
-        locked = [str(uid) for (uid,) in rows.all()]
-        if locked:
-            await connection.execute(
-                email.update().where(email.c.uid.in_(locked), *conditions).values(values)
-            )
-        return set(locked)
+            matched = await connection.execute(stamp.returning(email.c.uid))
+        else:
+            # MySQL/MariaDB have no UPDATE ... RETURNING: lock the rows that match
+            matched = await connection.execute(sa.select(email.c.uid).where(chosen).with_for_update())
+        done = {str(uid) for (uid,) in matched.all()}
+        if not done or (same and returning):
+            return done
+        if same:
+            await connection.execute(email.update().where(email.c.uid.in_(sorted(done))).values(values))
+            return done
+        # one statement executed for many parameter sets: compiled once, sent as a batch
+        params = [self._change_params(mail_id, change, now) for mail_id, change in run if mail_id in done]
+        template: dict[str, Any] = {
+            name.removeprefix("v_"): sa.bindparam(name) for name in params[0] if name.startswith("v_")
+        }
+        if "p_number" in params[0]:
+            number = sa.bindparam("p_number", type_=sa.Integer())
+            template["attempts"] = sa.case((email.c.attempts < number, number), else_=email.c.attempts)
+        stmt = email.update().where(email.c.uid == sa.bindparam("p_uid")).values(template)
+        await connection.execute(stmt, params)
+        return done
+
+    def _change_params(self, mail_id: str, change: RecordUpdate, now: datetime) -> dict[str, Any]:
+        """The parameters of one record's row in :meth:`_update_run`'s statement:
+        ``v_<column>`` for each value set, ``p_number`` (the attempt's number), ``p_uid``."""
+        values, _, attempt = self._change(change, now)
+        values.pop("attempts", None)
+        params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
+        if attempt is not None:
+            params["p_number"] = attempt.number
+        params["p_uid"] = mail_id
+        return params
 
     def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:
         """The conditional UPDATE of one record for ``change``, and the attempt row to add with it."""

@@ -470,6 +470,46 @@ class StoreConformance:
         ]
         assert await store.update_many([(mail_id, claim) for mail_id in ids]) == [False] * 4
 
+    async def test_update_many_outcomes_of_many_records(self, store: Store) -> None:
+        if not isinstance(store, BatchUpdateStore):
+            pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
+        records = [await store.add(make_record()) for _ in range(3)]
+        sending = RecordUpdate(status=Status.SENDING)
+        for record in records:
+            assert await store.update(record.id, sending)
+        assert await store.update(records[1].id, RecordUpdate(status=Status.FAILED))
+        finished = utcnow()
+        outcomes = [
+            RecordUpdate(
+                status=Status.SENT,
+                attempt=_attempt(n + 2, "sent", code=250, reply=f"ok {n}"),
+                recipients=(RecipientOutcome("to@example.com", RecipientState.SENT, 250, f"ok {n}"),),
+                remark=f"remark {n}",
+                last_error="",
+                last_code=250,
+                sent_at=finished,
+                expect=frozenset({Status.SENDING}),
+            )
+            for n in range(3)
+        ]
+        results = await store.update_many([(r.id, o) for r, o in zip(records, outcomes, strict=True)])
+        assert results == [True, False, True]
+        for n in (0, 2):
+            got = await store.get(records[n].id)
+            assert got is not None
+            assert (got.status, got.attempts, got.remark, got.last_code) == (
+                Status.SENT,
+                n + 2,
+                f"remark {n}",
+                250,
+            )
+            assert got.recipients == outcomes[n].recipients
+            assert [(a.number, a.reply) for a in got.history] == [(n + 2, f"ok {n}")]
+            assert_same_time(got.sent_at, finished)
+        failed = await store.get(records[1].id)
+        assert failed is not None
+        assert (failed.status, failed.attempts, failed.history, failed.remark) == (Status.FAILED, 0, (), "")
+
     async def test_update_many_lets_exactly_one_concurrent_claim_win(self, store: Store) -> None:
         if not isinstance(store, BatchUpdateStore):
             pytest.skip("the store cannot change records in batches (optional BatchUpdateStore)")
