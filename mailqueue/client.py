@@ -20,13 +20,14 @@ import asyncio
 import dataclasses
 import io
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Generic, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Literal, Self
 
 from mailqueue import metrics
+from mailqueue.batching import Batcher
 from mailqueue.envelope import encode_envelope
 from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreError, ValidationError
 from mailqueue.logs import bind_mail_id
@@ -61,79 +62,10 @@ SUBMIT_GRACE = 3.0
 RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
 
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
 #: Most records one group commit inserts, most marks one statement clears.
 BATCH_MAX = 256
 #: Seconds the marks of confirmed submits wait to be cleared together.
 CLEAR_LINGER = 0.2
-
-
-class _Batcher(Generic[_T, _R]):
-    """Hands items to ``flush`` in batches: the first at once, the rest while a flush runs.
-
-    ``flush`` returns one result per item, or an exception for an item that failed alone.
-
-    At most ``flushers`` flushes run at a time; items that arrive meanwhile
-    wait and go together in the next one (group commit). Nothing waits on a
-    timer: an idle batcher adds no latency. With ``linger``, a flush waits that
-    long for more items first (for work nobody waits for).
-    """
-
-    def __init__(
-        self,
-        flush: Callable[[list[_T]], Awaitable[list[_R | Exception]]],
-        *,
-        flushers: int = 2,
-        max_batch: int = BATCH_MAX,
-        linger: float = 0.0,
-    ) -> None:
-        self._flush = flush
-        self._linger = linger
-        self._flushers = flushers
-        self._max_batch = max_batch
-        self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def submit(self, item: _T) -> asyncio.Future[_R]:
-        """Queue ``item``; the future gets its result (or the batch's exception)."""
-        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        # A finished task may still be in the set (its done-callback runs later); one not
-        # finished checks for pending items again before it ends, so it takes this one too.
-        if sum(1 for task in self._tasks if not task.done()) < self._flushers:
-            task = asyncio.create_task(self._run())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return future
-
-    async def _run(self) -> None:
-        if self._linger:
-            await asyncio.sleep(self._linger)
-        while self._pending:
-            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-            try:
-                results = await self._flush([item for item, _ in batch])
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
-    async def drain(self) -> None:
-        """Wait until every item queued so far is flushed."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def _chunks(
@@ -188,12 +120,12 @@ class MailQueue:
         self.message_id_domain = message_id_domain
         self.max_attachment_bytes = max_attachment_bytes
         self._opened: list[Store | Queue | AttachmentStore] = []
-        self._adds: _Batcher[MailRecord, MailRecord] | None = None
-        self._clears: _Batcher[str, None] | None = None
+        self._adds: Batcher[MailRecord, MailRecord] | None = None
+        self._clears: Batcher[str, None] | None = None
         if isinstance(store, BatchStore):
-            self._adds = _Batcher(self._add_many, flushers=1)
+            self._adds = Batcher(self._add_many, BATCH_MAX)
             # nobody waits for a clear: gather them for a while, one UPDATE per batch
-            self._clears = _Batcher(self._clear_marks, flushers=1, linger=CLEAR_LINGER)
+            self._clears = Batcher(self._clear_marks, BATCH_MAX, linger=CLEAR_LINGER)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> MailQueue:
