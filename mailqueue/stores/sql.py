@@ -66,6 +66,7 @@ import importlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -716,6 +717,174 @@ def _bucket_index(
     return elapsed.self_group().op("/")(seconds)
 
 
+# --- statements of the worker's hot path (built once, so that their compiled form is cached) ---
+
+_GET_MANY = sa.select(email).where(email.c.uid.in_(sa.bindparam("uids", expanding=True)))
+_INSERT_ATTEMPT = email_attempt.insert()
+_ATTEMPT_COLUMNS = ("number", "started_at", "finished_at", "outcome", "code", "reply", "recipients")
+
+
+class _Mismatch(Exception):
+    """An UPDATE on MySQL/MariaDB did not match every record of its run."""
+
+
+@functools.lru_cache(maxsize=512)
+def _run_update(
+    columns: tuple[str, ...],
+    numbered: bool,
+    expect: tuple[str, ...] | None,
+    stamped: bool,
+    rows: int,
+    returning: bool,
+) -> sa.Update:
+    """The UPDATE of a run of changes that set ``columns`` (and raise ``attempts`` to
+    the attempt's number when ``numbered``) on records whose status is in ``expect``
+    (and whose ``updated_at`` is ``p_updated_at`` when ``stamped``).
+
+    ``rows`` 0: the same values, ``v_<column>`` and ``n``, for the records ``uids``;
+    else the values ``v_<column>_r<i>`` and ``n_r<i>`` for record ``u<i>``, chosen by
+    ``CASE uid``: one statement, one round trip, on every database.
+    """
+    uid = email.c.uid
+
+    def value(name: str, type_: Any, current: sa.ColumnElement[Any] | None) -> sa.ColumnElement[Any]:
+        if rows == 0:
+            return sa.bindparam(name, type_=type_)
+        whens = [(keys[row], sa.bindparam(f"{name}_r{row}", type_=type_)) for row in range(rows)]
+        return sa.case(*whens, value=uid, else_=current)
+
+    if rows == 0:
+        keys: list[sa.BindParameter[Any]] = []
+        where: list[sa.ColumnElement[bool]] = [uid.in_(sa.bindparam("uids", expanding=True))]
+    else:
+        keys = [sa.bindparam(f"u{row}", type_=uid.type) for row in range(rows)]
+        where = [uid.in_(keys)]
+    values: dict[str, Any] = {name: value(f"v_{name}", email.c[name].type, email.c[name]) for name in columns}
+    if numbered:
+        number = value("n", sa.Integer(), None)
+        values["attempts"] = sa.case((email.c.attempts < number, number), else_=email.c.attempts)
+    if expect is not None:
+        where.append(email.c.status.in_(expect))
+    if stamped:
+        where.append(email.c.updated_at == sa.bindparam("p_updated_at", type_=email.c.updated_at.type))
+    stmt = email.update().where(*where).values(values)
+    return stmt.returning(email.c.uid, email.c.id) if returning else stmt
+
+
+@functools.lru_cache(maxsize=256)
+def _attempts_insert(rows: int) -> sa.Insert:
+    """``INSERT INTO email_attempt ... SELECT id, ... FROM email`` of the attempts
+    ``a_<column>_r<i>`` of records ``u<i>``: the rows' ids without reading them first."""
+    uid = email.c.uid
+    keys = [sa.bindparam(f"u{row}", type_=uid.type) for row in range(rows)]
+
+    def value(name: str) -> sa.ColumnElement[Any]:
+        type_ = email_attempt.c[name].type
+        if rows == 1:
+            return sa.bindparam(f"a_{name}_r0", type_=type_).label(name)
+        whens = [(keys[row], sa.bindparam(f"a_{name}_r{row}", type_=type_)) for row in range(rows)]
+        return sa.case(*whens, value=uid).label(name)
+
+    chosen = sa.select(email.c.id, *(value(name) for name in _ATTEMPT_COLUMNS)).where(uid.in_(keys))
+    return email_attempt.insert().from_select(["email_id", *_ATTEMPT_COLUMNS], chosen)
+
+
+# --- the worker's hot path -------------------------------------------------------------
+
+#: A lane's connection idle for longer than this is pinged before it is used again.
+LANE_IDLE_PING = 10.0
+
+
+class _Lane:
+    """One connection kept for the batched calls of the worker's hot path.
+
+    Checking a connection out of the pool costs a round trip (the pre-ping)
+    and handing it back another (the rollback that resets it): as much as the
+    work itself for the worker's small group commits. A lane keeps one
+    connection instead, pinged only when it has been idle for
+    :data:`LANE_IDLE_PING` seconds. A call that fails in any way (or is
+    cancelled) throws the connection away, so the next call starts on a new
+    one; the error is raised as usual (:class:`StoreError`), and the caller
+    retries. A call made while the lane is busy takes a pooled connection, as
+    every other call does, so that callers never wait for each other.
+
+    ``autocommit``: the lane's statements commit on their own (reads, which
+    then see the newest data, with no COMMIT round trip); otherwise each call
+    is one transaction.
+    """
+
+    def __init__(self, *, autocommit: bool) -> None:
+        self._autocommit = autocommit
+        self._connection: AsyncConnection | None = None
+        self._busy = False
+        self._used_at = 0.0
+
+    async def run(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._busy:
+            return await self._pooled(engine, work)
+        self._busy = True
+        try:
+            connection = await self._connect(engine)
+            try:
+                if self._autocommit:
+                    result = await work(connection)
+                else:
+                    async with connection.begin():
+                        result = await work(connection)
+            except BaseException:
+                self._connection = None
+                await _discard(connection)
+                raise
+            self._used_at = time.monotonic()
+            return result
+        finally:
+            self._busy = False
+
+    async def _pooled(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with engine.connect() as connection:
+            if self._autocommit:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return await work(connection)
+            async with connection.begin():
+                return await work(connection)
+
+    async def _connect(self, engine: AsyncEngine) -> AsyncConnection:
+        connection = self._connection
+        if connection is not None and time.monotonic() - self._used_at > LANE_IDLE_PING:
+            try:
+                await connection.exec_driver_sql("SELECT 1")
+            except Exception:
+                # gone while idle (e.g. the server restarted): a new one, as the pool's pre-ping would
+                self._connection = None
+                await _discard(connection)
+                connection = None
+        if connection is None:
+            connection = await engine.connect()
+            try:
+                if self._autocommit:
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                await _discard(connection)
+                raise
+            self._connection = connection
+        return connection
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await _discard(connection)
+
+
+async def _discard(connection: AsyncConnection | None) -> None:
+    """Close ``connection`` for good (its state is unknown): it never returns to the pool."""
+    if connection is None:
+        return
+    with contextlib.suppress(Exception):
+        await connection.invalidate()
+    with contextlib.suppress(Exception):
+        await connection.close()
+
+
 # --- the store -----------------------------------------------------------------------
 
 
@@ -765,6 +934,9 @@ class SQLStore(ResourceMixin):
         self._pool_size = pool_size
         self._echo = echo
         self._engine: AsyncEngine | None = None
+        # the worker's group reads and writes (get_many, update_many): connections of their own
+        self._reads = _Lane(autocommit=True)
+        self._writes = _Lane(autocommit=False)
         self._second_precision = self.dialect_name in ("mysql", "mariadb")
 
     @classmethod
@@ -861,6 +1033,8 @@ class SQLStore(ResourceMixin):
     async def close(self) -> None:
         """Release the connections (the engine too, unless it was given); idempotent."""
         engine, self._engine = self._engine, None
+        await self._reads.close()
+        await self._writes.close()
         if engine is not None:
             await self._dispose(engine)
 
@@ -1326,6 +1500,8 @@ class SQLStore(ResourceMixin):
     async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
         """The records of those of ``mail_ids`` that exist, by id, without history, in one query.
 
+        Runs on a connection of its own kept for these reads (see :class:`_Lane`).
+
         Raises:
             StoreError: the database failed.
         """
@@ -1333,15 +1509,26 @@ class SQLStore(ResourceMixin):
         if not wanted:
             return {}
 
+        async def read(connection: AsyncConnection) -> Sequence[sa.RowMapping]:
+            return (await connection.execute(_GET_MANY, {"uids": wanted})).mappings().all()
+
         async def work(engine: AsyncEngine) -> dict[str, MailRecord]:
-            async with engine.connect() as connection:
-                rows = (await connection.execute(sa.select(email).where(email.c.uid.in_(wanted)))).mappings()
-                return {str(row["uid"]): _record(row) for row in rows}
+            return {str(row["uid"]): _record(row) for row in await self._reads.run(engine, read)}
 
         return await self._run(f"read {len(wanted)} record(s)", work)
 
     async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
         """Apply each change as :meth:`update` does, in order, in one transaction (one commit).
+
+        Runs of changes of one kind (the same columns and condition) to
+        different records, such as the worker's claims or its outcomes, are
+        one UPDATE each, whose values differ by record through ``CASE uid``;
+        their attempt rows one INSERT. PostgreSQL and SQLite tell which
+        records matched by ``RETURNING``. MySQL/MariaDB cannot: the UPDATE is
+        taken as it comes when it matched every record of the run (the usual
+        case), else the transaction is rolled back and done again with the
+        rows that match locked first (``SELECT ... FOR UPDATE``). The
+        transactions run on a connection kept for them (see :class:`_Lane`).
 
         Returns:
             For each change, whether it was applied.
@@ -1351,113 +1538,116 @@ class SQLStore(ResourceMixin):
         """
         if not changes:
             return []
-        # Runs of changes of one kind (same columns, same condition) to different
-        # records, such as the worker's claims or its outcomes, go as one group.
         runs: list[list[tuple[str, RecordUpdate]]] = []
         members: set[str] = set()
         for mail_id, change in changes:
-            if (
-                runs
-                and _kind(change) is not None
-                and _kind(change) == _kind(runs[-1][0][1])
-                and mail_id not in members
-            ):
+            kind = _kind(change)
+            if runs and kind is not None and kind == _kind(runs[-1][0][1]) and mail_id not in members:
                 runs[-1].append((mail_id, change))
             else:
                 runs.append([(mail_id, change)])
                 members = set()
             members.add(mail_id)
-        now = utcnow()
+        now = self._db_time(utcnow())
+        plans = [
+            [(mail_id, change, self._change_values(change, now)) for mail_id, change in run] for run in runs
+        ]
+        returning = self.dialect_name in ("sqlite", "postgresql")
+
+        async def apply(connection: AsyncConnection, locking: bool) -> list[bool]:
+            applied: list[bool] = []
+            for plan in plans:
+                done = await self._apply_run(connection, plan, returning=returning, locking=locking)
+                applied.extend(mail_id in done for mail_id, _, _ in plan)
+                attempts = [(mail_id, c.attempt) for mail_id, c, _ in plan if mail_id in done and c.attempt]
+                if attempts:
+                    await self._add_attempts(connection, attempts, done)
+            return applied
 
         async def work(engine: AsyncEngine) -> list[bool]:
-            applied: list[bool] = []
-            attempts: list[tuple[str, Attempt]] = []
-            async with engine.begin() as connection:
-                for run in runs:
-                    if len(run) == 1:
-                        mail_id, change = run[0]
-                        values, conditions, _ = self._change(change, now)
-                        stmt = email.update().where(email.c.uid == mail_id, *conditions).values(values)
-                        done = {mail_id} if (await connection.execute(stmt)).rowcount == 1 else set()
-                    else:
-                        done = await self._update_run(connection, run, now)
-                    for mail_id, change in run:
-                        applied.append(mail_id in done)
-                        if mail_id in done and change.attempt is not None:
-                            attempts.append((mail_id, change.attempt))
-                if attempts:
-                    uids = list(dict.fromkeys(mail_id for mail_id, _ in attempts))
-                    found = await connection.execute(
-                        sa.select(email.c.uid, email.c.id).where(email.c.uid.in_(uids))
-                    )
-                    row_ids = {str(uid): row_id for uid, row_id in found.all()}
-                    await connection.execute(
-                        email_attempt.insert(),
-                        [self._attempt_values(row_ids[mail_id], attempt) for mail_id, attempt in attempts],
-                    )
-            return applied
+            try:
+                return await self._writes.run(engine, lambda connection: apply(connection, False))
+            except _Mismatch:
+                return await self._writes.run(engine, lambda connection: apply(connection, True))
 
         return await self._run(f"update {len(changes)} record(s)", work)
 
-    async def _update_run(
-        self, connection: AsyncConnection, run: list[tuple[str, RecordUpdate]], now: datetime
-    ) -> set[str]:
-        """Apply a run of changes of one kind to distinct records, each only if the
-        record meets the run's condition, in two statements (one when the changes are
-        all the same); return the ids of the records changed."""
-        ids = [mail_id for mail_id, _ in run]
-        values, conditions, _ = self._change(run[0][1], now)
-        chosen = sa.and_(email.c.uid.in_(ids), *conditions)
-        same = all(change == run[0][1] for _, change in run)
-        returning = connection.dialect.name in ("sqlite", "postgresql")
-        if returning:
-            # the first write takes the locks (SQLite's write lock) and tells which rows match
-            stamp = (
-                email.update().where(chosen).values(values if same else {"updated_at": values["updated_at"]})
-            )
-            matched = await connection.execute(stamp.returning(email.c.uid))
-        else:
-            # MySQL/MariaDB have no UPDATE ... RETURNING: lock the rows that match
-            matched = await connection.execute(sa.select(email.c.uid).where(chosen).with_for_update())
-        done = {str(uid) for (uid,) in matched.all()}
-        if not done or (same and returning):
-            return done
+    async def _apply_run(
+        self,
+        connection: AsyncConnection,
+        plan: list[tuple[str, RecordUpdate, dict[str, Any]]],
+        *,
+        returning: bool,
+        locking: bool,
+    ) -> dict[str, Any]:
+        """Apply a run of changes of one kind to distinct records, each only if the record
+        meets the run's condition; return the ids of the records changed (with their row
+        ids when the database returns them).
+
+        Raises:
+            _Mismatch: (MySQL/MariaDB, not ``locking``) some record did not match.
+        """
+        first = plan[0][1]
+        expect = None if first.expect is None else tuple(sorted(s.value for s in first.expect))
+        stamp = self._db_time(first.expect_updated_at)
+        if locking:
+            # MySQL/MariaDB, after a mismatch: lock the rows that match, then change just those
+            where: list[sa.ColumnElement[bool]] = [email.c.uid.in_([mail_id for mail_id, _, _ in plan])]
+            if expect is not None:
+                where.append(email.c.status.in_(expect))
+            if stamp is not None:
+                where.append(email.c.updated_at == stamp)
+            locked = sa.select(email.c.uid).where(*where).with_for_update()
+            matched = {str(uid) for (uid,) in (await connection.execute(locked)).all()}
+            plan = [item for item in plan if item[0] in matched]
+            if not plan:
+                return {}
+        same = len(plan) == 1 or all(change == first for _, change, _ in plan)
+        columns = tuple(plan[0][2])
+        numbered = first.attempt is not None
+        stmt = _run_update(columns, numbered, expect, stamp is not None, 0 if same else len(plan), returning)
+        params: dict[str, Any] = {}
+        if stamp is not None:
+            params["p_updated_at"] = stamp
         if same:
-            await connection.execute(email.update().where(email.c.uid.in_(sorted(done))).values(values))
-            return done
-        # one statement executed for many parameter sets: compiled once, sent as a batch
-        params = [self._change_params(mail_id, change, now) for mail_id, change in run if mail_id in done]
-        template: dict[str, Any] = {
-            name.removeprefix("v_"): sa.bindparam(name) for name in params[0] if name.startswith("v_")
-        }
-        if "p_number" in params[0]:
-            number = sa.bindparam("p_number", type_=sa.Integer())
-            template["attempts"] = sa.case((email.c.attempts < number, number), else_=email.c.attempts)
-        stmt = email.update().where(email.c.uid == sa.bindparam("p_uid")).values(template)
-        await connection.execute(stmt, params)
-        return done
+            params["uids"] = [mail_id for mail_id, _, _ in plan]
+            params.update((f"v_{name}", value) for name, value in plan[0][2].items())
+            if first.attempt is not None:
+                params["n"] = first.attempt.number
+        else:
+            for row, (mail_id, change, values) in enumerate(plan):
+                params[f"u{row}"] = mail_id
+                params.update((f"v_{name}_r{row}", value) for name, value in values.items())
+                if change.attempt is not None:
+                    params[f"n_r{row}"] = change.attempt.number
+        result = await connection.execute(stmt, params)
+        if returning:
+            return {str(uid): row_id for uid, row_id in result.all()}
+        if not locking and result.rowcount != len(plan):
+            raise _Mismatch
+        return dict.fromkeys((mail_id for mail_id, _, _ in plan), None)
 
-    def _change_params(self, mail_id: str, change: RecordUpdate, now: datetime) -> dict[str, Any]:
-        """The parameters of one record's row in :meth:`_update_run`'s statement:
-        ``v_<column>`` for each value set, ``p_number`` (the attempt's number), ``p_uid``."""
-        values, _, attempt = self._change(change, now)
-        values.pop("attempts", None)
-        params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
-        if attempt is not None:
-            params["p_number"] = attempt.number
-        params["p_uid"] = mail_id
-        return params
+    async def _add_attempts(
+        self, connection: AsyncConnection, attempts: list[tuple[str, Attempt]], row_ids: dict[str, Any]
+    ) -> None:
+        """Insert the attempt rows of distinct records in one statement; ``row_ids``
+        maps their ids to their rows' ids, or to ``None`` where unknown (MySQL/MariaDB)."""
+        if all(row_ids[mail_id] is not None for mail_id, _ in attempts):
+            await connection.execute(
+                _INSERT_ATTEMPT, [self._attempt_values(row_ids[mail_id], a) for mail_id, a in attempts]
+            )
+            return
+        # the rows' ids are read by the INSERT itself: INSERT ... SELECT id, CASE uid ... FROM email
+        params: dict[str, Any] = {}
+        for row, (mail_id, attempt) in enumerate(attempts):
+            params[f"u{row}"] = mail_id
+            values = self._attempt_values(0, attempt)
+            params.update((f"a_{name}_r{row}", values[name]) for name in _ATTEMPT_COLUMNS)
+        await connection.execute(_attempts_insert(len(attempts)), params)
 
-    def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:
-        """The conditional UPDATE of one record for ``change``, and the attempt row to add with it."""
-        values, conditions, attempt = self._change(change, utcnow())
-        return email.update().where(email.c.uid == mail_id, *conditions).values(values), attempt
-
-    def _change(
-        self, change: RecordUpdate, now: datetime
-    ) -> tuple[dict[str, Any], list[sa.ColumnElement[bool]], Attempt | None]:
-        """What ``change`` sets, the conditions it puts on the row, and the attempt row to add."""
-        values: dict[str, Any] = {"updated_at": self._db_time(now)}
+    def _change_values(self, change: RecordUpdate, now: datetime | None) -> dict[str, Any]:
+        """The columns ``change`` sets and their values (``attempts`` aside: see :func:`_run_update`)."""
+        values: dict[str, Any] = {"updated_at": now}
         if change.status is not None:
             values["status"] = change.status.value
             values["is_ok"] = 1 if change.status is Status.SENT else 0
@@ -1475,6 +1665,18 @@ class SQLStore(ResourceMixin):
             values["next_attempt_at"] = self._db_time(change.next_attempt_at)
         if change.is_deleted is not None:
             values["is_deleted"] = 1 if change.is_deleted else 0
+        return values
+
+    def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:
+        """The conditional UPDATE of one record for ``change``, and the attempt row to add with it."""
+        values, conditions, attempt = self._change(change, utcnow())
+        return email.update().where(email.c.uid == mail_id, *conditions).values(values), attempt
+
+    def _change(
+        self, change: RecordUpdate, now: datetime
+    ) -> tuple[dict[str, Any], list[sa.ColumnElement[bool]], Attempt | None]:
+        """What ``change`` sets, the conditions it puts on the row, and the attempt row to add."""
+        values: dict[str, Any] = self._change_values(change, self._db_time(now))
         attempt = change.attempt
         if attempt is not None:
             values["attempts"] = sa.case(
