@@ -65,6 +65,7 @@ import functools
 import importlib
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -78,6 +79,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from mailqueue.errors import ConfigurationError, MailQueueError, MissingDependencyError, StoreError
 from mailqueue.message import Mail, Recipient, check_body_text, check_header_text
@@ -626,11 +628,65 @@ def _kind(change: RecordUpdate) -> tuple[object, ...] | None:
     return (*fields, change.expect)
 
 
+#: An address in the form the store writes it: email-validator's ASCII form of a dot-atom mailbox.
+_STORED_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}"
+)
+_ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
+_RECIPIENT_KEYS = frozenset({"address", "name"})
+
+
+def _stored_recipient(item: object) -> bool:
+    """Whether ``item`` is a recipient as the store writes it (see :func:`_payload_mail`)."""
+    if not isinstance(item, dict) or item.keys() != _RECIPIENT_KEYS:
+        return False
+    address, name = item["address"], item["name"]
+    if not (isinstance(address, str) and isinstance(name, str)):
+        return False
+    if (
+        len(address) > 254
+        or len(name) > 255
+        or name != name.strip()
+        or not _STORED_ADDRESS.fullmatch(address)
+    ):
+        return False
+    try:
+        check_header_text(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _payload_mail(payload: str) -> Mail:
+    """The mail kept in a row's ``payload``, validated as on the way in, but for one thing.
+
+    Parsing an address with email-validator is most of the cost of reading a
+    record back, and the worker reads one per mail. An address the store wrote
+    was parsed and normalized on the way in, so one that still has the form of
+    such an address (a dot-atom mailbox in ASCII, no control characters) is
+    taken as it is; any other (changed in the database, or written by a
+    version that allowed more) is parsed again, as is everything else.
+
+    Raises:
+        ValueError: not JSON, or not a valid mail.
+    """
+    data = json.loads(payload)
+    if isinstance(data, dict):
+        for field in _ADDRESS_FIELDS:
+            items = data.get(field)
+            if isinstance(items, list) and all(_stored_recipient(item) for item in items):
+                data[field] = tuple(
+                    Recipient.model_construct(address=item["address"], name=item["name"]) for item in items
+                )
+    return Mail.model_validate(data)
+
+
 def _mail_of(row: Mapping[Any, Any]) -> Mail:
     payload = row["payload"]
     if payload:
         try:
-            return Mail.model_validate_json(payload)
+            return _payload_mail(payload)
         except ValueError:
             logger.warning("record %s has an unreadable payload; rebuilt from its columns", row["uid"])
     return _legacy_mail(row)
@@ -717,66 +773,105 @@ def _bucket_index(
     return elapsed.self_group().op("/")(seconds)
 
 
-# --- statements of the worker's hot path (built once, so that their compiled form is cached) ---
+# --- statements of the worker's hot path ---------------------------------------------------
 
-_GET_MANY = sa.select(email).where(email.c.uid.in_(sa.bindparam("uids", expanding=True)))
-_INSERT_ATTEMPT = email_attempt.insert()
 _ATTEMPT_COLUMNS = ("number", "started_at", "finished_at", "outcome", "code", "reply", "recipients")
+_UID = [column.name for column in email.columns].index("uid")
+#: Statements compiled per store at most (one per kind of run and number of records).
+_PREPARED_MAX = 2000
 
 
 class _Mismatch(Exception):
     """An UPDATE on MySQL/MariaDB did not match every record of its run."""
 
 
-@functools.lru_cache(maxsize=512)
+class _Prepared:
+    """A statement compiled once for a dialect and run with ``exec_driver_sql``.
+
+    Executing a Core statement costs, on every call, its cache key, a lookup
+    in the compiled cache and the expansion of ``IN`` lists; for the worker's
+    one-row reads that was as much as the driver's own work. Here the SQL text
+    and the order of its parameters are fixed; a call only applies the types'
+    bind processors (e.g. SQLite's text dates). Parameters that have a value
+    in the statement (constants) need not be given.
+    """
+
+    __slots__ = ("defaults", "names", "processors", "sql")
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup or ())
+        binds = compiled.binds
+        self.defaults = {name: bind.value for name, bind in binds.items() if bind.value is not None}
+        self.processors = tuple(
+            binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.names
+        )
+
+    async def run(self, connection: AsyncConnection, params: Mapping[str, Any]) -> sa.CursorResult[Any]:
+        defaults = self.defaults
+        args = []
+        for name, process in zip(self.names, self.processors, strict=True):
+            value = params[name] if name in params else defaults[name]
+            args.append(value if process is None or value is None else process(value))
+        return await connection.exec_driver_sql(self.sql, tuple(args))
+
+
+def _keys(rows: int) -> list[sa.BindParameter[Any]]:
+    return [sa.bindparam(f"u{row}", type_=email.c.uid.type) for row in range(rows)]
+
+
+def _get_many(rows: int) -> sa.Select[Any]:
+    """The rows of records ``u0`` .. ``u<rows-1>``."""
+    return sa.select(email).where(email.c.uid.in_(_keys(rows)))
+
+
 def _run_update(
     columns: tuple[str, ...],
     numbered: bool,
     expect: tuple[str, ...] | None,
     stamped: bool,
     rows: int,
+    same: bool,
     returning: bool,
 ) -> sa.Update:
-    """The UPDATE of a run of changes that set ``columns`` (and raise ``attempts`` to
-    the attempt's number when ``numbered``) on records whose status is in ``expect``
-    (and whose ``updated_at`` is ``p_updated_at`` when ``stamped``).
+    """The UPDATE of a run of changes to the records ``u0`` .. ``u<rows-1>`` that set
+    ``columns`` (and raise ``attempts`` to the attempt's number when ``numbered``),
+    on those whose status is in ``expect`` (and whose ``updated_at`` is
+    ``p_updated_at`` when ``stamped``).
 
-    ``rows`` 0: the same values, ``v_<column>`` and ``n``, for the records ``uids``;
-    else the values ``v_<column>_r<i>`` and ``n_r<i>`` for record ``u<i>``, chosen by
-    ``CASE uid``: one statement, one round trip, on every database.
+    ``same``: the values ``v_<column>`` and ``n`` for all; else ``v_<column>_r<i>``
+    and ``n_r<i>`` for record ``u<i>``, chosen by ``CASE uid``. One statement, one
+    round trip, on every database.
     """
     uid = email.c.uid
+    keys = _keys(rows)
 
     def value(name: str, type_: Any, current: sa.ColumnElement[Any] | None) -> sa.ColumnElement[Any]:
-        if rows == 0:
+        if same:
             return sa.bindparam(name, type_=type_)
         whens = [(keys[row], sa.bindparam(f"{name}_r{row}", type_=type_)) for row in range(rows)]
         return sa.case(*whens, value=uid, else_=current)
 
-    if rows == 0:
-        keys: list[sa.BindParameter[Any]] = []
-        where: list[sa.ColumnElement[bool]] = [uid.in_(sa.bindparam("uids", expanding=True))]
-    else:
-        keys = [sa.bindparam(f"u{row}", type_=uid.type) for row in range(rows)]
-        where = [uid.in_(keys)]
     values: dict[str, Any] = {name: value(f"v_{name}", email.c[name].type, email.c[name]) for name in columns}
     if numbered:
         number = value("n", sa.Integer(), None)
         values["attempts"] = sa.case((email.c.attempts < number, number), else_=email.c.attempts)
+    where: list[sa.ColumnElement[bool]] = [uid.in_(keys)]
     if expect is not None:
-        where.append(email.c.status.in_(expect))
+        where.append(email.c.status.in_([sa.bindparam(f"s{i}", status) for i, status in enumerate(expect)]))
     if stamped:
         where.append(email.c.updated_at == sa.bindparam("p_updated_at", type_=email.c.updated_at.type))
     stmt = email.update().where(*where).values(values)
-    return stmt.returning(email.c.uid, email.c.id) if returning else stmt
+    return stmt.returning(email.c.uid) if returning else stmt
 
 
-@functools.lru_cache(maxsize=256)
 def _attempts_insert(rows: int) -> sa.Insert:
     """``INSERT INTO email_attempt ... SELECT id, ... FROM email`` of the attempts
     ``a_<column>_r<i>`` of records ``u<i>``: the rows' ids without reading them first."""
     uid = email.c.uid
-    keys = [sa.bindparam(f"u{row}", type_=uid.type) for row in range(rows)]
+    keys = _keys(rows)
 
     def value(name: str) -> sa.ColumnElement[Any]:
         type_ = email_attempt.c[name].type
@@ -937,6 +1032,8 @@ class SQLStore(ResourceMixin):
         # the worker's group reads and writes (get_many, update_many): connections of their own
         self._reads = _Lane(autocommit=True)
         self._writes = _Lane(autocommit=False)
+        self._prepared: dict[tuple[Any, ...], _Prepared] = {}
+        self._readers: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
         self._second_precision = self.dialect_name in ("mysql", "mariadb")
 
     @classmethod
@@ -1509,11 +1606,14 @@ class SQLStore(ResourceMixin):
         if not wanted:
             return {}
 
-        async def read(connection: AsyncConnection) -> Sequence[sa.RowMapping]:
-            return (await connection.execute(_GET_MANY, {"uids": wanted})).mappings().all()
+        async def read(connection: AsyncConnection) -> Sequence[sa.Row[Any]]:
+            stmt = self._prepare(("get", len(wanted)), lambda: _get_many(len(wanted)))
+            return (await stmt.run(connection, {f"u{i}": mail_id for i, mail_id in enumerate(wanted)})).all()
 
         async def work(engine: AsyncEngine) -> dict[str, MailRecord]:
-            return {str(row["uid"]): _record(row) for row in await self._reads.run(engine, read)}
+            rows = await self._reads.run(engine, read)
+            records = (_record(self._row_mapping(row)) for row in rows)
+            return {str(row[_UID]): record for row, record in zip(rows, records, strict=True)}
 
         return await self._run(f"read {len(wanted)} record(s)", work)
 
@@ -1561,7 +1661,7 @@ class SQLStore(ResourceMixin):
                 applied.extend(mail_id in done for mail_id, _, _ in plan)
                 attempts = [(mail_id, c.attempt) for mail_id, c, _ in plan if mail_id in done and c.attempt]
                 if attempts:
-                    await self._add_attempts(connection, attempts, done)
+                    await self._add_attempts(connection, attempts)
             return applied
 
         async def work(engine: AsyncEngine) -> list[bool]:
@@ -1579,10 +1679,9 @@ class SQLStore(ResourceMixin):
         *,
         returning: bool,
         locking: bool,
-    ) -> dict[str, Any]:
+    ) -> set[str]:
         """Apply a run of changes of one kind to distinct records, each only if the record
-        meets the run's condition; return the ids of the records changed (with their row
-        ids when the database returns them).
+        meets the run's condition; return the ids of the records changed.
 
         Raises:
             _Mismatch: (MySQL/MariaDB, not ``locking``) some record did not match.
@@ -1601,49 +1700,70 @@ class SQLStore(ResourceMixin):
             matched = {str(uid) for (uid,) in (await connection.execute(locked)).all()}
             plan = [item for item in plan if item[0] in matched]
             if not plan:
-                return {}
+                return set()
         same = len(plan) == 1 or all(change == first for _, change, _ in plan)
-        columns = tuple(plan[0][2])
-        numbered = first.attempt is not None
-        stmt = _run_update(columns, numbered, expect, stamp is not None, 0 if same else len(plan), returning)
-        params: dict[str, Any] = {}
+        shape = (
+            tuple(plan[0][2]),
+            first.attempt is not None,
+            expect,
+            stamp is not None,
+            len(plan),
+            same,
+            returning,
+        )
+        stmt = self._prepare(("update", *shape), lambda: _run_update(*shape))
+        params: dict[str, Any] = {f"u{row}": mail_id for row, (mail_id, _, _) in enumerate(plan)}
         if stamp is not None:
             params["p_updated_at"] = stamp
         if same:
-            params["uids"] = [mail_id for mail_id, _, _ in plan]
             params.update((f"v_{name}", value) for name, value in plan[0][2].items())
             if first.attempt is not None:
                 params["n"] = first.attempt.number
         else:
-            for row, (mail_id, change, values) in enumerate(plan):
-                params[f"u{row}"] = mail_id
+            for row, (_, change, values) in enumerate(plan):
                 params.update((f"v_{name}_r{row}", value) for name, value in values.items())
                 if change.attempt is not None:
                     params[f"n_r{row}"] = change.attempt.number
-        result = await connection.execute(stmt, params)
+        result = await stmt.run(connection, params)
         if returning:
-            return {str(uid): row_id for uid, row_id in result.all()}
+            return {str(uid) for (uid,) in result.all()}
         if not locking and result.rowcount != len(plan):
             raise _Mismatch
-        return dict.fromkeys((mail_id for mail_id, _, _ in plan), None)
+        return {mail_id for mail_id, _, _ in plan}
 
-    async def _add_attempts(
-        self, connection: AsyncConnection, attempts: list[tuple[str, Attempt]], row_ids: dict[str, Any]
-    ) -> None:
-        """Insert the attempt rows of distinct records in one statement; ``row_ids``
-        maps their ids to their rows' ids, or to ``None`` where unknown (MySQL/MariaDB)."""
-        if all(row_ids[mail_id] is not None for mail_id, _ in attempts):
-            await connection.execute(
-                _INSERT_ATTEMPT, [self._attempt_values(row_ids[mail_id], a) for mail_id, a in attempts]
-            )
-            return
-        # the rows' ids are read by the INSERT itself: INSERT ... SELECT id, CASE uid ... FROM email
+    async def _add_attempts(self, connection: AsyncConnection, attempts: list[tuple[str, Attempt]]) -> None:
+        """Insert the attempt rows of distinct records in one statement that reads their rows' ids itself."""
         params: dict[str, Any] = {}
         for row, (mail_id, attempt) in enumerate(attempts):
             params[f"u{row}"] = mail_id
             values = self._attempt_values(0, attempt)
             params.update((f"a_{name}_r{row}", values[name]) for name in _ATTEMPT_COLUMNS)
-        await connection.execute(_attempts_insert(len(attempts)), params)
+        stmt = self._prepare(("attempts", len(attempts)), lambda: _attempts_insert(len(attempts)))
+        await stmt.run(connection, params)
+
+    def _prepare(self, key: tuple[Any, ...], build: Callable[[], sa.ClauseElement]) -> _Prepared:
+        """The statement ``build`` makes, compiled for this database once per ``key``."""
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if len(self._prepared) >= _PREPARED_MAX:
+                self._prepared.clear()
+            prepared = self._prepared[key] = _Prepared(build(), self.engine.dialect)
+        return prepared
+
+    def _row_mapping(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A row of ``email`` read with ``exec_driver_sql``, by column name, with the
+        columns' result processors applied (SQLite keeps dates as text)."""
+        readers = self._readers
+        if readers is None:
+            dialect = self.engine.dialect
+            readers = self._readers = tuple(
+                (column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
+                for column in email.columns
+            )
+        return {
+            name: value if process is None or value is None else process(value)
+            for (name, process), value in zip(readers, row, strict=True)
+        }
 
     def _change_values(self, change: RecordUpdate, now: datetime | None) -> dict[str, Any]:
         """The columns ``change`` sets and their values (``attempts`` aside: see :func:`_run_update`)."""
