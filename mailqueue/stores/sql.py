@@ -53,6 +53,12 @@ turned into attachments. A mail left with no valid recipient is still returned
 (built without validation, with an empty ``to``) so that listing never fails.
 Recipients of such rows are ``sent`` if the row is, else ``pending``.
 
+The worker's group reads and writes (:meth:`SQLStore.get_many`,
+:meth:`SQLStore.update_many`) each run on a connection kept for them, with
+statements compiled once per shape; a run of changes is one ``UPDATE``
+(``CASE uid`` for values that differ) and one ``INSERT ... SELECT`` of its
+attempts. See ``docs/backends/sql-store.md``, "The worker's hot path".
+
 Ordering: :meth:`SQLStore.find` orders by the mail id in the column's
 collation, which for mailqueue's ids (lowercase hex) is the plain string order
 on every database.
