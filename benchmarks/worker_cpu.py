@@ -105,7 +105,9 @@ async def main(args: argparse.Namespace) -> None:
                         store=store,
                         attachments=attachments,
                         sender=sender,
-                        settings=WorkerSettings(concurrency=args.concurrency, sweep_interval=0, prefetch=args.prefetch or None),
+                        settings=WorkerSettings(
+                            concurrency=args.concurrency, sweep_interval=0, prefetch=args.prefetch or None
+                        ),
                     )
                     profiler = None
                     if args.profile:
