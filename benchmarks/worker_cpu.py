@@ -105,7 +105,9 @@ async def main(args: argparse.Namespace) -> None:
                         store=store,
                         attachments=attachments,
                         sender=sender,
-                        settings=WorkerSettings(concurrency=args.concurrency, sweep_interval=0),
+                        settings=WorkerSettings(
+                            concurrency=args.concurrency, sweep_interval=0, prefetch=args.prefetch or None
+                        ),
                     )
                     profiler = None
                     if args.profile:
@@ -148,6 +150,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mails", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--prefetch", type=int, default=0, help="worker.prefetch (0: 2 x concurrency)")
     parser.add_argument("--attach", type=int, default=0, help="attachment bytes (100 KiB: 102400)")
     parser.add_argument("--profile", help="py-spy collapsed stacks of the delivery phase to this file")
     parser.add_argument("--asyncio", action="store_true", help="the stdlib event loop instead of uvloop")
