@@ -56,7 +56,7 @@ Recipients of such rows are ``sent`` if the row is, else ``pending``.
 The worker's group reads and writes (:meth:`SQLStore.get_many`,
 :meth:`SQLStore.update_many`) each run on a connection kept for them, with
 statements compiled once per shape; a run of changes is one ``UPDATE``
-(``CASE uid`` for values that differ) and one ``INSERT ... SELECT`` of its
+(``CASE uid`` for values that differ) and one multi-row ``INSERT`` of its
 attempts. See ``docs/backends/sql-store.md``, "The worker's hot path".
 
 Ordering: :meth:`SQLStore.find` orders by the mail id in the column's
@@ -899,20 +899,17 @@ def _run_update(
 
 
 def _attempts_insert(rows: int) -> sa.Insert:
-    """``INSERT INTO email_attempt ... SELECT id, ... FROM email`` of the attempts
-    ``a_<column>_r<i>`` of records ``u<i>``: the rows' ids without reading them first."""
+    """One multi-row INSERT of the attempts ``a_<column>_r<i>`` of records ``u<i>``,
+    each row's ``email_id`` read by a subquery: the rows' ids without reading them first."""
     uid = email.c.uid
-    keys = _keys(rows)
-
-    def value(name: str) -> sa.ColumnElement[Any]:
-        type_ = email_attempt.c[name].type
-        if rows == 1:
-            return sa.bindparam(f"a_{name}_r0", type_=type_).label(name)
-        whens = [(keys[row], sa.bindparam(f"a_{name}_r{row}", type_=type_)) for row in range(rows)]
-        return sa.case(*whens, value=uid).label(name)
-
-    chosen = sa.select(email.c.id, *(value(name) for name in _ATTEMPT_COLUMNS)).where(uid.in_(keys))
-    return email_attempt.insert().from_select(["email_id", *_ATTEMPT_COLUMNS], chosen)
+    values = []
+    for row in range(rows):
+        key = sa.bindparam(f"u{row}", type_=uid.type)
+        item: dict[str, Any] = {"email_id": sa.select(email.c.id).where(uid == key).scalar_subquery()}
+        for name in _ATTEMPT_COLUMNS:
+            item[name] = sa.bindparam(f"a_{name}_r{row}", type_=email_attempt.c[name].type)
+        values.append(item)
+    return email_attempt.insert().values(values)
 
 
 # --- the worker's hot path -------------------------------------------------------------
@@ -1655,7 +1652,7 @@ class SQLStore(ResourceMixin):
         Runs of changes of one kind (the same columns and condition) to
         different records, such as the worker's claims or its outcomes, are
         one UPDATE each, whose values differ by record through ``CASE uid``;
-        their attempt rows one INSERT. PostgreSQL and SQLite tell which
+        their attempt rows one multi-row INSERT. PostgreSQL and SQLite tell which
         records matched by ``RETURNING``. MySQL/MariaDB cannot: the UPDATE is
         taken as it comes when it matched every record of the run (the usual
         case), else the transaction is rolled back and done again with the
