@@ -494,8 +494,6 @@ class MailQueue:
 
     async def _add_many(self, records: list[MailRecord]) -> list[MailRecord | Exception]:
         assert isinstance(self.store, BatchStore)
-        if len(records) == 1:
-            return [await self.store.add(records[0])]
         try:
             added: list[MailRecord | Exception] = [*await self.store.add_many(records)]
         except StoreError:
