@@ -435,6 +435,103 @@ async def test_update_many_that_fails_commits_none_of_its_changes(sql_store: SQL
     assert await sql_store.update_many([(first.id, good), (second.id, good)]) == [True, True]
 
 
+async def test_update_many_redone_after_a_mismatch_applies_each_change_once(sql_store: SQLStore) -> None:
+    """A batch whose second run does not fully match (on MySQL/MariaDB: rolled back and done
+    again with the rows locked) applies the first run, and adds its attempt rows, once."""
+    records = [MailRecord.new(make_mail()) for _ in range(4)]
+    for record in records:
+        await sql_store.add(record)
+    now = utcnow()
+    claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED}))
+    assert await sql_store.update_many([(r.id, claim) for r in records[:3]]) == [True] * 3
+
+    def outcome(n: int) -> RecordUpdate:
+        return RecordUpdate(
+            status=Status.SENT,
+            attempt=Attempt(1, now, now, "sent", 250, f"ok {n}"),
+            remark=f"r{n}",
+            sent_at=now,
+            expect=frozenset({Status.SENDING}),
+        )
+
+    retry = RecordUpdate(
+        status=Status.RETRYING,
+        attempt=Attempt(1, now, now, "transient", 451, "later"),
+        next_attempt_at=now + timedelta(minutes=1),
+        expect=frozenset({Status.SENDING}),
+    )
+    # run 1: two outcomes that match; run 2: a retry that matches and one that does not (still queued)
+    changes = [
+        (records[0].id, outcome(0)),
+        (records[1].id, outcome(1)),
+        (records[2].id, retry),
+        (records[3].id, retry),
+    ]
+    assert await sql_store.update_many(changes) == [True, True, True, False]
+    for n in (0, 1):
+        got = await sql_store.get(records[n].id)
+        assert got is not None
+        assert (got.status, got.attempts, got.remark) == (Status.SENT, 1, f"r{n}")
+        assert [a.reply for a in got.history] == [f"ok {n}"]
+    retried, untouched = await sql_store.get(records[2].id), await sql_store.get(records[3].id)
+    assert retried is not None
+    assert untouched is not None
+    assert (retried.status, [a.code for a in retried.history]) == (Status.RETRYING, [451])
+    assert (untouched.status, untouched.attempts, untouched.history) == (Status.QUEUED, 0, ())
+
+
+async def _drop_connections(store: SQLStore) -> int:
+    """Close, from the server's side, every other connection to the store's database."""
+    async with store.engine.connect() as conn:
+        if store.dialect_name == "postgresql":
+            query = (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            dropped = len((await conn.exec_driver_sql(query)).all())
+        else:
+            query = (
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+            ids = [row[0] for row in (await conn.exec_driver_sql(query)).all()]
+            for connection_id in ids:
+                await conn.exec_driver_sql(f"KILL {int(connection_id)}")
+            dropped = len(ids)
+    return dropped
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["busy", "idle"])
+async def test_a_dropped_batch_connection_is_replaced(
+    sql_store: SQLStore, idle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_many and update_many keep a connection each: when the server drops it, the next
+    call fails with StoreError (or, after the connection was idle, pings and reconnects
+    first), and the call after that works on a new connection."""
+    if sql_store.dialect_name == "sqlite":
+        pytest.skip("SQLite has no server to drop connections")
+    from mailqueue.stores import sql as sql_module
+
+    record = MailRecord.new(make_mail())
+    await sql_store.add(record)
+    claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED, Status.SENDING}))
+    assert list(await sql_store.get_many([record.id])) == [record.id]
+    assert await sql_store.update_many([(record.id, claim)]) == [True]
+    assert await _drop_connections(sql_store) >= 2
+    if idle:
+        monkeypatch.setattr(sql_module, "LANE_IDLE_PING", 0.0)
+    else:
+        with pytest.raises(StoreError):
+            await sql_store.get_many([record.id])
+        with pytest.raises(StoreError):
+            await sql_store.update_many([(record.id, claim)])
+    assert list(await sql_store.get_many([record.id])) == [record.id]
+    assert await sql_store.update_many([(record.id, claim)]) == [True]
+    got = await sql_store.get(record.id)
+    assert got is not None
+    assert got.status is Status.SENDING
+
+
 # --- group commit (add_many) -----------------------------------------------------------
 
 
