@@ -1069,8 +1069,11 @@ class _Writer:
                 raise
             self._used = time.monotonic()
 
-    async def run_asyncmy(self, url: URL, statement: str, rows: list[tuple[Any, ...]], action: str) -> None:
-        """``executemany`` and commit on the kept connection's asyncmy connection.
+    async def run_asyncmy(
+        self, url: URL, statement: str, rows: list[tuple[Any, ...]], action: str, *, many: bool = True
+    ) -> None:
+        """``executemany`` (or, not ``many``, ``execute`` of the one row) and commit on the kept
+        connection's asyncmy connection.
 
         Raises:
             asyncmy's IntegrityError: a unique key is taken (rolled back).
@@ -1084,7 +1087,10 @@ class _Writer:
             try:
                 try:
                     async with driver.cursor() as cursor:
-                        await cursor.executemany(statement, rows)
+                        if many:
+                            await cursor.executemany(statement, rows)
+                        else:
+                            await cursor.execute(statement, rows[0])
                     await driver.commit()
                 except IntegrityError:
                     await driver.rollback()
@@ -1123,7 +1129,8 @@ def _writer_engine(url: URL) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "do_connect")
         def _statement_cache(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-            cparams.setdefault("stmt_cache_size", 8)
+            # the inserts' few column sets and the mark clearing's id counts (powers of two)
+            cparams.setdefault("stmt_cache_size", 16)
 
     return engine
 
@@ -1136,6 +1143,15 @@ def _asyncmy_has_statement_cache() -> bool:
         return "stmt_cache_size" in inspect.signature(asyncmy.connect).parameters
     except (TypeError, ValueError):
         return False
+
+
+@functools.cache
+def _format_clear(count: int) -> str:
+    """The mark clearing's ``UPDATE`` for ``count`` ids in the ``format`` paramstyle."""
+    return (
+        "UPDATE email SET last_error = '', updated_at = %s"
+        f" WHERE uid IN ({', '.join(['%s'] * count)}) AND status = %s AND last_error = %s"
+    )
 
 
 @functools.cache
@@ -1472,6 +1488,18 @@ class SQLStore(ResourceMixin):
         """
         if not mail_ids:
             return
+        action = f"clear the marks of {len(mail_ids)} records"
+        engine = self._open_engine()
+        if self._given_engine is None and engine.dialect.driver == "asyncmy":
+            # on the submit path's kept connection; the id list padded (repeating the last id)
+            # to a power of two, so that a few prepared statements serve every batch
+            ids = list(mail_ids)
+            ids += ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
+            row = (self._db_time(utcnow()), *ids, Status.QUEUED.value, _clip(expected, ERROR_CHARS))
+            await self._writer.run_asyncmy(
+                self._url, _format_clear(len(ids)), [row], f"cannot {action} ({self.url})", many=False
+            )
+            return
         stmt = (
             email.update()
             .where(
@@ -1486,7 +1514,7 @@ class SQLStore(ResourceMixin):
             async with engine.begin() as connection:
                 await connection.execute(stmt)
 
-        await self._run(f"clear the marks of {len(mail_ids)} records", work)
+        await self._run(action, work)
 
     def _stored_attempt(self, attempt: Attempt) -> Attempt:
         return _attempt(self._attempt_values(0, attempt))
