@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - the log goes nowhere, for as long as the process runs
 RABBITMQ = os.environ.get("MQ_BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/")
@@ -59,9 +60,33 @@ def sink_process() -> Iterator[SimpleNamespace]:
         child.wait()
 
 
+class NullSender:
+    """Accepts every message at once (``--sender null``): the worker's CPU without SMTP."""
+
+    from_address = FROM
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self) -> NullSender:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def send(self, message: Any) -> Any:
+        from mailqueue.protocols import RecipientReply, SendResult
+
+        return SendResult({rcpt: RecipientReply(250, "2.0.0 ok") for rcpt in message.recipients})
+
+
 async def main(args: argparse.Namespace) -> None:
     from mailqueue import Attachment, Mail, MailQueue, Recipient, Status
     from mailqueue.backends.amqp import AMQPQueue
+    from mailqueue.backends.memory import MemoryQueue
     from mailqueue.backends.smtp import SMTPSender
     from mailqueue.logs import configure_logging
     from mailqueue.protocols import BackendContext
@@ -70,13 +95,15 @@ async def main(args: argparse.Namespace) -> None:
     from mailqueue.stores.memory import MemoryStore
     from mailqueue.worker import Worker
 
-    configure_logging("INFO", stream=DEVNULL)
+    configure_logging(args.log_level, stream=DEVNULL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     name = f"mqcpu-{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix="mqcpu-"))
     store = MemoryStore()
-    queue = AMQPQueue.from_url(
-        f"{RABBITMQ}?queue={name}&exchange={name}", context=BackendContext(store=store)
+    queue: Any = (
+        MemoryQueue()
+        if args.queue == "memory"
+        else AMQPQueue.from_url(f"{RABBITMQ}?queue={name}&exchange={name}", context=BackendContext())
     )
     attachments = FileAttachmentStore.from_url(f"file://{tmp}", context=BackendContext(store=store))
     blob = os.urandom(args.attach) if args.attach else b""
@@ -96,8 +123,13 @@ async def main(args: argparse.Namespace) -> None:
                         await mq.submit(mail, files)
 
                 await asyncio.gather(*(submitter() for _ in range(16)))
-                sender = SMTPSender.from_url(
-                    f"smtp://{sink.host}:{sink.port}/?from={FROM}&starttls=false&pool={args.concurrency}"
+                sender: Any = (
+                    NullSender()
+                    if args.sender == "null"
+                    else SMTPSender.from_url(
+                        f"smtp://{sink.host}:{sink.port}/?from={FROM}&starttls=false&pool={args.concurrency}"
+                        f"&pipelining={args.sender != 'smtp-no-pipelining'}"
+                    )
                 )
                 async with sender:
                     worker = Worker(
@@ -129,6 +161,7 @@ async def main(args: argparse.Namespace) -> None:
                     worker.stop()
                     await running
                 print(
+                    f"queue={args.queue} sender={args.sender} log={args.log_level} "
                     f"mails={args.mails} attach={args.attach} concurrency={args.concurrency} "
                     f"per_s={args.mails / wall:.0f} cpu_s={cpu:.2f} "
                     f"cpu_ms_per_mail={1000 * cpu / args.mails:.3f}"
@@ -152,6 +185,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--prefetch", type=int, default=0, help="worker.prefetch (0: 2 x concurrency)")
     parser.add_argument("--attach", type=int, default=0, help="attachment bytes (100 KiB: 102400)")
+    parser.add_argument("--queue", choices=["amqp", "memory"], default="amqp")
+    parser.add_argument("--sender", choices=["smtp", "smtp-no-pipelining", "null"], default="smtp")
+    parser.add_argument("--log-level", default="INFO", help="WARNING drops the per-mail INFO line")
     parser.add_argument("--profile", help="py-spy collapsed stacks of the delivery phase to this file")
     parser.add_argument("--asyncio", action="store_true", help="the stdlib event loop instead of uvloop")
     arguments = parser.parse_args()

@@ -575,7 +575,8 @@ class Worker:
     ) -> None:
         change = RecordUpdate(
             status=status,
-            attempt=replace(attempt, recipients=recipients),
+            # (dataclasses.replace costs microseconds: skipped when the attempt has them already)
+            attempt=attempt if attempt.recipients is recipients else replace(attempt, recipients=recipients),
             recipients=recipients,
             remark=remark,
             last_error=error,
