@@ -293,7 +293,10 @@ class MailQueue:
             await self._discard(stored)
             return await self.ensure_queued(record)
         try:
-            await self.publish(mail)
+            # In a task of its own: a confirmed publish waits several times (channel lock, write,
+            # confirm), and each wake-up would otherwise resume the caller's whole stack (a web
+            # framework's is deep); cancelling this submit cancels the task too.
+            await asyncio.ensure_future(self.publish(mail))
         except QueueError as exc:
             await self._mark_unpublished(mail.id, exc)
             raise
@@ -494,8 +497,6 @@ class MailQueue:
 
     async def _add_many(self, records: list[MailRecord]) -> list[MailRecord | Exception]:
         assert isinstance(self.store, BatchStore)
-        if len(records) == 1:
-            return [await self.store.add(records[0])]
         try:
             added: list[MailRecord | Exception] = [*await self.store.add_many(records)]
         except StoreError:

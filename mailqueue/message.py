@@ -78,6 +78,9 @@ def check_header_text(value: str) -> str:
         ValueError: on control characters (CR, LF, NUL, TAB, DEL, C1),
             Unicode line separators or lone surrogates.
     """
+    if value.isprintable():
+        # no Cc, Cs, Zl or Zp character at all (the common case, without a loop in Python)
+        return value
     for char in value:
         if char in _LINE_SEPARATORS or unicodedata.category(char) in ("Cc", "Cs"):
             raise ValueError(f"must not contain control characters (found U+{ord(char):04X})")
@@ -103,14 +106,47 @@ def check_address(value: str) -> str:
     check_header_text(value)
     if len(value) > 254:
         raise ValueError("address is longer than 254 characters")
+    address = value.strip()
+    if _plain_address(address):
+        return address
     try:
-        result = email_validator.validate_email(
-            value.strip(), check_deliverability=False, allow_smtputf8=False
-        )
+        result = email_validator.validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except email_validator.EmailNotValidError as exc:
         raise ValueError(f"invalid address {value!r}: {exc}") from None
-    address: str = result.ascii_email or result.normalized
-    return address
+    checked: str = result.ascii_email or result.normalized
+    return checked
+
+
+# The common address, that email-validator takes as it is: a dot-atom local part of letters,
+# digits and "_+-", and a lower-case host name of at least two labels ending in a letter,
+# without "--" anywhere (Punycode and the labels the validator refuses go the full way).
+_PLAIN_ADDRESS_RE = re.compile(
+    r"([A-Za-z0-9_+-]{1,64}(?:\.[A-Za-z0-9_+-]{1,64})*)@"
+    r"((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z])?)"
+)
+# email-validator's options that can change its verdict on such an address, at their defaults
+_VALIDATOR_DEFAULTS = {"STRICT": False, "GLOBALLY_DELIVERABLE": True, "TEST_ENVIRONMENT": False}
+
+
+def _plain_address(address: str) -> bool:
+    """True if ``address`` is a common address that ``email_validator.validate_email``
+    (as :func:`check_address` calls it) accepts unchanged; False means "ask it"."""
+    match = _PLAIN_ADDRESS_RE.fullmatch(address)
+    if match is None:
+        return False
+    local, domain = match.groups()
+    if len(local) > 64 or len(domain) > 253 or "--" in domain:
+        return False
+    if local.lower() in email_validator.rfc_constants.CASE_INSENSITIVE_MAILBOX_NAMES:
+        return False  # lower-cased by the validator
+    if any(
+        getattr(email_validator, name, default) != default for name, default in _VALIDATOR_DEFAULTS.items()
+    ):
+        return False
+    return not any(
+        domain == special or domain.endswith("." + special)
+        for special in email_validator.SPECIAL_USE_DOMAIN_NAMES
+    )
 
 
 def sanitize_filename(name: str) -> str:

@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -137,6 +137,7 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
         self._consuming = False
         self._deps_ok = True
         self._reads: Batcher[str, MailRecord | None] | None = None
@@ -203,7 +204,7 @@ class Worker:
         a queue that is unreachable is retried forever. Only :meth:`stop` ends it.
         """
         concurrency = self.settings.concurrency
-        slots = asyncio.Semaphore(concurrency)
+        slots = self._slots = asyncio.Semaphore(concurrency)
         stop_wait = asyncio.ensure_future(self._stopping.wait())
         sweeper = asyncio.create_task(
             self._supervise("sweeper", self._sweep_loop, longest=60.0), name="mailqueue-sweeper"
@@ -228,54 +229,60 @@ class Worker:
         concurrency = self.settings.concurrency
         deliveries = self.queue.consume(prefetch=self.settings.prefetch or 2 * concurrency)
         self._set_ready(consuming=True)
-        failures = 0
-        next_delivery: asyncio.Future[Delivery] | None = None
+        # The dispatching runs in a task of its own that a stop cancels: it is then waiting
+        # for a slot or for the next delivery (a cancelled wait loses nothing), never holding
+        # a delivery it has not handed on. Cheaper per delivery than racing each wait against
+        # the stop (a task and an asyncio.wait for each).
+        pump = asyncio.create_task(self._dispatch(deliveries, slots), name="mailqueue-dispatch")
         try:
-            while not self._stopping.is_set():
-                next_delivery = asyncio.ensure_future(anext(deliveries))
-                await asyncio.wait({next_delivery, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not next_delivery.done():
-                    next_delivery.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await next_delivery
-                    break
-                try:
-                    delivery = next_delivery.result()
-                except StopAsyncIteration:
-                    break
-                except BackendError as exc:
-                    # The queue is unreachable: wait and try again, never give up.
-                    pause = min(30.0, 0.5 * 2.0 ** min(failures, 6))
-                    failures += 1
-                    self.counts["consume_error"] += 1
-                    self._set_ready(deps_ok=False)
-                    logger.warning("consuming failed (%s); trying again in %.1f s", exc, pause)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(stop_wait), pause)
-                    continue
-                if failures:
-                    failures = 0
-                    self._set_ready(deps_ok=True)
-                slot = asyncio.ensure_future(slots.acquire())
-                await asyncio.wait({slot, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not slot.done():
-                    slot.cancel()
-                    await _settle_quietly(delivery.release())
-                    break
-                task = asyncio.create_task(self._guarded(delivery))
-                self._tasks.add(task)
-                metrics.IN_FLIGHT.inc()
-                task.add_done_callback(self._tasks.discard)
-                task.add_done_callback(lambda _: metrics.IN_FLIGHT.dec())
-                task.add_done_callback(lambda _: slots.release())
+            await asyncio.wait({pump, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._set_ready(consuming=False)
-            if next_delivery is not None:
-                # cancelled while waiting (e.g. the task running the worker was cancelled)
-                next_delivery.cancel()
-                next_delivery.add_done_callback(_retrieve)
+            if not pump.done():
+                pump.cancel()
+                # wait(), not await: a cancellation of this task must not be swallowed
+                await asyncio.wait({pump})
             with contextlib.suppress(Exception):
                 await deliveries.aclose()
+        if not pump.cancelled():
+            pump.result()  # the queue's iterator failed unexpectedly: _supervise restarts it
+
+    async def _dispatch(self, deliveries: AsyncIterator[Delivery], slots: asyncio.Semaphore) -> None:
+        """Take a slot, then a delivery, and start handling it; until the queue ends the iteration."""
+        failures = 0
+        while True:
+            await slots.acquire()
+            try:
+                delivery = await anext(deliveries)
+            except StopAsyncIteration:
+                slots.release()
+                return
+            except BackendError as exc:
+                slots.release()
+                # The queue is unreachable: wait and try again, never give up.
+                pause = min(30.0, 0.5 * 2.0 ** min(failures, 6))
+                failures += 1
+                self.counts["consume_error"] += 1
+                self._set_ready(deps_ok=False)
+                logger.warning("consuming failed (%s); trying again in %.1f s", exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            if failures:
+                failures = 0
+                self._set_ready(deps_ok=True)
+            task = asyncio.create_task(self._guarded(delivery))
+            self._tasks.add(task)
+            metrics.IN_FLIGHT.inc()
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        metrics.IN_FLIGHT.dec()
+        if self._slots is not None:
+            self._slots.release()
 
     async def _supervise(
         self, component: str, body: Callable[[], Awaitable[None]], *, longest: float
@@ -568,7 +575,8 @@ class Worker:
     ) -> None:
         change = RecordUpdate(
             status=status,
-            attempt=replace(attempt, recipients=recipients),
+            # (dataclasses.replace costs microseconds: skipped when the attempt has them already)
+            attempt=attempt if attempt.recipients is recipients else replace(attempt, recipients=recipients),
             recipients=recipients,
             remark=remark,
             last_error=error,
@@ -699,12 +707,6 @@ def _fail_pending(
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark the outcome of an abandoned future as seen (no "exception was never retrieved")."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def _sweep_step(what: str, step: Awaitable[int]) -> int:

@@ -521,6 +521,30 @@ async def test_settling_after_close_does_nothing_and_raises_nothing(rabbitmq_url
         assert await again.depth() == 0
 
 
+async def test_acks_in_one_turn_settle_exactly_those(rabbitmq_url: str, name: str) -> None:
+    # Acks asked for together go to the broker in one write, each for its own delivery:
+    # the ones not acked (out of order, in the middle) come back, nothing else does.
+    url = amqp_url(rabbitmq_url, name)
+    async with AMQPQueue.from_url(url, context=BackendContext()) as queue:
+        keys = [f"k{i}" for i in range(8)]
+        for key in keys:
+            await queue.publish(key, b"x")
+        iterator = queue.consume(prefetch=8)
+        held = [await next_within(iterator) for _ in range(8)]
+        kept = {"k2", "k5"}
+        await asyncio.gather(*(d.ack() for d in reversed(held) if d.key not in kept))
+        await aclose(iterator)
+        for delivery in held:
+            if delivery.key in kept:
+                await delivery.release()
+        iterator = queue.consume(prefetch=8)
+        back = [await next_within(iterator) for _ in range(2)]
+        assert sorted(d.key for d in back) == sorted(kept)
+        await asyncio.gather(*(d.ack() for d in back))
+        await aclose(iterator)
+        assert await queue.depth() == 0
+
+
 # --- broker restarts (slow) --------------------------------------------------------
 
 

@@ -61,6 +61,21 @@ def test_kv_lines_carry_mail_id_and_hide_url_passwords_and_secrets() -> None:
 
 
 @pytest.mark.usefixtures("restore_root")
+def test_kv_timestamp_and_any_case_bearer() -> None:
+    out = io.StringIO()
+    configure_logging("INFO", "kv", stream=out)
+    record = logging.LogRecord("mailqueue.test", logging.INFO, __file__, 1, "BeArEr s3cr3t-t0k", None, None)
+    for created in (1_764_409_526.1946, 1_764_409_527.0004):  # the second's prefix is made anew
+        record.created = created
+        logging.getLogger("mailqueue.test").handle(record)
+    first, second = out.getvalue().splitlines()
+    assert first.startswith("ts=2025-11-29T09:45:26.194+00:00 level=info")
+    assert second.startswith("ts=2025-11-29T09:45:27.000+00:00 ")
+    assert "s3cr3t-t0k" not in out.getvalue()
+    assert "BeArEr ***" in first
+
+
+@pytest.mark.usefixtures("restore_root")
 def test_json_lines() -> None:
     out = io.StringIO()
     configure_logging("DEBUG", "json", stream=out)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import email_validator
 import pydantic
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,8 @@ from mailqueue.message import (
     AttachmentRef,
     Mail,
     Recipient,
+    _plain_address,
+    check_address,
     check_header_text,
     new_id,
     parse_recipients,
@@ -769,3 +772,123 @@ def test_sanitize_filename_is_idempotent(name: str) -> None:
     once = sanitize_filename(name)
     assert sanitize_filename(once) == once
     assert not once.startswith(".")
+
+
+# --- the address fast path ------------------------------------------------------------
+
+TRICKY_ADDRESSES = [
+    "someone@example.com",
+    "Some.One+tag_x-y@Mail.Example.com",
+    "some.one@mail.example.co.uk",
+    "a@b.co",
+    "-@example.com",
+    "_@example.com",
+    "1@2.example.com",
+    "a@1example.com",
+    "a@example.c0m",
+    "a@example.1a",
+    "a@example.123",
+    "a@example",
+    "a@localhost",
+    "a@mail.local",
+    "a@foo.test",
+    "a@x.invalid",
+    "a@onion",
+    "a@mail.onion",
+    "a@1.in-addr.arpa",
+    "Postmaster@example.com",
+    "postmaster@example.com",
+    "INFO@example.com",
+    "a@EXAMPLE.COM",
+    "a@Example.com",
+    "a@xn--mnchen-3ya.de",
+    "a@ab--cd.example.com",
+    "a@a--b.example.com",
+    "a@-example.com",
+    "a@example-.com",
+    "a@example..com",
+    "a@.example.com",
+    "a@example.com.",
+    ".a@example.com",
+    "a.@example.com",
+    "a..b@example.com",
+    "a@b@example.com",
+    "@example.com",
+    "a@",
+    "a",
+    "a b@example.com",
+    '"a b"@example.com',
+    "a@[127.0.0.1]",
+    "Name <a@example.com>",
+    "a!#$%&'*/=?^`{|}~@example.com",
+    "müller@example.com",
+    "a@münchen.de",
+    "a@xn--.com",
+    "x" * 64 + "@example.com",
+    "x" * 65 + "@example.com",
+    "a@" + "b" * 63 + ".com",
+    "a@" + "b" * 64 + ".com",
+    "a@" + ".".join(["b" * 60] * 4) + ".com",
+    "a" * 60 + "@" + ".".join(["b" * 60] * 3) + ".com",
+    "  padded@example.com  ",
+    "a@example.com\n",
+    "a@exa_mple.com",
+]
+
+
+def _full_check(value: str) -> str | None:
+    """What check_address gave before its fast path: email-validator on every address."""
+    from mailqueue.message import check_header_text
+
+    try:
+        check_header_text(value)
+        if len(value) > 254:
+            return None
+        result = email_validator.validate_email(
+            value.strip(), check_deliverability=False, allow_smtputf8=False
+        )
+    except (ValueError, email_validator.EmailNotValidError):
+        return None
+    return result.ascii_email or result.normalized
+
+
+def _fast_check(value: str) -> str | None:
+    try:
+        return check_address(value)
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("address", TRICKY_ADDRESSES)
+def test_address_fast_path_gives_the_validators_verdict(address: str) -> None:
+    assert _fast_check(address) == _full_check(address)
+
+
+def test_address_fast_path_takes_the_common_address() -> None:
+    assert _plain_address("Some.One+tag@mail.example.com")
+    # not taken: the validator decides
+    for address in ("a@EXAMPLE.com", "postmaster@example.com", "a@mail.local", "a@xn--mnchen-3ya.de"):
+        assert not _plain_address(address)
+
+
+ADDRESS_PIECES = [
+    "a", "Z", "0", "9", "-", "_", "+", ".", "@", "xn--", "--", "com", "de", "local", "test", "arpa",
+    "info", "postmaster", "é", " ", "!", "b" * 63, "c" * 30,
+]  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(ADDRESS_PIECES), min_size=1, max_size=12))
+def test_address_fast_path_agrees_on_generated_addresses(pieces: list[str]) -> None:
+    address = "".join(pieces)
+    assert _fast_check(address) == _full_check(address)
+
+
+def test_address_fast_path_follows_the_validators_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a deployment that changes email-validator's module settings still gets its verdicts
+    monkeypatch.setattr(
+        email_validator, "SPECIAL_USE_DOMAIN_NAMES", [*email_validator.SPECIAL_USE_DOMAIN_NAMES, "example"]
+    )
+    assert _fast_check("a@mail.example") is None
+    monkeypatch.setattr(email_validator, "TEST_ENVIRONMENT", True)
+    assert not _plain_address("a@mail.example.com")

@@ -433,3 +433,192 @@ async def test_update_many_that_fails_commits_none_of_its_changes(sql_store: SQL
         assert got is not None
         assert (got.status, got.attempts, got.history) == (Status.QUEUED, 0, ())
     assert await sql_store.update_many([(first.id, good), (second.id, good)]) == [True, True]
+
+
+async def test_update_many_redone_after_a_mismatch_applies_each_change_once(sql_store: SQLStore) -> None:
+    """A batch whose second run does not fully match (on MySQL/MariaDB: rolled back and done
+    again with the rows locked) applies the first run, and adds its attempt rows, once."""
+    records = [MailRecord.new(make_mail()) for _ in range(4)]
+    for record in records:
+        await sql_store.add(record)
+    now = utcnow()
+    claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED}))
+    assert await sql_store.update_many([(r.id, claim) for r in records[:3]]) == [True] * 3
+
+    def outcome(n: int) -> RecordUpdate:
+        return RecordUpdate(
+            status=Status.SENT,
+            attempt=Attempt(1, now, now, "sent", 250, f"ok {n}"),
+            remark=f"r{n}",
+            sent_at=now,
+            expect=frozenset({Status.SENDING}),
+        )
+
+    retry = RecordUpdate(
+        status=Status.RETRYING,
+        attempt=Attempt(1, now, now, "transient", 451, "later"),
+        next_attempt_at=now + timedelta(minutes=1),
+        expect=frozenset({Status.SENDING}),
+    )
+    # run 1: two outcomes that match; run 2: a retry that matches and one that does not (still queued)
+    changes = [
+        (records[0].id, outcome(0)),
+        (records[1].id, outcome(1)),
+        (records[2].id, retry),
+        (records[3].id, retry),
+    ]
+    assert await sql_store.update_many(changes) == [True, True, True, False]
+    for n in (0, 1):
+        got = await sql_store.get(records[n].id)
+        assert got is not None
+        assert (got.status, got.attempts, got.remark) == (Status.SENT, 1, f"r{n}")
+        assert [a.reply for a in got.history] == [f"ok {n}"]
+    retried, untouched = await sql_store.get(records[2].id), await sql_store.get(records[3].id)
+    assert retried is not None
+    assert untouched is not None
+    assert (retried.status, [a.code for a in retried.history]) == (Status.RETRYING, [451])
+    assert (untouched.status, untouched.attempts, untouched.history) == (Status.QUEUED, 0, ())
+
+
+async def _drop_connections(store: SQLStore) -> int:
+    """Close, from the server's side, every other connection to the store's database."""
+    async with store.engine.connect() as conn:
+        if store.dialect_name == "postgresql":
+            query = (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            dropped = len((await conn.exec_driver_sql(query)).all())
+        else:
+            query = (
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+            ids = [row[0] for row in (await conn.exec_driver_sql(query)).all()]
+            for connection_id in ids:
+                await conn.exec_driver_sql(f"KILL {int(connection_id)}")
+            dropped = len(ids)
+    return dropped
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["busy", "idle"])
+async def test_a_dropped_batch_connection_is_replaced(
+    sql_store: SQLStore, idle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_many and update_many keep a connection each: when the server drops it, the next
+    call fails with StoreError (or, after the connection was idle, pings and reconnects
+    first), and the call after that works on a new connection."""
+    if sql_store.dialect_name == "sqlite":
+        pytest.skip("SQLite has no server to drop connections")
+    from mailqueue.stores import sql as sql_module
+
+    record = MailRecord.new(make_mail())
+    await sql_store.add(record)
+    claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED, Status.SENDING}))
+    assert list(await sql_store.get_many([record.id])) == [record.id]
+    assert await sql_store.update_many([(record.id, claim)]) == [True]
+    assert await _drop_connections(sql_store) >= 2
+    if idle:
+        monkeypatch.setattr(sql_module, "LANE_IDLE_PING", 0.0)
+    else:
+        with pytest.raises(StoreError):
+            await sql_store.get_many([record.id])
+        with pytest.raises(StoreError):
+            await sql_store.update_many([(record.id, claim)])
+    assert list(await sql_store.get_many([record.id])) == [record.id]
+    assert await sql_store.update_many([(record.id, claim)]) == [True]
+    got = await sql_store.get(record.id)
+    assert got is not None
+    assert got.status is Status.SENDING
+
+
+# --- group commit (add_many) -----------------------------------------------------------
+
+
+async def test_add_many_rows_are_those_add_writes(sql_store: SQLStore) -> None:
+    """NULL and non-NULL values of one column in one batch (the MariaDB bulk bind leaves out
+    columns NULL in every row): every row reads back as the single add wrote its twin."""
+    now = utcnow()
+    variants = [
+        {},
+        {"last_code": 421, "next_attempt_at": now + timedelta(minutes=5), "remark": "x"},
+        {"last_error": "ä" * 20, "sent_at": now},
+    ]
+    singles, batch = [], []
+    for changes in variants:
+        for bucket, message_id in ((singles, "<one@example.com>"), (batch, None)):
+            mail = make_mail(
+                subject='quote " and \\ backslash',
+                html="<p class='a'>x</p>",
+                message_id=message_id,
+                created_at=now,
+            )
+            bucket.append(MailRecord.new(mail).evolve(created_at=now, updated_at=now, **changes))
+    added = [await sql_store.add(r) for r in singles]
+    batched = await sql_store.add_many(batch)
+    for one, many in zip(added, batched, strict=True):
+        assert many == await sql_store.get(many.id)
+        assert one == await sql_store.get(one.id)
+        row_one, row_many = await email_row(sql_store, one.id), await email_row(sql_store, many.id)
+        for key in ("id", "uid", "message_id", "payload"):
+            row_one.pop(key), row_many.pop(key)
+        assert row_one == row_many
+    everything = await sql_store.add_many([make_record() for _ in range(40)])
+    assert [await sql_store.get(r.id) for r in everything] == everything
+
+
+async def _kill_other_connections(url: str) -> int:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                query = (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                return len((await conn.execute(sa.text(query))).all())
+            ids = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT ID FROM information_schema.PROCESSLIST"
+                        " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+                    )
+                )
+            ).scalars()
+            killed = 0
+            for connection_id in list(ids):
+                await conn.execute(sa.text(f"KILL {int(connection_id)}"))
+                killed += 1
+            return killed
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("server", ["mysql", "postgres"])
+async def test_add_many_replaces_a_broken_connection(request: pytest.FixtureRequest, server: str) -> None:
+    """The kept connection of the group commit dies: the batch on it fails with StoreError
+    (its submits answer 5xx), the next batch connects anew; after a quiet spell the kept
+    connection is not trusted at all."""
+    url: str = request.getfixturevalue(f"{server}_url")
+    async with SQLStore.from_url(url) as store:
+        await store.add_many([make_record()])
+        assert await _kill_other_connections(url) >= 1
+        lost = [make_record(), make_record()]
+        with pytest.raises(StoreError):
+            await store.add_many(lost)
+        again = await store.add_many([make_record(), make_record()])
+        assert [await store.get(r.id) for r in again] == again
+        store._writer.IDLE = 0.0
+        assert await _kill_other_connections(url) >= 1
+        quiet = await store.add_many([make_record()])
+        assert await store.get(quiet[0].id) == quiet[0]
+        # the marks are cleared on that connection too (MySQL/MariaDB): a lost one fails the
+        # call, the next call works
+        store._writer.IDLE = 20.0
+        marked = await store.add_many([make_record().evolve(last_error="mark") for _ in range(3)])
+        assert await _kill_other_connections(url) >= 1
+        if server == "mysql":
+            with pytest.raises(StoreError):
+                await store.clear_last_error([r.id for r in marked], expected="mark")
+        await store.clear_last_error([r.id for r in marked], expected="mark")
+        assert [(await store.get(r.id) or r).last_error for r in marked] == ["", "", ""]

@@ -150,6 +150,9 @@ _EXCHANGE_TYPES: Final = ("direct", "topic", "fanout", "headers")
 _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off")
 _SETTLE_TIMEOUT: Final = 5.0
+#: aiormq's writer takes several frames as one chunk (``ChannelFrame.marshall``, aiormq 7).
+_CHANNEL_FRAME: Final[Any] = getattr(aiormq.abc, "ChannelFrame", None)
+_FRAMES_TOGETHER: Final = hasattr(_CHANNEL_FRAME, "marshall") and hasattr(aiormq.Channel, "create_future")
 _REROUTE_PAUSE: Final = 1.0
 
 
@@ -316,7 +319,7 @@ class AMQPDelivery:
     async def _basic_ack(self) -> None:
         try:
             async with asyncio.timeout(_SETTLE_TIMEOUT):
-                await self._channel.basic_ack(self._tag)
+                await self._consumer._ack(self._channel, self._tag)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and _really_cancelled():
                 raise
@@ -333,6 +336,32 @@ class AMQPDelivery:
             logger.debug(
                 "amqp queue: requeue of %r failed (%s); the broker requeues it anyway", self._key, exc
             )
+
+
+async def _write_acks(channel: AbstractChannel, tags: list[int]) -> None:
+    """One ``basic.ack`` frame per tag, handed to aiormq's writer as one chunk (one socket
+    write); with an aiormq that lacks the means, one ``basic_ack`` each."""
+    if len(tags) == 1 or not _FRAMES_TOGETHER:
+        for tag in tags:
+            await channel.basic_ack(tag)
+        return
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    driver: Any = channel
+    drained: asyncio.Future[None] = driver.create_future()  # cancelled by aiormq if the channel closes
+    frame = _CHANNEL_FRAME.marshall(
+        channel_number=driver.number,
+        frames=[Basic.Ack(delivery_tag=tag) for tag in tags],
+        drain_future=drained,
+    )
+    await driver.write_queue.put(frame)
+    await drained
+
+
+def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # nobody may wait for it any more (timed out): no "never retrieved"
 
 
 def _really_cancelled() -> bool:
@@ -364,6 +393,8 @@ class AMQPConsumer:
         self._channel_closed = False
         self._rerouting = 0
         self._rerouted = asyncio.Event()
+        self._acks: list[tuple[AbstractChannel, int, asyncio.Future[None]]] = []
+        self._acking = False
 
     def __aiter__(self) -> Self:
         return self
@@ -454,25 +485,30 @@ class AMQPConsumer:
             self._closed = True
             await self._close_channel()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Not a coroutine function: aio-pika then calls it from a callback instead of
+        # running it in a task of its own, one task fewer per message.
         try:
             channel = message.channel
         except aiormq.exceptions.ChannelInvalidStateError:
             return  # the channel closed before we saw it: the broker requeued it
         delivery = AMQPDelivery(self, message, channel)
         if self._closed or self._queue._closed:
-            await delivery._give_back()
+            self._queue._spawn(delivery._give_back())
             return
         if delivery._due is not None and delivery._due > _now_ms():
             self._rerouting += 1
-            try:
-                await self._reroute(delivery)
-            finally:
-                self._rerouting -= 1
-                self._rerouted.set()
+            self._queue._spawn(self._reroute_counted(delivery))
             return
         self._buffer.append(delivery)
         self._wake.set()
+
+    async def _reroute_counted(self, delivery: AMQPDelivery) -> None:
+        try:
+            await self._reroute(delivery)
+        finally:
+            self._rerouting -= 1
+            self._rerouted.set()
 
     async def _reroute(self, delivery: AMQPDelivery) -> None:
         """Send a message that came back early into the next fitting tier, then ack it."""
@@ -490,6 +526,42 @@ class AMQPConsumer:
             await delivery._give_back()
             return
         await delivery._basic_ack()
+
+    async def _ack(self, channel: AbstractChannel, tag: int) -> None:
+        """``basic.ack`` of one delivery, written together with the acks asked for in the
+        same event-loop turn (deliveries recorded by one Store commit finish together):
+        one write to the socket for them instead of one each. Each ack is its own frame."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks.append((channel, tag, future))
+        if not self._acking:
+            self._acking = True
+            self._queue._spawn(self._send_acks())
+        await future
+
+    async def _send_acks(self) -> None:
+        try:
+            while self._acks:
+                batch, self._acks = self._acks, []
+                by_channel: dict[AbstractChannel, list[tuple[int, asyncio.Future[None]]]] = {}
+                for channel, tag, future in batch:
+                    by_channel.setdefault(channel, []).append((tag, future))
+                for channel, items in by_channel.items():
+                    try:
+                        await _write_acks(channel, [tag for tag, _ in items])
+                    except (Exception, asyncio.CancelledError) as exc:
+                        for _, future in items:
+                            _fail(future, exc)
+                        if isinstance(exc, asyncio.CancelledError) and _really_cancelled():
+                            raise
+                    else:
+                        for _, future in items:
+                            if not future.done():
+                                future.set_result(None)
+        finally:
+            self._acking = False
+            left, self._acks = self._acks, []
+            for _, _, future in left:
+                _fail(future, QueueError("amqp queue: the acks were not sent (closing)"))
 
     def _settled(self, delivery: AMQPDelivery) -> None:
         self._outstanding.discard(delivery)

@@ -33,6 +33,9 @@ Options:
     mail transactions (MAIL FROM) on one connection before it is replaced.
 ``name``
     the name given in EHLO (default: this machine's fully qualified name).
+``pipelining`` = ``true`` (default) | ``false``
+    send MAIL FROM, RCPT TO and DATA in one write when the server offers
+    ``PIPELINING`` (RFC 2920); ``false`` waits for each reply in turn.
 
 Default port: 465 for ``smtps``, 587 for ``smtp`` with ``starttls=true``, 25
 otherwise (the conventions of aiosmtplib and RFC 8314/6409).
@@ -52,20 +55,25 @@ Reply classification (what :meth:`SMTPSender.send` raises):
   :class:`SendResult`, never raised. 452 (too many recipients) after some were
   accepted: the accepted ones get DATA, the rest go in a further transaction.
 
-How the final dot is told apart: the DATA command is sent with aiosmtplib's
-``execute_command``; the dot-stuffed message is then written to the
-connection's transport without the terminating ``.`` line, and the sender
-waits until the transport's write buffer is empty (everything handed to the
-operating system) while the connection is still up. Only then is ``.\\r\\n``
-written and the reply read with the protocol's ``read_response``. A loss
-noticed before that write is "before the dot" (transient); anything after it
-is "after the dot" (unknown), erring towards *unknown* rather than risking a
-duplicate.
+How the final dot is told apart: once a connection is set up (connected,
+TLS, EHLO and AUTH by aiosmtplib), its transport is handed to a small
+protocol of this module that speaks the mail transactions itself (fewer
+awaits and allocations per mail than aiosmtplib's command methods, and
+command pipelining, RFC 2920, when the server offers ``PIPELINING``: MAIL,
+RCPT and DATA then go in one write). The dot-stuffed message and the
+terminating ``.`` line are written together, and the sender waits until the
+transport's write buffer is empty (everything handed to the operating
+system) while the connection is still up. The ``.`` line is the end of that
+buffer, so while any byte is left in it the server cannot have seen the end
+of the message: a loss noticed then is "before the dot" (transient);
+anything once the buffer is empty is "after the dot" (unknown), erring
+towards *unknown* rather than risking a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import os
@@ -108,10 +116,9 @@ TLSMode = Literal["auto", "starttls", "implicit", "none"]
 
 _TLS_MODES: tuple[str, ...] = ("auto", "starttls", "implicit", "none")
 _OPTIONS = frozenset(
-    {"from", "starttls", "verify", "cafile", "timeout", "pool", "max_per_connection", "name"}
+    {"from", "starttls", "verify", "cafile", "timeout", "pool", "max_per_connection", "name", "pipelining"}
 )
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _POLL_INTERVAL = 0.002
 
 
@@ -136,19 +143,162 @@ class _FinalDotWritten(Exception):
         self.cause = cause
 
 
+#: Longest reply (all lines of a multi-line one) accepted from a server.
+_REPLY_MAX = 32 * 1024
+
+
+class _Wire(asyncio.Protocol):
+    """The protocol of a pooled connection once it is set up: writes commands and
+    reads replies, several of them outstanding at once (pipelining).
+
+    A reply that arrives while none is awaited is kept, not dropped: a reused
+    connection with something already waiting (a 421 sent while it was idle)
+    is then known to be stale.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: BaseException | None = None
+        #: False from the moment bytes stay in the write buffer until it is empty again. The
+        #: transport tells (pause/resume_writing with both limits at 0) when the buffer empties
+        #: by sending; one that empties it because the connection was lost does not.
+        self.drained = True
+        transport.set_write_buffer_limits(high=0)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._lost is None and not self.transport.is_closing()
+
+    @property
+    def idle(self) -> bool:
+        """Connected, and nothing received that was not asked for."""
+        return self.is_connected and not self._replies and not self._buffer
+
+    def write(self, data: bytes) -> None:
+        if not self.is_connected:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self.transport.write(data)
+
+    def unsent(self) -> int:
+        """Bytes written but not yet handed to the operating system."""
+        return self.transport.get_write_buffer_size()
+
+    async def reply(self, seconds: float) -> aiosmtplib.SMTPResponse:
+        """The next reply, within ``seconds``; raises SMTPServerDisconnected or SMTPReadTimeoutError."""
+        if not self._replies:
+            if self._lost is not None:
+                raise self._lost
+            waiter = self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(seconds, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._replies.popleft()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # --- asyncio.Protocol -------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self.drained = False
+
+    def resume_writing(self) -> None:
+        self.drained = True
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while True:
+            # one reply: lines "250-..." go on, a line "250 ..." ends it
+            lines: list[bytes] = []
+            position = start
+            while (end := buffer.find(b"\n", position)) >= 0:
+                lines.append(bytes(buffer[position : end + 1]))
+                position = end + 1
+                if lines[-1][3:4] != b"-":
+                    break
+            else:
+                break  # no complete reply left
+            try:
+                self._replies.append(_parse_reply(lines))
+            except aiosmtplib.SMTPResponseException as exc:
+                self._fail(exc)
+                return
+            start = position
+        if start:
+            del buffer[:start]
+        if len(buffer) > _REPLY_MAX:
+            self._fail(aiosmtplib.SMTPResponseException(-1, "Response too long"))
+            return
+        waiter = self._waiter
+        if self._replies and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
+        lost.__cause__ = exc
+        self._fail(lost)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = exc
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self._lost)
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def _parse_reply(lines: list[bytes]) -> aiosmtplib.SMTPResponse:
+    code = -1
+    texts = []
+    for line in lines:
+        try:
+            code = int(line[:3])
+        except ValueError:
+            text = line.decode("utf-8", "ignore")
+            raise aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {text}") from None
+        texts.append(line[4:].strip(b" \t\r\n"))
+    return aiosmtplib.SMTPResponse(code, b"\n".join(texts).decode("utf-8", "surrogateescape"))
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"))
+
+
 @dataclass(eq=False, slots=True)
 class _Connection:
-    smtp: aiosmtplib.SMTP
+    wire: _Wire
+    size: bool = False
+    eight_bit: bool = False
+    pipelining: bool = False
     transactions: int = 0
 
 
 def _dot_stuffed(data: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, leading dots doubled,
-    ending in CRLF, without the terminating ``.`` line."""
-    data = _LINE_ENDINGS.sub(b"\r\n", data)
+    ending in CRLF, followed by the terminating ``.`` line."""
+    crlf = data.count(b"\r\n")
+    if crlf != data.count(b"\n") or crlf != data.count(b"\r"):  # a bare CR or LF
+        data = _LINE_ENDINGS.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return _LEADING_DOT.sub(b"..", data)
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 def _envelope_problem(address: str) -> str | None:
@@ -225,6 +375,7 @@ class SMTPSender(ResourceMixin):
         pool_size: most connections at once.
         max_per_connection: transactions per connection before replacing it.
         local_hostname: the EHLO name; default the machine's FQDN.
+        pipelining: pipeline MAIL, RCPT and DATA when the server offers it.
 
     Raises:
         ConfigurationError: on an invalid address, option or combination.
@@ -246,6 +397,7 @@ class SMTPSender(ResourceMixin):
         pool_size: int = 4,
         max_per_connection: int = 100,
         local_hostname: str | None = None,
+        pipelining: bool = True,
     ) -> None:
         if not host or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in host):
             raise ConfigurationError(f"invalid SMTP host {host!r}")
@@ -281,6 +433,7 @@ class SMTPSender(ResourceMixin):
         self.pool_size = pool_size
         self.max_per_connection = max_per_connection
         self.local_hostname = local_hostname
+        self.pipelining = pipelining
 
         self._ssl_context: ssl.SSLContext | None = None
         self._ehlo_name: str | None = local_hostname
@@ -353,6 +506,7 @@ class SMTPSender(ResourceMixin):
                 _parse_number("max_per_connection", options.get("max_per_connection", "100"), int)
             ),
             local_hostname=options.get("name"),
+            pipelining=_parse_bool("pipelining", options.get("pipelining", "true")),
         )
 
     def __repr__(self) -> str:
@@ -437,7 +591,7 @@ class SMTPSender(ResourceMixin):
                 pending.append(rcpt)
             else:
                 replies[rcpt] = RecipientReply(553, f"5.1.3 not sent: {problem}")
-        payload = _dot_stuffed(message.data) if pending else b""
+        payload = _dot_stuffed(message.data) if pending else b".\r\n"
         delivered = False
         while pending:
             try:
@@ -488,49 +642,82 @@ class SMTPSender(ResourceMixin):
         recipients: list[str],
         replies: dict[str, RecipientReply],
     ) -> tuple[list[str], bool]:
-        smtp = conn.smtp
+        wire = conn.wire
+        timeout = self.timeout
         stage = _Stage.MAIL
         try:
-            options = []
-            if smtp.supports_extension("size"):
-                options.append(f"SIZE={len(payload) + 3}")
-            if not payload.isascii() and smtp.supports_extension("8bitmime"):
-                options.append("BODY=8BITMIME")
+            options = b""
+            if conn.size:
+                options += b" SIZE=%d" % len(payload)  # the message and its ".": what RFC 1870 counts
+            if conn.eight_bit and not payload.isascii():
+                options += b" BODY=8BITMIME"
+            # Addresses were checked by _envelope_problem: ASCII, no space, control or bracket.
+            mail = b"MAIL FROM:<%s>%s\r\n" % (message.envelope_from.encode("ascii"), options)
+            rcpts = [b"RCPT TO:<%s>\r\n" % rcpt.encode("ascii") for rcpt in recipients]
             reused = conn.transactions > 0
+            pipelined = conn.pipelining
+            # RFC 2920: MAIL, the RCPTs and DATA in one go; the replies come in order.
+            wire.write(b"".join([mail, *rcpts, b"DATA\r\n"]) if pipelined else mail)
             try:
-                await smtp.mail(message.envelope_from, options=options, timeout=self.timeout)
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException) as exc:
-                stale = isinstance(exc, aiosmtplib.SMTPServerDisconnected) or exc.code == 421
-                if reused and stale:
-                    raise _StaleConnection from exc
+                response = await wire.reply(timeout)
+            except aiosmtplib.SMTPServerDisconnected:
+                if reused:
+                    raise _StaleConnection from None
                 raise
+            if response.code != 250:
+                if reused and response.code == 421:
+                    raise _StaleConnection
+                raise aiosmtplib.SMTPSenderRefused(response.code, response.message, message.envelope_from)
             conn.transactions += 1
 
             stage = _Stage.RCPT
             accepted: list[str] = []
             deferred: list[str] = []
+            too_many: dict[str, aiosmtplib.SMTPResponse] = {}
+            refused: dict[str, aiosmtplib.SMTPResponse] = {}
             for index, rcpt in enumerate(recipients):
-                try:
-                    await smtp.rcpt(rcpt, timeout=self.timeout)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    if exc.code == 421:  # the server is closing the connection
-                        raise
-                    if exc.code == 452 and accepted:
-                        deferred = recipients[index:]
+                if not pipelined:
+                    if deferred:
                         break
-                    replies[rcpt] = RecipientReply(exc.code, exc.message)
-                else:
+                    wire.write(rcpts[index])
+                response = await wire.reply(timeout)
+                if response.code in (250, 251):
                     accepted.append(rcpt)
-            if not accepted:
-                await self._reset(conn)
-                return deferred, False
+                elif response.code == 421:  # the server is closing the connection
+                    raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, rcpt)
+                elif response.code == 452 and pipelined:
+                    too_many[rcpt] = response
+                elif response.code == 452 and accepted:
+                    deferred = recipients[index:]  # too many recipients: another transaction takes these
+                else:
+                    refused[rcpt] = response
+            if too_many:
+                # Too many recipients: another transaction takes these, if this one has
+                # any; without an accepted recipient a 452 is that recipient's reply.
+                if accepted:
+                    deferred = list(too_many)
+                else:
+                    refused.update(too_many)
+            for rcpt, response in refused.items():
+                replies[rcpt] = RecipientReply(response.code, response.message)
 
             stage = _Stage.DATA
-            response = await smtp.execute_command(b"DATA", timeout=self.timeout)
+            if not pipelined:
+                if not accepted:
+                    await self._reset(conn)
+                    return deferred, False
+                wire.write(b"DATA\r\n")
+            response = await wire.reply(timeout)
+            if not accepted:
+                if response.code == 354:  # a server that takes DATA without recipients: end it empty
+                    wire.write(b".\r\n")
+                    await wire.reply(timeout)
+                await self._reset(conn)
+                return deferred, False
             if response.code != 354:
                 raise aiosmtplib.SMTPDataError(response.code, response.message)
             stage = _Stage.BODY
-            response = await self._write_data(smtp, payload)
+            response = await self._write_data(wire, payload)
             stage = _Stage.END
             if response.code != 250:
                 raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -546,38 +733,36 @@ class SMTPSender(ResourceMixin):
             replies[rcpt] = RecipientReply(response.code, response.message)
         return deferred, True
 
-    async def _write_data(self, smtp: aiosmtplib.SMTP, payload: bytes) -> aiosmtplib.SMTPResponse:
-        """Write the message and the final dot; return the server's reply to it.
+    async def _write_data(self, wire: _Wire, payload: bytes) -> aiosmtplib.SMTPResponse:
+        """Write the message with its final dot; return the server's reply to it.
 
-        Failures before ``.\\r\\n`` was written propagate as they are; failures
-        after it are wrapped in :class:`_FinalDotWritten`.
+        Failures while the dot is still in the write buffer propagate as they
+        are; failures once it has left are wrapped in :class:`_FinalDotWritten`.
         """
-        protocol = smtp.protocol
-        transport = cast("asyncio.WriteTransport | None", smtp.transport)
-        if protocol is None or transport is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost before the message data")
-        protocol.write(payload)
-        await self._flush(smtp, transport)
-        protocol.write(b".\r\n")
-        # No await between the write and read_response: the reply must find a reader waiting.
+        wire.write(payload)
+        if wire.unsent():
+            await self._flush(wire)
         try:
-            return await protocol.read_response(timeout=self.timeout)
+            return await wire.reply(self.timeout)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise _FinalDotWritten(exc) from exc
 
-    async def _flush(self, smtp: aiosmtplib.SMTP, transport: asyncio.WriteTransport) -> None:
+    async def _flush(self, wire: _Wire) -> None:
         """Wait until the transport has handed all written data to the OS.
 
         Raises SMTPServerDisconnected if the connection is lost meanwhile, and
         SMTPTimeoutError if no byte leaves the buffer for ``timeout`` seconds.
         """
         loop = asyncio.get_running_loop()
-        remaining = transport.get_write_buffer_size()
+        remaining = wire.unsent()
         deadline = loop.time() + self.timeout
         while True:
-            if not smtp.is_connected:
+            if wire.drained:
+                return  # everything, the dot included, was sent (even if the connection is gone now)
+            connected = wire.is_connected
+            size = wire.unsent()
+            if not connected:
                 raise aiosmtplib.SMTPServerDisconnected("connection lost while sending the message data")
-            size = transport.get_write_buffer_size()
             if size == 0:
                 return
             if size < remaining:
@@ -589,19 +774,23 @@ class SMTPSender(ResourceMixin):
     async def _reset(self, conn: _Connection) -> None:
         """RSET after a transaction without DATA; a failure only retires the connection."""
         try:
-            await conn.smtp.rset(timeout=self.timeout)
+            conn.wire.write(b"RSET\r\n")
+            response = await conn.wire.reply(self.timeout)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            conn.smtp.close()
+            conn.wire.close()
+            return
+        if response.code != 250:
+            conn.wire.close()
 
     # --- the pool -------------------------------------------------------------
 
     async def _checkout(self) -> _Connection:
         while self._idle:
             conn = self._idle.pop()
-            if conn.smtp.is_connected:
+            if conn.wire.idle:
                 self._busy.add(conn)
                 return conn
-            conn.smtp.close()
+            conn.wire.close()
             metrics.SMTP_RECONNECTS.inc()
         conn = await self._connect()
         self._busy.add(conn)
@@ -616,25 +805,26 @@ class SMTPSender(ResourceMixin):
         self._busy.discard(conn)
         if self._closed or conn.transactions >= self.max_per_connection:
             await self._quit(conn)
-        elif conn.smtp.is_connected:
+        elif conn.wire.idle:
             self._idle.append(conn)
         else:
-            conn.smtp.close()
+            conn.wire.close()
         self._count()
 
     def _discard(self, conn: _Connection) -> None:
         self._busy.discard(conn)
-        conn.smtp.close()
+        conn.wire.close()
         self._count()
 
     async def _quit(self, conn: _Connection) -> None:
         try:
-            if conn.smtp.is_connected:
-                await conn.smtp.quit(timeout=min(self.timeout, 5.0))
+            if conn.wire.is_connected:
+                conn.wire.write(b"QUIT\r\n")
+                await conn.wire.reply(min(self.timeout, 5.0))
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             pass
         finally:
-            conn.smtp.close()
+            conn.wire.close()
 
     async def _connect(self) -> _Connection:
         """Open, secure, greet and authenticate a new connection.
@@ -676,4 +866,14 @@ class SMTPSender(ResourceMixin):
             smtp.close()
             raise
         log.debug("opened SMTP connection to %s:%s", self.host, self.port)
-        return _Connection(smtp)
+        # From here on the transactions are this module's (see the module docstring).
+        transport = cast("asyncio.Transport", smtp.transport)
+        wire = _Wire(transport)
+        transport.set_protocol(wire)
+        extensions = smtp.esmtp_extensions
+        return _Connection(
+            wire,
+            size="size" in extensions,
+            eight_bit="8bitmime" in extensions,
+            pipelining=self.pipelining and "pipelining" in extensions,
+        )

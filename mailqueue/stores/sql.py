@@ -53,6 +53,12 @@ turned into attachments. A mail left with no valid recipient is still returned
 (built without validation, with an empty ``to``) so that listing never fails.
 Recipients of such rows are ``sent`` if the row is, else ``pending``.
 
+The worker's group reads and writes (:meth:`SQLStore.get_many`,
+:meth:`SQLStore.update_many`) each run on a connection kept for them, with
+statements compiled once per shape; a run of changes is one ``UPDATE``
+(``CASE uid`` for values that differ) and one multi-row ``INSERT`` of its
+attempts. See ``docs/backends/sql-store.md``, "The worker's hot path".
+
 Ordering: :meth:`SQLStore.find` orders by the mail id in the column's
 collation, which for mailqueue's ids (lowercase hex) is the plain string order
 on every database.
@@ -60,12 +66,16 @@ on every database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
+import inspect
 import json
 import logging
+import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,6 +87,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from mailqueue.errors import ConfigurationError, MailQueueError, MissingDependencyError, StoreError
 from mailqueue.message import Mail, Recipient, check_body_text, check_header_text
@@ -625,11 +636,65 @@ def _kind(change: RecordUpdate) -> tuple[object, ...] | None:
     return (*fields, change.expect)
 
 
+#: An address in the form the store writes it: email-validator's ASCII form of a dot-atom mailbox.
+_STORED_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}"
+)
+_ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
+_RECIPIENT_KEYS = frozenset({"address", "name"})
+
+
+def _stored_recipient(item: object) -> bool:
+    """Whether ``item`` is a recipient as the store writes it (see :func:`_payload_mail`)."""
+    if not isinstance(item, dict) or item.keys() != _RECIPIENT_KEYS:
+        return False
+    address, name = item["address"], item["name"]
+    if not (isinstance(address, str) and isinstance(name, str)):
+        return False
+    if (
+        len(address) > 254
+        or len(name) > 255
+        or name != name.strip()
+        or not _STORED_ADDRESS.fullmatch(address)
+    ):
+        return False
+    try:
+        check_header_text(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _payload_mail(payload: str) -> Mail:
+    """The mail kept in a row's ``payload``, validated as on the way in, but for one thing.
+
+    Parsing an address with email-validator is most of the cost of reading a
+    record back, and the worker reads one per mail. An address the store wrote
+    was parsed and normalized on the way in, so one that still has the form of
+    such an address (a dot-atom mailbox in ASCII, no control characters) is
+    taken as it is; any other (changed in the database, or written by a
+    version that allowed more) is parsed again, as is everything else.
+
+    Raises:
+        ValueError: not JSON, or not a valid mail.
+    """
+    data = json.loads(payload)
+    if isinstance(data, dict):
+        for field in _ADDRESS_FIELDS:
+            items = data.get(field)
+            if isinstance(items, list) and all(_stored_recipient(item) for item in items):
+                data[field] = tuple(
+                    Recipient.model_construct(address=item["address"], name=item["name"]) for item in items
+                )
+    return Mail.model_validate(data)
+
+
 def _mail_of(row: Mapping[Any, Any]) -> Mail:
     payload = row["payload"]
     if payload:
         try:
-            return Mail.model_validate_json(payload)
+            return _payload_mail(payload)
         except ValueError:
             logger.warning("record %s has an unreadable payload; rebuilt from its columns", row["uid"])
     return _legacy_mail(row)
@@ -716,7 +781,384 @@ def _bucket_index(
     return elapsed.self_group().op("/")(seconds)
 
 
+# --- statements of the worker's hot path ---------------------------------------------------
+
+_ATTEMPT_COLUMNS = ("number", "started_at", "finished_at", "outcome", "code", "reply", "recipients")
+_UID = [column.name for column in email.columns].index("uid")
+#: Where a connection's ``info`` keeps its asyncmy connection (see :class:`_Prepared`).
+_DRIVER = "mailqueue.driver"
+#: Statements compiled per store at most (one per kind of run and number of records).
+_PREPARED_MAX = 2000
+
+
+class _Mismatch(Exception):
+    """An UPDATE on MySQL/MariaDB did not match every record of its run."""
+
+
+class _Prepared:
+    """A statement compiled once for a dialect, run without Core's per-call work.
+
+    Executing a Core statement costs, on every call, its cache key, a lookup
+    in the compiled cache and the expansion of ``IN`` lists; for the worker's
+    one-row reads that was as much as the driver's own work. Here the SQL text
+    and the order of its parameters are fixed; a call only applies the types'
+    bind processors (e.g. SQLite's text dates). Parameters that have a value
+    in the statement (constants) need not be given.
+
+    On MySQL/MariaDB the text goes straight to the asyncmy connection under
+    the SQLAlchemy connection (in its transaction): SQLAlchemy's execution
+    context and greenlet hop cost about as much as asyncmy's own work, and
+    asyncmy takes the same ``format`` parameters. Its errors become
+    :class:`StoreError`. Elsewhere it goes through ``exec_driver_sql``.
+    """
+
+    __slots__ = ("defaults", "direct", "names", "processors", "sql")
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup or ())
+        binds = compiled.binds
+        self.defaults = {name: bind.value for name, bind in binds.items() if bind.value is not None}
+        self.processors = tuple(
+            binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.names
+        )
+        self.direct = dialect.driver == "asyncmy" and dialect.paramstyle == "format"
+
+    async def run(self, connection: AsyncConnection, params: Mapping[str, Any]) -> tuple[int, Sequence[Any]]:
+        """Execute; return the number of rows matched and the rows returned."""
+        defaults = self.defaults
+        args = []
+        for name, process in zip(self.names, self.processors, strict=True):
+            value = params[name] if name in params else defaults[name]
+            args.append(value if process is None or value is None else process(value))
+        if self.direct:
+            # the info dict lives as long as the DBAPI connection: no greenlet hop per statement
+            driver: Any = connection.info.get(_DRIVER)
+            if driver is None:
+                driver = connection.info[_DRIVER] = (await connection.get_raw_connection()).driver_connection
+            try:
+                async with driver.cursor() as cursor:
+                    await cursor.execute(self.sql, tuple(args))
+                    rows = await cursor.fetchall() if cursor.description else ()
+                    return int(cursor.rowcount), rows
+            except (MailQueueError, sa.exc.SQLAlchemyError):
+                raise
+            except Exception as exc:
+                raise StoreError(f"the database failed: {str(exc)[:500] or type(exc).__name__}") from exc
+        result = await connection.exec_driver_sql(self.sql, tuple(args))
+        return result.rowcount, result.all() if result.returns_rows else ()
+
+
+def _keys(rows: int) -> list[sa.BindParameter[Any]]:
+    return [sa.bindparam(f"u{row}", type_=email.c.uid.type) for row in range(rows)]
+
+
+def _get_many(rows: int) -> sa.Select[Any]:
+    """The rows of records ``u0`` .. ``u<rows-1>``."""
+    return sa.select(email).where(email.c.uid.in_(_keys(rows)))
+
+
+def _run_update(
+    columns: tuple[str, ...],
+    numbered: bool,
+    expect: tuple[str, ...] | None,
+    stamped: bool,
+    rows: int,
+    same: bool,
+    returning: bool,
+) -> sa.Update:
+    """The UPDATE of a run of changes to the records ``u0`` .. ``u<rows-1>`` that set
+    ``columns`` (and raise ``attempts`` to the attempt's number when ``numbered``),
+    on those whose status is in ``expect`` (and whose ``updated_at`` is
+    ``p_updated_at`` when ``stamped``).
+
+    ``same``: the values ``v_<column>`` and ``n`` for all; else ``v_<column>_r<i>``
+    and ``n_r<i>`` for record ``u<i>``, chosen by ``CASE uid``. One statement, one
+    round trip, on every database.
+    """
+    uid = email.c.uid
+    keys = _keys(rows)
+
+    def value(name: str, type_: Any, current: sa.ColumnElement[Any] | None) -> sa.ColumnElement[Any]:
+        if same:
+            return sa.bindparam(name, type_=type_)
+        whens = [(keys[row], sa.bindparam(f"{name}_r{row}", type_=type_)) for row in range(rows)]
+        return sa.case(*whens, value=uid, else_=current)
+
+    values: dict[str, Any] = {name: value(f"v_{name}", email.c[name].type, email.c[name]) for name in columns}
+    if numbered:
+        number = value("n", sa.Integer(), None)
+        values["attempts"] = sa.case((email.c.attempts < number, number), else_=email.c.attempts)
+    where: list[sa.ColumnElement[bool]] = [uid.in_(keys)]
+    if expect is not None:
+        where.append(email.c.status.in_([sa.bindparam(f"s{i}", status) for i, status in enumerate(expect)]))
+    if stamped:
+        where.append(email.c.updated_at == sa.bindparam("p_updated_at", type_=email.c.updated_at.type))
+    stmt = email.update().where(*where).values(values)
+    return stmt.returning(email.c.uid) if returning else stmt
+
+
+def _attempts_insert(rows: int) -> sa.Insert:
+    """One multi-row INSERT of the attempts ``a_<column>_r<i>`` of records ``u<i>``,
+    each row's ``email_id`` read by a subquery: the rows' ids without reading them first."""
+    uid = email.c.uid
+    values = []
+    for row in range(rows):
+        key = sa.bindparam(f"u{row}", type_=uid.type)
+        item: dict[str, Any] = {"email_id": sa.select(email.c.id).where(uid == key).scalar_subquery()}
+        for name in _ATTEMPT_COLUMNS:
+            item[name] = sa.bindparam(f"a_{name}_r{row}", type_=email_attempt.c[name].type)
+        values.append(item)
+    return email_attempt.insert().values(values)
+
+
+# --- the worker's hot path -------------------------------------------------------------
+
+#: A lane's connection idle for longer than this is pinged before it is used again.
+LANE_IDLE_PING = 10.0
+
+
+class _Lane:
+    """One connection kept for the batched calls of the worker's hot path.
+
+    Checking a connection out of the pool costs a round trip (the pre-ping)
+    and handing it back another (the rollback that resets it): as much as the
+    work itself for the worker's small group commits. A lane keeps one
+    connection instead, pinged only when it has been idle for
+    :data:`LANE_IDLE_PING` seconds. A call that fails in any way (or is
+    cancelled) throws the connection away, so the next call starts on a new
+    one; the error is raised as usual (:class:`StoreError`), and the caller
+    retries. A call made while the lane is busy takes a pooled connection, as
+    every other call does, so that callers never wait for each other.
+
+    ``autocommit``: the lane's statements commit on their own (reads, which
+    then see the newest data, with no COMMIT round trip); otherwise each call
+    is one transaction.
+    """
+
+    def __init__(self, *, autocommit: bool) -> None:
+        self._autocommit = autocommit
+        self._connection: AsyncConnection | None = None
+        self._busy = False
+        self._used_at = 0.0
+
+    async def run(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._busy:
+            return await self._pooled(engine, work)
+        self._busy = True
+        try:
+            connection = await self._connect(engine)
+            try:
+                if self._autocommit:
+                    result = await work(connection)
+                else:
+                    async with connection.begin():
+                        result = await work(connection)
+            except BaseException:
+                self._connection = None
+                await _discard(connection)
+                raise
+            self._used_at = time.monotonic()
+            return result
+        finally:
+            self._busy = False
+
+    async def _pooled(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with engine.connect() as connection:
+            if self._autocommit:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return await work(connection)
+            async with connection.begin():
+                return await work(connection)
+
+    async def _connect(self, engine: AsyncEngine) -> AsyncConnection:
+        connection = self._connection
+        if connection is not None and time.monotonic() - self._used_at > LANE_IDLE_PING:
+            try:
+                await connection.exec_driver_sql("SELECT 1")
+            except Exception:
+                # gone while idle (e.g. the server restarted): a new one, as the pool's pre-ping would
+                self._connection = None
+                await _discard(connection)
+                connection = None
+        if connection is None:
+            connection = await engine.connect()
+            try:
+                if self._autocommit:
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                await _discard(connection)
+                raise
+            self._connection = connection
+        return connection
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await _discard(connection)
+
+
+async def _discard(connection: AsyncConnection | None) -> None:
+    """Close ``connection`` for good (its state is unknown): it never returns to the pool."""
+    if connection is None:
+        return
+    with contextlib.suppress(Exception):
+        await connection.invalidate()
+    with contextlib.suppress(Exception):
+        await connection.close()
+
+
 # --- the store -----------------------------------------------------------------------
+
+
+class _Writer:
+    """The connection that :meth:`SQLStore.add_many` (the group commit of
+    submits) keeps between batches: no pool checkout and no ping per batch.
+
+    A batch that fails on it for any reason but a constraint discards it (the
+    batch raises, the next one connects anew); one left idle for
+    :data:`IDLE` seconds or older than :data:`AGE` is replaced before use, so
+    a restarted database costs no failed batch after a quiet spell.
+
+    Through asyncmy (MySQL, MariaDB) the batch goes to the driver's connection
+    directly, without SQLAlchemy's per-statement machinery, and on MariaDB as
+    one bulk-bound prepared statement (COM_STMT_BULK_EXECUTE, asyncmy's
+    statement cache), which spares the escaping of every value.
+    """
+
+    #: Seconds a kept connection may sit unused and still be trusted.
+    IDLE = 20.0
+    #: Seconds a kept connection is used at most (like the pool's recycle).
+    AGE = 3600.0
+
+    def __init__(self) -> None:
+        self.engine: AsyncEngine | None = None
+        self._connection: AsyncConnection | None = None
+        self._driver: Any = None  # the kept connection's DBAPI driver connection
+        self._lock = asyncio.Lock()
+        self._opened = 0.0
+        self._used = 0.0
+
+    async def _connect(self, url: URL) -> AsyncConnection:
+        now = time.monotonic()
+        connection = self._connection
+        if connection is not None and (now - self._used > self.IDLE or now - self._opened > self.AGE):
+            await self._discard()
+            connection = None
+        if connection is None:
+            if self.engine is None:
+                self.engine = _writer_engine(url)
+            connection = self._connection = await self.engine.connect()
+            self._driver = (await connection.get_raw_connection()).driver_connection
+            self._opened = now
+        return connection
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, url: URL) -> AsyncIterator[AsyncConnection]:
+        """One transaction on the kept connection (committed on exit)."""
+        async with self._lock:
+            connection = await self._connect(url)
+            try:
+                async with connection.begin():
+                    yield connection
+            except sa.exc.IntegrityError:
+                raise  # rolled back; the connection is fine
+            except BaseException:
+                await self._discard()
+                raise
+            self._used = time.monotonic()
+
+    async def run_asyncmy(
+        self, url: URL, statement: str, rows: list[tuple[Any, ...]], action: str, *, many: bool = True
+    ) -> None:
+        """``executemany`` (or, not ``many``, ``execute`` of the one row) and commit on the kept
+        connection's asyncmy connection.
+
+        Raises:
+            asyncmy's IntegrityError: a unique key is taken (rolled back).
+            StoreError: ``action`` failed in the database (the connection is dropped).
+        """
+        from asyncmy.errors import IntegrityError
+
+        async with self._lock:
+            await self._connect(url)
+            driver = self._driver
+            try:
+                try:
+                    async with driver.cursor() as cursor:
+                        if many:
+                            await cursor.executemany(statement, rows)
+                        else:
+                            await cursor.execute(statement, rows[0])
+                    await driver.commit()
+                except IntegrityError:
+                    await driver.rollback()
+                    raise
+            except IntegrityError:
+                raise
+            except BaseException as exc:
+                await self._discard()
+                if isinstance(exc, Exception):
+                    raise StoreError(f"{action}: {_describe(exc)}") from exc
+                raise
+            self._used = time.monotonic()
+
+    async def _discard(self) -> None:
+        connection, self._connection = self._connection, None
+        self._driver = None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._discard()
+            engine, self.engine = self.engine, None
+            if engine is not None:
+                with contextlib.suppress(Exception):
+                    await engine.dispose()
+
+
+def _writer_engine(url: URL) -> AsyncEngine:
+    """An engine without pool for the writer's connection (statement cache on for asyncmy)."""
+    engine = make_engine(url, single_use=True)
+    if engine.dialect.driver == "asyncmy" and _asyncmy_has_statement_cache():
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _statement_cache(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+            # the inserts' few column sets and the mark clearing's id counts (powers of two)
+            cparams.setdefault("stmt_cache_size", 16)
+
+    return engine
+
+
+@functools.cache
+def _asyncmy_has_statement_cache() -> bool:
+    import asyncmy
+
+    try:
+        return "stmt_cache_size" in inspect.signature(asyncmy.connect).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@functools.cache
+def _format_clear(count: int) -> str:
+    """The mark clearing's ``UPDATE`` for ``count`` ids in the ``format`` paramstyle."""
+    return (
+        "UPDATE email SET last_error = '', updated_at = %s"
+        f" WHERE uid IN ({', '.join(['%s'] * count)}) AND status = %s AND last_error = %s"
+    )
+
+
+@functools.cache
+def _format_insert(quoted: tuple[str, ...]) -> str:
+    """``INSERT INTO email (...) VALUES (%s, ...)`` in the ``format`` paramstyle."""
+    return f"INSERT INTO email ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(quoted))})"
 
 
 class SQLStore(ResourceMixin):
@@ -761,11 +1203,18 @@ class SQLStore(ResourceMixin):
                     f"store URL option {name!r} is read by SQLStore.from_url; pass it as an argument here"
                 )
         self._given_engine = engine
+        self._safe_url = _safe(self._url)
         self._migrate = migrate
         self._pool_size = pool_size
         self._echo = echo
         self._engine: AsyncEngine | None = None
+        # the worker's group reads and writes (get_many, update_many): connections of their own
+        self._reads = _Lane(autocommit=True)
+        self._writes = _Lane(autocommit=False)
+        self._prepared: dict[tuple[Any, ...], _Prepared] = {}
+        self._readers: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
         self._second_precision = self.dialect_name in ("mysql", "mariadb")
+        self._writer = _Writer()
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
@@ -784,7 +1233,7 @@ class SQLStore(ResourceMixin):
     @property
     def url(self) -> str:
         """The database URL with the password hidden."""
-        return _safe(self._url)
+        return self._safe_url
 
     @property
     def dialect_name(self) -> str:
@@ -861,6 +1310,9 @@ class SQLStore(ResourceMixin):
     async def close(self) -> None:
         """Release the connections (the engine too, unless it was given); idempotent."""
         engine, self._engine = self._engine, None
+        await self._writer.close()
+        await self._reads.close()
+        await self._writes.close()
         if engine is not None:
             await self._dispose(engine)
 
@@ -980,7 +1432,8 @@ class SQLStore(ResourceMixin):
         """Insert ``records`` in one transaction (one multi-row INSERT), all or none.
 
         For new records without idempotency key or history (those go through
-        :meth:`add`): the group commit of concurrent submits.
+        :meth:`add`): the group commit of concurrent submits. On a server
+        database the batches share one kept connection (see :class:`_Writer`).
 
         Returns:
             The records as stored, in the order given.
@@ -997,8 +1450,31 @@ class SQLStore(ResourceMixin):
 
         async def work(engine: AsyncEngine) -> list[MailRecord]:
             try:
-                async with engine.begin() as connection:
-                    await connection.execute(_INSERT, rows)
+                if self._given_engine is not None or engine.dialect.name == "sqlite":
+                    # a given engine's pool is its owner's; SQLite's pool does not ping anyway
+                    async with engine.begin() as connection:
+                        await connection.execute(_INSERT, rows)
+                elif engine.dialect.driver == "asyncmy":
+                    # positional rows straight to the driver (the table's types need no bind
+                    # processing there). A column NULL in every row is left out (a bulk bind
+                    # needs a type for each parameter): none that can be NULL has a default.
+                    from asyncmy.errors import IntegrityError
+
+                    names = [name for name in rows[0] if any(row[name] is not None for row in rows)]
+                    quote = engine.dialect.identifier_preparer.quote
+                    statement = _format_insert(tuple(quote(name) for name in names))
+                    try:
+                        await self._writer.run_asyncmy(
+                            self._url,
+                            statement,
+                            [tuple([row[name] for name in names]) for row in rows],
+                            f"cannot add {len(records)} records ({self.url})",
+                        )
+                    except IntegrityError:
+                        raise StoreError("a record with one of these ids exists already") from None
+                else:
+                    async with self._writer.transaction(self._url) as connection:
+                        await connection.execute(_INSERT, rows)
             except sa.exc.IntegrityError:
                 raise StoreError("a record with one of these ids exists already") from None
             return [_record(values, mail=r.mail) for values, r in zip(rows, records, strict=True)]
@@ -1014,6 +1490,18 @@ class SQLStore(ResourceMixin):
         """
         if not mail_ids:
             return
+        action = f"clear the marks of {len(mail_ids)} records"
+        engine = self._open_engine()
+        if self._given_engine is None and engine.dialect.driver == "asyncmy":
+            # on the submit path's kept connection; the id list padded (repeating the last id)
+            # to a power of two, so that a few prepared statements serve every batch
+            ids = list(mail_ids)
+            ids += ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
+            row = (self._db_time(utcnow()), *ids, Status.QUEUED.value, _clip(expected, ERROR_CHARS))
+            await self._writer.run_asyncmy(
+                self._url, _format_clear(len(ids)), [row], f"cannot {action} ({self.url})", many=False
+            )
+            return
         stmt = (
             email.update()
             .where(
@@ -1028,7 +1516,7 @@ class SQLStore(ResourceMixin):
             async with engine.begin() as connection:
                 await connection.execute(stmt)
 
-        await self._run(f"clear the marks of {len(mail_ids)} records", work)
+        await self._run(action, work)
 
     def _stored_attempt(self, attempt: Attempt) -> Attempt:
         return _attempt(self._attempt_values(0, attempt))
@@ -1326,6 +1814,8 @@ class SQLStore(ResourceMixin):
     async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
         """The records of those of ``mail_ids`` that exist, by id, without history, in one query.
 
+        Runs on a connection of its own kept for these reads (see :class:`_Lane`).
+
         Raises:
             StoreError: the database failed.
         """
@@ -1333,15 +1823,29 @@ class SQLStore(ResourceMixin):
         if not wanted:
             return {}
 
+        async def read(connection: AsyncConnection) -> Sequence[Any]:
+            stmt = self._prepare(("get", len(wanted)), lambda: _get_many(len(wanted)))
+            return (await stmt.run(connection, {f"u{i}": mail_id for i, mail_id in enumerate(wanted)}))[1]
+
         async def work(engine: AsyncEngine) -> dict[str, MailRecord]:
-            async with engine.connect() as connection:
-                rows = (await connection.execute(sa.select(email).where(email.c.uid.in_(wanted)))).mappings()
-                return {str(row["uid"]): _record(row) for row in rows}
+            rows = await self._reads.run(engine, read)
+            records = (_record(self._row_mapping(row)) for row in rows)
+            return {str(row[_UID]): record for row, record in zip(rows, records, strict=True)}
 
         return await self._run(f"read {len(wanted)} record(s)", work)
 
     async def update_many(self, changes: Sequence[tuple[str, RecordUpdate]]) -> list[bool]:
         """Apply each change as :meth:`update` does, in order, in one transaction (one commit).
+
+        Runs of changes of one kind (the same columns and condition) to
+        different records, such as the worker's claims or its outcomes, are
+        one UPDATE each, whose values differ by record through ``CASE uid``;
+        their attempt rows one multi-row INSERT. PostgreSQL and SQLite tell which
+        records matched by ``RETURNING``. MySQL/MariaDB cannot: the UPDATE is
+        taken as it comes when it matched every record of the run (the usual
+        case), else the transaction is rolled back and done again with the
+        rows that match locked first (``SELECT ... FOR UPDATE``). The
+        transactions run on a connection kept for them (see :class:`_Lane`).
 
         Returns:
             For each change, whether it was applied.
@@ -1351,113 +1855,136 @@ class SQLStore(ResourceMixin):
         """
         if not changes:
             return []
-        # Runs of changes of one kind (same columns, same condition) to different
-        # records, such as the worker's claims or its outcomes, go as one group.
         runs: list[list[tuple[str, RecordUpdate]]] = []
         members: set[str] = set()
         for mail_id, change in changes:
-            if (
-                runs
-                and _kind(change) is not None
-                and _kind(change) == _kind(runs[-1][0][1])
-                and mail_id not in members
-            ):
+            kind = _kind(change)
+            if runs and kind is not None and kind == _kind(runs[-1][0][1]) and mail_id not in members:
                 runs[-1].append((mail_id, change))
             else:
                 runs.append([(mail_id, change)])
                 members = set()
             members.add(mail_id)
-        now = utcnow()
+        now = self._db_time(utcnow())
+        plans = [
+            [(mail_id, change, self._change_values(change, now)) for mail_id, change in run] for run in runs
+        ]
+        returning = self.dialect_name in ("sqlite", "postgresql")
+
+        async def apply(connection: AsyncConnection, locking: bool) -> list[bool]:
+            applied: list[bool] = []
+            for plan in plans:
+                done = await self._apply_run(connection, plan, returning=returning, locking=locking)
+                applied.extend(mail_id in done for mail_id, _, _ in plan)
+                attempts = [(mail_id, c.attempt) for mail_id, c, _ in plan if mail_id in done and c.attempt]
+                if attempts:
+                    await self._add_attempts(connection, attempts)
+            return applied
 
         async def work(engine: AsyncEngine) -> list[bool]:
-            applied: list[bool] = []
-            attempts: list[tuple[str, Attempt]] = []
-            async with engine.begin() as connection:
-                for run in runs:
-                    if len(run) == 1:
-                        mail_id, change = run[0]
-                        values, conditions, _ = self._change(change, now)
-                        stmt = email.update().where(email.c.uid == mail_id, *conditions).values(values)
-                        done = {mail_id} if (await connection.execute(stmt)).rowcount == 1 else set()
-                    else:
-                        done = await self._update_run(connection, run, now)
-                    for mail_id, change in run:
-                        applied.append(mail_id in done)
-                        if mail_id in done and change.attempt is not None:
-                            attempts.append((mail_id, change.attempt))
-                if attempts:
-                    uids = list(dict.fromkeys(mail_id for mail_id, _ in attempts))
-                    found = await connection.execute(
-                        sa.select(email.c.uid, email.c.id).where(email.c.uid.in_(uids))
-                    )
-                    row_ids = {str(uid): row_id for uid, row_id in found.all()}
-                    await connection.execute(
-                        email_attempt.insert(),
-                        [self._attempt_values(row_ids[mail_id], attempt) for mail_id, attempt in attempts],
-                    )
-            return applied
+            try:
+                return await self._writes.run(engine, lambda connection: apply(connection, False))
+            except _Mismatch:
+                return await self._writes.run(engine, lambda connection: apply(connection, True))
 
         return await self._run(f"update {len(changes)} record(s)", work)
 
-    async def _update_run(
-        self, connection: AsyncConnection, run: list[tuple[str, RecordUpdate]], now: datetime
+    async def _apply_run(
+        self,
+        connection: AsyncConnection,
+        plan: list[tuple[str, RecordUpdate, dict[str, Any]]],
+        *,
+        returning: bool,
+        locking: bool,
     ) -> set[str]:
-        """Apply a run of changes of one kind to distinct records, each only if the
-        record meets the run's condition, in two statements (one when the changes are
-        all the same); return the ids of the records changed."""
-        ids = [mail_id for mail_id, _ in run]
-        values, conditions, _ = self._change(run[0][1], now)
-        chosen = sa.and_(email.c.uid.in_(ids), *conditions)
-        same = all(change == run[0][1] for _, change in run)
-        returning = connection.dialect.name in ("sqlite", "postgresql")
-        if returning:
-            # the first write takes the locks (SQLite's write lock) and tells which rows match
-            stamp = (
-                email.update().where(chosen).values(values if same else {"updated_at": values["updated_at"]})
-            )
-            matched = await connection.execute(stamp.returning(email.c.uid))
-        else:
-            # MySQL/MariaDB have no UPDATE ... RETURNING: lock the rows that match
-            matched = await connection.execute(sa.select(email.c.uid).where(chosen).with_for_update())
-        done = {str(uid) for (uid,) in matched.all()}
-        if not done or (same and returning):
-            return done
+        """Apply a run of changes of one kind to distinct records, each only if the record
+        meets the run's condition; return the ids of the records changed.
+
+        Raises:
+            _Mismatch: (MySQL/MariaDB, not ``locking``) some record did not match.
+        """
+        first = plan[0][1]
+        expect = None if first.expect is None else tuple(sorted(s.value for s in first.expect))
+        stamp = self._db_time(first.expect_updated_at)
+        if locking:
+            # MySQL/MariaDB, after a mismatch: lock the rows that match, then change just those
+            where: list[sa.ColumnElement[bool]] = [email.c.uid.in_([mail_id for mail_id, _, _ in plan])]
+            if expect is not None:
+                where.append(email.c.status.in_(expect))
+            if stamp is not None:
+                where.append(email.c.updated_at == stamp)
+            locked = sa.select(email.c.uid).where(*where).with_for_update()
+            matched = {str(uid) for (uid,) in (await connection.execute(locked)).all()}
+            plan = [item for item in plan if item[0] in matched]
+            if not plan:
+                return set()
+        same = len(plan) == 1 or all(change == first for _, change, _ in plan)
+        shape = (
+            tuple(plan[0][2]),
+            first.attempt is not None,
+            expect,
+            stamp is not None,
+            len(plan),
+            same,
+            returning,
+        )
+        stmt = self._prepare(("update", *shape), lambda: _run_update(*shape))
+        params: dict[str, Any] = {f"u{row}": mail_id for row, (mail_id, _, _) in enumerate(plan)}
+        if stamp is not None:
+            params["p_updated_at"] = stamp
         if same:
-            await connection.execute(email.update().where(email.c.uid.in_(sorted(done))).values(values))
-            return done
-        # one statement executed for many parameter sets: compiled once, sent as a batch
-        params = [self._change_params(mail_id, change, now) for mail_id, change in run if mail_id in done]
-        template: dict[str, Any] = {
-            name.removeprefix("v_"): sa.bindparam(name) for name in params[0] if name.startswith("v_")
+            params.update((f"v_{name}", value) for name, value in plan[0][2].items())
+            if first.attempt is not None:
+                params["n"] = first.attempt.number
+        else:
+            for row, (_, change, values) in enumerate(plan):
+                params.update((f"v_{name}_r{row}", value) for name, value in values.items())
+                if change.attempt is not None:
+                    params[f"n_r{row}"] = change.attempt.number
+        count, rows = await stmt.run(connection, params)
+        if returning:
+            return {str(uid) for (uid,) in rows}
+        if not locking and count != len(plan):
+            raise _Mismatch
+        return {mail_id for mail_id, _, _ in plan}
+
+    async def _add_attempts(self, connection: AsyncConnection, attempts: list[tuple[str, Attempt]]) -> None:
+        """Insert the attempt rows of distinct records in one statement that reads their rows' ids itself."""
+        params: dict[str, Any] = {}
+        for row, (mail_id, attempt) in enumerate(attempts):
+            params[f"u{row}"] = mail_id
+            values = self._attempt_values(0, attempt)
+            params.update((f"a_{name}_r{row}", values[name]) for name in _ATTEMPT_COLUMNS)
+        stmt = self._prepare(("attempts", len(attempts)), lambda: _attempts_insert(len(attempts)))
+        await stmt.run(connection, params)
+
+    def _prepare(self, key: tuple[Any, ...], build: Callable[[], sa.ClauseElement]) -> _Prepared:
+        """The statement ``build`` makes, compiled for this database once per ``key``."""
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if len(self._prepared) >= _PREPARED_MAX:
+                self._prepared.clear()
+            prepared = self._prepared[key] = _Prepared(build(), self.engine.dialect)
+        return prepared
+
+    def _row_mapping(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A row of ``email`` read with ``exec_driver_sql``, by column name, with the
+        columns' result processors applied (SQLite keeps dates as text)."""
+        readers = self._readers
+        if readers is None:
+            dialect = self.engine.dialect
+            readers = self._readers = tuple(
+                (column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
+                for column in email.columns
+            )
+        return {
+            name: value if process is None or value is None else process(value)
+            for (name, process), value in zip(readers, row, strict=True)
         }
-        if "p_number" in params[0]:
-            number = sa.bindparam("p_number", type_=sa.Integer())
-            template["attempts"] = sa.case((email.c.attempts < number, number), else_=email.c.attempts)
-        stmt = email.update().where(email.c.uid == sa.bindparam("p_uid")).values(template)
-        await connection.execute(stmt, params)
-        return done
 
-    def _change_params(self, mail_id: str, change: RecordUpdate, now: datetime) -> dict[str, Any]:
-        """The parameters of one record's row in :meth:`_update_run`'s statement:
-        ``v_<column>`` for each value set, ``p_number`` (the attempt's number), ``p_uid``."""
-        values, _, attempt = self._change(change, now)
-        values.pop("attempts", None)
-        params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
-        if attempt is not None:
-            params["p_number"] = attempt.number
-        params["p_uid"] = mail_id
-        return params
-
-    def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:
-        """The conditional UPDATE of one record for ``change``, and the attempt row to add with it."""
-        values, conditions, attempt = self._change(change, utcnow())
-        return email.update().where(email.c.uid == mail_id, *conditions).values(values), attempt
-
-    def _change(
-        self, change: RecordUpdate, now: datetime
-    ) -> tuple[dict[str, Any], list[sa.ColumnElement[bool]], Attempt | None]:
-        """What ``change`` sets, the conditions it puts on the row, and the attempt row to add."""
-        values: dict[str, Any] = {"updated_at": self._db_time(now)}
+    def _change_values(self, change: RecordUpdate, now: datetime | None) -> dict[str, Any]:
+        """The columns ``change`` sets and their values (``attempts`` aside: see :func:`_run_update`)."""
+        values: dict[str, Any] = {"updated_at": now}
         if change.status is not None:
             values["status"] = change.status.value
             values["is_ok"] = 1 if change.status is Status.SENT else 0
@@ -1475,6 +2002,18 @@ class SQLStore(ResourceMixin):
             values["next_attempt_at"] = self._db_time(change.next_attempt_at)
         if change.is_deleted is not None:
             values["is_deleted"] = 1 if change.is_deleted else 0
+        return values
+
+    def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:
+        """The conditional UPDATE of one record for ``change``, and the attempt row to add with it."""
+        values, conditions, attempt = self._change(change, utcnow())
+        return email.update().where(email.c.uid == mail_id, *conditions).values(values), attempt
+
+    def _change(
+        self, change: RecordUpdate, now: datetime
+    ) -> tuple[dict[str, Any], list[sa.ColumnElement[bool]], Attempt | None]:
+        """What ``change`` sets, the conditions it puts on the row, and the attempt row to add."""
+        values: dict[str, Any] = self._change_values(change, self._db_time(now))
         attempt = change.attempt
         if attempt is not None:
             values["attempts"] = sa.case(

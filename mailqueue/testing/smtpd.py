@@ -148,6 +148,14 @@ class _Handler:
     def __init__(self, server: SMTPTestServer) -> None:
         self._server = server
 
+    async def handle_EHLO(
+        self, smtp: _FaultySMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._server.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, smtp: _FaultySMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -286,6 +294,8 @@ class SMTPTestServer:
         faults: initial :class:`Fault` rules (see :attr:`faults`).
         data_size_limit: the SIZE the server announces and enforces
             (``None``: unlimited).
+        pipelining: announce ``PIPELINING`` (RFC 2920) in the EHLO reply.
+            The server reads commands in order either way.
 
     Attributes:
         host: ``"127.0.0.1"``.
@@ -304,11 +314,13 @@ class SMTPTestServer:
         auth: tuple[str, str] | None = None,
         faults: list[Fault] | None = None,
         data_size_limit: int | None = 64 * 1024 * 1024,
+        pipelining: bool = False,
     ) -> None:
         if tls not in ("none", "starttls", "implicit"):
             raise ValueError(f"tls must be 'none', 'starttls' or 'implicit', not {tls!r}")
         self.tls = tls
         self.auth = auth
+        self.pipelining = pipelining
         self.faults: list[Fault] = list(faults or [])
         self.messages: list[ReceivedMessage] = []
         self.connections = 0

@@ -123,10 +123,19 @@ class Part:
         """The whole content if it is at most ``limit`` bytes, else ``None``
         (the rest is then left unread)."""
         data = bytearray()
-        async for chunk in self.chunks():
-            data += chunk
-            if len(data) > limit:
-                return None
+        reader = self._reader
+        events = reader._events
+        while not self.finished:
+            # what the parser has already produced is taken without a trip through the event loop
+            event = events.popleft() if events else await reader._next_event()
+            if event is None:
+                self.finished = True
+            elif isinstance(event, bytes | bytearray):
+                data += event
+                if len(data) > limit:
+                    return None
+            else:  # pragma: no cover - the parser always ends a part with None
+                raise FormError("malformed multipart body: a part did not end")
         return bytes(data)
 
     async def skip(self) -> None:
@@ -190,7 +199,7 @@ class MultipartReader:
         """
         if self._current is not None and not self._current.finished:
             await self._current.skip()
-        event = await self._next_event()
+        event = self._events.popleft() if self._events else await self._next_event()
         if event is _END:
             self._current = None
             return None

@@ -418,12 +418,10 @@ def _check_idempotency_key(value: str | None) -> str | None:
     responses=error_responses(400, 401, 413, 415, 503),
     tags=["email"],
 )
-async def send_email(
-    request: Request[Any, Any, Any],
-    # one dependency: Litestar resolves two or more in a task group, a cost on every request
-    mailqueue_plugin: NamedDependency[MailQueuePlugin],
-) -> Response[SendReply]:
+async def send_email(request: Request[Any, Any, Any]) -> Response[SendReply]:
     """Accept a mail (multipart form or JSON)."""
+    # the plugin straight from the app: no dependency to resolve on every request
+    mailqueue_plugin = request.app.plugins.get(MailQueuePlugin)
     mailqueue = mailqueue_plugin.mailqueue
     limits = mailqueue_plugin.settings.api
     media_type, options = request.content_type
