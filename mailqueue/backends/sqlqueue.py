@@ -37,6 +37,11 @@ longer owns the row, so settling it is a no-op that leaves the other claim
 alone; settling twice is a no-op too. A publish returns once committed, and
 wakes consumers of the same instance at once; other processes see it at their
 next poll.
+
+On SQLite each of these operations is one statement (``RETURNING`` says what
+it changed), run in autocommit mode on one connection the queue keeps from
+the engine's pool while open: one trip to the driver's thread each, and the
+write lock held for that statement only (see :class:`_SQLiteLine`).
 """
 
 from __future__ import annotations
