@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
 from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.errors import ConfigurationError, QueueError
@@ -404,3 +405,52 @@ async def test_concurrent_acks_go_together_and_skip_a_lost_lease(engine: AsyncEn
         assert [(r.msg_key, r.deliveries) for r in await rows(engine, name)] == [("late", 2)]
         await again.ack()
         assert await rows(engine, name) == []
+
+
+async def test_sqlite_operations_are_single_statements_on_one_connection(sqlite_url: str) -> None:
+    """On SQLite the queue keeps one pooled connection in autocommit mode: a claim, a group of
+    acks, a retry and a publish are one statement each (one transaction, one hold of the write
+    lock); closing gives the connection back as it was."""
+    engine = sql_engine(sqlite_url)
+    statements: list[str] = []
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _trace(dbapi_connection: Any, record: Any) -> None:
+        # every statement SQLite runs, on every connection (implicit BEGINs and COMMITs too)
+        await_(dbapi_connection.driver_connection.set_trace_callback(statements.append))
+
+    def since(mark: int) -> list[str]:
+        return [s.split()[0].upper() for s in statements[mark:]]
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(schema.metadata.create_all)
+        pool = engine.sync_engine.pool
+        async with SQLQueue(engine=engine, queue=queue_name(), poll=0.05, batch=10) as queue:
+            assert pool.checkedout() == 1  # type: ignore[attr-defined]
+            mark = len(statements)
+            await queue.publish("k0", b"x")
+            assert since(mark) == ["INSERT"]
+            for n in range(1, 6):
+                await queue.publish(f"k{n}", b"x")
+            iterator = queue.consume(prefetch=6)
+            mark = len(statements)
+            first = await asyncio.wait_for(anext(iterator), 5)
+            assert since(mark) == ["UPDATE"]  # all six claimed at once
+            held = [await asyncio.wait_for(anext(iterator), 5) for _ in range(5)]
+            mark = len(statements)
+            await asyncio.gather(*(d.ack() for d in held))
+            assert since(mark) == ["DELETE"]
+            mark = len(statements)
+            await first.retry(0)
+            assert since(mark) == ["UPDATE"]
+            again = await asyncio.wait_for(anext(iterator), 5)
+            assert (again.key, again.redelivered) == ("k0", True)
+            await again.ack()
+            assert await queue.depth() == 0
+            await iterator.aclose()
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            assert await conn.get_isolation_level() != "AUTOCOMMIT"
+    finally:
+        await engine.dispose()

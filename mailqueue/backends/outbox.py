@@ -17,14 +17,17 @@ For each message two files appear in the folder (created by ``open()``):
   not in the headers, are not lost;
 - ``<mail_id>.eml``, the message bytes exactly as rendered.
 
-Each is written atomically: to a hidden temporary file in the same folder,
-flushed and fsync'ed, then renamed over the final name, so a reader never
-sees a partial file; the envelope is renamed first, so an ``.eml`` always has
-its ``.json`` beside it. :meth:`OutboxSender.send` returns only once the folder
-is fsync'ed after its renames: the files are durable before the mail is
-reported sent. Concurrent sends share that folder fsync (one for every send
-that renamed before it started), so a mail costs two file fsyncs and a share
-of one folder fsync. Sending the same mail again replaces both. Every
+Each is written completely and fsync'ed before it gets its name, so a reader
+never sees a partial file: on Linux as an unnamed file (``O_TMPFILE``) that is
+then linked in, elsewhere (or where the file system cannot) as a hidden
+temporary file renamed over the final name. The envelope is named first, so
+an ``.eml`` always has its ``.json`` beside it. :meth:`OutboxSender.send`
+returns only once the folder is fsync'ed after its names were made: the files
+are durable before the mail is reported sent. The two files of a mail are
+written and fsync'ed side by side, and concurrent sends are named and made
+durable together (one folder fsync for every send whose files were ready
+before it started), so a mail waits for about two commits of the file
+system, whatever the load. Sending the same mail again replaces both. Every
 recipient is reported accepted (250). Disk errors are
 :class:`~mailqueue.errors.TransientDeliveryError`. File work runs in a pool
 of up to 32 threads, off the event loop, so that the fsyncs of concurrent
@@ -35,17 +38,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import os
 import re
-import tempfile
+import secrets
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from mailqueue.message import check_address
 from mailqueue.protocols import BackendContext, OutgoingMessage, RecipientReply, ResourceMixin, SendResult
@@ -58,6 +64,16 @@ DEFAULT_FROM = "mailqueue@example.com"
 _MAIL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Threads writing files at once: fsyncs waiting together are committed together.
 _THREADS = 32
+#: Most mails named and made durable by one folder fsync.
+_BATCH = 256
+#: Linux: files are written unnamed and linked in (one directory change instead of create + rename).
+_O_TMPFILE: int | None = getattr(os, "O_TMPFILE", None)
+_PROC_FD = "/proc/self/fd"
+_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
+_FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+#: Folder fsync failures that only mean "not supported here".
+_NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
+_encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class OutboxSender(ResourceMixin):
@@ -79,10 +95,10 @@ class OutboxSender(ResourceMixin):
         self.path = Path(path)
         self._folder: Path | None = None
         self._threads: ThreadPoolExecutor | None = None
-        # Folder fsyncs shared by concurrent sends: renames noted, renames covered, the fsync running.
-        self._renamed = 0
-        self._synced = 0
-        self._syncing: asyncio.Future[None] | None = None
+        # unnamed files are used once the folder was seen to support them
+        self._unnamed = False
+        # the files of concurrent sends are named, then the folder fsync'ed, together
+        self._publish: Batcher[tuple[_Pending, _Pending], None] = Batcher(self._publish_batch, _BATCH)
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
@@ -124,6 +140,7 @@ class OutboxSender(ResourceMixin):
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigurationError(f"cannot create outbox folder {str(folder)!r}: {exc}") from None
+        self._unnamed = await asyncio.to_thread(_can_write_unnamed, folder)
         self._folder = folder
         if self._threads is None:
             self._threads = ThreadPoolExecutor(_THREADS, thread_name_prefix="mailqueue-outbox")
@@ -131,6 +148,7 @@ class OutboxSender(ResourceMixin):
     async def close(self) -> None:
         """Stop the writing threads (after the writes under way); idempotent."""
         self._folder = None
+        await self._publish.drain()
         threads, self._threads = self._threads, None
         if threads is not None:
             await asyncio.to_thread(threads.shutdown)
@@ -152,75 +170,195 @@ class OutboxSender(ResourceMixin):
         if not _MAIL_ID_RE.fullmatch(message.mail_id):
             raise PermanentDeliveryError(f"mail id {message.mail_id!r} cannot be used as a file name")
         recipients = list(dict.fromkeys(message.recipients))
-        envelope = {
-            "mail_id": message.mail_id,
-            "envelope_from": message.envelope_from,
-            "recipients": recipients,
-            "size": len(message.data),
-            "written_at": datetime.now(UTC).isoformat(),
-        }
-        sidecar = json.dumps(envelope, ensure_ascii=False, indent=2).encode() + b"\n"
+        sidecar = _envelope(
+            message.mail_id, message.envelope_from, recipients, len(message.data), datetime.now(UTC)
+        )
         threads = self._threads
         assert threads is not None
         loop = asyncio.get_running_loop()
+        unnamed = self._unnamed
+        write = functools.partial(_write_pair, folder, message.mail_id, sidecar, message.data, unnamed)
         try:
-            write = functools.partial(_write_pair, folder, message.mail_id, sidecar, message.data)
-            await loop.run_in_executor(threads, write)
-            await self._sync_folder(folder, threads)
+            pair = await loop.run_in_executor(threads, write)
+            await self._publish.call(pair)
         except OSError as exc:
+            if isinstance(exc, _LinkError):
+                # the unnamed files could not be linked in: name files the portable way from now on
+                self._unnamed = False
             raise TransientDeliveryError(f"cannot write to outbox {str(folder)!r}: {exc}") from exc
         target = folder / f"{message.mail_id}.eml"
         reply = RecipientReply(250, f"2.0.0 written to {target}")
         return SendResult(dict.fromkeys(recipients, reply))
 
-    async def _sync_folder(self, folder: Path, threads: ThreadPoolExecutor) -> None:
-        """Return once a folder fsync that started after this send's renames has ended."""
-        self._renamed += 1
-        mine = self._renamed
-        while self._synced < mine:
-            syncing = self._syncing
-            if syncing is None:
-                syncing = self._syncing = asyncio.ensure_future(self._fsync(folder, threads, self._renamed))
-            # shielded: the fsync serves every send waiting for it, whoever started it
-            await asyncio.shield(syncing)
+    async def _publish_batch(self, pairs: list[tuple[_Pending, _Pending]]) -> list[Exception | None]:
+        """Name the files of ``pairs`` (each envelope before its message), then fsync the folder once."""
+        folder, threads = self._folder, self._threads
+        if folder is None or threads is None:
+            for envelope, message in pairs:
+                envelope.discard()
+                message.discard()
+            return [OSError(errno.EBADF, "the outbox was closed") for _ in pairs]
+        run = functools.partial(_publish, folder, pairs)
+        return await asyncio.get_running_loop().run_in_executor(threads, run)
 
-    async def _fsync(self, folder: Path, threads: ThreadPoolExecutor, covered: int) -> None:
-        """One folder fsync; renames noted up to ``covered`` are durable once it returns."""
+
+class _LinkError(OSError):
+    """An unnamed file could not be given its name."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A complete, fsync'ed file waiting for its name: open and unnamed, or under a hidden temporary name."""
+
+    folder: Path
+    name: str
+    fd: int | None = None
+    temp: str | None = None
+
+    def publish(self, folder_fd: int | None) -> None:
+        """Give the file its name (replacing a file of that name); never a partial file under it."""
         try:
-            await asyncio.get_running_loop().run_in_executor(threads, _fsync_folder, folder)
-            self._synced = max(self._synced, covered)
+            if self.fd is not None:
+                try:
+                    _link(self.fd, self.name, folder_fd)
+                except FileExistsError:
+                    # sent again: link beside it, then replace it in one step
+                    self.temp = _temp_name(self.name)
+                    _link(self.fd, self.temp, folder_fd)
+            if self.temp is not None:
+                os.replace(self.folder / self.temp, self.folder / self.name)
+                self.temp = None
         finally:
-            self._syncing = None
+            self.discard()
+
+    def discard(self) -> None:
+        """Close the file and remove what is left of it (nothing once it is named)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+        temp, self.temp = self.temp, None
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.folder / temp)
 
 
-def _write_pair(folder: Path, mail_id: str, sidecar: bytes, data: bytes) -> None:
-    _write_atomically(folder, f"{mail_id}.json", sidecar)
-    _write_atomically(folder, f"{mail_id}.eml", data)
+def _envelope(
+    mail_id: str, envelope_from: str, recipients: list[str], size: int, written_at: datetime
+) -> bytes:
+    """``json.dumps(envelope, ensure_ascii=False, indent=2)`` plus a newline, without the
+    pure-Python encoder that ``indent`` selects."""
+    items = ",\n".join(f"    {_encode(address)}" for address in recipients)
+    listed = f"[\n{items}\n  ]" if recipients else "[]"
+    return (
+        f'{{\n  "mail_id": {_encode(mail_id)},\n  "envelope_from": {_encode(envelope_from)},\n'
+        f'  "recipients": {listed},\n  "size": {size},\n'
+        f'  "written_at": {_encode(written_at.isoformat())}\n}}\n'
+    ).encode()
 
 
-def _write_atomically(folder: Path, name: str, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+def _temp_name(name: str) -> str:
+    return f".{name}.{secrets.token_hex(6)}.tmp"
+
+
+def _write_pair(
+    folder: Path, mail_id: str, envelope: bytes, data: bytes, unnamed: bool
+) -> tuple[_Pending, _Pending]:
+    first = _write(folder, f"{mail_id}.json", envelope, unnamed)
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, folder / name)
+        return first, _write(folder, f"{mail_id}.eml", data, unnamed)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        first.discard()
         raise
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make the renames durable (POSIX); a no-op where folders cannot be opened."""
+def _write(folder: Path, name: str, data: bytes, unnamed: bool) -> _Pending:
+    """Write and fsync ``data`` into a file that has no name yet (or a hidden temporary one)."""
+    pending = _Pending(folder, name)
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+        if unnamed:
+            assert _O_TMPFILE is not None
+            pending.fd = os.open(folder, _O_TMPFILE | os.O_WRONLY | _CLOEXEC, 0o600)
+        else:
+            pending.temp = _temp_name(name)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_BINARY", 0)
+            pending.fd = os.open(folder / pending.temp, flags, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(pending.fd, view) :]
+        os.fsync(pending.fd)
+        if pending.temp is not None:
+            os.close(pending.fd)
+            pending.fd = None
+    except BaseException:
+        pending.discard()
+        raise
+    return pending
+
+
+def _link(fd: int, name: str, folder_fd: int | None) -> None:
+    """Name the unnamed file ``fd`` (``linkat`` with ``AT_SYMLINK_FOLLOW``, which ``dst_dir_fd`` selects)."""
     try:
-        os.fsync(fd)
+        if folder_fd is None:
+            raise OSError(errno.EBADF, "the folder could not be opened")
+        os.link(f"{_PROC_FD}/{fd}", name, dst_dir_fd=folder_fd, follow_symlinks=True)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise _LinkError(exc.errno, exc.strerror, name) from exc
+
+
+def _publish(folder: Path, pairs: list[tuple[_Pending, _Pending]]) -> list[Exception | None]:
+    """Name each pair's envelope, then its message; then make the names durable with one folder fsync."""
+    results: list[Exception | None] = []
+    try:
+        folder_fd: int | None = os.open(folder, _FOLDER_FLAGS)
     except OSError:
-        pass
+        folder_fd = None  # where folders cannot be opened, they cannot be fsync'ed either
+    try:
+        for envelope, message in pairs:
+            try:
+                envelope.publish(folder_fd)
+                message.publish(folder_fd)
+            except OSError as exc:
+                message.discard()
+                results.append(exc)
+            else:
+                results.append(None)
+        if folder_fd is not None:
+            _fsync_folder(folder_fd)
+    finally:
+        if folder_fd is not None:
+            os.close(folder_fd)
+    return results
+
+
+def _can_write_unnamed(folder: Path) -> bool:
+    """Whether files can be made unnamed in ``folder`` and named through ``/proc/self/fd``."""
+    if _O_TMPFILE is None:
+        return False
+    try:
+        fd = os.open(folder, _O_TMPFILE | os.O_WRONLY | _CLOEXEC, 0o600)
+    except OSError:
+        return False
+    probe = _temp_name("probe")
+    try:
+        folder_fd = os.open(folder, _FOLDER_FLAGS)
+        try:
+            _link(fd, probe, folder_fd)
+            os.unlink(probe, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
+    except OSError:
+        return False
     finally:
         os.close(fd)
+    return True
+
+
+def _fsync_folder(folder_fd: int) -> None:
+    """Make the names in the folder durable (POSIX); a no-op where folders cannot be synced."""
+    try:
+        os.fsync(folder_fd)
+    except OSError as exc:
+        if exc.errno not in _NO_DIR_SYNC:
+            raise
