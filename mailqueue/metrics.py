@@ -36,6 +36,7 @@ __all__ = [
     "SEND_DURATION",
     "SMTP_CONNECTIONS",
     "SMTP_RECONNECTS",
+    "STORE_BATCH_SIZE",
     "SWEPT",
     "WORKER_READY",
     "WORKER_RESTARTS",
@@ -71,6 +72,13 @@ DELIVERY_LATENCY = Histogram(
     "mailqueue_delivery_latency_seconds",
     "Seconds from acceptance to a final status.",
     buckets=_LATENCY_BUCKETS,
+)
+STORE_BATCH_SIZE = Histogram(
+    "mailqueue_store_batch_size",
+    "Records per Store call of the worker's group commit, by op: read (record reads) or write "
+    "(claims and outcomes). A mean near 1 under load means the calls do not group.",
+    ["op"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 QUEUE_DEPTH = Gauge("mailqueue_queue_depth", "Messages in the queue, where the queue backend can tell.")
 QUEUE_OLDEST_AGE = Gauge(

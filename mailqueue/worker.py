@@ -147,12 +147,20 @@ class Worker:
             # to the Store together, one query or one transaction per group.
             many = store
 
+            read_sizes = metrics.STORE_BATCH_SIZE.labels(op="read")
+            write_sizes = metrics.STORE_BATCH_SIZE.labels(op="write")
+
             async def read(ids: list[str]) -> list[MailRecord | None]:
+                read_sizes.observe(len(ids))
                 found = await many.get_many(ids)
                 return [found.get(mail_id) for mail_id in ids]
 
+            async def write(changes: list[tuple[str, RecordUpdate]]) -> list[bool]:
+                write_sizes.observe(len(changes))
+                return await many.update_many(changes)
+
             self._reads = Batcher(read, _BATCH_MAX)
-            self._writes = Batcher(many.update_many, _BATCH_MAX)
+            self._writes = Batcher(write, _BATCH_MAX)
 
     @property
     def ready(self) -> bool:

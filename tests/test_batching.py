@@ -47,6 +47,25 @@ async def test_calls_of_one_event_loop_turn_go_together_at_most_limit_at_a_time(
     assert runner.batches == [[0, 1], [2, 3], [4]]
 
 
+async def test_a_lone_call_goes_after_one_event_loop_turn_and_waits_for_nothing() -> None:
+    runner = Recorder()
+    batcher: Batcher[int, int] = Batcher(runner.run, 100)
+    future = batcher.submit(7)
+    assert runner.batches == []  # not run inside submit: the rest of this turn may join it
+    await asyncio.sleep(0)  # one turn
+    assert runner.batches == [[7]]
+    assert await future == 70
+
+
+async def test_calls_made_by_tasks_woken_in_one_turn_go_as_one_batch() -> None:
+    """Deliveries dispatched together (a prefetched burst) each read from a task of its own."""
+    runner = Recorder()
+    batcher: Batcher[int, int] = Batcher(runner.run, 100)
+    tasks = [asyncio.create_task(batcher.call(i)) for i in range(8)]
+    assert await asyncio.gather(*tasks) == [i * 10 for i in range(8)]
+    assert runner.batches == [list(range(8))]
+
+
 async def test_an_item_that_fails_alone_fails_only_its_caller() -> None:
     batcher: Batcher[int, int] = Batcher(Recorder().run, 100)
     results = await asyncio.gather(*(batcher.call(i) for i in (1, -2, 3)), return_exceptions=True)

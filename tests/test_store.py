@@ -28,6 +28,7 @@ from mailqueue.message import AttachmentRef, Mail, Recipient
 from mailqueue.protocols import AttachmentStore, BackendContext, Store
 from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
 from mailqueue.stores import schema
+from mailqueue.stores import sql as sql_module
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 from mailqueue.stores.sql import SQLStore, current, head_revision, upgrade
 from mailqueue.testing.store import StoreConformance, make_mail, make_record
@@ -510,8 +511,6 @@ async def test_a_dropped_batch_connection_is_replaced(
     first), and the call after that works on a new connection."""
     if sql_store.dialect_name == "sqlite":
         pytest.skip("SQLite has no server to drop connections")
-    from mailqueue.stores import sql as sql_module
-
     record = MailRecord.new(make_mail())
     await sql_store.add(record)
     claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED, Status.SENDING}))
@@ -519,7 +518,7 @@ async def test_a_dropped_batch_connection_is_replaced(
     assert await sql_store.update_many([(record.id, claim)]) == [True]
     assert await _drop_connections(sql_store) >= 2
     if idle:
-        monkeypatch.setattr(sql_module, "LANE_IDLE_PING", 0.0)
+        monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 0.0)
     else:
         with pytest.raises(StoreError):
             await sql_store.get_many([record.id])
@@ -530,6 +529,26 @@ async def test_a_dropped_batch_connection_is_replaced(
     got = await sql_store.get(record.id)
     assert got is not None
     assert got.status is Status.SENDING
+
+
+async def test_kept_connections_work_after_idling(
+    sql_store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call on a kept connection that was idle pings it first, in the call's
+    transaction where it has one, and then does its work as usual."""
+    records = await sql_store.add_many([make_record().evolve(last_error="mark") for _ in range(2)])
+    claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED}))
+    monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 0.0)
+    for _ in range(2):
+        more = await sql_store.add_many([make_record()])
+        assert list(await sql_store.get_many([more[0].id])) == [more[0].id]
+        await sql_store.clear_last_error([r.id for r in records], expected="mark")
+    assert await sql_store.update_many([(records[0].id, claim)]) == [True]
+    assert await sql_store.update_many([(records[1].id, claim), (records[0].id, claim)]) == [True, False]
+    for record in records:
+        got = await sql_store.get(record.id)
+        assert got is not None
+        assert (got.status, got.last_error) == (Status.SENDING, "")
 
 
 # --- group commit (add_many) -----------------------------------------------------------
@@ -567,58 +586,33 @@ async def test_add_many_rows_are_those_add_writes(sql_store: SQLStore) -> None:
     assert [await sql_store.get(r.id) for r in everything] == everything
 
 
-async def _kill_other_connections(url: str) -> int:
-    engine = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                query = (
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-                return len((await conn.execute(sa.text(query))).all())
-            ids = (
-                await conn.execute(
-                    sa.text(
-                        "SELECT ID FROM information_schema.PROCESSLIST"
-                        " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
-                    )
-                )
-            ).scalars()
-            killed = 0
-            for connection_id in list(ids):
-                await conn.execute(sa.text(f"KILL {int(connection_id)}"))
-                killed += 1
-            return killed
-    finally:
-        await engine.dispose()
-
-
 @pytest.mark.parametrize("server", ["mysql", "postgres"])
-async def test_add_many_replaces_a_broken_connection(request: pytest.FixtureRequest, server: str) -> None:
+async def test_add_many_replaces_a_broken_connection(
+    request: pytest.FixtureRequest, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The kept connection of the group commit dies: the batch on it fails with StoreError
     (its submits answer 5xx), the next batch connects anew; after a quiet spell the kept
     connection is not trusted at all."""
     url: str = request.getfixturevalue(f"{server}_url")
     async with SQLStore.from_url(url) as store:
         await store.add_many([make_record()])
-        assert await _kill_other_connections(url) >= 1
+        assert await _drop_connections(store) >= 1
         lost = [make_record(), make_record()]
         with pytest.raises(StoreError):
             await store.add_many(lost)
         again = await store.add_many([make_record(), make_record()])
         assert [await store.get(r.id) for r in again] == again
-        store._writer.IDLE = 0.0
-        assert await _kill_other_connections(url) >= 1
+        monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 0.0)
+        assert await _drop_connections(store) >= 1
         quiet = await store.add_many([make_record()])
         assert await store.get(quiet[0].id) == quiet[0]
-        # the marks are cleared on that connection too (MySQL/MariaDB): a lost one fails the
-        # call, the next call works
-        store._writer.IDLE = 20.0
+        # the marks are cleared on a kept connection too: a lost one fails the call, the next
+        # call works
+        monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 10.0)
         marked = await store.add_many([make_record().evolve(last_error="mark") for _ in range(3)])
-        assert await _kill_other_connections(url) >= 1
-        if server == "mysql":
-            with pytest.raises(StoreError):
-                await store.clear_last_error([r.id for r in marked], expected="mark")
+        await store.clear_last_error([marked[0].id], expected="other")
+        assert await _drop_connections(store) >= 1
+        with pytest.raises(StoreError):
+            await store.clear_last_error([r.id for r in marked], expected="mark")
         await store.clear_last_error([r.id for r in marked], expected="mark")
         assert [(await store.get(r.id) or r).last_error for r in marked] == ["", "", ""]

@@ -553,6 +553,50 @@ async def test_failed_batch_commit_acks_none_and_sends_nothing_twice(server: SMT
     assert worker.counts["record_retried"] >= 1
 
 
+class ReadLog(MemoryStore):
+    """A MemoryStore that notes the ids of each batch read (``get_many``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[list[str]] = []
+
+    async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
+        self.reads.append(list(mail_ids))
+        return await super().get_many(mail_ids)
+
+
+async def test_deliveries_dispatched_together_read_their_records_in_one_call(server: SMTPTestServer) -> None:
+    """A burst the queue has ready is dispatched in one turn; its reads go as one Store call."""
+    from prometheus_client import REGISTRY
+
+    def observed() -> tuple[float, float]:
+        labels = {"op": "read"}
+        count = REGISTRY.get_sample_value("mailqueue_store_batch_size_count", labels) or 0.0
+        return count, REGISTRY.get_sample_value("mailqueue_store_batch_size_sum", labels) or 0.0
+
+    store, queue, attachments = ReadLog(), MemoryQueue(), MemoryAttachmentStore()
+    async with store, queue, attachments:
+        mq = MailQueue(store=store, queue=queue, attachments=attachments, message_id_domain="example.com")
+        ids = [(await mq.submit(mail(f"user{n}@example.com"))).id for n in range(8)]
+        sender = SMTPSender.from_url(server.url(from_address="noreply@example.com", timeout="1"))
+        async with sender:
+            settings = FAST.model_copy(update={"concurrency": 8})
+            worker = Worker(
+                queue=queue, store=store, attachments=attachments, sender=sender, settings=settings
+            )
+            before = observed()
+            rig = Rig(mq, server, sender, worker)
+            rig.start()
+            try:
+                for mail_id in ids:
+                    assert (await rig.final(mail_id)).status is Status.SENT
+            finally:
+                await rig.stop()
+    assert store.reads == [ids]
+    count, total = observed()
+    assert (count - before[0], total - before[1]) == (1, 8)  # mailqueue_store_batch_size{op="read"}
+
+
 async def test_recorded_mail_is_sent_as_the_store_has_it(rig: Rig) -> None:
     """The worker takes only the id from the envelope when the Store has the mail."""
     stored = mail("ann@example.com", subject="From the Store", message_id="<kept.1@example.com>")

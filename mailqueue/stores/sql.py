@@ -53,11 +53,13 @@ turned into attachments. A mail left with no valid recipient is still returned
 (built without validation, with an empty ``to``) so that listing never fails.
 Recipients of such rows are ``sent`` if the row is, else ``pending``.
 
-The worker's group reads and writes (:meth:`SQLStore.get_many`,
-:meth:`SQLStore.update_many`) each run on a connection kept for them, with
-statements compiled once per shape; a run of changes is one ``UPDATE``
-(``CASE uid`` for values that differ) and one multi-row ``INSERT`` of its
-attempts. See ``docs/backends/sql-store.md``, "The worker's hot path".
+The group commits, the worker's reads and writes (:meth:`SQLStore.get_many`,
+:meth:`SQLStore.update_many`) and the API's inserts and mark clearing
+(:meth:`SQLStore.add_many`, :meth:`SQLStore.clear_last_error`), run on
+connections kept for them, with statements compiled once per shape; a run of
+changes is one ``UPDATE`` (``CASE uid`` for values that differ) and one
+multi-row ``INSERT`` of its attempts. See ``docs/backends/sql-store.md``,
+"The worker's hot path" and "The submit path's connection".
 
 Ordering: :meth:`SQLStore.find` orders by the mail id in the column's
 collation, which for mailqueue's ids (lowercase hex) is the plain string order
@@ -66,11 +68,9 @@ on every database.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import importlib
-import inspect
 import json
 import logging
 import re
@@ -785,7 +785,7 @@ def _bucket_index(
 
 _ATTEMPT_COLUMNS = ("number", "started_at", "finished_at", "outcome", "code", "reply", "recipients")
 _UID = [column.name for column in email.columns].index("uid")
-#: Where a connection's ``info`` keeps its asyncmy connection (see :class:`_Prepared`).
+#: Where a connection's ``info`` keeps its asyncmy connection (see :func:`_driver`).
 _DRIVER = "mailqueue.driver"
 #: Statements compiled per store at most (one per kind of run and number of records).
 _PREPARED_MAX = 2000
@@ -808,8 +808,8 @@ class _Prepared:
     On MySQL/MariaDB the text goes straight to the asyncmy connection under
     the SQLAlchemy connection (in its transaction): SQLAlchemy's execution
     context and greenlet hop cost about as much as asyncmy's own work, and
-    asyncmy takes the same ``format`` parameters. Its errors become
-    :class:`StoreError`. Elsewhere it goes through ``exec_driver_sql``.
+    asyncmy takes the same ``format`` parameters (see :func:`_execute_direct`).
+    Elsewhere it goes through ``exec_driver_sql``.
     """
 
     __slots__ = ("defaults", "direct", "names", "processors", "sql")
@@ -834,19 +834,7 @@ class _Prepared:
             value = params[name] if name in params else defaults[name]
             args.append(value if process is None or value is None else process(value))
         if self.direct:
-            # the info dict lives as long as the DBAPI connection: no greenlet hop per statement
-            driver: Any = connection.info.get(_DRIVER)
-            if driver is None:
-                driver = connection.info[_DRIVER] = (await connection.get_raw_connection()).driver_connection
-            try:
-                async with driver.cursor() as cursor:
-                    await cursor.execute(self.sql, tuple(args))
-                    rows = await cursor.fetchall() if cursor.description else ()
-                    return int(cursor.rowcount), rows
-            except (MailQueueError, sa.exc.SQLAlchemyError):
-                raise
-            except Exception as exc:
-                raise StoreError(f"the database failed: {str(exc)[:500] or type(exc).__name__}") from exc
+            return await _execute_direct(connection, self.sql, tuple(args))
         result = await connection.exec_driver_sql(self.sql, tuple(args))
         return result.rowcount, result.all() if result.returns_rows else ()
 
@@ -914,251 +902,206 @@ def _attempts_insert(rows: int) -> sa.Insert:
     return email_attempt.insert().values(values)
 
 
-# --- the worker's hot path -------------------------------------------------------------
+def _clear_marks(rows: int) -> sa.Update:
+    """Set ``last_error`` to ``""`` (at ``updated_at`` = ``t``) on those of the records
+    ``u0`` .. ``u<rows-1>`` whose status is ``s`` and ``last_error`` is ``e``."""
+    return (
+        email.update()
+        .where(
+            email.c.uid.in_(_keys(rows)),
+            email.c.status == sa.bindparam("s", type_=email.c.status.type),
+            email.c.last_error == sa.bindparam("e", type_=email.c.last_error.type),
+        )
+        .values(last_error="", updated_at=sa.bindparam("t", type_=email.c.updated_at.type))
+    )
 
-#: A lane's connection idle for longer than this is pinged before it is used again.
-LANE_IDLE_PING = 10.0
+
+# --- connections kept for the group commits -------------------------------------------
+
+#: A kept connection unused for longer than this is pinged before it is used again.
+KEPT_IDLE_PING = 10.0
+#: A kept connection older than this is replaced before use (as the pool's ``pool_recycle``).
+KEPT_MAX_AGE = 3600.0
+#: Server-side prepared statements asyncmy keeps on the connection of the inserts (one per
+#: set of columns that are not NULL in every row of a batch: a few).
+_INSERT_STATEMENTS = 8
 
 
-class _Lane:
-    """One connection kept for the batched calls of the worker's hot path.
+async def _driver(connection: AsyncConnection) -> Any:
+    """The driver's own connection under ``connection`` (asyncmy's), kept in its ``info``,
+    which lives as long as the DBAPI connection: no greenlet hop per statement."""
+    driver = connection.info.get(_DRIVER)
+    if driver is None:
+        driver = connection.info[_DRIVER] = (await connection.get_raw_connection()).driver_connection
+    return driver
 
-    Checking a connection out of the pool costs a round trip (the pre-ping)
-    and handing it back another (the rollback that resets it): as much as the
-    work itself for the worker's small group commits. A lane keeps one
-    connection instead, pinged only when it has been idle for
-    :data:`LANE_IDLE_PING` seconds. A call that fails in any way (or is
-    cancelled) throws the connection away, so the next call starts on a new
-    one; the error is raised as usual (:class:`StoreError`), and the caller
-    retries. A call made while the lane is busy takes a pooled connection, as
-    every other call does, so that callers never wait for each other.
 
-    ``autocommit``: the lane's statements commit on their own (reads, which
-    then see the newest data, with no COMMIT round trip); otherwise each call
-    is one transaction.
+async def _execute_direct(
+    connection: AsyncConnection, sql: str, args: Sequence[Any], *, many: bool = False
+) -> tuple[int, Sequence[Any]]:
+    """Execute ``sql`` (``format`` paramstyle) on the asyncmy connection under ``connection``,
+    in its transaction; ``many``: once per row of ``args`` (on MariaDB with a statement cache,
+    one bulk-bound statement). Return the number of rows matched and the rows returned.
+
+    The driver's errors are raised as SQLAlchemy raises them (e.g. ``IntegrityError``), so
+    that :func:`_translated` turns them into :class:`StoreError` like any other.
     """
-
-    def __init__(self, *, autocommit: bool) -> None:
-        self._autocommit = autocommit
-        self._connection: AsyncConnection | None = None
-        self._busy = False
-        self._used_at = 0.0
-
-    async def run(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        if self._busy:
-            return await self._pooled(engine, work)
-        self._busy = True
-        try:
-            connection = await self._connect(engine)
-            try:
-                if self._autocommit:
-                    result = await work(connection)
-                else:
-                    async with connection.begin():
-                        result = await work(connection)
-            except BaseException:
-                self._connection = None
-                await _discard(connection)
-                raise
-            self._used_at = time.monotonic()
-            return result
-        finally:
-            self._busy = False
-
-    async def _pooled(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        async with engine.connect() as connection:
-            if self._autocommit:
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
-                return await work(connection)
-            async with connection.begin():
-                return await work(connection)
-
-    async def _connect(self, engine: AsyncEngine) -> AsyncConnection:
-        connection = self._connection
-        if connection is not None and time.monotonic() - self._used_at > LANE_IDLE_PING:
-            try:
-                await connection.exec_driver_sql("SELECT 1")
-            except Exception:
-                # gone while idle (e.g. the server restarted): a new one, as the pool's pre-ping would
-                self._connection = None
-                await _discard(connection)
-                connection = None
-        if connection is None:
-            connection = await engine.connect()
-            try:
-                if self._autocommit:
-                    await connection.execution_options(isolation_level="AUTOCOMMIT")
-            except BaseException:
-                await _discard(connection)
-                raise
-            self._connection = connection
-        return connection
-
-    async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await _discard(connection)
+    driver = await _driver(connection)
+    try:
+        async with driver.cursor() as cursor:
+            if many:
+                await cursor.executemany(sql, args)
+            else:
+                await cursor.execute(sql, args)
+            rows = await cursor.fetchall() if cursor.description else ()
+            return int(cursor.rowcount), rows
+    except (MailQueueError, sa.exc.SQLAlchemyError):
+        raise
+    except Exception as exc:
+        dialect = connection.dialect
+        raise sa.exc.DBAPIError.instance(
+            sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
+        ) from exc
 
 
-async def _discard(connection: AsyncConnection | None) -> None:
+async def _end(connection: AsyncConnection, *, commit: bool) -> None:
+    """Commit (or roll back) the transaction of ``connection``, begun by SQLAlchemy or,
+    for statements that went straight to asyncmy (:func:`_execute_direct`), by the driver."""
+    if connection.in_transaction():
+        await (connection.commit() if commit else connection.rollback())
+    elif connection.dialect.driver == "asyncmy":
+        driver = await _driver(connection)
+        await (driver.commit() if commit else driver.rollback())
+
+
+async def _discard(connection: AsyncConnection) -> None:
     """Close ``connection`` for good (its state is unknown): it never returns to the pool."""
-    if connection is None:
-        return
     with contextlib.suppress(Exception):
         await connection.invalidate()
     with contextlib.suppress(Exception):
         await connection.close()
 
 
-# --- the store -----------------------------------------------------------------------
+class _KeptConnection:
+    """One connection of the store's engine kept for one kind of group commit.
 
+    Taking a pooled connection costs a round trip (the pre-ping) and handing
+    it back another (the rollback that resets it): as much as the work of the
+    small batches of the worker (:meth:`SQLStore.get_many`,
+    :meth:`SQLStore.update_many`) and of the API (:meth:`SQLStore.add_many`,
+    :meth:`SQLStore.clear_last_error`). So each kind keeps one connection:
 
-class _Writer:
-    """The connection that :meth:`SQLStore.add_many` (the group commit of
-    submits) keeps between batches: no pool checkout and no ping per batch.
+    - Idle: one unused for :data:`KEPT_IDLE_PING` seconds is pinged before
+      use, and replaced if the ping fails (a restarted database costs no
+      failed call after a quiet spell); one older than :data:`KEPT_MAX_AGE` is
+      replaced.
+    - Failure: a call that fails (or is cancelled) throws the connection away
+      and raises (:class:`StoreError`, through the store's translation); the
+      next call connects anew. Only an ``IntegrityError`` (a constraint said
+      no) and :class:`_Mismatch` (the store redoes the batch) leave it in
+      use, rolled back.
+    - Busy: a call made while the connection is in use takes a pooled one, so
+      callers never wait for each other.
 
-    A batch that fails on it for any reason but a constraint discards it (the
-    batch raises, the next one connects anew); one left idle for
-    :data:`IDLE` seconds or older than :data:`AGE` is replaced before use, so
-    a restarted database costs no failed batch after a quiet spell.
-
-    Through asyncmy (MySQL, MariaDB) the batch goes to the driver's connection
-    directly, without SQLAlchemy's per-statement machinery, and on MariaDB as
-    one bulk-bound prepared statement (COM_STMT_BULK_EXECUTE, asyncmy's
-    statement cache), which spares the escaping of every value.
+    ``autocommit``: each statement commits on its own (reads then see the
+    newest data, with no COMMIT round trip); otherwise each call is one
+    transaction, committed at its end. ``statement_cache``: on asyncmy, the
+    number of server-side prepared statements the driver keeps on this
+    connection (0: none, every statement goes as text); on MariaDB that makes
+    ``executemany`` one bulk-bound statement.
     """
 
-    #: Seconds a kept connection may sit unused and still be trusted.
-    IDLE = 20.0
-    #: Seconds a kept connection is used at most (like the pool's recycle).
-    AGE = 3600.0
-
-    def __init__(self) -> None:
-        self.engine: AsyncEngine | None = None
+    def __init__(self, *, autocommit: bool, statement_cache: int = 0) -> None:
+        self._autocommit = autocommit
+        self._statement_cache = statement_cache
         self._connection: AsyncConnection | None = None
-        self._driver: Any = None  # the kept connection's DBAPI driver connection
-        self._lock = asyncio.Lock()
+        self._busy = False
         self._opened = 0.0
         self._used = 0.0
 
-    async def _connect(self, url: URL) -> AsyncConnection:
-        now = time.monotonic()
-        connection = self._connection
-        if connection is not None and (now - self._used > self.IDLE or now - self._opened > self.AGE):
-            await self._discard()
-            connection = None
-        if connection is None:
-            if self.engine is None:
-                self.engine = _writer_engine(url)
-            connection = self._connection = await self.engine.connect()
-            self._driver = (await connection.get_raw_connection()).driver_connection
-            self._opened = now
-        return connection
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, url: URL) -> AsyncIterator[AsyncConnection]:
-        """One transaction on the kept connection (committed on exit)."""
-        async with self._lock:
-            connection = await self._connect(url)
+    async def run(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` on the kept connection (a pooled one if it is busy), then commit."""
+        if self._busy:
+            async with engine.connect() as pooled:
+                if self._autocommit:
+                    await pooled.execution_options(isolation_level="AUTOCOMMIT")
+                return await self._call(pooled, work)
+        self._busy = True
+        try:
+            connection = await self._connect(engine)
             try:
-                async with connection.begin():
-                    yield connection
-            except sa.exc.IntegrityError:
-                raise  # rolled back; the connection is fine
+                result = await self._call(connection, work)
+            except (sa.exc.IntegrityError, _Mismatch):
+                # the database's or the store's own verdict: the connection is fine once rolled back
+                if not self._autocommit:
+                    try:
+                        await _end(connection, commit=False)
+                    except BaseException:
+                        await self._discard()
+                        raise
+                raise
             except BaseException:
                 await self._discard()
                 raise
             self._used = time.monotonic()
+            return result
+        finally:
+            self._busy = False
 
-    async def run_asyncmy(
-        self, url: URL, statement: str, rows: list[tuple[Any, ...]], action: str, *, many: bool = True
-    ) -> None:
-        """``executemany`` (or, not ``many``, ``execute`` of the one row) and commit on the kept
-        connection's asyncmy connection.
+    async def _call(self, connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        result = await work(connection)
+        if not self._autocommit:
+            await _end(connection, commit=True)
+        return result
 
-        Raises:
-            asyncmy's IntegrityError: a unique key is taken (rolled back).
-            StoreError: ``action`` failed in the database (the connection is dropped).
-        """
-        from asyncmy.errors import IntegrityError
-
-        async with self._lock:
-            await self._connect(url)
-            driver = self._driver
+    async def _connect(self, engine: AsyncEngine) -> AsyncConnection:
+        """The kept connection, pinged if it was idle, or a new one."""
+        connection = self._connection
+        now = time.monotonic()
+        if connection is not None and now - self._opened > KEPT_MAX_AGE:
+            await self._discard()
+            connection = None
+        elif connection is not None and now - self._used > KEPT_IDLE_PING:
             try:
-                try:
-                    async with driver.cursor() as cursor:
-                        if many:
-                            await cursor.executemany(statement, rows)
-                        else:
-                            await cursor.execute(statement, rows[0])
-                    await driver.commit()
-                except IntegrityError:
-                    await driver.rollback()
-                    raise
-            except IntegrityError:
-                raise
-            except BaseException as exc:
+                # in the call's transaction, if it has one (committed with it)
+                await connection.exec_driver_sql("SELECT 1")
+            except Exception:
+                # gone while idle (e.g. the server restarted): a new one, as the pool's pre-ping would
                 await self._discard()
-                if isinstance(exc, Exception):
-                    raise StoreError(f"{action}: {_describe(exc)}") from exc
+                connection = None
+        if connection is None:
+            connection = await engine.connect()
+            try:
+                if self._autocommit:
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+                if self._statement_cache and connection.dialect.driver == "asyncmy":
+                    driver = await _driver(connection)
+                    # asyncmy reads it per statement; the connection never goes back to the pool
+                    if hasattr(driver, "_stmt_cache_size"):
+                        driver._stmt_cache_size = self._statement_cache
+            except BaseException:
+                await _discard(connection)
                 raise
-            self._used = time.monotonic()
+            self._connection, self._opened = connection, now
+        return connection
 
     async def _discard(self) -> None:
         connection, self._connection = self._connection, None
-        self._driver = None
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.invalidate()
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await _discard(connection)
 
     async def close(self) -> None:
-        async with self._lock:
-            await self._discard()
-            engine, self.engine = self.engine, None
-            if engine is not None:
-                with contextlib.suppress(Exception):
-                    await engine.dispose()
-
-
-def _writer_engine(url: URL) -> AsyncEngine:
-    """An engine without pool for the writer's connection (statement cache on for asyncmy)."""
-    engine = make_engine(url, single_use=True)
-    if engine.dialect.driver == "asyncmy" and _asyncmy_has_statement_cache():
-
-        @event.listens_for(engine.sync_engine, "do_connect")
-        def _statement_cache(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-            # the inserts' few column sets and the mark clearing's id counts (powers of two)
-            cparams.setdefault("stmt_cache_size", 16)
-
-    return engine
-
-
-@functools.cache
-def _asyncmy_has_statement_cache() -> bool:
-    import asyncmy
-
-    try:
-        return "stmt_cache_size" in inspect.signature(asyncmy.connect).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@functools.cache
-def _format_clear(count: int) -> str:
-    """The mark clearing's ``UPDATE`` for ``count`` ids in the ``format`` paramstyle."""
-    return (
-        "UPDATE email SET last_error = '', updated_at = %s"
-        f" WHERE uid IN ({', '.join(['%s'] * count)}) AND status = %s AND last_error = %s"
-    )
+        """Close the kept connection (for good: it does not go back to the pool)."""
+        await self._discard()
 
 
 @functools.cache
 def _format_insert(quoted: tuple[str, ...]) -> str:
     """``INSERT INTO email (...) VALUES (%s, ...)`` in the ``format`` paramstyle."""
     return f"INSERT INTO email ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(quoted))})"
+
+
+# --- the store -----------------------------------------------------------------------
 
 
 class SQLStore(ResourceMixin):
@@ -1208,13 +1151,14 @@ class SQLStore(ResourceMixin):
         self._pool_size = pool_size
         self._echo = echo
         self._engine: AsyncEngine | None = None
-        # the worker's group reads and writes (get_many, update_many): connections of their own
-        self._reads = _Lane(autocommit=True)
-        self._writes = _Lane(autocommit=False)
+        # the group commits' connections (see _KeptConnection): the worker's reads (get_many),
+        # its writes (update_many) and the API's mark clearing, the API's inserts (add_many)
+        self._reads = _KeptConnection(autocommit=True)
+        self._writes = _KeptConnection(autocommit=False)
+        self._inserts = _KeptConnection(autocommit=False, statement_cache=_INSERT_STATEMENTS)
         self._prepared: dict[tuple[Any, ...], _Prepared] = {}
         self._readers: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
         self._second_precision = self.dialect_name in ("mysql", "mariadb")
-        self._writer = _Writer()
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
@@ -1310,9 +1254,8 @@ class SQLStore(ResourceMixin):
     async def close(self) -> None:
         """Release the connections (the engine too, unless it was given); idempotent."""
         engine, self._engine = self._engine, None
-        await self._writer.close()
-        await self._reads.close()
-        await self._writes.close()
+        for kept in (self._reads, self._writes, self._inserts):
+            await kept.close()
         if engine is not None:
             await self._dispose(engine)
 
@@ -1433,7 +1376,8 @@ class SQLStore(ResourceMixin):
 
         For new records without idempotency key or history (those go through
         :meth:`add`): the group commit of concurrent submits. On a server
-        database the batches share one kept connection (see :class:`_Writer`).
+        database the batches share one kept connection (see :class:`_KeptConnection`),
+        on MariaDB as one bulk-bound statement.
 
         Returns:
             The records as stored, in the order given.
@@ -1448,33 +1392,24 @@ class SQLStore(ResourceMixin):
             return []
         rows = [self._row_values(r) for r in records]
 
+        async def insert(connection: AsyncConnection) -> None:
+            if connection.dialect.driver == "asyncmy":
+                # positional rows straight to the driver (the table's types need no bind
+                # processing there), on MariaDB bound in bulk. A column NULL in every row is
+                # left out (a bulk bind needs a type for each parameter): none that can be
+                # NULL has a default.
+                names = [name for name in rows[0] if any(row[name] is not None for row in rows)]
+                quote = connection.dialect.identifier_preparer.quote
+                statement = _format_insert(tuple(quote(name) for name in names))
+                await _execute_direct(
+                    connection, statement, [tuple([row[name] for name in names]) for row in rows], many=True
+                )
+            else:
+                await connection.execute(_INSERT, rows)
+
         async def work(engine: AsyncEngine) -> list[MailRecord]:
             try:
-                if self._given_engine is not None or engine.dialect.name == "sqlite":
-                    # a given engine's pool is its owner's; SQLite's pool does not ping anyway
-                    async with engine.begin() as connection:
-                        await connection.execute(_INSERT, rows)
-                elif engine.dialect.driver == "asyncmy":
-                    # positional rows straight to the driver (the table's types need no bind
-                    # processing there). A column NULL in every row is left out (a bulk bind
-                    # needs a type for each parameter): none that can be NULL has a default.
-                    from asyncmy.errors import IntegrityError
-
-                    names = [name for name in rows[0] if any(row[name] is not None for row in rows)]
-                    quote = engine.dialect.identifier_preparer.quote
-                    statement = _format_insert(tuple(quote(name) for name in names))
-                    try:
-                        await self._writer.run_asyncmy(
-                            self._url,
-                            statement,
-                            [tuple([row[name] for name in names]) for row in rows],
-                            f"cannot add {len(records)} records ({self.url})",
-                        )
-                    except IntegrityError:
-                        raise StoreError("a record with one of these ids exists already") from None
-                else:
-                    async with self._writer.transaction(self._url) as connection:
-                        await connection.execute(_INSERT, rows)
+                await self._inserts.run(engine, insert)
             except sa.exc.IntegrityError:
                 raise StoreError("a record with one of these ids exists already") from None
             return [_record(values, mail=r.mail) for values, r in zip(rows, records, strict=True)]
@@ -1490,33 +1425,19 @@ class SQLStore(ResourceMixin):
         """
         if not mail_ids:
             return
-        action = f"clear the marks of {len(mail_ids)} records"
-        engine = self._open_engine()
-        if self._given_engine is None and engine.dialect.driver == "asyncmy":
-            # on the submit path's kept connection; the id list padded (repeating the last id)
-            # to a power of two, so that a few prepared statements serve every batch
-            ids = list(mail_ids)
-            ids += ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
-            row = (self._db_time(utcnow()), *ids, Status.QUEUED.value, _clip(expected, ERROR_CHARS))
-            await self._writer.run_asyncmy(
-                self._url, _format_clear(len(ids)), [row], f"cannot {action} ({self.url})", many=False
-            )
-            return
-        stmt = (
-            email.update()
-            .where(
-                email.c.uid.in_(list(mail_ids)),
-                email.c.status == Status.QUEUED.value,
-                email.c.last_error == _clip(expected, ERROR_CHARS),
-            )
-            .values(last_error="", updated_at=self._db_time(utcnow()))
-        )
+        # the id list padded (repeating the last id) to a power of two: a few compiled statements
+        ids = list(mail_ids)
+        ids += ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
+        params: dict[str, Any] = {f"u{i}": mail_id for i, mail_id in enumerate(ids)}
+        params.update(t=self._db_time(utcnow()), s=Status.QUEUED.value, e=_clip(expected, ERROR_CHARS))
+
+        async def clear(connection: AsyncConnection) -> None:
+            await self._prepare(("clear", len(ids)), lambda: _clear_marks(len(ids))).run(connection, params)
 
         async def work(engine: AsyncEngine) -> None:
-            async with engine.begin() as connection:
-                await connection.execute(stmt)
+            await self._writes.run(engine, clear)
 
-        await self._run(action, work)
+        await self._run(f"clear the marks of {len(mail_ids)} records", work)
 
     def _stored_attempt(self, attempt: Attempt) -> Attempt:
         return _attempt(self._attempt_values(0, attempt))
@@ -1814,7 +1735,7 @@ class SQLStore(ResourceMixin):
     async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
         """The records of those of ``mail_ids`` that exist, by id, without history, in one query.
 
-        Runs on a connection of its own kept for these reads (see :class:`_Lane`).
+        Runs on a connection of its own kept for these reads (see :class:`_KeptConnection`).
 
         Raises:
             StoreError: the database failed.
@@ -1845,7 +1766,7 @@ class SQLStore(ResourceMixin):
         taken as it comes when it matched every record of the run (the usual
         case), else the transaction is rolled back and done again with the
         rows that match locked first (``SELECT ... FOR UPDATE``). The
-        transactions run on a connection kept for them (see :class:`_Lane`).
+        transactions run on a connection kept for them (see :class:`_KeptConnection`).
 
         Returns:
             For each change, whether it was applied.
