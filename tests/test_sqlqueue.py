@@ -142,6 +142,9 @@ async def _consumer_process(url: str, name: str) -> None:
         async def run() -> None:
             async for delivery in iterator:
                 keys.append(delivery.key)
+                # a little work per message, so that one process cannot drain the queue
+                # before the other's first poll when the machine is busy
+                await asyncio.sleep(0.01)
                 await delivery.ack()
 
         task = asyncio.create_task(run())
