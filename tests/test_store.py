@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from mailqueue.errors import (
@@ -529,6 +529,37 @@ async def test_a_dropped_batch_connection_is_replaced(
     got = await sql_store.get(record.id)
     assert got is not None
     assert got.status is Status.SENDING
+
+
+async def test_a_batch_connection_lost_at_commit_fails_with_store_error(
+    sql_store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server drops the write connection after a batch's statements, before its COMMIT
+    (on MariaDB the COMMIT goes straight to the driver): the call fails with StoreError, which
+    the worker waits out, never with the driver's own error, which it would take for a bug
+    and retry the delivery (a second send); the next call works on a new connection."""
+    if sql_store.dialect_name == "sqlite":
+        pytest.skip("SQLite has no server to drop connections")
+    record = MailRecord.new(make_mail())
+    await sql_store.add(record)
+    claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED}))
+    end = sql_module._end
+    dropped: list[int] = []
+
+    async def drop_then_end(connection: AsyncConnection, *, commit: bool) -> None:
+        if commit and not dropped:
+            dropped.append(await _drop_connections(sql_store))
+        await end(connection, commit=commit)
+
+    monkeypatch.setattr(sql_module, "_end", drop_then_end)
+    with pytest.raises(StoreError):
+        await sql_store.update_many([(record.id, claim)])
+    assert dropped
+    assert dropped[0] >= 1
+    got = await sql_store.get(record.id)
+    assert got is not None
+    assert got.status is Status.QUEUED  # not committed
+    assert await sql_store.update_many([(record.id, claim)]) == [True]
 
 
 async def test_kept_connections_work_after_idling(

@@ -947,7 +947,7 @@ async def _execute_direct(
     that :func:`_translated` turns them into :class:`StoreError` like any other.
     """
     driver = await _driver(connection)
-    try:
+    with _as_sqlalchemy_error(connection, sql):
         async with driver.cursor() as cursor:
             if many:
                 await cursor.executemany(sql, args)
@@ -955,6 +955,15 @@ async def _execute_direct(
                 await cursor.execute(sql, args)
             rows = await cursor.fetchall() if cursor.description else ()
             return int(cursor.rowcount), rows
+
+
+@contextlib.contextmanager
+def _as_sqlalchemy_error(connection: AsyncConnection, sql: str) -> Iterator[None]:
+    """Raise the driver's errors in the work on asyncmy directly as SQLAlchemy raises them
+    (e.g. ``OperationalError``, ``IntegrityError``), which :func:`_translated` turns into
+    :class:`StoreError`: a lost connection must never escape the store as the driver's own."""
+    try:
+        yield
     except (MailQueueError, sa.exc.SQLAlchemyError):
         raise
     except Exception as exc:
@@ -971,7 +980,8 @@ async def _end(connection: AsyncConnection, *, commit: bool) -> None:
         await (connection.commit() if commit else connection.rollback())
     elif connection.dialect.driver == "asyncmy":
         driver = await _driver(connection)
-        await (driver.commit() if commit else driver.rollback())
+        with _as_sqlalchemy_error(connection, "COMMIT" if commit else "ROLLBACK"):
+            await (driver.commit() if commit else driver.rollback())
 
 
 async def _discard(connection: AsyncConnection) -> None:
