@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 OUTPUT = HERE / "RESULTS.md"
+LIMITS = HERE / "LIMITS.md"  # hand-written: what limits the figures, copied into RESULTS.md
 CHART = "worker-concurrency.png"
 
 
@@ -471,6 +472,8 @@ def build(note: str) -> str:
         "\nBroker, database, smtp-sink, load generator and the measured process all share this machine.\n"
     )
     out.append("\n## Targets (issue 6)\n\n" + targets(worker, api))
+    if LIMITS.exists():  # the hand-written analysis of what limits the figures
+        out.append("\n" + LIMITS.read_text())
     out.append("\n## Worker throughput (benchmarks/worker.py)\n\n" + worker_section(worker))
     out.append("\n## API ingest (benchmarks/api.py)\n\n" + api_section(api))
     out.append("\n## Dashboard queries (benchmarks/dashboard_query.py)\n\n" + dashboard_section(dashboard))
