@@ -73,6 +73,15 @@ class Rig:
     async def final(self, mail_id: str) -> MailRecord:
         return await self.until(mail_id, lambda r: r.status.final)
 
+    async def run_until_sent(self, ids: Sequence[str]) -> None:
+        """Start the worker, wait until every mail of ``ids`` is ``sent``, stop it."""
+        self.start()
+        try:
+            for mail_id in ids:
+                assert (await self.final(mail_id)).status is Status.SENT
+        finally:
+            await self.stop()
+
 
 def mail(*addresses: str, subject: str = "Hello", **extra: object) -> Mail:
     return Mail(
@@ -539,13 +548,7 @@ async def test_failed_batch_commit_acks_none_and_sends_nothing_twice(server: SMT
                 sender=sender,
                 settings=FAST,
             )
-            rig = Rig(mq, server, sender, worker)
-            rig.start()
-            try:
-                for mail_id in ids:
-                    assert (await rig.final(mail_id)).status is Status.SENT
-            finally:
-                await rig.stop()
+            await Rig(mq, server, sender, worker).run_until_sent(ids)
     assert store.failed, "no batch commit failed: the test proved nothing"
     assert store.acked_when_failed == []
     assert sorted(queue.acked) == sorted(ids)  # each acked once, after its outcome was committed
@@ -585,13 +588,7 @@ async def test_deliveries_dispatched_together_read_their_records_in_one_call(ser
                 queue=queue, store=store, attachments=attachments, sender=sender, settings=settings
             )
             before = observed()
-            rig = Rig(mq, server, sender, worker)
-            rig.start()
-            try:
-                for mail_id in ids:
-                    assert (await rig.final(mail_id)).status is Status.SENT
-            finally:
-                await rig.stop()
+            await Rig(mq, server, sender, worker).run_until_sent(ids)
     assert store.reads == [ids]
     count, total = observed()
     assert (count - before[0], total - before[1]) == (1, 8)  # mailqueue_store_batch_size{op="read"}
