@@ -387,10 +387,6 @@ async def test_lost_connection_raises_queue_error(server_url: str) -> None:
         await engine.dispose()
 
 
-if __name__ == "__main__":
-    asyncio.run(_consumer_process(sys.argv[1], sys.argv[2]))
-
-
 async def test_concurrent_acks_go_together_and_skip_a_lost_lease(engine: AsyncEngine) -> None:
     name = queue_name()
     first_q = SQLQueue(engine=engine, queue=name, poll=0.05, lease=1.0)
@@ -457,3 +453,7 @@ async def test_sqlite_operations_are_single_statements_on_one_connection(sqlite_
             assert await conn.get_isolation_level() != "AUTOCOMMIT"
     finally:
         await engine.dispose()
+
+
+if __name__ == "__main__":  # the consumer processes of test_separate_processes_receive_each_message_once
+    asyncio.run(_consumer_process(sys.argv[1], sys.argv[2]))
