@@ -614,8 +614,17 @@ class KafkaConsumer:
                             await self._room.wait()
                     wait = 0
                 try:
-                    batch = await client.getmany(
-                        timeout_ms=int(wait * 1000), max_records=min(options.batch, max(room, 1))
+                    # aiokafka's getmany was seen waiting far past its timeout_ms (a test run hung in it
+                    # for 15 minutes while four members of one group were closing): never let the loop,
+                    # and so aclose(), wait on it for ever; an empty poll is harmless, the next one asks
+                    batch = {}
+                    async with asyncio.timeout(wait + options.timeout):
+                        batch = await client.getmany(
+                            timeout_ms=int(wait * 1000), max_records=min(options.batch, max(room, 1))
+                        )
+                except TimeoutError:
+                    logger.warning(
+                        "kafka queue %s: a fetch outlasted its timeout; polling again", self._queue.topic
                     )
                 except _DRIVER_ERRORS as exc:
                     failures += 1
@@ -641,8 +650,9 @@ class KafkaConsumer:
         deadline = time.monotonic() + self._queue.options.drain
         while self._live_out() and not self._queue._closed and time.monotonic() < deadline:
             self._apply_pauses(client)
-            with contextlib.suppress(*_DRIVER_ERRORS):
-                await client.getmany(timeout_ms=int(self._queue.options.poll * 1000), max_records=1)
+            with contextlib.suppress(*_DRIVER_ERRORS, TimeoutError):
+                async with asyncio.timeout(self._queue.options.poll + self._queue.options.timeout):
+                    await client.getmany(timeout_ms=int(self._queue.options.poll * 1000), max_records=1)
             self._maybe_commit()
 
     async def _shutdown(self) -> None:
