@@ -427,6 +427,9 @@ def _uvicorn_options(settings: Settings, *, access_log: bool) -> dict[str, Any]:
         "log_config": None,
         # requests in flight get as long as sends in flight (worker.shutdown_timeout)
         "timeout_graceful_shutdown": math.ceil(settings.worker.shutdown_timeout),
+        # longer than the clients' idle timeouts (uvicorn's own 5 s equals httpx's default: a
+        # client reusing a connection as the server closes it got a ReadError on a POST)
+        "timeout_keep_alive": settings.api.keep_alive_timeout,
     }
 
 

@@ -200,6 +200,11 @@ class APISettings(BaseModel):
     """Largest request body, in bytes (413 above it)."""
     max_recipients: int = Field(default=100, ge=1, le=100)
     """Most receivers in one request (413 above it); 100 at most, as a mail holds no more."""
+    keep_alive_timeout: int = Field(default=100, ge=1, le=3600)
+    """Seconds an idle HTTP keep-alive connection stays open. Keep it longer than the idle timeout
+    of the clients and of any load balancer in front (Go's ``http.Transport`` keeps idle
+    connections 90 s, httpx 5 s, an AWS ALB 60 s): a server that closes first races the client's
+    next request, which then fails with a connection error although the server never saw it."""
     ui: bool | None = None
     """The operator dashboard at ``/ui``: ``true`` on, ``false`` off, ``null`` (default) on when
     ``tokens`` are configured or the API listens on loopback only, off otherwise (see docs/dashboard.md)."""

@@ -467,6 +467,22 @@ def test_invalid_setting_value_is_named(in_tmp: Path) -> None:
     assert "worker.rate" in result.stderr
 
 
+def test_the_api_keeps_idle_connections_longer_than_common_clients_do() -> None:
+    from mailqueue.cli import _uvicorn_options
+    from mailqueue.settings import Settings
+
+    # longer than httpx (5 s), an ALB (60 s) and Go's http.Transport (90 s) keep idle connections
+    assert _uvicorn_options(Settings(), access_log=False)["timeout_keep_alive"] == 100
+    tuned = Settings.model_validate({"api": {"keep_alive_timeout": 120}})
+    assert _uvicorn_options(tuned, access_log=False)["timeout_keep_alive"] == 120
+
+
+def test_a_keep_alive_timeout_of_zero_is_refused(in_tmp: Path) -> None:
+    result = invoke(["api"], {"MAILQUEUE_API__KEEP_ALIVE_TIMEOUT": "0"})
+    assert result.exit_code == 2
+    assert "api.keep_alive_timeout" in result.stderr
+
+
 def test_missing_config_file(in_tmp: Path) -> None:
     result = invoke(["--config", "nowhere.yaml", "show", "0" * 32])
     assert result.exit_code == 2
