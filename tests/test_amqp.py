@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
+from brokers import delete_amqp_objects
 
 from mailqueue import registry
 from mailqueue.backends.amqp import (
@@ -50,13 +51,7 @@ def amqp_url(base: str, name: str, **options: object) -> str:
 
 async def delete_all(base: str, name: str) -> None:
     """Delete the queue, its dead-letter and retry queues, and the exchange."""
-    probe = AMQPQueue(url=base, queue=name, exchange=name)
-    connection = await aio_pika.connect(base)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (name, probe.dead_queue, *map(probe.tier_queue, probe.tiers)):
-            await channel.queue_delete(queue)
-        await channel.exchange_delete(name)
+    await delete_amqp_objects(base, name)
 
 
 @pytest.fixture
