@@ -172,7 +172,9 @@ async def redis_url() -> AsyncIterator[str]:
     """Redis database 0; the keys of accounts named ``test-*`` are removed afterwards."""
     if not reachable(REDIS):
         service_missing(f"Redis at {REDIS}")
-    url = f"redis://{REDIS}/0"
+    # each pytest-xdist worker its own database: the cleanup below must not touch another's keys
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    url = f"redis://{REDIS}/{int(worker.removeprefix('gw')) % 16}"
     yield url
     import redis.asyncio as aioredis
 

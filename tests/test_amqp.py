@@ -582,6 +582,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0) 
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.exclusive
 @pytest.mark.slow
 async def test_restart_keeps_confirmed_messages_and_publishing_resumes(rabbitmq_url: str, name: str) -> None:
     url = amqp_url(rabbitmq_url, name, confirm_timeout=5)
@@ -613,6 +614,7 @@ async def test_restart_keeps_confirmed_messages_and_publishing_resumes(rabbitmq_
         assert await queue.depth() == 0
 
 
+@pytest.mark.exclusive
 @pytest.mark.slow
 async def test_consumer_resumes_across_a_restart(rabbitmq_url: str, name: str) -> None:
     url = amqp_url(rabbitmq_url, name, confirm_timeout=5)

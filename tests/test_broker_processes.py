@@ -281,6 +281,7 @@ async def test_api_and_two_workers_deliver_1000_mails_posted_over_http(
 # --- broker restarts while mails flow ----------------------------------------------
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("broker", ["amqp"], indirect=True)
 async def test_rabbitmq_restart_while_mails_flow_loses_nothing(
     tmp_path: Path, mysql_url: str, queue_url: str, broker: str
