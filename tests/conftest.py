@@ -169,7 +169,8 @@ def kafka_bootstrap(tansu: Tansu) -> str:
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    """Redis database 0; the keys of accounts named ``test-*`` are removed afterwards."""
+    """A Redis database of this pytest process (0, or the xdist worker's number); the keys of
+    accounts named ``test-*`` are removed afterwards."""
     if not reachable(REDIS):
         service_missing(f"Redis at {REDIS}")
     # each pytest-xdist worker its own database: the cleanup below must not touch another's keys

@@ -49,18 +49,13 @@ def amqp_url(base: str, name: str, **options: object) -> str:
     return base + "?" + "&".join(f"{key}={value}" for key, value in query.items())
 
 
-async def delete_all(base: str, name: str) -> None:
-    """Delete the queue, its dead-letter and retry queues, and the exchange."""
-    await delete_amqp_objects(base, name)
-
-
 @pytest.fixture
 async def names(rabbitmq_url: str) -> AsyncIterator[list[str]]:
     """Names to use for queues/exchanges; all deleted (with their satellites) at teardown."""
     made: list[str] = []
     yield made
     for name in made:
-        await delete_all(rabbitmq_url, name)
+        await delete_amqp_objects(rabbitmq_url, name)
 
 
 @pytest.fixture

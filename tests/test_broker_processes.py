@@ -37,10 +37,6 @@ CONCURRENCY = 4
 KAFKA_OPTIONS = "create=true&partitions=4&idempotence=false&session_timeout=6&heartbeat=1&timeout=10"
 
 
-async def _delete_amqp(base_url: str, name: str) -> None:
-    await delete_amqp_objects(base_url, name)
-
-
 @pytest.fixture(params=["amqp", "kafka"])
 def broker(request: pytest.FixtureRequest) -> str:
     """Each broker in turn."""
@@ -55,7 +51,7 @@ def queue_url(broker: str, request: pytest.FixtureRequest) -> Iterator[str]:
     if broker == "amqp":
         base: str = request.getfixturevalue("rabbitmq_url")
         yield f"{base}?queue={name}&exchange={name}"
-        _run(_delete_amqp(base, name))
+        _run(delete_amqp_objects(base, name))
     else:
         bootstrap: str = request.getfixturevalue("kafka_bootstrap")
         yield f"kafka://{bootstrap}/{name}?group={name}&{KAFKA_OPTIONS}"

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import httpx
 import pytest
-from brokers import Tansu, rabbitmqctl, tansu_binary
+from brokers import Tansu, delete_amqp_objects, rabbitmqctl, tansu_binary
 from conftest import _run, service_missing
 from faultproxy import FaultProxy
 from proc_helpers import Process, eventually, free_port, mailqueue, parse, wait_ready
@@ -34,7 +34,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_broker_processes import (
     CONCURRENCY,
     KAFKA_OPTIONS,
-    _delete_amqp,
     mails,
     settings_env,
     submit_until_accepted,
@@ -57,7 +56,7 @@ def amqp_queue_url(rabbitmq_url: str) -> Iterator[str]:
     """A RabbitMQ queue of the test's own (deleted afterwards); reconnects fast."""
     name = f"mq_fault_{secrets.token_hex(4)}"
     yield f"{rabbitmq_url}?queue={name}&exchange={name}&reconnect_interval=0.5"
-    _run(_delete_amqp(rabbitmq_url, name))
+    _run(delete_amqp_objects(rabbitmq_url, name))
 
 
 def _hostport(url: str) -> tuple[str, int]:
