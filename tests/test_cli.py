@@ -32,9 +32,10 @@ from click.testing import CliRunner, Result
 from proc_helpers import clean_env, run_program
 
 from mailqueue import registry
-from mailqueue.cli import main
+from mailqueue.cli import _uvicorn_options, main
 from mailqueue.protocols import Store
 from mailqueue.records import MailRecord, Status
+from mailqueue.settings import Settings
 from mailqueue.stores import sql
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
@@ -468,9 +469,6 @@ def test_invalid_setting_value_is_named(in_tmp: Path) -> None:
 
 
 def test_the_api_keeps_idle_connections_longer_than_common_clients_do() -> None:
-    from mailqueue.cli import _uvicorn_options
-    from mailqueue.settings import Settings
-
     # longer than httpx (5 s), an ALB (60 s) and Go's http.Transport (90 s) keep idle connections
     assert _uvicorn_options(Settings(), access_log=False)["timeout_keep_alive"] == 100
     tuned = Settings.model_validate({"api": {"keep_alive_timeout": 120}})

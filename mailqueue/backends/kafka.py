@@ -614,15 +614,9 @@ class KafkaConsumer:
                             await self._room.wait()
                     wait = 0
                 try:
-                    # aiokafka's getmany was seen waiting far past its timeout_ms (a test run hung in it
-                    # for 15 minutes while four members of one group were closing): never let the loop,
-                    # and so aclose(), wait on it for ever; an empty poll is harmless, the next one asks
-                    batch = {}
-                    async with asyncio.timeout(wait + options.timeout):
-                        batch = await client.getmany(
-                            timeout_ms=int(wait * 1000), max_records=min(options.batch, max(room, 1))
-                        )
+                    batch = await self._poll(client, wait, min(options.batch, max(room, 1)))
                 except TimeoutError:
+                    batch = {}  # an empty poll is harmless, the next one asks again
                     logger.warning(
                         "kafka queue %s: a fetch outlasted its timeout; polling again", self._queue.topic
                     )
@@ -651,9 +645,21 @@ class KafkaConsumer:
         while self._live_out() and not self._queue._closed and time.monotonic() < deadline:
             self._apply_pauses(client)
             with contextlib.suppress(*_DRIVER_ERRORS, TimeoutError):
-                async with asyncio.timeout(self._queue.options.poll + self._queue.options.timeout):
-                    await client.getmany(timeout_ms=int(self._queue.options.poll * 1000), max_records=1)
+                await self._poll(client, self._queue.options.poll, 1)
             self._maybe_commit()
+
+    async def _poll(self, client: Any, wait: float, max_records: int) -> dict[Any, list[Any]]:
+        """``getmany`` waiting ``wait`` seconds, bounded by ``wait + timeout`` (TimeoutError past it).
+
+        aiokafka's getmany was seen waiting far past its timeout_ms (a test run hung in it for 15
+        minutes while four members of one group were closing): neither the fetch loop nor, through
+        it, aclose() may wait on it for ever.
+        """
+        async with asyncio.timeout(wait + self._queue.options.timeout):
+            batch: dict[Any, list[Any]] = await client.getmany(
+                timeout_ms=int(wait * 1000), max_records=max_records
+            )
+        return batch
 
     async def _shutdown(self) -> None:
         self._closed = True
