@@ -65,9 +65,17 @@ async def wait_for(check: Callable[[], Any], within: float = 10.0, what: str = "
         await asyncio.sleep(0.05)
 
 
-def rename_queue_table(db: Path, old: str, new: str) -> None:
-    with sqlite3.connect(db, timeout=10) as connection:
-        connection.execute(f"ALTER TABLE {old} RENAME TO {new}")
+async def rename_queue_table(db: Path, old: str, new: str) -> None:
+    """Rename a table of the app's SQLite database from another connection.
+
+    In a thread: the app runs on this event loop, and a transaction of its worker left open at
+    an await can only end while the loop runs (blocking the loop here waited out the lock)."""
+
+    def rename() -> None:
+        with sqlite3.connect(db, timeout=10) as connection:
+            connection.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+    await asyncio.to_thread(rename)
 
 
 @pytest.fixture
@@ -140,14 +148,14 @@ async def test_worker_metrics_health_and_recovery(tmp_path: Path, server: SMTPTe
 
         # the queue's table disappears: not ready; it comes back: ready again, by itself
         db = tmp_path / "mailqueue.db"
-        rename_queue_table(db, "mailqueue_queue", "mailqueue_queue_away")
+        await rename_queue_table(db, "mailqueue_queue", "mailqueue_queue_away")
 
         async def ready_is(code: int) -> bool:
             return (await http.get("/health/ready")).status_code == code
 
         await wait_for(lambda: ready_is(503), what="readiness 503")
         assert value(await scrape(), "mailqueue_worker_ready") == 0
-        rename_queue_table(db, "mailqueue_queue_away", "mailqueue_queue")
+        await rename_queue_table(db, "mailqueue_queue_away", "mailqueue_queue")
         await wait_for(lambda: ready_is(200), what="readiness back to 200")
 
         async def gauge_ready() -> bool:
@@ -190,11 +198,11 @@ async def test_api_metrics_and_readiness(tmp_path: Path) -> None:
         assert value(after, "mailqueue_queue_oldest_age_seconds") >= 0
         assert (await client.get("/health/ready")).status_code == 200
         db = tmp_path / "mailqueue.db"
-        rename_queue_table(db, "mailqueue_queue", "mailqueue_queue_away")
+        await rename_queue_table(db, "mailqueue_queue", "mailqueue_queue_away")
         answer = await client.get("/health/ready")
         assert answer.status_code == 503
         assert answer.json()["data"]["checks"]["queue"] == "unavailable"
-        rename_queue_table(db, "mailqueue_queue_away", "mailqueue_queue")
+        await rename_queue_table(db, "mailqueue_queue_away", "mailqueue_queue")
         assert (await client.get("/health/ready")).status_code == 200
 
 
