@@ -9,6 +9,7 @@ in force::
     with FaultProxy(3306) as proxy:          # a worker's store URL uses proxy.port
         proxy.cut()          # every connection closed (RST), new ones refused
         proxy.blackhole()    # connections accepted, nothing forwarded (a hung network)
+        proxy.reset()        # connections accepted and reset at once: a connect that fails midway
         proxy.slow(0.2)      # every chunk held 0.2 s, both ways, order kept
         proxy.restore()      # forward normally again
         proxy.cut_after(b"COMMIT", first=b"INSERT")  # the request arrives, its answer never does
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -28,7 +30,7 @@ from typing import Any, Literal, Self, TypeVar
 
 __all__ = ["FaultProxy"]
 
-Mode = Literal["normal", "cut", "blackhole", "slow"]
+Mode = Literal["normal", "cut", "blackhole", "slow", "reset"]
 T = TypeVar("T")
 
 _CHUNK = 65536
@@ -74,6 +76,7 @@ class FaultProxy:
         #: Set when a :meth:`cut_after` fault went off.
         self.fired = threading.Event()
         self._server: asyncio.Server | None = None
+        self._resetter: _Resetter | None = None
         self._resumed: asyncio.Event | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"faultproxy-{self.port}")
@@ -83,7 +86,7 @@ class FaultProxy:
 
     @property
     def mode(self) -> Mode:
-        """``normal``, ``cut``, ``blackhole`` or ``slow``."""
+        """``normal``, ``cut``, ``blackhole``, ``slow`` or ``reset``."""
         return self._mode
 
     @property
@@ -117,6 +120,11 @@ class FaultProxy:
     def blackhole(self) -> None:
         """Keep connections open and accept new ones, but forward nothing."""
         self._call(self._set, "blackhole", 0.0)
+
+    def reset(self) -> None:
+        """Close every connection, then accept new ones and reset each at once (RST):
+        the client's connect succeeds and the connection is gone before it says a word."""
+        self._call(self._reset)
 
     def slow(self, delay: float) -> None:
         """Hold every chunk ``delay`` seconds before forwarding it."""
@@ -172,6 +180,9 @@ class FaultProxy:
             await server.wait_closed()
 
     async def _stop(self) -> None:
+        if self._resetter is not None:
+            self._resetter.stop()
+            self._resetter = None
         await self._unlisten()
         for link in list(self._links):
             link.abort()
@@ -188,9 +199,19 @@ class FaultProxy:
         self._resumed.set()
         await asyncio.sleep(0)
 
+    async def _reset(self) -> None:
+        await self._cut()
+        self._mode = "reset"
+        # A thread of its own accepts and resets, as fast as a closing server would: the
+        # client's connect returns and the RST follows at once (the proxy's loop is slower).
+        self._resetter = _Resetter(self.port)
+
     async def _set(self, mode: Mode, delay: float) -> None:
         assert self._resumed is not None
-        if self._mode == "cut":
+        if self._resetter is not None:
+            self.accepted += self._resetter.stop()
+            self._resetter = None
+        if self._mode in ("cut", "reset"):
             await self._listen()
         self._mode = mode
         self._delay = delay
@@ -262,6 +283,41 @@ class FaultProxy:
             self._resumed.clear()
             self._loop.call_later(self._armed_delay, lambda: asyncio.ensure_future(self._cut()))
             self.fired.set()
+
+
+class _Resetter:
+    """Listens on ``port`` in a thread; accepts each connection and resets it (RST) at once."""
+
+    def __init__(self, port: int) -> None:
+        self.accepted = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.listen(128)
+        self._sock.settimeout(0.05)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"faultproxy-reset-{port}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            # linger 0: close() sends an RST rather than a FIN
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def stop(self) -> int:
+        """Stop listening; return how many connections were reset."""
+        self._stopping.set()
+        self._thread.join(5)
+        self._sock.close()
+        return self.accepted
 
 
 def _free_port() -> int:

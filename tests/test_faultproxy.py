@@ -68,6 +68,11 @@ async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return await asyncio.wait_for(reader.readexactly(len(data)), 5)
 
 
+async def _connect_and_roundtrip(proxy: FaultProxy, opened: list[asyncio.StreamWriter]) -> None:
+    reader, writer = await _connect(proxy, opened)
+    await _roundtrip(reader, writer, b"hello")
+
+
 async def test_forwards_both_ways(proxy: FaultProxy, clients: list[asyncio.StreamWriter]) -> None:
     reader, writer = await _connect(proxy, clients)
     payload = bytes(range(256)) * 1000
@@ -109,6 +114,25 @@ async def test_blackhole_forwards_nothing_until_restored(
     # the network recovers: what was held arrives
     assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"
     assert await asyncio.wait_for(reader2.readexactly(4), 5) == b"also"
+
+
+async def test_reset_accepts_then_resets_every_new_connection_until_restored(
+    proxy: FaultProxy, clients: list[asyncio.StreamWriter]
+) -> None:
+    reader, writer = await _connect(proxy, clients)
+    assert await _roundtrip(reader, writer, b"hello") == b"hello"
+    await asyncio.to_thread(proxy.reset)
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await _roundtrip(reader, writer, b"lost")
+    accepted = proxy.accepted
+    for _ in range(3):
+        # the proxy listens and accepts, then resets: the connect itself may still see it
+        with pytest.raises(ConnectionResetError):
+            await _connect_and_roundtrip(proxy, clients)
+    await asyncio.to_thread(proxy.restore)
+    assert proxy.accepted == accepted + 3
+    reader, writer = await _connect(proxy, clients)
+    assert await _roundtrip(reader, writer, b"back") == b"back"
 
 
 async def test_cut_drops_what_a_blackhole_held(

@@ -97,10 +97,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 
-from mailqueue.errors import ConfigurationError, QueueError, ValidationError
+from mailqueue.errors import ConfigurationError, MailQueueError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 
 __all__ = ["KafkaConsumer", "KafkaDelivery", "KafkaOptions", "KafkaQueue"]
@@ -122,8 +121,9 @@ _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off")
 _HANDED_MEMORY: Final = 100_000
 _MAX_REASON: Final = 4000
-# Driver failures that publish, commit and admin calls translate.
-_DRIVER_ERRORS: Final = (KafkaError, OSError, ValueError, AssertionError)
+# Driver failures that publish, commit and admin calls translate: any exception, since aiokafka
+# raises more than KafkaError (OSError, ValueError, AssertionError, RuntimeError were seen).
+_DRIVER_ERRORS: Final = (Exception,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1034,6 +1034,8 @@ class KafkaQueue(ResourceMixin):
     def _translate(self, action: str) -> Iterator[None]:
         try:
             yield
+        except MailQueueError:
+            raise
         except _DRIVER_ERRORS as exc:
             raise QueueError(
                 f"kafka queue {self.topic!r} could not {action}: {type(exc).__name__}: {exc}"

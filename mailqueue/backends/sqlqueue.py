@@ -50,18 +50,17 @@ import asyncio
 import functools
 import logging
 import secrets
-import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, suppress
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mailqueue.backends._base import translate_errors
 from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin, Store
@@ -106,14 +105,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@contextmanager
-def _translate(action: str) -> Iterator[None]:
-    """Turn a driver failure into :class:`QueueError`."""
-    try:
-        yield
-    except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
-        detail = getattr(exc, "orig", None) or exc
-        raise QueueError(f"sql queue could not {action}: {type(exc).__name__}: {detail}") from exc
+def _translate(action: str) -> AbstractContextManager[None]:
+    """Turn any exception of the database or its driver into :class:`QueueError`."""
+    return translate_errors(QueueError, f"sql queue could not {action}")
 
 
 class SQLDelivery:

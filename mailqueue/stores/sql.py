@@ -89,6 +89,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from mailqueue.backends._base import translate_errors
 from mailqueue.errors import ConfigurationError, MailQueueError, MissingDependencyError, StoreError
 from mailqueue.message import Mail, Recipient, check_body_text, check_header_text
 from mailqueue.protocols import BackendContext, ResourceMixin
@@ -267,28 +268,9 @@ def make_engine(
     return engine
 
 
-def _describe(exc: BaseException) -> str:
-    """The driver's own words about a failure, without SQL or parameters."""
-    original = getattr(exc, "orig", None)
-    text = str(original if original is not None else exc).strip() or type(exc).__name__
-    return text[:500]
-
-
-@contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn database and driver errors into :class:`StoreError`."""
-    try:
-        yield
-    except MailQueueError:
-        raise
-    except (sa.exc.SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"{action}: {_describe(exc)}") from exc
-    except Exception as exc:
-        from alembic.util import CommandError
-
-        if isinstance(exc, CommandError):
-            raise StoreError(f"{action}: {exc}") from exc
-        raise
+def _translated(action: str) -> contextlib.AbstractContextManager[None]:
+    """Turn any exception of the database or its driver into :class:`StoreError`."""
+    return translate_errors(StoreError, action)
 
 
 @contextlib.asynccontextmanager
@@ -1224,11 +1206,14 @@ class SQLStore(ResourceMixin):
         try:
             with _translated(f"cannot open the store at {self.url}"):
                 await self._prepare_schema(engine)
-        except TypeError as exc:
+        except StoreError as exc:
             await self._dispose(engine)
-            raise ConfigurationError(
-                f"the database driver refused an option of the store URL: {exc}"
-            ) from None
+            if isinstance(exc.__cause__, TypeError):
+                # the driver's connect() got a keyword it does not take
+                raise ConfigurationError(
+                    f"the database driver refused an option of the store URL: {exc.__cause__}"
+                ) from None
+            raise
         except BaseException:
             await self._dispose(engine)
             raise

@@ -35,14 +35,15 @@ from typing import Self
 from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mailqueue.backends._base import describe
 from mailqueue.errors import (
     AttachmentNotFoundError,
     AttachmentTooLargeError,
     BackendError,
     ConfigurationError,
+    MailQueueError,
 )
 from mailqueue.protocols import BackendContext, ResourceMixin, Store, StoredAttachment
 from mailqueue.stores.schema import attachment_chunks, attachments
@@ -204,8 +205,10 @@ class SQLAttachmentStore(ResourceMixin):
     async def _translate(self, action: str) -> AsyncIterator[None]:
         try:
             yield
-        except (SQLAlchemyError, OSError) as exc:
-            raise BackendError(f"sql attachment store could not {action}: {exc}") from exc
+        except MailQueueError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"sql attachment store could not {action}: {describe(exc)}") from exc
 
     async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> StoredAttachment:
         """Stream ``chunks`` into chunk rows under a new generated key.
