@@ -77,7 +77,9 @@ class Attempt:
     """One delivery attempt.
 
     ``outcome`` is ``sent``, ``partial`` (some recipients deferred),
-    ``transient``, ``permanent``, ``unknown`` or ``skipped``.
+    ``transient``, ``permanent``, ``unknown``, ``skipped`` or ``error`` (the
+    attempt raised what nothing classified, e.g. a mail that cannot be
+    rendered: retried like ``transient``; ``reply`` holds the error).
     """
 
     number: int

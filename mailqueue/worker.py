@@ -16,6 +16,11 @@ For each delivery, in this order:
    Store answers: the mail is not sent twice because the Store was down);
 6. only then settle the delivery: ack, retry after a backoff, or dead-letter.
 
+Anything an attempt raises that no Sender classified (a bug, a mail that
+cannot be rendered) is an attempt too: outcome ``error``, the error kept as
+the mail's ``last_error``, retried after a backoff like a transient failure
+and ``dead`` (dead-lettered) after ``max_attempts``.
+
 Shutdown (:meth:`Worker.stop`) stops taking deliveries, lets in-flight sends
 finish for ``shutdown_timeout`` seconds and releases the rest for
 redelivery: nothing is dead-lettered or lost by stopping.
@@ -30,7 +35,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -82,12 +87,28 @@ _T = TypeVar("_T")
 
 _CLAIMABLE: Final = frozenset({Status.QUEUED, Status.RETRYING, Status.SENDING})
 _REMARK_MAX: Final = 100
+#: Longest text of an unexpected error kept as the attempt's reply and the mail's last error.
+_ERROR_MAX: Final = 1000
 #: A component that ran this many seconds before failing restarts with the shortest pause again.
 _STABLE: Final = 300.0
 #: Longest pause, in seconds, between tries while the Store fails.
 _RECORD_PAUSE_MAX: Final = 5.0
 #: Most reads, or most changes, a BatchUpdateStore gets in one call.
 _BATCH_MAX: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What an attempt came to, before it is recorded: the status to record (``retry``:
+    retried after a backoff, or ``dead`` once attempts or age are exhausted)."""
+
+    status: Status
+    attempt: Attempt
+    recipients: tuple[RecipientOutcome, ...]
+    remark: str
+    error: str
+    retry: bool = False
+    exc: DeliveryError | None = None
 
 
 def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -382,11 +403,34 @@ class Worker:
             # Shutdown: no outcome was recorded, so give it back untouched.
             await _settle_quietly(delivery.release())
             raise
+        except Exception as exc:
+            if isinstance(exc, BackendError) or not await self._count_unexpected(delivery, exc):
+                # A backend failed (e.g. the Store, before the mail was claimed): no attempt was made.
+                self.counts["error"] += 1
+                metrics.DELIVERY_ERRORS.inc()
+                logger.exception("delivery key=%s failed unexpectedly; it will be retried", delivery.key)
+                await _settle_quietly(delivery.retry(min(self.settings.retry_base, 30.0)))
+
+    async def _count_unexpected(self, delivery: Delivery, exc: Exception) -> bool:
+        """Record ``exc``, raised before the mail was claimed, as a failed attempt of it
+        (retried after a backoff, ``dead`` after ``max_attempts``) and settle the delivery
+        accordingly; False when there is no such mail to charge it to (or that failed too)."""
+        try:
+            mail_id = envelope_mail_id(delivery.body)
+            record = await self.store.get(mail_id)
+            if record is None or record.status.final or record.is_deleted:
+                return False
+            started = utcnow()
+            if not await self._update(mail_id, RecordUpdate(status=Status.SENDING, expect=_CLAIMABLE)):
+                return False
+            outcome = self._unexpected(record.mail, record, started, exc)
+            await self._retry_or_die(
+                delivery, record, outcome.attempt, outcome.recipients, outcome.remark, outcome.error, None
+            )
         except Exception:
-            self.counts["error"] += 1
-            metrics.DELIVERY_ERRORS.inc()
-            logger.exception("delivery key=%s failed unexpectedly; it will be retried", delivery.key)
-            await _settle_quietly(delivery.retry(min(self.settings.retry_base, 30.0)))
+            logger.exception("delivery key=%s: could not record its unexpected failure", delivery.key)
+            return False
+        return True
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to the end, settling it exactly once."""
@@ -461,6 +505,56 @@ class Worker:
         await delivery.dead(f"invalid payload: {exc}")
 
     async def _deliver(self, delivery: Delivery, mail: Mail, record: MailRecord, started: datetime) -> None:
+        """Attempt a claimed mail, record the outcome, settle the delivery.
+
+        Whatever the attempt raises (a bug, a payload that cannot be rendered, a
+        Sender that fails in a way it did not classify) is an attempt too: recorded on
+        the mail and retried like a transient failure until ``max_attempts``, then
+        ``dead``. It never leaves the mail ``sending`` or loops without counting.
+        """
+        try:
+            outcome = await self._attempt(mail, record, started)
+        except Exception as exc:
+            outcome = self._unexpected(mail, record, started, exc)
+        if outcome.retry:
+            await self._retry_or_die(
+                delivery,
+                record,
+                outcome.attempt,
+                outcome.recipients,
+                outcome.remark,
+                outcome.error,
+                outcome.exc,
+            )
+        else:
+            await self._finish(
+                delivery,
+                record,
+                outcome.status,
+                outcome.attempt,
+                outcome.recipients,
+                outcome.remark,
+                outcome.error,
+            )
+        if outcome.attempt.outcome == "sent" and self.settings.delete_attachments:
+            await self._delete_attachments(mail.attachments)
+
+    def _unexpected(self, mail: Mail, record: MailRecord, started: datetime, exc: Exception) -> _Outcome:
+        """The outcome of an attempt that raised what no Sender or step classified."""
+        self.counts["error"] += 1
+        metrics.DELIVERY_ERRORS.inc()
+        logger.error(
+            "mail id=%s attempt=%d failed unexpectedly; it counts as an attempt",
+            mail.id,
+            record.attempts + 1,
+            exc_info=exc,
+        )
+        reason = _truncate(f"unexpected error: {type(exc).__name__}: {exc}", _ERROR_MAX)
+        attempt = Attempt(record.attempts + 1, started, utcnow(), "error", None, reason)
+        return _Outcome(Status.RETRYING, attempt, record.recipients, record.remark, reason, retry=True)
+
+    async def _attempt(self, mail: Mail, record: MailRecord, started: datetime) -> _Outcome:
+        """Load, render and send a claimed mail; the outcome to record (nothing recorded yet)."""
         number = record.attempts + 1
         remark = record.remark
         found, missing = await self._load_attachments(mail.attachments)
@@ -468,16 +562,13 @@ class Worker:
             remark = _truncate("; ".join(f"Not Found: {ref.filename}" for ref in missing), _REMARK_MAX)
             if self.settings.missing_attachment == "fail":
                 reason = f"attachment missing: {', '.join(ref.filename for ref in missing)}"
-                await self._finish(
-                    delivery,
-                    record,
+                return _Outcome(
                     Status.FAILED,
                     Attempt(number, started, utcnow(), "permanent", None, reason),
                     _fail_pending(record.recipients, None, reason),
-                    remark=remark,
-                    error=reason,
+                    remark,
+                    reason,
                 )
-                return
         pending = record.pending()
         if not pending:
             # Every recipient was settled before (e.g. a crash after recording them).
@@ -488,8 +579,7 @@ class Worker:
             )
             now = utcnow()
             attempt = Attempt(number, now, now, "skipped", None, "no recipient left to send to")
-            await self._finish(delivery, record, status, attempt, record.recipients, remark, "")
-            return
+            return _Outcome(status, attempt, record.recipients, remark, "")
         message = OutgoingMessage(
             mail_id=mail.id,
             data=render(mail, from_address=self.sender.from_address, attachments=found),
@@ -505,39 +595,31 @@ class Worker:
         except UnknownDeliveryError as exc:
             attempt = Attempt(number, started, utcnow(), "unknown", exc.code, exc.reply)
             logger.warning("mail id=%s outcome unknown (maybe delivered): %s", mail.id, exc)
-            await self._finish(delivery, record, Status.UNKNOWN, attempt, record.recipients, remark, str(exc))
-            return
+            return _Outcome(Status.UNKNOWN, attempt, record.recipients, remark, str(exc))
         except PermanentDeliveryError as exc:
             attempt = Attempt(number, started, utcnow(), "permanent", exc.code, exc.reply)
             recipients = _fail_pending(record.recipients, exc.code, exc.reply)
-            await self._finish(delivery, record, Status.FAILED, attempt, recipients, remark, str(exc))
-            return
+            return _Outcome(Status.FAILED, attempt, recipients, remark, str(exc))
         except TransientDeliveryError as exc:
             attempt = Attempt(number, started, utcnow(), "transient", exc.code, exc.reply)
-            await self._retry_or_die(delivery, record, attempt, record.recipients, remark, str(exc), exc)
-            return
+            return _Outcome(
+                Status.RETRYING, attempt, record.recipients, remark, str(exc), retry=True, exc=exc
+            )
         recipients = _apply_result(record.recipients, result)
         still = [r for r in recipients if r.state is RecipientState.PENDING]
         if still:
             first = next(result.replies[r.address] for r in still if r.address in result.replies)
             attempt = Attempt(number, started, utcnow(), "partial", first.code, first.reply, recipients)
             error = f"{len(still)} recipient(s) deferred: {first.code} {first.reply}"
-            await self._retry_or_die(delivery, record, attempt, recipients, remark, error, None)
-            return
-        delivered = any(r.state is RecipientState.SENT for r in recipients)
-        if delivered:
+            return _Outcome(Status.RETRYING, attempt, recipients, remark, error, retry=True)
+        if any(r.state is RecipientState.SENT for r in recipients):
             attempt = Attempt(number, started, utcnow(), "sent", 250, "", recipients)
-            await self._finish(delivery, record, Status.SENT, attempt, recipients, remark, "")
-            if self.settings.delete_attachments:
-                await self._delete_attachments(mail.attachments)
-        else:
-            first_reply = next(iter(result.replies.values()), None)
-            code = first_reply.code if first_reply else None
-            reply = first_reply.reply if first_reply else "no recipient accepted"
-            attempt = Attempt(number, started, utcnow(), "permanent", code, reply, recipients)
-            await self._finish(
-                delivery, record, Status.FAILED, attempt, recipients, remark, f"{code} {reply}"
-            )
+            return _Outcome(Status.SENT, attempt, recipients, remark, "")
+        first_reply = next(iter(result.replies.values()), None)
+        code = first_reply.code if first_reply else None
+        reply = first_reply.reply if first_reply else "no recipient accepted"
+        attempt = Attempt(number, started, utcnow(), "permanent", code, reply, recipients)
+        return _Outcome(Status.FAILED, attempt, recipients, remark, f"{code} {reply}")
 
     async def _retry_or_die(
         self,

@@ -81,7 +81,7 @@ class AttachmentView:
 @dataclass(frozen=True, slots=True)
 class AttemptView:
     """One delivery attempt; ``outcome`` is ``sent``, ``partial``, ``transient``,
-    ``permanent``, ``unknown`` or ``skipped``."""
+    ``permanent``, ``unknown``, ``skipped`` or ``error`` (an unexpected failure)."""
 
     number: int
     started_at: datetime
