@@ -697,6 +697,7 @@ def show(ctx: click.Context, config: Path | None, mail_id: str) -> None:
         click.echo(f"id:         {record.id}")
         click.echo(f"status:     {record.status}")
         click.echo(f"subject:    {record.mail.subject}")
+        click.echo(f"message-id: {record.mail.message_id or '(none yet: given when it is re-sent)'}")
         click.echo(f"created:    {record.created_at.isoformat()}")
         click.echo(f"attempts:   {record.attempts}")
         if record.remark:

@@ -635,18 +635,25 @@ class MailQueue:
                 r if r.state is RecipientState.SENT else RecipientOutcome(r.address)
                 for r in record.recipients
             )
+        mail, message_id = record.mail, None
+        if mail.message_id is None:
+            # A row adopted from the original service's table has none: made now, kept in the
+            # Store with the change, and the same on every later attempt.
+            message_id = make_message_id(mail.id, self.message_id_domain)
+            mail = mail.model_copy(update={"message_id": message_id})
         changed = await self.store.update(
             record.id,
             RecordUpdate(
                 status=Status.QUEUED,
                 recipients=recipients,
                 next_attempt_at=None,
+                message_id=message_id,
                 expect=frozenset({record.status}),
             ),
         )
         if not changed:
             raise StoreError(f"mail {record.id} changed while being re-sent; nothing was queued for it")
-        await self.publish(record.mail)
+        await self.publish(mail)
 
     async def _discard(self, refs: Sequence[AttachmentRef]) -> None:
         for ref in refs:

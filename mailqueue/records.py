@@ -153,7 +153,9 @@ class RecordUpdate:
     these (compare-and-set), and :meth:`Store.update` reports whether it was.
     ``expect_updated_at`` adds a second condition: the record's ``updated_at``
     is still exactly this value (as the Store returned it), i.e. nobody
-    changed the record since it was read.
+    changed the record since it was read. ``message_id`` gives the mail a
+    Message-ID; only for one that has none (a row adopted from the original
+    service's table, given one when it is first re-sent).
     """
 
     status: Status | None = None
@@ -167,6 +169,7 @@ class RecordUpdate:
     is_deleted: bool | None = None
     expect: frozenset[Status] | None = None
     expect_updated_at: datetime | None = None
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

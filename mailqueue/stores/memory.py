@@ -247,6 +247,8 @@ class MemoryStore(_InMemory):
                 changes[name] = value
         if change.is_deleted is not None:
             changes["is_deleted"] = change.is_deleted
+        if change.message_id is not None:
+            changes["mail"] = record.mail.model_copy(update={"message_id": change.message_id})
         if change.attempt is not None:
             changes["attempts"] = max(record.attempts, change.attempt.number)
             self._history[mail_id].append(change.attempt)

@@ -614,6 +614,7 @@ def _kind(change: RecordUpdate) -> tuple[object, ...] | None:
         change.next_attempt_at is not None,
         change.is_deleted,
         change.attempt is not None,
+        change.message_id is not None,
     )
     return (*fields, change.expect)
 
@@ -676,9 +677,14 @@ def _mail_of(row: Mapping[Any, Any]) -> Mail:
     payload = row["payload"]
     if payload:
         try:
-            return _payload_mail(payload)
+            mail = _payload_mail(payload)
         except ValueError:
             logger.warning("record %s has an unreadable payload; rebuilt from its columns", row["uid"])
+        else:
+            if mail.message_id is None and row.get("message_id"):
+                # given later (RecordUpdate.message_id), kept in the column
+                mail = mail.model_copy(update={"message_id": row["message_id"]})
+            return mail
     return _legacy_mail(row)
 
 
@@ -1918,6 +1924,8 @@ class SQLStore(ResourceMixin):
             values["next_attempt_at"] = self._db_time(change.next_attempt_at)
         if change.is_deleted is not None:
             values["is_deleted"] = 1 if change.is_deleted else 0
+        if change.message_id is not None:
+            values["message_id"] = change.message_id[:MESSAGE_ID_CHARS]
         return values
 
     def _update_statement(self, mail_id: str, change: RecordUpdate) -> tuple[sa.Update, Attempt | None]:

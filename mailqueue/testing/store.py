@@ -333,6 +333,26 @@ class StoreConformance:
         assert got.attempts == 0
         assert got.history == ()
 
+    async def test_update_gives_a_mail_without_one_its_message_id(self, store: Store) -> None:
+        mail = rich_mail().model_copy(update={"message_id": None})
+        record = await store.add(MailRecord.new(mail))
+        assert (await store.get(record.id)).mail.message_id is None  # type: ignore[union-attr]
+        message_id = f"<{record.id}@example.com>"
+        assert await store.update(record.id, RecordUpdate(status=Status.QUEUED, message_id=message_id))
+        got = await store.get(record.id)
+        assert got is not None
+        assert got.mail.message_id == message_id
+        assert got.mail.model_copy(update={"message_id": None}) == mail
+        if isinstance(store, BatchUpdateStore):
+            assert (await store.get_many([record.id]))[record.id].mail.message_id == message_id
+            # the same in a group of changes
+            other = await store.add(MailRecord.new(mail.model_copy(update={"id": new_id()})))
+            given = f"<{other.id}@example.com>"
+            assert await store.update_many([(other.id, RecordUpdate(message_id=given))]) == [True]
+            got = await store.get(other.id)
+            assert got is not None
+            assert got.mail.message_id == given
+
     async def test_update_missing_record_is_false(self, store: Store) -> None:
         assert await store.update(new_id(), RecordUpdate(status=Status.SENT)) is False
         assert await store.update(new_id(), RecordUpdate(attempt=_attempt(1))) is False
