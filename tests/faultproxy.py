@@ -10,6 +10,7 @@ in force::
         proxy.cut()          # every connection closed (RST), new ones refused
         proxy.blackhole()    # connections accepted, nothing forwarded (a hung network)
         proxy.reset()        # connections accepted and reset at once: a connect that fails midway
+        proxy.garble(b"...") # connections answered with these bytes (a broken greeting), then closed
         proxy.slow(0.2)      # every chunk held 0.2 s, both ways, order kept
         proxy.restore()      # forward normally again
         proxy.cut_after(b"COMMIT", first=b"INSERT")  # the request arrives, its answer never does
@@ -126,6 +127,11 @@ class FaultProxy:
         the client's connect succeeds and the connection is gone before it says a word."""
         self._call(self._reset)
 
+    def garble(self, data: bytes) -> None:
+        """Close every connection, then answer each new one with ``data`` alone (say, a
+        server greeting cut short) and close it once the client has, or after 1 s."""
+        self._call(self._reset, data)
+
     def slow(self, delay: float) -> None:
         """Hold every chunk ``delay`` seconds before forwarding it."""
         if delay < 0:
@@ -199,12 +205,12 @@ class FaultProxy:
         self._resumed.set()
         await asyncio.sleep(0)
 
-    async def _reset(self) -> None:
+    async def _reset(self, data: bytes = b"") -> None:
         await self._cut()
         self._mode = "reset"
         # A thread of its own accepts and resets, as fast as a closing server would: the
         # client's connect returns and the RST follows at once (the proxy's loop is slower).
-        self._resetter = _Resetter(self.port)
+        self._resetter = _Resetter(self.port, data)
 
     async def _set(self, mode: Mode, delay: float) -> None:
         assert self._resumed is not None
@@ -286,10 +292,12 @@ class FaultProxy:
 
 
 class _Resetter:
-    """Listens on ``port`` in a thread; accepts each connection and resets it (RST) at once."""
+    """Listens on ``port`` in a thread; accepts each connection and resets it (RST) at once,
+    or, given ``data``, sends it and closes once the client has closed (1 s at most)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, data: bytes = b"") -> None:
         self.accepted = 0
+        self._data = data
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
@@ -308,8 +316,17 @@ class _Resetter:
             except OSError:
                 return
             self.accepted += 1
-            # linger 0: close() sends an RST rather than a FIN
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if self._data:
+                try:
+                    conn.settimeout(1.0)
+                    conn.sendall(self._data)
+                    while conn.recv(65536):
+                        pass
+                except OSError:
+                    pass
+            else:
+                # linger 0: close() sends an RST rather than a FIN
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
 
     def stop(self) -> int:
