@@ -45,7 +45,7 @@ from mailqueue.errors import (
 from mailqueue.logs import configure_logging, secrets_of_urls
 from mailqueue.message import Attachment, Mail, Recipient
 from mailqueue.protocols import BackendContext, Queue, Store
-from mailqueue.records import MailRecord, RecordQuery, Status, utcnow
+from mailqueue.records import FINISHED, IN_FLIGHT, MailRecord, RecordQuery, Status, iter_records, utcnow
 from mailqueue.settings import Settings, load_settings
 
 __all__ = ["asgi_app", "main"]
@@ -716,12 +716,12 @@ def show(ctx: click.Context, config: Path | None, mail_id: str) -> None:
 
 # --- status -------------------------------------------------------------------------
 
-#: Waiting for a worker (or being sent): counted however old they are.
-WAITING = (Status.QUEUED, Status.SENDING, Status.RETRYING)
-#: Done with: counted only if accepted within ``--since``.
-FINISHED = (Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN)
+#: Waiting for a worker (or being sent): counted however old they are, in this order.
+WAITING = tuple(s for s in Status if s in IN_FLIGHT)
+#: Done with: counted only if accepted within ``--since``, in this order.
+DONE = tuple(s for s in Status if s in FINISHED)
 #: The finished states grouped by reason in the report.
-FAILURES = frozenset({Status.FAILED, Status.DEAD, Status.UNKNOWN})
+FAILURES = FINISHED - {Status.SENT}
 _PAGE = 1000
 _TOP = 10
 _REASON_CHARS = 80
@@ -824,14 +824,9 @@ def failure_reason(record: MailRecord) -> str:
 
 
 async def _all(store: Store, query: RecordQuery) -> AsyncIterator[MailRecord]:
-    while True:
-        page = await store.find(query)
-        for record in page:
-            if not record.is_deleted:
-                yield record
-        if len(page) < query.limit:
-            return
-        query = replace(query, before_id=page[-1].id)
+    async for record in iter_records(store, query):
+        if not record.is_deleted:
+            yield record
 
 
 async def collect_status(
@@ -850,14 +845,14 @@ async def collect_status(
     now = now or utcnow()
     counts = dict.fromkeys(Status, 0)
     oldest: MailRecord | None = None
-    async for record in _all(store, RecordQuery(statuses=frozenset(WAITING), limit=page)):
+    async for record in _all(store, RecordQuery(statuses=IN_FLIGHT, limit=page)):
         counts[record.status] += 1
         if record.status is not Status.SENDING and (
             oldest is None or (record.created_at, record.id) < (oldest.created_at, oldest.id)
         ):
             oldest = record
     groups: dict[tuple[int | None, str], list[MailRecord]] = {}
-    async for record in _all(store, RecordQuery(statuses=frozenset(FINISHED), since=since, limit=page)):
+    async for record in _all(store, RecordQuery(statuses=FINISHED, since=since, limit=page)):
         counts[record.status] += 1
         if record.status in FAILURES:
             groups.setdefault((record.last_code, failure_reason(record)), []).append(record)
@@ -913,7 +908,7 @@ def render_status(report: StatusReport) -> list[str]:
     lines += [f"  {status.value:<10}{report.counts[status]:>8}" for status in WAITING]
     window = _age((report.generated_at - report.since).total_seconds())
     lines.append(f"finished (accepted in the last {window}, since {_stamp(report.since)}):")
-    lines += [f"  {status.value:<10}{report.counts[status]:>8}" for status in FINISHED]
+    lines += [f"  {status.value:<10}{report.counts[status]:>8}" for status in DONE]
     if not report.failures:
         lines.append("failures: none")
         return lines

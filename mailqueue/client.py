@@ -17,7 +17,6 @@ has durably accepted it: from then on it is delivered, or ends ``failed`` or
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
@@ -41,6 +40,7 @@ from mailqueue.records import (
     RecordQuery,
     RecordUpdate,
     Status,
+    iter_records,
     utcnow,
 )
 from mailqueue.settings import RetentionSettings, Settings, load_settings
@@ -376,16 +376,12 @@ class MailQueue:
         until = utcnow() - timedelta(seconds=older_than)
         query = RecordQuery(statuses=frozenset({Status.QUEUED}), until=until, limit=page)
         published = 0
-        while True:
-            records = await self.store.find(query)
-            for record in records:
-                if record.attempts == 0 and record.last_error.startswith(PUBLISH_PENDING):
-                    await self.ensure_queued(record)
-                    published += 1
-                    logger.info("mail id=%s published again by the sweeper", record.id)
-            if len(records) < page:
-                return published
-            query = dataclasses.replace(query, before_id=records[-1].id)
+        async for record in iter_records(self.store, query):
+            if record.attempts == 0 and record.last_error.startswith(PUBLISH_PENDING):
+                await self.ensure_queued(record)
+                published += 1
+                logger.info("mail id=%s published again by the sweeper", record.id)
+        return published
 
     async def sweep_stale(
         self, *, older_than: float, action: Literal["unknown", "resend"] = "unknown", page: int = 500
@@ -561,27 +557,18 @@ class MailQueue:
         ``recipient`` and ``subject`` are case-insensitive substrings of a
         recipient address and of the subject, ``code`` the last SMTP reply code.
         """
-        status_set = frozenset(statuses) if statuses is not None else None
-        cursor: str | None = None
-        while True:
-            page = await self.store.find(
-                RecordQuery(
-                    ids=tuple(ids) if ids is not None else None,
-                    statuses=status_set,
-                    since=since,
-                    until=until,
-                    recipient=recipient,
-                    subject=subject,
-                    code=code,
-                    before_id=cursor,
-                    limit=page_size,
-                )
-            )
-            for record in page:
-                yield record
-            if len(page) < page_size:
-                return
-            cursor = page[-1].id
+        query = RecordQuery(
+            ids=tuple(ids) if ids is not None else None,
+            statuses=frozenset(statuses) if statuses is not None else None,
+            since=since,
+            until=until,
+            recipient=recipient,
+            subject=subject,
+            code=code,
+            limit=page_size,
+        )
+        async for record in iter_records(self.store, query):
+            yield record
 
     async def resend(
         self,

@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from mailqueue.errors import AttachmentError, BackendError, ConfigurationError
 from mailqueue.protocols import ListableAttachmentStore, PrunableStore, PurgeableAttachmentStore
-from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
+from mailqueue.records import (
+    FINISHED,
+    IN_FLIGHT,
+    Attempt,
+    MailRecord,
+    RecordQuery,
+    RecordUpdate,
+    Status,
+    iter_pages,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from mailqueue.client import MailQueue
@@ -35,23 +45,9 @@ __all__ = [
 
 logger = logging.getLogger("mailqueue.retention")
 
-#: States a mail ends in: their attachments and records may be swept.
-FINISHED: Final = frozenset({Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN})
-#: States that are never pruned or swept.
-IN_FLIGHT: Final = frozenset({Status.QUEUED, Status.SENDING, Status.RETRYING})
 #: Records created this long before the oldest stored attachment are still
 #: read when looking for references to it (clocks of API hosts may differ).
 CLOCK_SLACK: Final = timedelta(hours=1)
-
-
-async def _pages(mq: MailQueue, query: RecordQuery) -> AsyncIterator[list[MailRecord]]:
-    while True:
-        records = await mq.store.find(query)
-        if records:
-            yield records
-        if len(records) < query.limit:
-            return
-        query = dataclasses.replace(query, before_id=records[-1].id)
 
 
 async def _chain(*sources: AsyncIterator[list[MailRecord]]) -> AsyncIterator[list[MailRecord]]:
@@ -69,7 +65,7 @@ async def sweep_stale(
     cutoff = utcnow() - timedelta(seconds=older_than)
     query = RecordQuery(statuses=frozenset({Status.SENDING}), include_deleted=True, limit=page)
     settled = 0
-    async for records in _pages(mq, query):
+    async for records in iter_pages(mq.store, query):
         for record in records:
             if record.updated_at < cutoff and await _settle_stale(mq, record, action):
                 settled += 1
@@ -175,7 +171,7 @@ async def sweep_attachments(
     # from the oldest candidate on; a mail seen twice is judged the same way twice.
     in_flight = RecordQuery(statuses=IN_FLIGHT, include_deleted=True, limit=page)
     recent = RecordQuery(since=since, include_deleted=True, limit=page)
-    async for records in _chain(_pages(mq, in_flight), _pages(mq, recent)):
+    async for records in _chain(iter_pages(mq.store, in_flight), iter_pages(mq.store, recent)):
         for record in records:
             keys = [ref.key for ref in record.mail.attachments if ref.key in candidates]
             if not keys:
@@ -242,7 +238,7 @@ async def prune(
     cutoff = utcnow() - timedelta(seconds=older_than)
     query = RecordQuery(statuses=chosen, until=cutoff, include_deleted=hard, limit=page)
     count = 0
-    async for records in _pages(mq, query):
+    async for records in iter_pages(mq.store, query):
         # soft deletion stamps ``updated_at``: a deleted record is judged by its creation alone
         old = [r for r in records if (hard and r.is_deleted) or (r.updated_at < cutoff and not r.is_deleted)]
         if dry_run:

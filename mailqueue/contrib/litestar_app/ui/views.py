@@ -38,7 +38,7 @@ from mailqueue import (
 )
 from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
 from mailqueue.contrib.litestar_app.ui.chart import Chart, build_chart, window_start
-from mailqueue.contrib.litestar_app.ui.filters import FINAL_STATUSES, Filters, MultiValues, is_mail_id
+from mailqueue.contrib.litestar_app.ui.filters import Filters, MultiValues, is_mail_id
 from mailqueue.contrib.litestar_app.ui.session import CSRF_FIELD, Session, SessionManager
 from mailqueue.protocols import InspectableStore
 from mailqueue.records import RecordQuery, utcnow
@@ -543,7 +543,7 @@ async def message(
             "mail": record.mail,
             "attempts": attempts,
             "attachments": attachments,
-            "can_resend": record.status in FINAL_STATUSES and not record.is_deleted,
+            "can_resend": record.status.final and not record.is_deleted,
             "flash": _FLASH.get(done or ""),
         },
     )
@@ -621,7 +621,7 @@ async def resend_one(
     record = await _record(mailqueue, mail_id)
     if record.is_deleted:
         raise HTTPException(status_code=409, detail="This mail is marked as deleted; it is not re-sent.")
-    if record.status not in FINAL_STATUSES:
+    if not record.status.final:
         raise HTTPException(
             status_code=409,
             detail=f"This mail is {record.status}: the worker is not done with it, so it is not re-sent.",
