@@ -595,17 +595,18 @@ def sweep(
 
     async def go() -> None:
         async with MailQueue.from_settings(settings) as mq:
+            maintenance = mq.maintenance
             if not dry_run:
-                count = await mq.sweep(older_than=older_than)
+                count = await maintenance.sweep(older_than=older_than)
                 click.echo(f"published {count} mail(s)", err=True)
             if stale is not None:
                 after = stale_after if stale_after is not None else 2 * settings.worker.sending_lease
-                count = await mq.sweep_stale(older_than=after, action=stale)
+                count = await maintenance.sweep_stale(older_than=after, action=stale)
                 verb = "marked unknown" if stale == "unknown" else "queued again"
                 click.echo(f"{verb} {count} mail(s) stuck sending for {after:g} s or more", err=True)
             if sweep_files:
                 keep = settings.retention
-                swept = await mq.sweep_attachments(
+                swept = await maintenance.sweep_attachments(
                     attachments_after=keep.attachments_after,
                     orphans_after=keep.orphans_after,
                     dry_run=dry_run,
@@ -1023,7 +1024,7 @@ def prune(
 
     async def go() -> int:
         async with MailQueue.from_settings(settings) as mq:
-            return await mq.prune(
+            return await mq.maintenance.prune(
                 older_than=older_than.total_seconds(),
                 hard=mode == "hard",
                 statuses=chosen,

@@ -20,16 +20,18 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Literal, Self
+from typing import BinaryIO, Literal, Self
 
 from mailqueue import metrics
 from mailqueue.batching import Batcher
-from mailqueue.envelope import encode_envelope
 from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreError, ValidationError
 from mailqueue.logs import bind_mail_id
+from mailqueue.maintenance import NOT_YET_PUBLISHED, AttachmentSweep, Maintenance, publish
+from mailqueue.maintenance import PUBLISH_PENDING as PUBLISH_PENDING
+from mailqueue.maintenance import SUBMIT_GRACE as SUBMIT_GRACE
 from mailqueue.message import Attachment, AttachmentRef, Mail
 from mailqueue.mime import make_message_id
 from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, Queue, Store
@@ -41,23 +43,14 @@ from mailqueue.records import (
     RecordUpdate,
     Status,
     iter_records,
-    utcnow,
 )
 from mailqueue.settings import RetentionSettings, Settings, load_settings
-
-if TYPE_CHECKING:
-    from mailqueue.retention import AttachmentSweep
 
 __all__ = ["MailQueue"]
 
 logger = logging.getLogger("mailqueue.client")
 
 _CHUNK = 256 * 1024
-#: ``last_error`` of a record whose first publish was not confirmed.
-PUBLISH_PENDING = "publish not confirmed"
-_NOT_YET_PUBLISHED = f"{PUBLISH_PENDING}: not yet"
-#: Seconds a repeated submit waits for the first one to publish its record before publishing it itself.
-SUBMIT_GRACE = 3.0
 #: Statuses ``resend`` picks when none are named.
 RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
 
@@ -119,6 +112,8 @@ class MailQueue:
         self.attachments = attachments
         self.message_id_domain = message_id_domain
         self.max_attachment_bytes = max_attachment_bytes
+        #: The sweeps and retention this instance's methods of the same names delegate to.
+        self.maintenance = Maintenance(store, queue, attachments)
         self._opened: list[Store | Queue | AttachmentStore] = []
         self._adds: Batcher[MailRecord, MailRecord] | None = None
         self._clears: Batcher[str, None] | None = None
@@ -279,7 +274,7 @@ class MailQueue:
             # Marked unpublished until the queue confirms: should the answer to this
             # COMMIT be lost (the caller then sees an error), a repeat with the key
             # or the sweeper still publishes it.
-            new = MailRecord.new(mail).evolve(last_error=_NOT_YET_PUBLISHED)
+            new = MailRecord.new(mail).evolve(last_error=NOT_YET_PUBLISHED)
             if self._adds is not None and key is None:
                 # committed together with the records of concurrent submits (group commit)
                 record = await self._adds.submit(new)
@@ -326,30 +321,7 @@ class MailQueue:
         Raises:
             QueueError: the queue did not confirm this time either.
         """
-        if record.last_error == _NOT_YET_PUBLISHED:
-            record = await self._wait_for_submit(record)
-        if not (
-            record.status is Status.QUEUED
-            and record.attempts == 0
-            and record.last_error.startswith(PUBLISH_PENDING)
-        ):
-            return record
-        await self.publish(record.mail)
-        await self.store.update(record.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED})))
-        return record.evolve(last_error="")
-
-    async def _wait_for_submit(self, record: MailRecord) -> MailRecord:
-        """A record still marked by the submit that made it: that submit is
-        publishing right now (wait for it), or it died not knowing its record
-        was committed (publish it once :data:`SUBMIT_GRACE` has passed)."""
-        deadline = record.created_at + timedelta(seconds=SUBMIT_GRACE)
-        while record.last_error == _NOT_YET_PUBLISHED and utcnow() < deadline:
-            await asyncio.sleep(0.05)
-            fresh = await self.store.get(record.id)
-            if fresh is None:
-                break
-            record = fresh
-        return record
+        return await self.maintenance.ensure_queued(record)
 
     async def sweep(self, *, older_than: float = 60.0, page: int = 500) -> int:
         """Publish again every mail whose publish was not confirmed.
@@ -373,15 +345,7 @@ class MailQueue:
         """
         if self._clears is not None:
             await self._clears.drain()  # marks of mails this instance published are not swept
-        until = utcnow() - timedelta(seconds=older_than)
-        query = RecordQuery(statuses=frozenset({Status.QUEUED}), until=until, limit=page)
-        published = 0
-        async for record in iter_records(self.store, query):
-            if record.attempts == 0 and record.last_error.startswith(PUBLISH_PENDING):
-                await self.ensure_queued(record)
-                published += 1
-                logger.info("mail id=%s published again by the sweeper", record.id)
-        return published
+        return await self.maintenance.sweep(older_than=older_than, page=page)
 
     async def sweep_stale(
         self, *, older_than: float, action: Literal["unknown", "resend"] = "unknown", page: int = 500
@@ -406,9 +370,7 @@ class MailQueue:
             QueueError: (``resend``) the queue did not confirm; the rest wait for the next sweep.
             StoreError: the store failed.
         """
-        from mailqueue.retention import sweep_stale
-
-        return await sweep_stale(self, older_than=older_than, action=action, page=page)
+        return await self.maintenance.sweep_stale(older_than=older_than, action=action, page=page)
 
     async def sweep_attachments(
         self,
@@ -434,10 +396,7 @@ class MailQueue:
             StoreError: the store failed.
             BackendError: the attachment store cannot be listed.
         """
-        from mailqueue.retention import sweep_attachments
-
-        return await sweep_attachments(
-            self,
+        return await self.maintenance.sweep_attachments(
             attachments_after=attachments_after,
             orphans_after=orphans_after,
             dry_run=dry_run,
@@ -470,10 +429,8 @@ class MailQueue:
                 the store cannot delete records.
             StoreError: the store failed.
         """
-        from mailqueue.retention import prune
-
-        return await prune(
-            self, older_than=older_than, hard=hard, statuses=statuses, dry_run=dry_run, page=page
+        return await self.maintenance.prune(
+            older_than=older_than, hard=hard, statuses=statuses, dry_run=dry_run, page=page
         )
 
     async def apply_retention(self, settings: RetentionSettings) -> int:
@@ -483,13 +440,7 @@ class MailQueue:
         Returns:
             How many attachments and records were removed.
         """
-        swept = await self.sweep_attachments(
-            attachments_after=settings.attachments_after, orphans_after=settings.orphans_after
-        )
-        pruned = 0
-        if settings.records_after is not None:
-            pruned = await self.prune(older_than=settings.records_after)
-        return swept.finished + swept.orphans + swept.incomplete + pruned
+        return await self.maintenance.apply_retention(settings)
 
     async def _add_many(self, records: list[MailRecord]) -> list[MailRecord | Exception]:
         assert isinstance(self.store, BatchStore)
@@ -507,7 +458,7 @@ class MailQueue:
     async def _clear_marks(self, mail_ids: list[str]) -> list[Exception | None]:
         assert isinstance(self.store, BatchStore)
         try:
-            await self.store.clear_last_error(mail_ids, expected=_NOT_YET_PUBLISHED)
+            await self.store.clear_last_error(mail_ids, expected=NOT_YET_PUBLISHED)
         except BackendError as exc:
             # queued all the same; the sweeper may publish second copies, which workers drop
             logger.warning("%d queued mails keep their publish mark: %s", len(mail_ids), exc)
@@ -528,12 +479,7 @@ class MailQueue:
         Raises:
             QueueError: the queue did not confirm.
         """
-        try:
-            await self.queue.publish(mail.id, encode_envelope(mail))
-        except QueueError:
-            raise
-        except BackendError as exc:
-            raise QueueError(str(exc)) from exc
+        await publish(self.queue, mail)
 
     async def status(self, mail_id: str) -> MailRecord | None:
         """The record of a mail, with its attempt history, or ``None``."""
