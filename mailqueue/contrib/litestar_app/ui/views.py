@@ -41,7 +41,8 @@ from mailqueue.contrib.litestar_app.ui.chart import Chart, build_chart, window_s
 from mailqueue.contrib.litestar_app.ui.filters import Filters, MultiValues, is_mail_id
 from mailqueue.contrib.litestar_app.ui.session import CSRF_FIELD, Session, SessionManager
 from mailqueue.protocols import InspectableStore
-from mailqueue.records import RecordQuery, utcnow
+from mailqueue.records import utcnow
+from mailqueue.reports import count_by_status, oldest_waiting, queue_depth
 from mailqueue.throttle import classify_reply
 
 __all__ = ["UI_ACTIONS", "LoginRequired", "UIRequest", "handlers"]
@@ -342,10 +343,8 @@ async def overview(
     since = window_start(now, bucket, number)
 
     async def counts() -> dict[str, int] | None:
-        if store is None:
-            return None
-        by_status = await store.count_by_status()
-        return {str(s): by_status.get(s, 0) for s in Status}
+        by_status = await count_by_status(mailqueue.store)
+        return None if by_status is None else {str(s): n for s, n in by_status.items()}
 
     async def chart() -> Chart | None:
         if store is None:
@@ -354,27 +353,14 @@ async def overview(
         return build_chart(buckets, since=since, bucket=bucket, count=number, label=label)
 
     async def depth() -> int | None:
-        try:
-            return await mailqueue.queue.depth()
-        except MailQueueError as exc:
-            logger.warning("dashboard: the queue depth is unavailable: %s", exc)
-            return None
-
-    async def oldest_waiting() -> MailRecord | None:
-        # one status at a time: each is a short walk of the (status, ..., id) index, where both
-        # at once may make MariaDB walk the whole table in id order (17 s on a million rows)
-        firsts = await asyncio.gather(
-            *(
-                mailqueue.store.find(RecordQuery(statuses=frozenset({status}), order="oldest", limit=1))
-                for status in (Status.QUEUED, Status.RETRYING)
-            )
-        )
-        found = [page[0] for page in firsts if page]
-        return min(found, key=lambda record: record.id) if found else None
+        queued, error = await queue_depth(mailqueue.queue)
+        if error is not None:
+            logger.warning("dashboard: the queue depth is unavailable: %s", error)
+        return queued
 
     # side by side: the page takes as long as the slowest of them
     by_status, activity, queued, oldest = await asyncio.wait_for(
-        asyncio.gather(counts(), chart(), depth(), oldest_waiting()), READ_TIMEOUT
+        asyncio.gather(counts(), chart(), depth(), oldest_waiting(mailqueue.store)), READ_TIMEOUT
     )
     oldest_age = (now - oldest.created_at).total_seconds() if oldest is not None else None
     accounts, accounts_note = _accounts(mailqueue_plugin)
