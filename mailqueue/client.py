@@ -485,6 +485,21 @@ class MailQueue:
         """The record of a mail, with its attempt history, or ``None``."""
         return await self.store.get(mail_id)
 
+    async def delete(self, mail_id: str) -> bool:
+        """Mark a mail deleted (``is_deleted``), whatever its status.
+
+        A deleted mail is hidden from :meth:`select`, ``resend`` and ``mailqueue
+        status``; its record and attachments stay until ``mailqueue prune --hard``
+        or retention removes them.
+
+        Returns:
+            ``False`` if there is no mail with this id.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        return await self.store.update(mail_id, RecordUpdate(is_deleted=True))
+
     async def select(
         self,
         *,

@@ -236,3 +236,24 @@ async def test_resend_narrows_by_recipient_subject_and_code(store_url: str) -> N
             other_subject: Status.FAILED,
             other_address: Status.FAILED,
         }
+
+
+async def test_delete_marks_the_mail_deleted_and_hides_it(store_url: str) -> None:
+    from mailqueue import RecordUpdate, Status
+
+    async with MailQueue.from_urls(store=store_url, queue="memory://", attachments="memory://") as mq:
+        gone = await mq.submit(Mail(subject="s", html="h", to=[{"address": "a@example.com"}]))
+        kept = await mq.submit(Mail(subject="s", html="h", to=[{"address": "b@example.com"}]))
+        for record in (gone, kept):
+            assert await mq.store.update(record.id, RecordUpdate(status=Status.FAILED))
+        depth = await mq.queue.depth()
+
+        assert await mq.delete(gone.id) is True
+        record = await mq.status(gone.id)
+        assert record is not None
+        assert record.is_deleted
+        assert record.status is Status.FAILED  # the row stays as it was, only marked
+        assert [r.id async for r in mq.select(statuses=[Status.FAILED])] == [kept.id]
+        assert [r.id for r in await mq.resend()] == [kept.id]
+        assert await mq.queue.depth() == depth + 1
+        assert await mq.delete("0" * 32) is False

@@ -32,7 +32,6 @@ from mailqueue import (
     MailQueue,
     MailQueueError,
     MailRecord,
-    RecordUpdate,
     Status,
     StoreError,
 )
@@ -632,7 +631,7 @@ async def delete_one(
     await _form(request)
     record = await _record(mailqueue, mail_id)
     if not record.is_deleted:
-        changed = await mailqueue.store.update(record.id, RecordUpdate(is_deleted=True))
+        changed = await mailqueue.delete(record.id)
         if not changed:
             raise NotFoundException(f"No mail with id {mail_id!r}.")
         UI_ACTIONS.labels(action="delete").inc()
