@@ -6,12 +6,9 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal, Protocol
 
 from mailqueue.message import Mail
-
-if TYPE_CHECKING:
-    from mailqueue.protocols import Store
 
 __all__ = [
     "FINISHED",
@@ -265,7 +262,14 @@ def activity_range(since: datetime, bucket: timedelta, now: datetime) -> tuple[d
     return start, count
 
 
-async def iter_pages(store: Store, query: RecordQuery) -> AsyncIterator[list[MailRecord]]:
+class _Finder(Protocol):
+    """What the paging helpers need of a :class:`~mailqueue.protocols.Store`: its ``find``
+    (named here so that this module need not import ``protocols``, which imports it)."""
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]: ...
+
+
+async def iter_pages(store: _Finder, query: RecordQuery) -> AsyncIterator[list[MailRecord]]:
     """Every record :meth:`Store.find` returns for ``query``, a page of ``query.limit`` at a time.
 
     Pages follow the query's ``order`` through the keyset cursor (``before_id``
@@ -288,7 +292,7 @@ async def iter_pages(store: Store, query: RecordQuery) -> AsyncIterator[list[Mai
             query = replace(query, before_id=records[-1].id)
 
 
-async def iter_records(store: Store, query: RecordQuery) -> AsyncIterator[MailRecord]:
+async def iter_records(store: _Finder, query: RecordQuery) -> AsyncIterator[MailRecord]:
     """Every record :meth:`Store.find` returns for ``query``, read page by page.
 
     ``query.limit`` is the page size; see :func:`iter_pages`.
