@@ -20,7 +20,7 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal, Self
@@ -34,8 +34,9 @@ from mailqueue.maintenance import PUBLISH_PENDING as PUBLISH_PENDING
 from mailqueue.maintenance import SUBMIT_GRACE as SUBMIT_GRACE
 from mailqueue.message import Attachment, AttachmentRef, Mail
 from mailqueue.mime import make_message_id
-from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, Queue, Store
+from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, InspectableStore, Queue, Store
 from mailqueue.records import (
+    ActivityBucket,
     MailRecord,
     RecipientOutcome,
     RecipientState,
@@ -484,6 +485,57 @@ class MailQueue:
     async def status(self, mail_id: str) -> MailRecord | None:
         """The record of a mail, with its attempt history, or ``None``."""
         return await self.store.get(mail_id)
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        """One page of records: at most ``query.limit`` matching ``query``, in its
+        order, without history (every match, page by page: :meth:`select`).
+
+        Raises:
+            StoreError: the store failed.
+        """
+        return await self.store.find(query)
+
+    @property
+    def can_count(self) -> bool:
+        """True if the store can count records (:meth:`count`, :meth:`count_by_status`,
+        :meth:`activity`), i.e. it is an :class:`~mailqueue.protocols.InspectableStore`."""
+        return isinstance(self.store, InspectableStore)
+
+    async def count(self, query: RecordQuery, *, cap: int = 10_000) -> int | None:
+        """How many records match ``query`` (its ``limit``, ``order`` and cursors
+        ignored), counting no further than ``cap``; ``None`` if the store cannot count.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        if not isinstance(self.store, InspectableStore):
+            return None
+        return await self.store.count(query, cap=cap)
+
+    async def count_by_status(self) -> dict[Status, int] | None:
+        """How many mails are in each status (every status a key, in :class:`Status`
+        order, deleted ones left out); ``None`` if the store cannot count.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        if not isinstance(self.store, InspectableStore):
+            return None
+        counts = await self.store.count_by_status()
+        return {status: counts.get(status, 0) for status in Status}
+
+    async def activity(self, *, since: datetime, bucket: timedelta) -> list[ActivityBucket] | None:
+        """Mails accepted, sent and failed per ``bucket`` from ``since`` on (see
+        :meth:`InspectableStore.activity <mailqueue.protocols.InspectableStore.activity>`);
+        ``None`` if the store cannot count.
+
+        Raises:
+            ValueError: a bad ``bucket``, or too many buckets.
+            StoreError: the store failed.
+        """
+        if not isinstance(self.store, InspectableStore):
+            return None
+        return await self.store.activity(since=since, bucket=bucket)
 
     async def delete(self, mail_id: str) -> bool:
         """Mark a mail deleted (``is_deleted``), whatever its status.

@@ -324,7 +324,7 @@ class Maintenance:
                     continue
                 done = (
                     finished_cutoff is not None
-                    and record.status in FINISHED
+                    and record.status.final
                     and record.updated_at < finished_cutoff
                 )
                 (expired if done else needed).update(keys)

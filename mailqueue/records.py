@@ -19,6 +19,7 @@ __all__ = [
     "RecipientOutcome",
     "RecipientState",
     "RecordQuery",
+    "RecordSource",
     "RecordUpdate",
     "Status",
     "activity_range",
@@ -262,14 +263,17 @@ def activity_range(since: datetime, bucket: timedelta, now: datetime) -> tuple[d
     return start, count
 
 
-class _Finder(Protocol):
-    """What the paging helpers need of a :class:`~mailqueue.protocols.Store`: its ``find``
-    (named here so that this module need not import ``protocols``, which imports it)."""
+class RecordSource(Protocol):
+    """Anything records are read from a page at a time: a :class:`~mailqueue.protocols.Store`,
+    a :class:`~mailqueue.client.MailQueue` (named here so that this module need not import
+    ``protocols``, which imports it)."""
 
-    async def find(self, query: RecordQuery) -> list[MailRecord]: ...
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        """At most ``query.limit`` records matching ``query``, in ``query.order``."""
+        ...
 
 
-async def iter_pages(store: _Finder, query: RecordQuery) -> AsyncIterator[list[MailRecord]]:
+async def iter_pages(store: RecordSource, query: RecordQuery) -> AsyncIterator[list[MailRecord]]:
     """Every record :meth:`Store.find` returns for ``query``, a page of ``query.limit`` at a time.
 
     Pages follow the query's ``order`` through the keyset cursor (``before_id``
@@ -292,7 +296,7 @@ async def iter_pages(store: _Finder, query: RecordQuery) -> AsyncIterator[list[M
             query = replace(query, before_id=records[-1].id)
 
 
-async def iter_records(store: _Finder, query: RecordQuery) -> AsyncIterator[MailRecord]:
+async def iter_records(store: RecordSource, query: RecordQuery) -> AsyncIterator[MailRecord]:
     """Every record :meth:`Store.find` returns for ``query``, read page by page.
 
     ``query.limit`` is the page size; see :func:`iter_pages`.

@@ -3,8 +3,8 @@
 :func:`collect_status` reads a :class:`StatusReport` (counts by status, the
 oldest waiting mail, the queue depth, recent failures grouped by reason) and
 :func:`render_status` prints it; the dashboard's overview reads the same
-figures with :func:`count_by_status`, :func:`oldest_waiting` and
-:func:`queue_depth`. Everything here only reads.
+figures with :func:`oldest_waiting` and :func:`queue_depth` (and
+:meth:`MailQueue.count_by_status <mailqueue.client.MailQueue.count_by_status>`). Everything here only reads.
 """
 
 from __future__ import annotations
@@ -17,8 +17,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailqueue.errors import BackendError
-from mailqueue.protocols import InspectableStore, Queue, Store
-from mailqueue.records import FINISHED, IN_FLIGHT, MailRecord, RecordQuery, Status, iter_records, utcnow
+from mailqueue.protocols import Queue, Store
+from mailqueue.records import (
+    FINISHED,
+    IN_FLIGHT,
+    MailRecord,
+    RecordQuery,
+    RecordSource,
+    Status,
+    iter_records,
+    utcnow,
+)
 
 __all__ = [
     "DONE",
@@ -27,7 +36,6 @@ __all__ = [
     "FailureGroup",
     "StatusReport",
     "collect_status",
-    "count_by_status",
     "failure_reason",
     "oldest_waiting",
     "queue_depth",
@@ -231,20 +239,7 @@ async def queue_depth(queue: Queue) -> tuple[int | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-async def count_by_status(store: Store) -> dict[Status, int] | None:
-    """How many mails are in each status (every status a key), or ``None`` if the
-    store cannot count (it is not an :class:`~mailqueue.protocols.InspectableStore`).
-
-    Raises:
-        StoreError: the store failed.
-    """
-    if not isinstance(store, InspectableStore):
-        return None
-    counts = await store.count_by_status()
-    return {status: counts.get(status, 0) for status in Status}
-
-
-async def oldest_waiting(store: Store) -> MailRecord | None:
+async def oldest_waiting(store: RecordSource) -> MailRecord | None:
     """The ``queued`` or ``retrying`` mail with the smallest id (ids sort by creation), or ``None``.
 
     Two short index reads, one per status, unlike :func:`collect_status`, which

@@ -39,9 +39,8 @@ from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
 from mailqueue.contrib.litestar_app.ui.chart import Chart, build_chart, window_start
 from mailqueue.contrib.litestar_app.ui.filters import Filters, MultiValues, is_mail_id
 from mailqueue.contrib.litestar_app.ui.session import CSRF_FIELD, Session, SessionManager
-from mailqueue.protocols import InspectableStore
 from mailqueue.records import utcnow
-from mailqueue.reports import count_by_status, oldest_waiting, queue_depth
+from mailqueue.reports import oldest_waiting, queue_depth
 from mailqueue.throttle import classify_reply
 
 __all__ = ["UI_ACTIONS", "LoginRequired", "UIRequest", "handlers"]
@@ -223,11 +222,6 @@ async def _record(mailqueue: MailQueue, mail_id: str) -> MailRecord:
     return record
 
 
-def _inspectable(mailqueue: MailQueue) -> InspectableStore | None:
-    store = mailqueue.store
-    return store if isinstance(store, InspectableStore) else None
-
-
 # --- login ------------------------------------------------------------------------------------------
 
 
@@ -336,19 +330,18 @@ async def overview(
     window: FromQuery[Literal["hour", "day"]] = "hour",
 ) -> Template:
     """Counts by status, the activity chart, the queue and the accounts."""
-    store = _inspectable(mailqueue)
     now = utcnow()
     bucket, number, label, caption = _WINDOWS[window]
     since = window_start(now, bucket, number)
 
     async def counts() -> dict[str, int] | None:
-        by_status = await count_by_status(mailqueue.store)
+        by_status = await mailqueue.count_by_status()
         return None if by_status is None else {str(s): n for s, n in by_status.items()}
 
     async def chart() -> Chart | None:
-        if store is None:
+        buckets = await mailqueue.activity(since=since, bucket=bucket)
+        if buckets is None:
             return None
-        buckets = await store.activity(since=since, bucket=bucket)
         return build_chart(buckets, since=since, bucket=bucket, count=number, label=label)
 
     async def depth() -> int | None:
@@ -359,7 +352,7 @@ async def overview(
 
     # side by side: the page takes as long as the slowest of them
     by_status, activity, queued, oldest = await asyncio.wait_for(
-        asyncio.gather(counts(), chart(), depth(), oldest_waiting(mailqueue.store)), READ_TIMEOUT
+        asyncio.gather(counts(), chart(), depth(), oldest_waiting(mailqueue)), READ_TIMEOUT
     )
     oldest_age = (now - oldest.created_at).total_seconds() if oldest is not None else None
     accounts, accounts_note = _accounts(mailqueue_plugin)
@@ -391,21 +384,20 @@ async def _page_of(
     mailqueue: MailQueue, filters: Filters, before: str | None, after: str | None
 ) -> tuple[list[MailRecord], bool, bool]:
     """One page of the list and whether there are older / newer mails (keyset pagination)."""
-    store = mailqueue.store
     newest_first = filters.order == "newest"
     if after is not None:
-        found = await store.find(filters.query(limit=PAGE_SIZE + 1, after_id=after, order="oldest"))
+        found = await mailqueue.find(filters.query(limit=PAGE_SIZE + 1, after_id=after, order="oldest"))
         more, rows = len(found) > PAGE_SIZE, found[:PAGE_SIZE]
         if newest_first:
             rows.reverse()
         return rows, True, more
     if before is not None:
-        found = await store.find(filters.query(limit=PAGE_SIZE + 1, before_id=before, order="newest"))
+        found = await mailqueue.find(filters.query(limit=PAGE_SIZE + 1, before_id=before, order="newest"))
         more, rows = len(found) > PAGE_SIZE, found[:PAGE_SIZE]
         if not newest_first:
             rows.reverse()
         return rows, more, True
-    found = await store.find(filters.query(limit=PAGE_SIZE + 1))
+    found = await mailqueue.find(filters.query(limit=PAGE_SIZE + 1))
     more, rows = len(found) > PAGE_SIZE, found[:PAGE_SIZE]
     return (rows, more, False) if newest_first else (rows, False, more)
 
@@ -420,12 +412,11 @@ async def messages(request: Request[Any, Any, Any], mailqueue: NamedDependency[M
     filters = Filters.parse(_values(request.query_params))
     before = _cursor(request.query_params.get("before"))
     after = None if before else _cursor(request.query_params.get("after"))
-    store = _inspectable(mailqueue)
 
     async def count() -> int | None:
-        if store is None or filters.errors:
+        if filters.errors:
             return None
-        return await store.count(filters.query(limit=1), cap=LIST_COUNT_CAP + 1)
+        return await mailqueue.count(filters.query(limit=1), cap=LIST_COUNT_CAP + 1)
 
     # side by side: a filter the indexes cannot serve costs one scan's time, not two
     (rows, older, newer), total = await asyncio.wait_for(
@@ -642,8 +633,7 @@ async def delete_one(
 async def _selection(
     mailqueue: MailQueue, filters: Filters
 ) -> tuple[tuple[Status, ...], tuple[Status, ...], int]:
-    store = _inspectable(mailqueue)
-    if store is None:
+    if not mailqueue.can_count:
         raise HTTPException(
             status_code=501,
             detail="This store cannot count a selection; use `mailqueue resend` on the command line.",
@@ -653,8 +643,8 @@ async def _selection(
         return picked, left, 0
     # deleted mails are never re-sent, whatever the list shows
     query = replace(filters.query(limit=1, statuses=picked), include_deleted=False)
-    count = await asyncio.wait_for(store.count(query, cap=COUNT_CAP + 1), READ_TIMEOUT)
-    return picked, left, count
+    count = await asyncio.wait_for(mailqueue.count(query, cap=COUNT_CAP + 1), READ_TIMEOUT)
+    return picked, left, count or 0
 
 
 @get("/resend", name="ui:resend-confirm")
