@@ -33,6 +33,7 @@ from mailqueue.errors import (
     ValidationError,
 )
 from mailqueue.limits import RateLimiter, parse_rate
+from mailqueue.maintenance import Maintenance
 from mailqueue.message import Attachment, AttachmentRef, Mail, Recipient, parse_recipients, sanitize_filename
 from mailqueue.mime import render
 from mailqueue.protocols import (
@@ -95,6 +96,7 @@ __all__ = [
     "MailQueue",
     "MailQueueError",
     "MailRecord",
+    "Maintenance",
     "MissingDependencyError",
     "OutgoingMessage",
     "PermanentDeliveryError",

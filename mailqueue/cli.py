@@ -23,8 +23,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType, ModuleType
@@ -44,8 +44,9 @@ from mailqueue.errors import (
 )
 from mailqueue.logs import configure_logging, secrets_of_urls
 from mailqueue.message import Attachment, Mail, Recipient
-from mailqueue.protocols import BackendContext, Queue, Store
-from mailqueue.records import MailRecord, RecordQuery, Status, utcnow
+from mailqueue.protocols import BackendContext, Queue
+from mailqueue.records import Status, utcnow
+from mailqueue.reports import StatusReport, collect_status, render_status
 from mailqueue.settings import Settings, load_settings
 
 __all__ = ["asgi_app", "main"]
@@ -595,17 +596,18 @@ def sweep(
 
     async def go() -> None:
         async with MailQueue.from_settings(settings) as mq:
+            maintenance = mq.maintenance
             if not dry_run:
-                count = await mq.sweep(older_than=older_than)
+                count = await maintenance.sweep(older_than=older_than)
                 click.echo(f"published {count} mail(s)", err=True)
             if stale is not None:
                 after = stale_after if stale_after is not None else 2 * settings.worker.sending_lease
-                count = await mq.sweep_stale(older_than=after, action=stale)
+                count = await maintenance.sweep_stale(older_than=after, action=stale)
                 verb = "marked unknown" if stale == "unknown" else "queued again"
                 click.echo(f"{verb} {count} mail(s) stuck sending for {after:g} s or more", err=True)
             if sweep_files:
                 keep = settings.retention
-                swept = await mq.sweep_attachments(
+                swept = await maintenance.sweep_attachments(
                     attachments_after=keep.attachments_after,
                     orphans_after=keep.orphans_after,
                     dry_run=dry_run,
@@ -716,20 +718,8 @@ def show(ctx: click.Context, config: Path | None, mail_id: str) -> None:
 
 # --- status -------------------------------------------------------------------------
 
-#: Waiting for a worker (or being sent): counted however old they are.
-WAITING = (Status.QUEUED, Status.SENDING, Status.RETRYING)
-#: Done with: counted only if accepted within ``--since``.
-FINISHED = (Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN)
-#: The finished states grouped by reason in the report.
-FAILURES = frozenset({Status.FAILED, Status.DEAD, Status.UNKNOWN})
-_PAGE = 1000
-_TOP = 10
-_REASON_CHARS = 80
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
-# Parts of an SMTP reply that differ from mail to mail: addresses and long ids.
-_ADDRESS = re.compile(r"<?[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+>?")
-_LONG_ID = re.compile(r"\b[0-9A-Fa-f]{8,}\b")
 
 
 class _Duration(click.ParamType[timedelta]):
@@ -746,183 +736,6 @@ class _Duration(click.ParamType[timedelta]):
         if not parts or "".join(n + u for n, u in parts) != text or seconds <= 0:
             self.fail(f"{value!r} is not a duration such as 30m, 24h or 7d", param, ctx)
         return timedelta(seconds=seconds)
-
-
-@dataclass(frozen=True, slots=True)
-class FailureGroup:
-    """Finished-but-not-sent mails that share an SMTP code and a normalized error."""
-
-    code: int | None
-    reason: str
-    count: int
-    last_at: datetime
-    example_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class StatusReport:
-    """What ``mailqueue status`` prints.
-
-    ``counts`` has every status: the waiting ones over all mails, the
-    finished ones over mails accepted at or after ``since``. ``oldest`` is
-    the oldest ``queued`` or ``retrying`` mail. ``depth`` is ``None`` when
-    the queue cannot tell or did not answer (then ``queue_error`` says why).
-    """
-
-    generated_at: datetime
-    since: datetime
-    counts: dict[Status, int]
-    oldest: MailRecord | None = None
-    depth: int | None = None
-    queue_error: str | None = None
-    failures: list[FailureGroup] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when the queue answered too (the store did, or there would be no report)."""
-        return self.queue_error is None
-
-    def to_json(self) -> dict[str, Any]:
-        """The report as a JSON-ready dict with stable keys."""
-        oldest = self.oldest
-        return {
-            "generated_at": self.generated_at.isoformat(),
-            "since": self.since.isoformat(),
-            "counts": {status.value: self.counts.get(status, 0) for status in Status},
-            "oldest_waiting": None
-            if oldest is None
-            else {
-                "id": oldest.id,
-                "status": oldest.status.value,
-                "created_at": oldest.created_at.isoformat(),
-                "age_seconds": round((self.generated_at - oldest.created_at).total_seconds(), 3),
-                "attempts": oldest.attempts,
-            },
-            "queue": {"depth": self.depth, "error": self.queue_error},
-            "failures": [
-                {
-                    "code": g.code,
-                    "reason": g.reason,
-                    "count": g.count,
-                    "last_at": g.last_at.isoformat(),
-                    "example_id": g.example_id,
-                }
-                for g in self.failures
-            ],
-            "ok": self.ok,
-        }
-
-
-def failure_reason(record: MailRecord) -> str:
-    """``last_error`` made comparable across mails: whitespace collapsed, a leading
-    copy of the SMTP code dropped, addresses and long ids replaced, cut to 80 characters."""
-    text = " ".join(record.last_error.split())
-    if record.last_code is not None:
-        text = text.removeprefix(f"{record.last_code} ")
-    text = _LONG_ID.sub("<id>", _ADDRESS.sub("<address>", text))
-    return text[:_REASON_CHARS] or "(no error recorded)"
-
-
-async def _all(store: Store, query: RecordQuery) -> AsyncIterator[MailRecord]:
-    while True:
-        page = await store.find(query)
-        for record in page:
-            if not record.is_deleted:
-                yield record
-        if len(page) < query.limit:
-            return
-        query = replace(query, before_id=page[-1].id)
-
-
-async def collect_status(
-    store: Store, queue: Queue | None, *, since: datetime, now: datetime | None = None, page: int = _PAGE
-) -> StatusReport:
-    """Read the report from an open store and (if given) an open queue.
-
-    Every waiting mail is read, and every finished one accepted since
-    ``since``, page by page through :meth:`Store.find`: the time taken
-    grows with the number of those mails.
-
-    Raises:
-        StoreError: the store did not answer. A queue that does not answer
-            is reported in ``queue_error`` instead.
-    """
-    now = now or utcnow()
-    counts = dict.fromkeys(Status, 0)
-    oldest: MailRecord | None = None
-    async for record in _all(store, RecordQuery(statuses=frozenset(WAITING), limit=page)):
-        counts[record.status] += 1
-        if record.status is not Status.SENDING and (
-            oldest is None or (record.created_at, record.id) < (oldest.created_at, oldest.id)
-        ):
-            oldest = record
-    groups: dict[tuple[int | None, str], list[MailRecord]] = {}
-    async for record in _all(store, RecordQuery(statuses=frozenset(FINISHED), since=since, limit=page)):
-        counts[record.status] += 1
-        if record.status in FAILURES:
-            groups.setdefault((record.last_code, failure_reason(record)), []).append(record)
-    failures = []
-    for (code, reason), records in groups.items():
-        last = max(records, key=lambda r: (r.updated_at, r.id))
-        failures.append(FailureGroup(code, reason, len(records), last.updated_at, last.id))
-    failures.sort(key=lambda g: (g.last_at, g.count), reverse=True)
-    depth: int | None = None
-    queue_error: str | None = None
-    if queue is not None:
-        try:
-            depth = await queue.depth()
-        except BackendError as exc:
-            queue_error = f"{type(exc).__name__}: {exc}"
-    return StatusReport(now, since, counts, oldest, depth, queue_error, failures[:_TOP])
-
-
-def _age(seconds: float) -> str:
-    """``12s``, ``4m5s``, ``3h12m``, ``2d``: the largest unit and the next one unless zero."""
-    left = max(0, int(seconds))
-    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    for index, (unit, size) in enumerate(units[:-1]):
-        if left >= size:
-            next_unit, next_size = units[index + 1]
-            rest = left % size // next_size
-            return f"{left // size}{unit}" + (f"{rest}{next_unit}" if rest else "")
-    return f"{left}s"
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def render_status(report: StatusReport) -> list[str]:
-    """The report as lines of text, the oldest waiting mail first."""
-    lines = [f"mailqueue status at {_stamp(report.generated_at)}"]
-    oldest = report.oldest
-    if oldest is None:
-        lines.append("oldest waiting: none")
-    else:
-        age = _age((report.generated_at - oldest.created_at).total_seconds())
-        lines.append(
-            f"oldest waiting: {oldest.id} {oldest.status}, accepted {age} ago "
-            f"({_stamp(oldest.created_at)}), {oldest.attempts} attempt(s)"
-        )
-    if report.queue_error is not None:
-        depth = f"unreachable ({report.queue_error})"
-    else:
-        depth = "unknown (this queue cannot tell)" if report.depth is None else str(report.depth)
-    lines.append(f"queue depth:    {depth}")
-    lines.append("waiting (all mails):")
-    lines += [f"  {status.value:<10}{report.counts[status]:>8}" for status in WAITING]
-    window = _age((report.generated_at - report.since).total_seconds())
-    lines.append(f"finished (accepted in the last {window}, since {_stamp(report.since)}):")
-    lines += [f"  {status.value:<10}{report.counts[status]:>8}" for status in FINISHED]
-    if not report.failures:
-        lines.append("failures: none")
-        return lines
-    lines.append(f"failures by reason (newest first, top {_TOP}):")
-    lines.append(f"  {'count':>6}  {'code':>4}  {'last':<20}  reason  [latest id]")
-    for g in report.failures:
-        code = "-" if g.code is None else str(g.code)
-        lines.append(f"  {g.count:>6}  {code:>4}  {_stamp(g.last_at):<20}  {g.reason}  [{g.example_id}]")
-    return lines
 
 
 async def _open_queue(queue: Queue) -> str | None:
@@ -1028,7 +841,7 @@ def prune(
 
     async def go() -> int:
         async with MailQueue.from_settings(settings) as mq:
-            return await mq.prune(
+            return await mq.maintenance.prune(
                 older_than=older_than.total_seconds(),
                 hard=mode == "hard",
                 statuses=chosen,

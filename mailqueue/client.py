@@ -17,47 +17,41 @@ has durably accepted it: from then on it is delivered, or ends ``failed`` or
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Literal, Self
+from typing import BinaryIO, Literal, Self
 
 from mailqueue import metrics
 from mailqueue.batching import Batcher
-from mailqueue.envelope import encode_envelope
 from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreError, ValidationError
 from mailqueue.logs import bind_mail_id
+from mailqueue.maintenance import NOT_YET_PUBLISHED, AttachmentSweep, Maintenance, publish
+from mailqueue.maintenance import PUBLISH_PENDING as PUBLISH_PENDING
+from mailqueue.maintenance import SUBMIT_GRACE as SUBMIT_GRACE
 from mailqueue.message import Attachment, AttachmentRef, Mail
 from mailqueue.mime import make_message_id
-from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, Queue, Store
+from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, InspectableStore, Queue, Store
 from mailqueue.records import (
+    ActivityBucket,
     MailRecord,
     RecipientOutcome,
     RecipientState,
     RecordQuery,
     RecordUpdate,
     Status,
-    utcnow,
+    iter_records,
 )
 from mailqueue.settings import RetentionSettings, Settings, load_settings
-
-if TYPE_CHECKING:
-    from mailqueue.retention import AttachmentSweep
 
 __all__ = ["MailQueue"]
 
 logger = logging.getLogger("mailqueue.client")
 
 _CHUNK = 256 * 1024
-#: ``last_error`` of a record whose first publish was not confirmed.
-PUBLISH_PENDING = "publish not confirmed"
-_NOT_YET_PUBLISHED = f"{PUBLISH_PENDING}: not yet"
-#: Seconds a repeated submit waits for the first one to publish its record before publishing it itself.
-SUBMIT_GRACE = 3.0
 #: Statuses ``resend`` picks when none are named.
 RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
 
@@ -119,6 +113,8 @@ class MailQueue:
         self.attachments = attachments
         self.message_id_domain = message_id_domain
         self.max_attachment_bytes = max_attachment_bytes
+        #: The sweeps and retention this instance's methods of the same names delegate to.
+        self.maintenance = Maintenance(store, queue, attachments)
         self._opened: list[Store | Queue | AttachmentStore] = []
         self._adds: Batcher[MailRecord, MailRecord] | None = None
         self._clears: Batcher[str, None] | None = None
@@ -279,7 +275,7 @@ class MailQueue:
             # Marked unpublished until the queue confirms: should the answer to this
             # COMMIT be lost (the caller then sees an error), a repeat with the key
             # or the sweeper still publishes it.
-            new = MailRecord.new(mail).evolve(last_error=_NOT_YET_PUBLISHED)
+            new = MailRecord.new(mail).evolve(last_error=NOT_YET_PUBLISHED)
             if self._adds is not None and key is None:
                 # committed together with the records of concurrent submits (group commit)
                 record = await self._adds.submit(new)
@@ -326,30 +322,7 @@ class MailQueue:
         Raises:
             QueueError: the queue did not confirm this time either.
         """
-        if record.last_error == _NOT_YET_PUBLISHED:
-            record = await self._wait_for_submit(record)
-        if not (
-            record.status is Status.QUEUED
-            and record.attempts == 0
-            and record.last_error.startswith(PUBLISH_PENDING)
-        ):
-            return record
-        await self.publish(record.mail)
-        await self.store.update(record.id, RecordUpdate(last_error="", expect=frozenset({Status.QUEUED})))
-        return record.evolve(last_error="")
-
-    async def _wait_for_submit(self, record: MailRecord) -> MailRecord:
-        """A record still marked by the submit that made it: that submit is
-        publishing right now (wait for it), or it died not knowing its record
-        was committed (publish it once :data:`SUBMIT_GRACE` has passed)."""
-        deadline = record.created_at + timedelta(seconds=SUBMIT_GRACE)
-        while record.last_error == _NOT_YET_PUBLISHED and utcnow() < deadline:
-            await asyncio.sleep(0.05)
-            fresh = await self.store.get(record.id)
-            if fresh is None:
-                break
-            record = fresh
-        return record
+        return await self.maintenance.ensure_queued(record)
 
     async def sweep(self, *, older_than: float = 60.0, page: int = 500) -> int:
         """Publish again every mail whose publish was not confirmed.
@@ -373,19 +346,7 @@ class MailQueue:
         """
         if self._clears is not None:
             await self._clears.drain()  # marks of mails this instance published are not swept
-        until = utcnow() - timedelta(seconds=older_than)
-        query = RecordQuery(statuses=frozenset({Status.QUEUED}), until=until, limit=page)
-        published = 0
-        while True:
-            records = await self.store.find(query)
-            for record in records:
-                if record.attempts == 0 and record.last_error.startswith(PUBLISH_PENDING):
-                    await self.ensure_queued(record)
-                    published += 1
-                    logger.info("mail id=%s published again by the sweeper", record.id)
-            if len(records) < page:
-                return published
-            query = dataclasses.replace(query, before_id=records[-1].id)
+        return await self.maintenance.sweep(older_than=older_than, page=page)
 
     async def sweep_stale(
         self, *, older_than: float, action: Literal["unknown", "resend"] = "unknown", page: int = 500
@@ -410,9 +371,7 @@ class MailQueue:
             QueueError: (``resend``) the queue did not confirm; the rest wait for the next sweep.
             StoreError: the store failed.
         """
-        from mailqueue.retention import sweep_stale
-
-        return await sweep_stale(self, older_than=older_than, action=action, page=page)
+        return await self.maintenance.sweep_stale(older_than=older_than, action=action, page=page)
 
     async def sweep_attachments(
         self,
@@ -438,10 +397,7 @@ class MailQueue:
             StoreError: the store failed.
             BackendError: the attachment store cannot be listed.
         """
-        from mailqueue.retention import sweep_attachments
-
-        return await sweep_attachments(
-            self,
+        return await self.maintenance.sweep_attachments(
             attachments_after=attachments_after,
             orphans_after=orphans_after,
             dry_run=dry_run,
@@ -474,10 +430,8 @@ class MailQueue:
                 the store cannot delete records.
             StoreError: the store failed.
         """
-        from mailqueue.retention import prune
-
-        return await prune(
-            self, older_than=older_than, hard=hard, statuses=statuses, dry_run=dry_run, page=page
+        return await self.maintenance.prune(
+            older_than=older_than, hard=hard, statuses=statuses, dry_run=dry_run, page=page
         )
 
     async def apply_retention(self, settings: RetentionSettings) -> int:
@@ -487,13 +441,7 @@ class MailQueue:
         Returns:
             How many attachments and records were removed.
         """
-        swept = await self.sweep_attachments(
-            attachments_after=settings.attachments_after, orphans_after=settings.orphans_after
-        )
-        pruned = 0
-        if settings.records_after is not None:
-            pruned = await self.prune(older_than=settings.records_after)
-        return swept.finished + swept.orphans + swept.incomplete + pruned
+        return await self.maintenance.apply_retention(settings)
 
     async def _add_many(self, records: list[MailRecord]) -> list[MailRecord | Exception]:
         assert isinstance(self.store, BatchStore)
@@ -511,7 +459,7 @@ class MailQueue:
     async def _clear_marks(self, mail_ids: list[str]) -> list[Exception | None]:
         assert isinstance(self.store, BatchStore)
         try:
-            await self.store.clear_last_error(mail_ids, expected=_NOT_YET_PUBLISHED)
+            await self.store.clear_last_error(mail_ids, expected=NOT_YET_PUBLISHED)
         except BackendError as exc:
             # queued all the same; the sweeper may publish second copies, which workers drop
             logger.warning("%d queued mails keep their publish mark: %s", len(mail_ids), exc)
@@ -532,16 +480,77 @@ class MailQueue:
         Raises:
             QueueError: the queue did not confirm.
         """
-        try:
-            await self.queue.publish(mail.id, encode_envelope(mail))
-        except QueueError:
-            raise
-        except BackendError as exc:
-            raise QueueError(str(exc)) from exc
+        await publish(self.queue, mail)
 
     async def status(self, mail_id: str) -> MailRecord | None:
         """The record of a mail, with its attempt history, or ``None``."""
         return await self.store.get(mail_id)
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        """One page of records: at most ``query.limit`` matching ``query``, in its
+        order, without history (every match, page by page: :meth:`select`).
+
+        Raises:
+            StoreError: the store failed.
+        """
+        return await self.store.find(query)
+
+    @property
+    def can_count(self) -> bool:
+        """True if the store can count records (:meth:`count`, :meth:`count_by_status`,
+        :meth:`activity`), i.e. it is an :class:`~mailqueue.protocols.InspectableStore`."""
+        return isinstance(self.store, InspectableStore)
+
+    async def count(self, query: RecordQuery, *, cap: int = 10_000) -> int | None:
+        """How many records match ``query`` (its ``limit``, ``order`` and cursors
+        ignored), counting no further than ``cap``; ``None`` if the store cannot count.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        if not isinstance(self.store, InspectableStore):
+            return None
+        return await self.store.count(query, cap=cap)
+
+    async def count_by_status(self) -> dict[Status, int] | None:
+        """How many mails are in each status (every status a key, in :class:`Status`
+        order, deleted ones left out); ``None`` if the store cannot count.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        if not isinstance(self.store, InspectableStore):
+            return None
+        counts = await self.store.count_by_status()
+        return {status: counts.get(status, 0) for status in Status}
+
+    async def activity(self, *, since: datetime, bucket: timedelta) -> list[ActivityBucket] | None:
+        """Mails accepted, sent and failed per ``bucket`` from ``since`` on (see
+        :meth:`InspectableStore.activity <mailqueue.protocols.InspectableStore.activity>`);
+        ``None`` if the store cannot count.
+
+        Raises:
+            ValueError: a bad ``bucket``, or too many buckets.
+            StoreError: the store failed.
+        """
+        if not isinstance(self.store, InspectableStore):
+            return None
+        return await self.store.activity(since=since, bucket=bucket)
+
+    async def delete(self, mail_id: str) -> bool:
+        """Mark a mail deleted (``is_deleted``), whatever its status.
+
+        A deleted mail is hidden from :meth:`select`, ``resend`` and ``mailqueue
+        status``; its record and attachments stay until ``mailqueue prune --hard``
+        or retention removes them.
+
+        Returns:
+            ``False`` if there is no mail with this id.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        return await self.store.update(mail_id, RecordUpdate(is_deleted=True))
 
     async def select(
         self,
@@ -561,27 +570,18 @@ class MailQueue:
         ``recipient`` and ``subject`` are case-insensitive substrings of a
         recipient address and of the subject, ``code`` the last SMTP reply code.
         """
-        status_set = frozenset(statuses) if statuses is not None else None
-        cursor: str | None = None
-        while True:
-            page = await self.store.find(
-                RecordQuery(
-                    ids=tuple(ids) if ids is not None else None,
-                    statuses=status_set,
-                    since=since,
-                    until=until,
-                    recipient=recipient,
-                    subject=subject,
-                    code=code,
-                    before_id=cursor,
-                    limit=page_size,
-                )
-            )
-            for record in page:
-                yield record
-            if len(page) < page_size:
-                return
-            cursor = page[-1].id
+        query = RecordQuery(
+            ids=tuple(ids) if ids is not None else None,
+            statuses=frozenset(statuses) if statuses is not None else None,
+            since=since,
+            until=until,
+            recipient=recipient,
+            subject=subject,
+            code=code,
+            limit=page_size,
+        )
+        async for record in iter_records(self.store, query):
+            yield record
 
     async def resend(
         self,

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 
 from mailqueue.errors import MailQueueError
 from mailqueue.protocols import Queue, Store
-from mailqueue.records import RecordQuery, Status, utcnow
+from mailqueue.records import RecordQuery, Status, iter_records, utcnow
 
 __all__ = [
     "CONTENT_TYPE",
@@ -104,7 +104,7 @@ DELIVERY_ERRORS = Counter(
     "Deliveries whose handling raised an unexpected exception (they are retried).",
 )
 
-for _status in (Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN):
+for _status in (s for s in Status if s.final):
     MAILS_FINISHED.labels(status=str(_status))
 WORKER_RESTARTS.labels(component="consumer")
 WORKER_RESTARTS.labels(component="sweeper")
@@ -166,16 +166,10 @@ async def refresh_queue_gauges(
 
 
 async def _oldest_waiting_age(store: Store, page: int) -> float:
-    before: str | None = None
     oldest = None
-    while True:
-        records = await store.find(RecordQuery(statuses=_WAITING, before_id=before, limit=page))
-        for record in records:
-            if oldest is None or record.created_at < oldest:
-                oldest = record.created_at
-        if len(records) < page:
-            break
-        before = records[-1].id
+    async for record in iter_records(store, RecordQuery(statuses=_WAITING, limit=page)):
+        if oldest is None or record.created_at < oldest:
+            oldest = record.created_at
     return 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
 
 

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Final, Literal, Protocol
 
 from mailqueue.message import Mail
 
 __all__ = [
+    "FINISHED",
+    "IN_FLIGHT",
     "ActivityBucket",
     "Attempt",
     "MailRecord",
     "RecipientOutcome",
     "RecipientState",
     "RecordQuery",
+    "RecordSource",
     "RecordUpdate",
     "Status",
     "activity_range",
+    "iter_pages",
+    "iter_records",
     "utcnow",
 ]
 
@@ -50,8 +56,15 @@ class Status(enum.StrEnum):
 
     @property
     def final(self) -> bool:
-        """True for states a worker never moves out of by itself."""
-        return self in (Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN)
+        """True for states a worker never moves out of by itself (those in :data:`FINISHED`)."""
+        return self in FINISHED
+
+
+#: States a mail ends in (a worker never moves it out of them by itself): ``sent``,
+#: ``failed``, ``dead`` and ``unknown``. Their attachments and records may be swept.
+FINISHED: Final = frozenset({Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN})
+#: States of a mail a worker is still busy with: never pruned or swept.
+IN_FLIGHT: Final = frozenset({Status.QUEUED, Status.SENDING, Status.RETRYING})
 
 
 class RecipientState(enum.StrEnum):
@@ -248,3 +261,49 @@ def activity_range(since: datetime, bucket: timedelta, now: datetime) -> tuple[d
     if count > MAX_BUCKETS:
         raise ValueError(f"{count} activity buckets asked for; at most {MAX_BUCKETS}")
     return start, count
+
+
+class RecordSource(Protocol):
+    """Anything records are read from a page at a time: a :class:`~mailqueue.protocols.Store`,
+    a :class:`~mailqueue.client.MailQueue` (named here so that this module need not import
+    ``protocols``, which imports it)."""
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        """At most ``query.limit`` records matching ``query``, in ``query.order``."""
+        ...
+
+
+async def iter_pages(store: RecordSource, query: RecordQuery) -> AsyncIterator[list[MailRecord]]:
+    """Every record :meth:`Store.find` returns for ``query``, a page of ``query.limit`` at a time.
+
+    Pages follow the query's ``order`` through the keyset cursor (``before_id``
+    newest first, ``after_id`` oldest first), so records changed or deleted
+    between pages neither repeat nor make others be skipped. Empty pages are
+    not yielded.
+
+    Raises:
+        StoreError: the store failed (the pages already yielded stay valid).
+    """
+    while True:
+        records = await store.find(query)
+        if records:
+            yield records
+        if len(records) < query.limit:
+            return
+        if query.order == "oldest":
+            query = replace(query, after_id=records[-1].id)
+        else:
+            query = replace(query, before_id=records[-1].id)
+
+
+async def iter_records(store: RecordSource, query: RecordQuery) -> AsyncIterator[MailRecord]:
+    """Every record :meth:`Store.find` returns for ``query``, read page by page.
+
+    ``query.limit`` is the page size; see :func:`iter_pages`.
+
+    Raises:
+        StoreError: the store failed.
+    """
+    async for records in iter_pages(store, query):
+        for record in records:
+            yield record

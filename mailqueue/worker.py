@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from mailqueue import metrics
 from mailqueue.batching import Batcher
@@ -53,6 +53,7 @@ from mailqueue.errors import (
 )
 from mailqueue.limits import RateLimiter
 from mailqueue.logs import mail_id_var
+from mailqueue.maintenance import Maintenance
 from mailqueue.message import AttachmentRef, Mail
 from mailqueue.mime import render
 from mailqueue.protocols import (
@@ -75,9 +76,6 @@ from mailqueue.records import (
     utcnow,
 )
 from mailqueue.settings import RetentionSettings, WorkerSettings
-
-if TYPE_CHECKING:
-    from mailqueue.client import MailQueue
 
 __all__ = ["Worker", "backoff"]
 
@@ -344,16 +342,14 @@ class Worker:
 
     async def _sweep_loop(self) -> None:
         """Every ``sweep_interval`` seconds, publish again the mails whose publish was not confirmed."""
-        from mailqueue.client import MailQueue
-
         interval = self.settings.sweep_interval
         if interval <= 0:
             return
-        mq = MailQueue(store=self.store, queue=self.queue, attachments=self.attachments)
+        maintenance = Maintenance(self.store, self.queue, self.attachments)
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # workers spread out
             try:
-                published = await mq.sweep(older_than=self.settings.sweep_after)
+                published = await maintenance.sweep(older_than=self.settings.sweep_after)
             except BackendError as exc:
                 logger.warning("sweeping for unpublished mail failed (%s); trying again later", exc)
                 continue
@@ -361,12 +357,12 @@ class Worker:
             metrics.SWEPT.inc(published)
             if published:
                 logger.warning("the sweeper published %d mail(s) whose publish was not confirmed", published)
-            await self._recover_and_retain(mq)
+            await self._recover_and_retain(maintenance)
 
-    async def _recover_and_retain(self, mq: MailQueue) -> None:
+    async def _recover_and_retain(self, maintenance: Maintenance) -> None:
         """After each sweep: settle mails stuck ``sending`` for 2 x ``sending_lease``
-        (see :meth:`MailQueue.sweep_stale`); every ``retention.interval``, apply the
-        retention rules (see :mod:`mailqueue.retention`). Failures are logged only."""
+        (see :meth:`Maintenance.sweep_stale`); every ``retention.interval``, apply the
+        retention rules (see :meth:`Maintenance.apply_retention`). Failures are logged only."""
         now = asyncio.get_running_loop().time()
         if self._swept_since is None:
             self._swept_since = now - self.settings.sweep_interval
@@ -374,7 +370,7 @@ class Worker:
         # Only once this worker has run that long itself: after an outage of every
         # worker, deliveries handed back now get their chance before a verdict.
         if self.settings.stale_sending != "off" and now - self._swept_since >= stale_after:
-            stale = mq.sweep_stale(older_than=stale_after, action=self.settings.stale_sending)
+            stale = maintenance.sweep_stale(older_than=stale_after, action=self.settings.stale_sending)
             self.counts["stale"] += await _sweep_step("stale sending", stale)
         keep = self.retention
         if (
@@ -383,7 +379,7 @@ class Worker:
             and (self._retained_at is None or now - self._retained_at >= keep.interval)
         ):
             self._retained_at = now
-            await _sweep_step("retention", mq.apply_retention(keep))
+            await _sweep_step("retention", maintenance.apply_retention(keep))
 
     async def _drain(self) -> None:
         if not self._tasks:

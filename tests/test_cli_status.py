@@ -24,8 +24,9 @@ from click.testing import CliRunner, Result
 from proc_helpers import clean_env
 
 from mailqueue import Mail, MailQueue, Recipient
-from mailqueue.cli import StatusReport, collect_status, failure_reason, main, render_status
+from mailqueue.cli import main
 from mailqueue.records import Attempt, MailRecord, RecordUpdate, Status, utcnow
+from mailqueue.reports import StatusReport, collect_status, failure_reason, render_status
 
 SECRET = "s3cret-pw"
 OUTCOME = {

@@ -8,6 +8,8 @@ import pytest
 
 from mailqueue import Attachment, Mail, MailQueue, MailRecord, RecordQuery, StoreError, ValidationError
 from mailqueue.backends.memory import MemoryQueue
+from mailqueue.protocols import ResourceMixin
+from mailqueue.records import RecordUpdate, utcnow
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 
 
@@ -236,3 +238,90 @@ async def test_resend_narrows_by_recipient_subject_and_code(store_url: str) -> N
             other_subject: Status.FAILED,
             other_address: Status.FAILED,
         }
+
+
+async def test_delete_marks_the_mail_deleted_and_hides_it(store_url: str) -> None:
+    from mailqueue import RecordUpdate, Status
+
+    async with MailQueue.from_urls(store=store_url, queue="memory://", attachments="memory://") as mq:
+        gone = await mq.submit(Mail(subject="s", html="h", to=[{"address": "a@example.com"}]))
+        kept = await mq.submit(Mail(subject="s", html="h", to=[{"address": "b@example.com"}]))
+        for record in (gone, kept):
+            assert await mq.store.update(record.id, RecordUpdate(status=Status.FAILED))
+        depth = await mq.queue.depth()
+
+        assert await mq.delete(gone.id) is True
+        record = await mq.status(gone.id)
+        assert record is not None
+        assert record.is_deleted
+        assert record.status is Status.FAILED  # the row stays as it was, only marked
+        assert [r.id async for r in mq.select(statuses=[Status.FAILED])] == [kept.id]
+        assert [r.id for r in await mq.resend()] == [kept.id]
+        assert await mq.queue.depth() == depth + 1
+        assert await mq.delete("0" * 32) is False
+
+
+class _PlainStore(ResourceMixin):
+    """A Store with the required methods only: it cannot count (no InspectableStore)."""
+
+    def __init__(self) -> None:
+        self._records = MemoryStore()
+
+    async def open(self) -> None:
+        await self._records.open()
+
+    async def close(self) -> None:
+        await self._records.close()
+
+    async def add(self, record: MailRecord) -> MailRecord:
+        return await self._records.add(record)
+
+    async def get(self, mail_id: str) -> MailRecord | None:
+        return await self._records.get(mail_id)
+
+    async def find(self, query: RecordQuery) -> list[MailRecord]:
+        return await self._records.find(query)
+
+    async def update(self, mail_id: str, change: RecordUpdate) -> bool:
+        return await self._records.update(mail_id, change)
+
+    async def ping(self) -> None:
+        await self._records.ping()
+
+
+async def test_reads_for_a_dashboard_count_when_the_store_can(store_url: str) -> None:
+    from datetime import timedelta
+
+    from mailqueue import Status
+
+    async with MailQueue.from_urls(store=store_url, queue="memory://", attachments="memory://") as mq:
+        assert mq.can_count
+        ids = [
+            (await mq.submit(Mail(subject=f"s{n}", html="h", to=[{"address": "a@example.com"}]))).id
+            for n in range(3)
+        ]
+        assert await mq.store.update(ids[0], RecordUpdate(status=Status.FAILED))
+        assert await mq.delete(ids[2])
+        page = await mq.find(RecordQuery(limit=2, include_deleted=True))
+        assert [r.id for r in page] == ids[:0:-1]  # newest first
+        assert await mq.count(RecordQuery(statuses=frozenset({Status.QUEUED, Status.FAILED}))) == 2
+        assert await mq.count(RecordQuery(), cap=1) == 1
+        counts = await mq.count_by_status()
+        assert counts == dict.fromkeys(Status, 0) | {Status.QUEUED: 1, Status.FAILED: 1}
+        assert list(counts) == list(Status)
+        activity = await mq.activity(since=utcnow() - timedelta(hours=1), bucket=timedelta(hours=1))
+        assert activity is not None
+        assert sum(b.accepted for b in activity) == 3
+
+
+async def test_reads_for_a_dashboard_say_none_when_the_store_cannot_count() -> None:
+    from datetime import timedelta
+
+    mq = MailQueue(store=_PlainStore(), queue=MemoryQueue(), attachments=MemoryAttachmentStore())
+    async with mq:
+        record = await mq.submit(Mail(subject="s", html="h", to=[{"address": "a@example.com"}]))
+        assert not mq.can_count
+        assert [r.id for r in await mq.find(RecordQuery())] == [record.id]
+        assert await mq.count(RecordQuery()) is None
+        assert await mq.count_by_status() is None
+        assert await mq.activity(since=utcnow(), bucket=timedelta(hours=1)) is None

@@ -45,8 +45,7 @@ from mailqueue.protocols import (
     Store,
     StoredAttachment,
 )
-from mailqueue.records import Attempt, RecordQuery, RecordUpdate, utcnow
-from mailqueue.retention import FINISHED, IN_FLIGHT, _settle_stale
+from mailqueue.records import FINISHED, IN_FLIGHT, Attempt, RecordQuery, RecordUpdate, utcnow
 from mailqueue.stores import schema
 from mailqueue.stores.disk import FileAttachmentStore
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
@@ -176,8 +175,8 @@ async def test_stale_sweep_loses_the_race_to_a_worker_that_claims_the_mail(mq: M
     (seen,) = await mq.store.find(RecordQuery(ids=(stuck.id,)))
     # a worker takes the mail up again between the sweep's read and its update
     assert await mq.store.update(stuck.id, RecordUpdate(status=Status.SENDING, expect=frozenset(IN_FLIGHT)))
-    assert await _settle_stale(mq, seen, "unknown") is False
-    assert await _settle_stale(mq, seen, "resend") is False
+    assert await mq.maintenance.settle_stale(seen, "unknown") is False
+    assert await mq.maintenance.settle_stale(seen, "resend") is False
     got = await mq.status(stuck.id)
     assert got is not None
     assert got.status is Status.SENDING

@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
 from mailqueue import RecordQuery, Status
+from mailqueue.records import FINISHED
 
-__all__ = ["FINAL_STATUSES", "RESEND_DEFAULT", "Filters", "MultiValues", "input_time", "is_mail_id"]
+__all__ = ["RESEND_DEFAULT", "Filters", "MultiValues", "input_time", "is_mail_id"]
 
-#: Statuses a mail can be re-sent from (the worker is done with it).
-FINAL_STATUSES: tuple[Status, ...] = (Status.FAILED, Status.DEAD, Status.UNKNOWN, Status.SENT)
 #: What a bulk re-send picks when no status is chosen, like ``mailqueue resend``.
 RESEND_DEFAULT: tuple[Status, ...] = (Status.FAILED, Status.DEAD)
 _TEXT_MAX = 255
@@ -179,8 +178,8 @@ class Filters:
         """
         if not self.statuses:
             return RESEND_DEFAULT, ()
-        picked = tuple(s for s in self.statuses if s in FINAL_STATUSES)
-        left = tuple(s for s in self.statuses if s not in FINAL_STATUSES)
+        picked = tuple(s for s in self.statuses if s in FINISHED)
+        left = tuple(s for s in self.statuses if s not in FINISHED)
         return picked, left
 
 

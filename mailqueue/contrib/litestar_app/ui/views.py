@@ -32,16 +32,15 @@ from mailqueue import (
     MailQueue,
     MailQueueError,
     MailRecord,
-    RecordUpdate,
     Status,
     StoreError,
 )
 from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
 from mailqueue.contrib.litestar_app.ui.chart import Chart, build_chart, window_start
-from mailqueue.contrib.litestar_app.ui.filters import FINAL_STATUSES, Filters, MultiValues, is_mail_id
+from mailqueue.contrib.litestar_app.ui.filters import Filters, MultiValues, is_mail_id
 from mailqueue.contrib.litestar_app.ui.session import CSRF_FIELD, Session, SessionManager
-from mailqueue.protocols import InspectableStore
-from mailqueue.records import RecordQuery, utcnow
+from mailqueue.records import utcnow
+from mailqueue.reports import oldest_waiting, queue_depth
 from mailqueue.throttle import classify_reply
 
 __all__ = ["UI_ACTIONS", "LoginRequired", "UIRequest", "handlers"]
@@ -223,11 +222,6 @@ async def _record(mailqueue: MailQueue, mail_id: str) -> MailRecord:
     return record
 
 
-def _inspectable(mailqueue: MailQueue) -> InspectableStore | None:
-    store = mailqueue.store
-    return store if isinstance(store, InspectableStore) else None
-
-
 # --- login ------------------------------------------------------------------------------------------
 
 
@@ -336,45 +330,29 @@ async def overview(
     window: FromQuery[Literal["hour", "day"]] = "hour",
 ) -> Template:
     """Counts by status, the activity chart, the queue and the accounts."""
-    store = _inspectable(mailqueue)
     now = utcnow()
     bucket, number, label, caption = _WINDOWS[window]
     since = window_start(now, bucket, number)
 
     async def counts() -> dict[str, int] | None:
-        if store is None:
-            return None
-        by_status = await store.count_by_status()
-        return {str(s): by_status.get(s, 0) for s in Status}
+        by_status = await mailqueue.count_by_status()
+        return None if by_status is None else {str(s): n for s, n in by_status.items()}
 
     async def chart() -> Chart | None:
-        if store is None:
+        buckets = await mailqueue.activity(since=since, bucket=bucket)
+        if buckets is None:
             return None
-        buckets = await store.activity(since=since, bucket=bucket)
         return build_chart(buckets, since=since, bucket=bucket, count=number, label=label)
 
     async def depth() -> int | None:
-        try:
-            return await mailqueue.queue.depth()
-        except MailQueueError as exc:
-            logger.warning("dashboard: the queue depth is unavailable: %s", exc)
-            return None
-
-    async def oldest_waiting() -> MailRecord | None:
-        # one status at a time: each is a short walk of the (status, ..., id) index, where both
-        # at once may make MariaDB walk the whole table in id order (17 s on a million rows)
-        firsts = await asyncio.gather(
-            *(
-                mailqueue.store.find(RecordQuery(statuses=frozenset({status}), order="oldest", limit=1))
-                for status in (Status.QUEUED, Status.RETRYING)
-            )
-        )
-        found = [page[0] for page in firsts if page]
-        return min(found, key=lambda record: record.id) if found else None
+        queued, error = await queue_depth(mailqueue.queue)
+        if error is not None:
+            logger.warning("dashboard: the queue depth is unavailable: %s", error)
+        return queued
 
     # side by side: the page takes as long as the slowest of them
     by_status, activity, queued, oldest = await asyncio.wait_for(
-        asyncio.gather(counts(), chart(), depth(), oldest_waiting()), READ_TIMEOUT
+        asyncio.gather(counts(), chart(), depth(), oldest_waiting(mailqueue)), READ_TIMEOUT
     )
     oldest_age = (now - oldest.created_at).total_seconds() if oldest is not None else None
     accounts, accounts_note = _accounts(mailqueue_plugin)
@@ -406,21 +384,20 @@ async def _page_of(
     mailqueue: MailQueue, filters: Filters, before: str | None, after: str | None
 ) -> tuple[list[MailRecord], bool, bool]:
     """One page of the list and whether there are older / newer mails (keyset pagination)."""
-    store = mailqueue.store
     newest_first = filters.order == "newest"
     if after is not None:
-        found = await store.find(filters.query(limit=PAGE_SIZE + 1, after_id=after, order="oldest"))
+        found = await mailqueue.find(filters.query(limit=PAGE_SIZE + 1, after_id=after, order="oldest"))
         more, rows = len(found) > PAGE_SIZE, found[:PAGE_SIZE]
         if newest_first:
             rows.reverse()
         return rows, True, more
     if before is not None:
-        found = await store.find(filters.query(limit=PAGE_SIZE + 1, before_id=before, order="newest"))
+        found = await mailqueue.find(filters.query(limit=PAGE_SIZE + 1, before_id=before, order="newest"))
         more, rows = len(found) > PAGE_SIZE, found[:PAGE_SIZE]
         if not newest_first:
             rows.reverse()
         return rows, more, True
-    found = await store.find(filters.query(limit=PAGE_SIZE + 1))
+    found = await mailqueue.find(filters.query(limit=PAGE_SIZE + 1))
     more, rows = len(found) > PAGE_SIZE, found[:PAGE_SIZE]
     return (rows, more, False) if newest_first else (rows, False, more)
 
@@ -435,12 +412,11 @@ async def messages(request: Request[Any, Any, Any], mailqueue: NamedDependency[M
     filters = Filters.parse(_values(request.query_params))
     before = _cursor(request.query_params.get("before"))
     after = None if before else _cursor(request.query_params.get("after"))
-    store = _inspectable(mailqueue)
 
     async def count() -> int | None:
-        if store is None or filters.errors:
+        if filters.errors:
             return None
-        return await store.count(filters.query(limit=1), cap=LIST_COUNT_CAP + 1)
+        return await mailqueue.count(filters.query(limit=1), cap=LIST_COUNT_CAP + 1)
 
     # side by side: a filter the indexes cannot serve costs one scan's time, not two
     (rows, older, newer), total = await asyncio.wait_for(
@@ -543,7 +519,7 @@ async def message(
             "mail": record.mail,
             "attempts": attempts,
             "attachments": attachments,
-            "can_resend": record.status in FINAL_STATUSES and not record.is_deleted,
+            "can_resend": record.status.final and not record.is_deleted,
             "flash": _FLASH.get(done or ""),
         },
     )
@@ -621,7 +597,7 @@ async def resend_one(
     record = await _record(mailqueue, mail_id)
     if record.is_deleted:
         raise HTTPException(status_code=409, detail="This mail is marked as deleted; it is not re-sent.")
-    if record.status not in FINAL_STATUSES:
+    if not record.status.final:
         raise HTTPException(
             status_code=409,
             detail=f"This mail is {record.status}: the worker is not done with it, so it is not re-sent.",
@@ -646,7 +622,7 @@ async def delete_one(
     await _form(request)
     record = await _record(mailqueue, mail_id)
     if not record.is_deleted:
-        changed = await mailqueue.store.update(record.id, RecordUpdate(is_deleted=True))
+        changed = await mailqueue.delete(record.id)
         if not changed:
             raise NotFoundException(f"No mail with id {mail_id!r}.")
         UI_ACTIONS.labels(action="delete").inc()
@@ -657,8 +633,7 @@ async def delete_one(
 async def _selection(
     mailqueue: MailQueue, filters: Filters
 ) -> tuple[tuple[Status, ...], tuple[Status, ...], int]:
-    store = _inspectable(mailqueue)
-    if store is None:
+    if not mailqueue.can_count:
         raise HTTPException(
             status_code=501,
             detail="This store cannot count a selection; use `mailqueue resend` on the command line.",
@@ -668,8 +643,8 @@ async def _selection(
         return picked, left, 0
     # deleted mails are never re-sent, whatever the list shows
     query = replace(filters.query(limit=1, statuses=picked), include_deleted=False)
-    count = await asyncio.wait_for(store.count(query, cap=COUNT_CAP + 1), READ_TIMEOUT)
-    return picked, left, count
+    count = await asyncio.wait_for(mailqueue.count(query, cap=COUNT_CAP + 1), READ_TIMEOUT)
+    return picked, left, count or 0
 
 
 @get("/resend", name="ui:resend-confirm")
