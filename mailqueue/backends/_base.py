@@ -1,4 +1,8 @@
-"""What every backend shares: the one place where a driver's exceptions become ours.
+"""What every backend shares: settling a delivery once, and turning a driver's exceptions into ours.
+
+:class:`BaseDelivery` is the settle-once rule every queue's delivery follows
+(owned -> settling -> settled); a queue's delivery extends it and makes each of
+``ack``, ``retry``, ``dead`` and ``release`` one call of its ``_settle``.
 
 A backend calls its driver inside :func:`translate_errors`, and whatever the
 driver raises comes out as the backend's own error (:class:`QueueError`,
@@ -14,11 +18,19 @@ Imports no driver.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Literal
 
 from mailqueue.errors import BackendError, MailQueueError
 
-__all__ = ["describe", "translate_errors"]
+__all__ = ["BaseDelivery", "SettleKind", "describe", "translate_errors"]
+
+logger = logging.getLogger(__name__)
+
+#: Which of the four settling calls of a delivery is under way.
+SettleKind = Literal["ack", "retry", "dead", "release"]
 
 #: The longest driver text an error message carries.
 _DETAIL_MAX = 500
@@ -54,3 +66,87 @@ def translate_errors(error: type[BackendError], action: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise error(f"{action}: {describe(exc)}") from exc
+
+
+class _State(enum.Enum):
+    OWNED = "owned"
+    SETTLING = "settling"
+    SETTLED = "settled"
+
+
+class BaseDelivery:
+    """The settle-once rule of a :class:`~mailqueue.protocols.Delivery`: owned -> settling -> settled.
+
+    A queue's delivery extends it; each of its ``ack``, ``retry``, ``dead`` and
+    ``release`` is one call of :meth:`_settle`, which enforces:
+
+    - only an owned delivery settles: a call made while another is under way,
+      or after one finished, does nothing and returns ``False``;
+    - a delivery whose message is no longer ours (:meth:`_gone`: the queue was
+      closed, its channel is gone, its partition moved, ...) becomes settled
+      without touching the broker;
+    - the ``step`` (the durable part: a confirmed publish, an UPDATE) runs while
+      settling; if it raises (anything, cancellation included) the delivery is
+      owned again and the exception propagates, so the caller may settle it
+      again (at-least-once: nothing is lost by a failed settle);
+    - :meth:`_complete` then runs (the part that cannot be undone, such as
+      AMQP's ``basic.ack``); if it raises the delivery stays settling, so it is
+      never settled twice;
+    - :meth:`_on_settled` is called when the delivery becomes settled.
+
+    Subclasses override the three hooks as they need; the defaults do nothing.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        self._state = _State.OWNED
+
+    @property
+    def settled(self) -> bool:
+        """True once settled, or given up because the message is no longer ours."""
+        return self._state is _State.SETTLED
+
+    @property
+    def key(self) -> str:  # pragma: no cover - overridden
+        """The key the message was published under."""
+        raise NotImplementedError
+
+    async def _settle(self, kind: SettleKind, step: Callable[[], Awaitable[object]] | None = None) -> bool:
+        """Settle once (see the class docstring); ``True`` if this call settled the delivery."""
+        if self._state is not _State.OWNED:
+            return False
+        gone = self._gone()
+        if gone is not None:
+            logger.debug("%s of %r ignored: %s", kind, self.key, gone)
+            self._drop()
+            return False
+        self._state = _State.SETTLING
+        if step is not None:
+            try:
+                await step()
+            except BaseException:
+                self._state = _State.OWNED
+                raise
+        await self._complete(kind)
+        self._state = _State.SETTLED
+        self._on_settled(done=True)
+        return True
+
+    def _drop(self) -> None:
+        """Mark the delivery settled without settling it: its message is no longer ours
+        (the queue closed and gave it back, or will get it back); no-op once settled."""
+        if self._state is _State.SETTLED:
+            return
+        self._state = _State.SETTLED
+        self._on_settled(done=False)
+
+    def _gone(self) -> str | None:
+        """Why the message is no longer this delivery's to settle, or ``None`` while it is."""
+        return None
+
+    async def _complete(self, kind: SettleKind) -> None:
+        """Finish a settle after its step succeeded (runs while settling)."""
+
+    def _on_settled(self, *, done: bool) -> None:
+        """The delivery became settled: by a settle (``done``) or given up (not ``done``)."""

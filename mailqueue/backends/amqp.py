@@ -109,6 +109,7 @@ from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 from yarl import URL
 
+from mailqueue.backends._base import BaseDelivery, SettleKind
 from mailqueue.errors import ConfigurationError, QueueError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 from mailqueue.registry import redact_url
@@ -201,16 +202,15 @@ def _translate(action: str) -> Iterator[None]:
         raise QueueError(f"amqp queue could not {action}: {type(exc).__name__}: {exc}") from exc
 
 
-class AMQPDelivery:
+class AMQPDelivery(BaseDelivery):
     """A message handed out by :meth:`AMQPQueue.consume`; owned until settled or its channel is gone."""
 
-    __slots__ = ("_body", "_channel", "_consumer", "_due", "_key", "_redelivered", "_state", "_tag")
-
-    _OWNED, _SETTLING, _SETTLED = range(3)
+    __slots__ = ("_body", "_channel", "_consumer", "_due", "_key", "_redelivered", "_tag")
 
     def __init__(
         self, consumer: AMQPConsumer, message: AbstractIncomingMessage, channel: AbstractChannel
     ) -> None:
+        super().__init__()
         headers = message.headers or {}
         self._consumer = consumer
         self._channel = channel
@@ -220,7 +220,6 @@ class AMQPDelivery:
         self._redelivered = bool(message.redelivered) or bool(headers.get(REDELIVERED_HEADER))
         due = headers.get(DUE_HEADER)
         self._due = int(due) if isinstance(due, int | float) and not isinstance(due, bool) else None
-        self._state = self._OWNED
 
     @property
     def key(self) -> str:
@@ -243,9 +242,7 @@ class AMQPDelivery:
         A no-op if already settled, if the queue was closed or if the channel
         it came on is gone (the broker requeued it).
         """
-        if self._begin():
-            await self._basic_ack()
-            self._finish()
+        await self._settle("ack")
 
     async def retry(self, delay: float) -> None:
         """Publish a copy due ``delay`` seconds from now (confirmed), then ack this one.
@@ -258,16 +255,12 @@ class AMQPDelivery:
         if delay <= 0:
             await self.release()
             return
-        if not self._begin():
-            return
-        try:
+
+        async def publish_copy() -> None:
             headers: HeadersType = {KEY_HEADER: self._key, REDELIVERED_HEADER: True}
             await self._consumer._queue._publish(headers, self._body, delay, action=f"retry {self._key!r}")
-        except BaseException:
-            self._state = self._OWNED
-            raise
-        await self._basic_ack()
-        self._finish()
+
+        await self._settle("retry", publish_copy)
 
     async def dead(self, reason: str) -> None:
         """Publish a copy to ``<queue>.dead`` with the reason (confirmed), then ack this one.
@@ -277,24 +270,18 @@ class AMQPDelivery:
         Raises:
             QueueError: the copy was not confirmed; the delivery stays unsettled.
         """
-        if not self._begin():
-            return
-        try:
+
+        async def publish_dead() -> None:
             await self._consumer._queue._publish_dead(self._key, self._body, reason)
-        except BaseException:
-            self._state = self._OWNED
-            raise
-        await self._basic_ack()
-        self._finish()
+
+        await self._settle("dead", publish_dead)
 
     async def release(self) -> None:
         """Give the message back for immediate redelivery (``basic.nack(requeue=True)``).
 
         No-op rules of :meth:`ack`.
         """
-        if self._begin():
-            await self._give_back()
-            self._finish()
+        await self._settle("release")
 
     # --- internals ---------------------------------------------------------
 
@@ -302,18 +289,16 @@ class AMQPDelivery:
     def _stale(self) -> bool:
         return self._channel.is_closed or self._consumer._queue._closed
 
-    def _begin(self) -> bool:
-        if self._state != self._OWNED:
-            return False
-        if self._stale:
-            logger.debug("amqp queue: settling %r ignored, its channel is closed", self._key)
-            self._finish()
-            return False
-        self._state = self._SETTLING
-        return True
+    def _gone(self) -> str | None:
+        return "its channel is closed (the broker requeued it)" if self._stale else None
 
-    def _finish(self) -> None:
-        self._state = self._SETTLED
+    async def _complete(self, kind: SettleKind) -> None:
+        if kind == "release":
+            await self._give_back()
+        else:
+            await self._basic_ack()
+
+    def _on_settled(self, *, done: bool) -> None:
         self._consumer._settled(self)
 
     async def _basic_ack(self) -> None:

@@ -89,7 +89,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -99,6 +99,7 @@ from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untype
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 
+from mailqueue.backends._base import BaseDelivery
 from mailqueue.errors import ConfigurationError, MailQueueError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 
@@ -308,23 +309,21 @@ class _Record:
     since: int  # ready since (publish or due time), epoch nanoseconds: oldest is handed out first
 
 
-class KafkaDelivery:
+class KafkaDelivery(BaseDelivery):
     """A record handed out by :meth:`KafkaQueue.consume`; settle it once.
 
     Settling is a no-op once settled, after the queue was closed, or when the
     record's partition was taken away by a rebalance (the next owner reads it).
     """
 
-    __slots__ = ("_consumer", "_part", "_record", "_redelivered", "_state")
-
-    _OWNED, _SETTLING, _SETTLED = range(3)
+    __slots__ = ("_consumer", "_part", "_record", "_redelivered")
 
     def __init__(self, consumer: KafkaConsumer, record: _Record, part: _Partition, redelivered: bool) -> None:
+        super().__init__()
         self._consumer = consumer
         self._record = record
         self._part = part
         self._redelivered = redelivered
-        self._state = self._OWNED
 
     @property
     def key(self) -> str:
@@ -343,7 +342,7 @@ class KafkaDelivery:
 
     async def ack(self) -> None:
         """Mark the record finished; its offset is committed with the next batch."""
-        await self._settle(None)
+        await self._settle("ack")
 
     async def retry(self, delay: float) -> None:
         """Re-publish to the retry topic, due ``delay`` seconds from now, then mark finished.
@@ -351,7 +350,7 @@ class KafkaDelivery:
         Raises:
             QueueError: the re-publish was not acknowledged; the delivery stays unsettled.
         """
-        await self._settle(lambda: self._consumer._queue._republish(self._record, max(delay, 0.0)))
+        await self._settle("retry", lambda: self._consumer._queue._republish(self._record, max(delay, 0.0)))
 
     async def release(self) -> None:
         """Re-publish to the retry topic, due now, then mark finished (see :meth:`retry`)."""
@@ -363,31 +362,19 @@ class KafkaDelivery:
         Raises:
             QueueError: the publish was not acknowledged; the delivery stays unsettled.
         """
-        await self._settle(lambda: self._consumer._queue._dead(self._record, reason))
+        await self._settle("dead", lambda: self._consumer._queue._dead(self._record, reason))
 
     def _live(self) -> bool:
         """Not settled (or being settled), queue open, partition still ours."""
-        return self._state != self._SETTLED and self._consumer._owns(self)
+        return not self.settled and self._gone() is None
 
-    async def _settle(self, publish: Callable[[], Awaitable[None]] | None) -> None:
-        if self._state != self._OWNED:
-            return
-        if not self._consumer._owns(self):
-            logger.debug(
-                "kafka queue: settling %r ignored: its partition moved or the queue closed", self.key
-            )
-            self._state = self._SETTLED
-            self._consumer._finished(self, finish=False)
-            return
-        if publish is not None:
-            self._state = self._SETTLING
-            try:
-                await publish()
-            except BaseException:
-                self._state = self._OWNED
-                raise
-        self._state = self._SETTLED
-        self._consumer._finished(self, finish=True)
+    def _gone(self) -> str | None:
+        if self._consumer._owns(self):
+            return None
+        return "its partition moved or the queue closed (the next owner reads it)"
+
+    def _on_settled(self, *, done: bool) -> None:
+        self._consumer._finished(self, finish=done)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

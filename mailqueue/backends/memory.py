@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Self
 from urllib.parse import parse_qsl, urlsplit
 
+from mailqueue.backends._base import BaseDelivery
 from mailqueue.errors import ConfigurationError, QueueError, TransientDeliveryError
 from mailqueue.protocols import (
     BackendContext,
@@ -72,16 +73,16 @@ class _Message:
     deliveries: int = 0
 
 
-class MemoryDelivery:
+class MemoryDelivery(BaseDelivery):
     """A message handed out by :meth:`MemoryQueue.consume`; settle it once."""
 
-    __slots__ = ("_consumer", "_message", "_queue", "_settled")
+    __slots__ = ("_consumer", "_message", "_queue")
 
     def __init__(self, queue: MemoryQueue, consumer: MemoryConsumer, message: _Message) -> None:
+        super().__init__()
         self._queue = queue
         self._consumer = consumer
         self._message = message
-        self._settled = False
 
     @property
     def key(self) -> str:
@@ -100,32 +101,35 @@ class MemoryDelivery:
 
     async def ack(self) -> None:
         """Remove the message for good (no-op if already settled)."""
-        self._settle()
+        await self._settle("ack")
 
     async def retry(self, delay: float) -> None:
         """Make the message available again ``delay`` seconds from now (no-op if already settled)."""
-        if self._settle():
+
+        async def requeue() -> None:
             self._queue._put(self._message, delay)
+
+        await self._settle("retry", requeue)
 
     async def dead(self, reason: str) -> None:
         """Append the message to :attr:`MemoryQueue.dead` (no-op if already settled)."""
-        if self._settle():
+
+        async def bury() -> None:
             self._queue.dead.append(DeadLetter(self.key, self.body, reason))
+
+        await self._settle("dead", bury)
 
     async def release(self) -> None:
         """Put the message back at the head of the queue (no-op if already settled)."""
-        if self._settle():
-            self._queue._ready.appendleft(self._message)
-            self._queue._wake()
 
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        self._settled = True
-        self._consumer._outstanding.discard(self)
-        self._queue._unsettled.pop(self, None)
-        self._queue._wake()
-        return True
+        async def give_back() -> None:
+            self._queue._give_back(self._message)
+
+        await self._settle("release", give_back)
+
+    def _on_settled(self, *, done: bool) -> None:
+        self._consumer._forget(self)
+        self._queue._forget(self)
 
 
 class MemoryConsumer:
@@ -166,6 +170,10 @@ class MemoryConsumer:
                 pass
             finally:
                 queue._waiters.discard(woken)
+
+    def _forget(self, delivery: MemoryDelivery) -> None:
+        """``delivery`` is settled: it no longer counts against ``prefetch``."""
+        self._outstanding.discard(delivery)
 
     async def aclose(self) -> None:
         """Stop consuming; deliveries already handed out stay owned until settled."""
@@ -211,8 +219,8 @@ class MemoryQueue(ResourceMixin):
             return
         self._open = False
         for delivery in reversed(list(self._unsettled)):
-            delivery._settle()
-            self._ready.appendleft(delivery._message)
+            delivery._drop()
+            self._give_back(delivery._message)
         self._wake()
 
     async def publish(self, key: str, body: bytes, *, delay: float = 0.0) -> None:
@@ -244,6 +252,16 @@ class MemoryQueue(ResourceMixin):
     async def depth(self) -> int:
         """Messages waiting, ready or delayed (unsettled deliveries are not counted)."""
         return len(self._ready) + len(self._delayed)
+
+    def _give_back(self, message: _Message) -> None:
+        """Put ``message`` back at the head of the queue."""
+        self._ready.appendleft(message)
+        self._wake()
+
+    def _forget(self, delivery: MemoryDelivery) -> None:
+        """``delivery`` is settled: no longer counted as unsettled."""
+        self._unsettled.pop(delivery, None)
+        self._wake()
 
     def _put(self, message: _Message, delay: float) -> None:
         if delay > 0:
