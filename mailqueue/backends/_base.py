@@ -1,4 +1,10 @@
-"""What every backend shares: settling a delivery once, and turning a driver's exceptions into ours.
+"""What every backend shares: its URL options, settling a delivery once, and
+turning a driver's exceptions into ours.
+
+:func:`parse_options` reads the query of a backend URL into the pydantic model
+in which the backend declares its options (``extra="forbid"``: an unknown
+option is refused with the valid names listed); :data:`Flag`, :data:`Number`
+and :data:`Whole` are the option types written in URLs.
 
 :class:`BaseDelivery` is the settle-once rule every queue's delivery follows
 (owned -> settling -> settled); a queue's delivery extends it and makes each of
@@ -21,11 +27,27 @@ import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
-from mailqueue.errors import BackendError, MailQueueError
+import pydantic
+from pydantic import BeforeValidator, ConfigDict
+from pydantic_core import PydanticCustomError
 
-__all__ = ["BaseDelivery", "SettleKind", "describe", "translate_errors"]
+from mailqueue.errors import BackendError, ConfigurationError, MailQueueError
+
+__all__ = [
+    "BaseDelivery",
+    "Flag",
+    "Number",
+    "OptionsModel",
+    "SettleKind",
+    "Whole",
+    "describe",
+    "parse_options",
+    "translate_errors",
+    "url_query",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +56,115 @@ SettleKind = Literal["ack", "retry", "dead", "release"]
 
 #: The longest driver text an error message carries.
 _DETAIL_MAX = 500
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+# --- URL options -------------------------------------------------------------
+
+
+def _flag(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise PydanticCustomError("option", "must be true or false, not {value}", {"value": repr(value)})
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise PydanticCustomError("option", "is not a number: {value}", {"value": repr(value)}) from None
+    return value
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "option", "is not a whole number: {value!r}", {"value": value}
+            ) from None
+    return value
+
+
+#: A yes/no option: ``1``, ``true``, ``yes``, ``on`` or ``0``, ``false``, ``no``, ``off`` (any case).
+Flag = Annotated[bool, BeforeValidator(_flag)]
+#: A number option, read as Python's ``float()`` reads it.
+Number = Annotated[float, BeforeValidator(_number)]
+#: A whole-number option, read as Python's ``int()`` reads it.
+Whole = Annotated[int, BeforeValidator(_whole)]
+
+_Options = TypeVar("_Options", bound=pydantic.BaseModel)
+
+
+class OptionsModel(pydantic.BaseModel):
+    """Base of the models in which backends declare their URL options.
+
+    Frozen, and ``extra="forbid"``: an option the model does not declare is an
+    error. A field whose option name is not a Python name (``from``) declares it
+    as its alias.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def url_query(url: str) -> list[tuple[str, str]]:
+    """The ``(name, value)`` pairs of ``url``'s query, in order, blank values kept."""
+    return parse_qsl(urlsplit(url).query, keep_blank_values=True)
+
+
+def _option_names(model: type[pydantic.BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def parse_options(
+    url: str, model: type[_Options], *, label: str | None = None, once: bool = False
+) -> _Options:
+    """Read the options in ``url``'s query into ``model``.
+
+    Args:
+        url: the backend URL.
+        model: the backend's options (an :class:`OptionsModel`); fields not in
+            the URL keep their defaults (``model_fields_set`` tells which were given).
+        label: how messages name the URL (default ``<scheme>://``).
+        once: refuse an option given twice (otherwise the last one counts).
+
+    Raises:
+        ConfigurationError: an unknown option (the message lists the valid
+            ones), an option given twice with ``once``, or a bad value (the
+            message names the option).
+    """
+    label = label or f"{urlsplit(url).scheme}://"
+    given: dict[str, str] = {}
+    known = _option_names(model)
+    for name, value in url_query(url):
+        if name not in known:
+            listed = f"known: {', '.join(known)}" if known else f"{label} takes no options"
+            raise ConfigurationError(f"unknown option {name!r} in {label} URL ({listed})")
+        if once and name in given:
+            raise ConfigurationError(f"option {name!r} is given twice in {label} URL")
+        given[name] = value
+    try:
+        return model.model_validate(given)
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(_describe_invalid(exc, label)) from None
+
+
+def _describe_invalid(exc: pydantic.ValidationError, label: str) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = error["loc"][0] if error["loc"] else None
+    if where is None:
+        return f"options of {label}: {error['msg']}"
+    if error["type"] == "option":
+        return f"option {where!r} of {label} {error['msg']}"
+    return f"option {where!r} of {label}: {error['msg']}"
 
 
 def describe(exc: BaseException) -> str:

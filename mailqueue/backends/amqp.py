@@ -91,8 +91,8 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, Final, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Annotated, Any, Final, Self
+from urllib.parse import urlencode, urlsplit
 
 import aio_pika
 import aiormq
@@ -107,14 +107,16 @@ from aio_pika.abc import (
 )
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
+from pydantic import AfterValidator, BeforeValidator
+from pydantic_core import PydanticCustomError
 from yarl import URL
 
-from mailqueue.backends._base import BaseDelivery, SettleKind
+from mailqueue.backends._base import BaseDelivery, Flag, OptionsModel, SettleKind, parse_options, url_query
 from mailqueue.errors import ConfigurationError, QueueError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 from mailqueue.registry import redact_url
 
-__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueue"]
+__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPOptions", "AMQPQueue"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +149,82 @@ _DRIVER_OPTIONS: Final = (
     "certfile",
     "no_verify_ssl",
 )
+
+
+def _seconds(value: Any) -> Any:
+    """A number of seconds, at least 0 (the queue checks its own for more)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise PydanticCustomError("option", "is not a number: {value}", {"value": repr(value)}) from None
+    if isinstance(number, float | int) and not (math.isfinite(number) and number >= 0):
+        raise PydanticCustomError("option", "must be a positive number: {value}", {"value": repr(value)})
+    return number
+
+
+def _driver_seconds(value: str) -> str:
+    """A number of seconds handed to the driver as written."""
+    _seconds(value)
+    return value
+
+
+def _heartbeat(value: str) -> str:
+    # aiormq would silently turn a bad value into 0: no heartbeats at all.
+    if not (value.isdigit() and int(value) < 65535):
+        raise PydanticCustomError("option", "must be 0 to 65534 seconds", {})
+    return value
+
+
+def _zero_or_one(value: str) -> str:
+    if value not in ("0", "1"):
+        raise PydanticCustomError("option", "must be 0 or 1", {})
+    return value
+
+
+def _auth(value: str) -> str:
+    if value.lower() not in ("plain", "external"):
+        raise PydanticCustomError("option", "must be plain or external", {})
+    return value
+
+
+_Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+class AMQPOptions(OptionsModel):
+    """The options of an ``amqp://`` or ``amqps://`` URL (see the module docstring).
+
+    mailqueue's own options become :class:`AMQPQueue`'s arguments (their values
+    are checked there); the driver's (``heartbeat`` to ``no_verify_ssl``) stay in
+    the URL handed to aio-pika.
+    """
+
+    queue: str = "mailqueue"
+    exchange: str = "mailqueue"
+    exchange_type: str = "direct"
+    routing_key: str | None = None
+    quorum: Flag = False
+    confirm_timeout: _Seconds = 30.0
+    connect_timeout: _Seconds = 10.0
+    tier_min: _Seconds = 0.1
+    tier_max: _Seconds = 14400.0
+    heartbeat: Annotated[str, AfterValidator(_heartbeat)] | None = None
+    reconnect_interval: Annotated[str, AfterValidator(_driver_seconds)] | None = None
+    name: str | None = None
+    auth: Annotated[str, AfterValidator(_auth)] | None = None
+    cafile: str | None = None
+    capath: str | None = None
+    cadata: str | None = None
+    keyfile: str | None = None
+    certfile: str | None = None
+    no_verify_ssl: Annotated[str, AfterValidator(_zero_or_one)] | None = None
+
+
+assert tuple(AMQPOptions.model_fields) == _OPTIONS + _DRIVER_OPTIONS
+
+
 _EXCHANGE_TYPES: Final = ("direct", "topic", "fanout", "headers")
-_TRUE: Final = ("1", "true", "yes", "on")
-_FALSE: Final = ("0", "false", "no", "off")
 _SETTLE_TIMEOUT: Final = 5.0
 #: aiormq's writer takes several frames as one chunk (``ChannelFrame.marshall``, aiormq 7).
 _CHANNEL_FRAME: Final[Any] = getattr(aiormq.abc, "ChannelFrame", None)
@@ -691,42 +766,9 @@ class AMQPQueue(ResourceMixin):
             parts.port  # noqa: B018 - validates the port
         except ValueError:
             raise ConfigurationError(f"bad port in {redact_url(url)!r}") from None
-        ours: dict[str, str] = {}
-        driver: list[tuple[str, str]] = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in _OPTIONS:
-                ours[name] = value
-            elif name in _DRIVER_OPTIONS:
-                driver.append((name, value))
-            else:
-                known = ", ".join((*_OPTIONS, *_DRIVER_OPTIONS))
-                raise ConfigurationError(f"unknown option {name!r} in {parts.scheme}:// URL (known: {known})")
-        for name, value in driver:
-            if name == "reconnect_interval":
-                _number(name, value, parts.scheme)
-            elif name == "heartbeat" and not (value.isdigit() and int(value) < 65535):
-                # aiormq would silently turn a bad value into 0: no heartbeats at all.
-                raise ConfigurationError(
-                    f"option 'heartbeat' of {parts.scheme}:// must be 0 to 65534 seconds"
-                )
-            elif name == "no_verify_ssl" and value not in ("0", "1"):
-                raise ConfigurationError(f"option 'no_verify_ssl' of {parts.scheme}:// must be 0 or 1")
-            elif name == "auth" and value.lower() not in ("plain", "external"):
-                raise ConfigurationError(f"option 'auth' of {parts.scheme}:// must be plain or external")
-        kwargs: dict[str, Any] = {}
-        for name in ("confirm_timeout", "connect_timeout", "tier_min", "tier_max"):
-            if name in ours:
-                kwargs[name] = _number(name, ours[name], parts.scheme)
-        if "quorum" in ours:
-            flag = ours["quorum"].lower()
-            if flag not in _TRUE + _FALSE:
-                raise ConfigurationError(
-                    f"option 'quorum' of {parts.scheme}:// must be true or false, not {flag!r}"
-                )
-            kwargs["quorum"] = flag in _TRUE
-        for name in ("queue", "exchange", "exchange_type", "routing_key"):
-            if name in ours:
-                kwargs[name] = ours[name]
+        options = parse_options(url, AMQPOptions)
+        driver = [(name, value) for name, value in url_query(url) if name in _DRIVER_OPTIONS]
+        kwargs = options.model_dump(include=options.model_fields_set & set(_OPTIONS))
         broker_url = parts._replace(query=urlencode(driver)).geturl()
         return cls(url=broker_url, **kwargs)
 
@@ -982,16 +1024,6 @@ class AMQPQueue(ResourceMixin):
                 result = await target.publish(message, routing_key, mandatory=True)
             if not isinstance(result, Basic.Ack):
                 raise QueueError(f"amqp queue could not {action}: the broker did not confirm it ({result!r})")
-
-
-def _number(name: str, value: str, scheme: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigurationError(f"option {name!r} of {scheme}:// is not a number: {value!r}") from None
-    if not (math.isfinite(number) and number >= 0):
-        raise ConfigurationError(f"option {name!r} of {scheme}:// must be a positive number: {value!r}")
-    return number
 
 
 async def _close_connection_quietly(connection: aio_pika.RobustConnection) -> None:

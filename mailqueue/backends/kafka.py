@@ -90,16 +90,17 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any, Final, Self
-from urllib.parse import parse_qsl, unquote, urlsplit
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Final, Self
+from urllib.parse import unquote, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+from pydantic import BeforeValidator, model_validator
 
-from mailqueue.backends._base import BaseDelivery
+from mailqueue.backends._base import BaseDelivery, Flag, Number, OptionsModel, Whole, parse_options
 from mailqueue.errors import ConfigurationError, MailQueueError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 
@@ -118,8 +119,6 @@ _DEFAULT_PORT: Final = 9092
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-_TRUE: Final = ("1", "true", "yes", "on")
-_FALSE: Final = ("0", "false", "no", "off")
 _HANDED_MEMORY: Final = 100_000
 _MAX_REASON: Final = 4000
 # Driver failures that publish, commit and admin calls translate: any exception, since aiokafka
@@ -127,9 +126,15 @@ _MAX_REASON: Final = 4000
 _DRIVER_ERRORS: Final = (Exception,)
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaOptions:
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+class KafkaOptions(OptionsModel):
     """The knobs of :class:`KafkaQueue` (see the module docstring); times in seconds.
+
+    Also the URL's options: :meth:`KafkaQueue.from_url` reads them with
+    :func:`~mailqueue.backends._base.parse_options`.
 
     Raises:
         ConfigurationError: a value is out of range.
@@ -137,30 +142,31 @@ class KafkaOptions:
 
     group: str = "mailqueue"
     client_id: str = "mailqueue"
-    idempotence: bool = True
-    batch: int = 100
+    idempotence: Flag = True
+    batch: Whole = 100
     retry_topic: str | None = None
     dead_topic: str | None = None
-    create: bool = False
-    partitions: int = 1
-    replication: int = 1
-    timeout: float = 30.0
-    request_timeout: float | None = None
-    session_timeout: float = 10.0
-    heartbeat: float = 3.0
-    max_poll_interval: float = 300.0
-    rebalance_timeout: float | None = None
-    metadata_max_age: float = 300.0
-    fetch_wait: float = 0.5
-    poll: float = 0.2
-    commit_interval: float = 1.0
-    drain: float = 30.0
-    hold: int = 10_000
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
+    create: Flag = False
+    partitions: Whole = 1
+    replication: Whole = 1
+    timeout: Number = 30.0
+    request_timeout: Number | None = None
+    session_timeout: Number = 10.0
+    heartbeat: Number = 3.0
+    max_poll_interval: Number = 300.0
+    rebalance_timeout: Number | None = None
+    metadata_max_age: Number = 300.0
+    fetch_wait: Number = 0.5
+    poll: Number = 0.2
+    commit_interval: Number = 1.0
+    drain: Number = 30.0
+    hold: Whole = 10_000
+    security_protocol: Annotated[str, BeforeValidator(_upper)] = "PLAINTEXT"
+    sasl_mechanism: Annotated[str, BeforeValidator(_upper)] = "PLAIN"
     ssl_cafile: str | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if not self.group:
             raise ConfigurationError("option 'group' of kafka:// must not be empty")
         if not self.client_id:
@@ -199,51 +205,7 @@ class KafkaOptions:
             raise ConfigurationError(
                 f"option 'sasl_mechanism' of kafka:// must be one of {', '.join(_MECHANISMS)}"
             )
-
-
-_OPTION_TYPES: Final[dict[str, type]] = {
-    "group": str,
-    "client_id": str,
-    "idempotence": bool,
-    "batch": int,
-    "retry_topic": str,
-    "dead_topic": str,
-    "create": bool,
-    "partitions": int,
-    "replication": int,
-    "timeout": float,
-    "request_timeout": float,
-    "session_timeout": float,
-    "heartbeat": float,
-    "max_poll_interval": float,
-    "rebalance_timeout": float,
-    "metadata_max_age": float,
-    "fetch_wait": float,
-    "poll": float,
-    "commit_interval": float,
-    "drain": float,
-    "hold": int,
-    "security_protocol": str,
-    "sasl_mechanism": str,
-    "ssl_cafile": str,
-}
-assert set(_OPTION_TYPES) == {f.name for f in fields(KafkaOptions)}
-
-
-def _convert(name: str, raw: str) -> object:
-    kind = _OPTION_TYPES[name]
-    if kind is bool:
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise ConfigurationError(f"option {name!r} of kafka:// must be true or false, not {raw!r}")
-    if kind is str:
-        return raw.upper() if name in ("security_protocol", "sasl_mechanism") else raw
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ConfigurationError(f"option {name!r} of kafka:// is not a number: {raw!r}") from None
+        return self
 
 
 def _split_hosts(hosts: str) -> list[str]:
@@ -807,10 +769,11 @@ class KafkaQueue(ResourceMixin):
             raise ConfigurationError("kafka queue needs at least one bootstrap server")
         if not _TOPIC_NAME.fullmatch(topic):
             raise ConfigurationError(f"kafka:// topic is not a valid topic name: {topic!r}")
-        options = replace(
-            options,
-            retry_topic=options.retry_topic or f"{topic}.retry",
-            dead_topic=options.dead_topic or f"{topic}.dead",
+        options = options.model_copy(
+            update={
+                "retry_topic": options.retry_topic or f"{topic}.retry",
+                "dead_topic": options.dead_topic or f"{topic}.dead",
+            }
         )
         if len({topic, options.retry_topic, options.dead_topic}) != 3:
             raise ConfigurationError("kafka:// main, retry and dead topics must be three different topics")
@@ -848,16 +811,11 @@ class KafkaQueue(ResourceMixin):
         topic = unquote(parts.path.lstrip("/"))
         if not topic:
             raise ConfigurationError("kafka:// URL needs a topic: kafka://host:9092/<topic>")
-        given: dict[str, object] = {}
-        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in _OPTION_TYPES:
-                raise ConfigurationError(
-                    f"unknown option {name!r} in kafka:// URL (known: {', '.join(sorted(_OPTION_TYPES))})"
-                )
-            given[name] = _convert(name, raw)
+        options = parse_options(url, KafkaOptions)
         if username is not None:
-            protocol = given.setdefault("security_protocol", "SASL_PLAINTEXT")
-            if protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+            if "security_protocol" not in options.model_fields_set:
+                options = options.model_copy(update={"security_protocol": "SASL_PLAINTEXT"})
+            if options.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
                 raise ConfigurationError(
                     "kafka:// URL has a user and password, so security_protocol must be "
                     "SASL_PLAINTEXT or SASL_SSL"
@@ -865,7 +823,7 @@ class KafkaQueue(ResourceMixin):
         return cls(
             _split_hosts(hosts),
             topic,
-            options=KafkaOptions(**given),  # type: ignore[arg-type]
+            options=options,
             username=username,
             password=password,
         )

@@ -29,10 +29,12 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Self
-from urllib.parse import parse_qsl, urlsplit
+from typing import Self, TypeVar
+from urllib.parse import urlsplit
 
-from mailqueue.backends._base import BaseDelivery
+from pydantic import Field
+
+from mailqueue.backends._base import BaseDelivery, OptionsModel, parse_options
 from mailqueue.errors import ConfigurationError, QueueError, TransientDeliveryError
 from mailqueue.protocols import (
     BackendContext,
@@ -43,18 +45,33 @@ from mailqueue.protocols import (
     SendResult,
 )
 
-__all__ = ["DeadLetter", "MemoryConsumer", "MemoryDelivery", "MemoryQueue", "MemorySender"]
+__all__ = [
+    "DeadLetter",
+    "MemoryConsumer",
+    "MemoryDelivery",
+    "MemoryQueue",
+    "MemorySender",
+    "QueueOptions",
+    "SenderOptions",
+]
+
+_M = TypeVar("_M", bound=OptionsModel)
 
 
-def _options(url: str, allowed: set[str]) -> dict[str, str]:
-    parts = urlsplit(url)
-    if parts.scheme != "memory":
+class QueueOptions(OptionsModel):
+    """``memory://`` as a queue takes no options."""
+
+
+class SenderOptions(OptionsModel):
+    """The options of ``memory://`` as a sender."""
+
+    from_: str = Field("mailqueue@example.com", alias="from")
+
+
+def _options(url: str, model: type[_M]) -> _M:
+    if urlsplit(url).scheme != "memory":
         raise ConfigurationError(f"not a memory:// URL: {url!r}")
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    for name in options:
-        if name not in allowed:
-            raise ConfigurationError(f"unknown option {name!r} in memory:// URL")
-    return options
+    return parse_options(url, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +223,7 @@ class MemoryQueue(ResourceMixin):
         Raises:
             ConfigurationError: the URL is not ``memory://`` or has an option.
         """
-        _options(url, set())
+        _options(url, QueueOptions)
         return cls()
 
     async def open(self) -> None:
@@ -302,8 +319,7 @@ class MemorySender(ResourceMixin):
         Raises:
             ConfigurationError: not a ``memory://`` URL, unknown option, or empty ``from``.
         """
-        options = _options(url, {"from"})
-        address = options.get("from", "mailqueue@example.com")
+        address = _options(url, SenderOptions).from_
         if not address:
             raise ConfigurationError("option 'from' of memory:// must not be empty")
         return cls(from_address=address)

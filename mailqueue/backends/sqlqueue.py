@@ -55,25 +55,40 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailqueue.backends._base import BaseDelivery, translate_errors
+from mailqueue.backends._base import (
+    BaseDelivery,
+    Number,
+    OptionsModel,
+    Whole,
+    parse_options,
+    translate_errors,
+)
 from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin, Store
 from mailqueue.stores.schema import queue as table
 
-__all__ = ["SQLConsumer", "SQLDelivery", "SQLQueue"]
+__all__ = ["SQLConsumer", "SQLDelivery", "SQLQueue", "SQLQueueOptions"]
 
 logger = logging.getLogger(__name__)
 
 _MIN_POLL = 0.01
 _READY = "ready"
 _DEAD = "dead"
-_OPTIONS = ("queue", "poll", "lease", "batch")
+
+
+class SQLQueueOptions(OptionsModel):
+    """The options of an ``sql://`` queue URL (see the module docstring)."""
+
+    queue: str = "mailqueue"
+    poll: Number = 0.5
+    lease: Number = 300.0
+    batch: Whole = 10
 
 
 _T = table.name
@@ -405,27 +420,12 @@ class SQLQueue(ResourceMixin):
         Raises:
             ConfigurationError: not ``sql://``, an unknown or bad option, or no store.
         """
-        parts = urlsplit(url)
-        if parts.scheme != "sql":
+        if urlsplit(url).scheme != "sql":
             raise ConfigurationError(f"not an sql:// URL: {url!r}")
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        for name in options:
-            if name not in _OPTIONS:
-                raise ConfigurationError(
-                    f"unknown option {name!r} in sql:// URL (known: {', '.join(_OPTIONS)})"
-                )
+        options = parse_options(url, SQLQueueOptions)
         if context.store is None:
             raise ConfigurationError("the sql:// queue uses the store's database, but there is no store")
-        kwargs: dict[str, Any] = {}
-        for name, convert in (("poll", float), ("lease", float), ("batch", int)):
-            if name in options:
-                try:
-                    kwargs[name] = convert(options[name])
-                except ValueError:
-                    raise ConfigurationError(
-                        f"option {name!r} of sql:// is not a number: {options[name]!r}"
-                    ) from None
-        return cls(store=context.store, queue=options.get("queue", "mailqueue"), **kwargs)
+        return cls(store=context.store, **options.model_dump())
 
     async def open(self) -> None:
         """Take the engine and check that the table can be read.
