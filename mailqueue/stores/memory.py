@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Self
 from urllib.parse import urlsplit
 
+from mailqueue.backends._base import OptionsModel, parse_options
 from mailqueue.errors import (
     AttachmentNotFoundError,
     AttachmentTooLargeError,
@@ -38,10 +39,14 @@ from mailqueue.records import (
     utcnow,
 )
 
-__all__ = ["MemoryAttachmentStore", "MemoryStore"]
+__all__ = ["MemoryAttachmentStore", "MemoryOptions", "MemoryStore"]
 
 #: Bytes per chunk yielded by :meth:`MemoryAttachmentStore.read`.
 READ_CHUNK = 64 * 1024
+
+
+class MemoryOptions(OptionsModel):
+    """``memory://`` as a store or attachment store takes no options."""
 
 
 class _InMemory(ResourceMixin):
@@ -69,9 +74,7 @@ class _InMemory(ResourceMixin):
         parts = urlsplit(url)
         if parts.scheme != "memory":
             raise ConfigurationError(f"{cls.what} URL must start with memory://, not {parts.scheme!r}")
-        if parts.query:
-            option = parts.query.split("&")[0].split("=")[0]
-            raise ConfigurationError(f"unknown {cls.what} URL option {option!r} (memory:// takes none)")
+        parse_options(url, MemoryOptions)
         if parts.netloc or parts.path.strip("/"):
             raise ConfigurationError(f"{cls.what} URL memory:// takes no host or path")
         return cls()
