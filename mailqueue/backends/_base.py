@@ -89,7 +89,7 @@ def _whole(value: Any) -> Any:
             return int(value)
         except ValueError:
             raise PydanticCustomError(
-                "option", "is not a whole number: {value!r}", {"value": value}
+                "option", "is not a whole number: {value}", {"value": repr(value)}
             ) from None
     return value
 

@@ -91,7 +91,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, ClassVar, Final, Self
 from urllib.parse import urlencode, urlsplit
 
 import aio_pika
@@ -677,6 +677,8 @@ class AMQPQueue(ResourceMixin):
     """
 
     capabilities = QueueCapabilities(delay=True, shared=True, depth=True, ordered=True)
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = AMQPOptions
 
     def __init__(
         self,

@@ -91,7 +91,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, ClassVar, Final, Self
 from urllib.parse import unquote, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
@@ -753,6 +753,9 @@ class KafkaQueue(ResourceMixin):
     Raises:
         ConfigurationError: a bad topic name or an empty server list.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = KafkaOptions
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -206,6 +206,8 @@ class MemoryQueue(ResourceMixin):
     """
 
     capabilities = QueueCapabilities(delay=True, shared=False, depth=True)
+    #: The URL's options (none).
+    url_options: ClassVar[type[OptionsModel]] = QueueOptions
 
     def __init__(self) -> None:
         self.dead: list[DeadLetter] = []
@@ -306,6 +308,9 @@ class MemorySender(ResourceMixin):
         sent: every message sent, in order.
         from_address: the envelope sender the worker should use.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SenderOptions
 
     def __init__(self, *, from_address: str = "mailqueue@example.com") -> None:
         self.from_address = from_address

@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
@@ -96,6 +96,9 @@ class OutboxSender(ResourceMixin):
     Raises:
         ConfigurationError: the address is invalid.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = OutboxOptions
 
     def __init__(self, *, path: str | os.PathLike[str], from_address: str = DEFAULT_FROM) -> None:
         try:

@@ -81,7 +81,7 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self, cast
+from typing import Annotated, Any, ClassVar, Literal, Self, cast
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -397,6 +397,9 @@ class SMTPSender(ResourceMixin):
     Raises:
         ConfigurationError: on an invalid address, option or combination.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SMTPOptions
 
     def __init__(
         self,

@@ -54,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, suppress
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -379,6 +379,8 @@ class SQLQueue(ResourceMixin):
     """
 
     capabilities = QueueCapabilities(delay=True, shared=True, depth=True)
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SQLQueueOptions
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BeforeValidator
@@ -228,6 +228,9 @@ class FileAttachmentStore(ResourceMixin):
     Blocking file work runs in worker threads, one chunk batch at a time, so
     a large upload neither blocks the event loop nor sits in memory.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = FileStoreOptions
 
     def __init__(
         self,

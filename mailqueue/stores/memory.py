@@ -16,7 +16,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import Self
+from typing import ClassVar, Self
 from urllib.parse import urlsplit
 
 from mailqueue.backends._base import OptionsModel, parse_options
@@ -60,6 +60,8 @@ class _InMemory(ResourceMixin):
     closed_error: type[BackendError] = BackendError
     #: How URL errors name this backend.
     what = "backend"
+    #: The URL's options (none).
+    url_options: ClassVar[type[OptionsModel]] = MemoryOptions
 
     def __init__(self) -> None:
         self._open = False

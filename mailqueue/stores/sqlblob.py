@@ -31,7 +31,7 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Self
+from typing import ClassVar, Self
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -85,6 +85,9 @@ class SQLAttachmentStore(ResourceMixin):
     The store never creates tables and never disposes the engine: both
     belong to the Store (or to whoever passed ``engine``).
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SQLBlobOptions
 
     def __init__(
         self,
