@@ -111,7 +111,15 @@ from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 from yarl import URL
 
-from mailqueue.backends._base import BaseDelivery, Flag, OptionsModel, SettleKind, parse_options, url_query
+from mailqueue.backends._base import (
+    BaseDelivery,
+    Flag,
+    OptionsModel,
+    SettleKind,
+    parse_options,
+    translate_errors,
+    url_query,
+)
 from mailqueue.errors import ConfigurationError, QueueError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 from mailqueue.registry import redact_url
@@ -250,7 +258,17 @@ class _UnroutableError(QueueError):
 
 @contextmanager
 def _translate(action: str) -> Iterator[None]:
-    """Turn a driver failure (or a cancellation caused by a lost channel) into :class:`QueueError`."""
+    """Turn a driver failure (or a cancellation caused by a lost channel) into :class:`QueueError`.
+
+    The failures RabbitMQ users meet get words of their own; anything else is
+    translated by :func:`~mailqueue.backends._base.translate_errors`.
+    """
+    with translate_errors(QueueError, f"amqp queue could not {action}"), _explain(action):
+        yield
+
+
+@contextmanager
+def _explain(action: str) -> Iterator[None]:
     try:
         yield
     except QueueError:
@@ -273,8 +291,6 @@ def _translate(action: str) -> Iterator[None]:
             raise
         # aiormq cancels pending confirmations when the channel or connection closes.
         raise QueueError(f"amqp queue could not {action}: the channel was closed") from exc
-    except Exception as exc:
-        raise QueueError(f"amqp queue could not {action}: {type(exc).__name__}: {exc}") from exc
 
 
 class AMQPDelivery(BaseDelivery):

@@ -89,7 +89,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Final, Self
 from urllib.parse import unquote, urlsplit
@@ -100,8 +100,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 from pydantic import BeforeValidator, model_validator
 
-from mailqueue.backends._base import BaseDelivery, Flag, Number, OptionsModel, Whole, parse_options
-from mailqueue.errors import ConfigurationError, MailQueueError, QueueError, ValidationError
+from mailqueue.backends._base import (
+    BaseDelivery,
+    Flag,
+    Number,
+    OptionsModel,
+    Whole,
+    parse_options,
+    translate_errors,
+)
+from mailqueue.errors import ConfigurationError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 
 __all__ = ["KafkaConsumer", "KafkaDelivery", "KafkaOptions", "KafkaQueue"]
@@ -965,29 +973,21 @@ class KafkaQueue(ResourceMixin):
         producer = self._producer
         if producer is None or self._closed:
             raise QueueError("kafka queue is not open")
-        try:
-            async with asyncio.timeout(self.options.timeout):
-                await producer.client.fetch_all_metadata()
-        except TimeoutError:
-            raise QueueError(
-                f"kafka queue {self.topic!r}: no broker answered within {self.options.timeout} s"
-            ) from None
-        except _DRIVER_ERRORS as exc:
-            raise QueueError(f"kafka queue {self.topic!r}: brokers unreachable: {exc}") from exc
+        with translate_errors(QueueError, f"kafka queue {self.topic!r}: brokers unreachable"):
+            try:
+                async with asyncio.timeout(self.options.timeout):
+                    await producer.client.fetch_all_metadata()
+            except TimeoutError:
+                raise QueueError(
+                    f"kafka queue {self.topic!r}: no broker answered within {self.options.timeout} s"
+                ) from None
         return None
 
     # --- internals -----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except MailQueueError:
-            raise
-        except _DRIVER_ERRORS as exc:
-            raise QueueError(
-                f"kafka queue {self.topic!r} could not {action}: {type(exc).__name__}: {exc}"
-            ) from exc
+    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """Any exception of the block (a timeout too) as :class:`QueueError`."""
+        return translate_errors(QueueError, f"kafka queue {self.topic!r} could not {action}")
 
     async def _stop_producer(self, producer: Any) -> None:
         if producer is None:
@@ -1044,18 +1044,17 @@ class KafkaQueue(ResourceMixin):
         timeout = self.options.timeout
         headers = [*headers, (PUBLISHED_HEADER, str(time.time_ns()).encode())]
         try:
-            async with asyncio.timeout(timeout):
-                await producer.send_and_wait(topic, value=body, key=key.encode(), headers=headers)
-        except TimeoutError:
+            with translate_errors(QueueError, f"kafka queue: publish to {topic!r} failed"):
+                try:
+                    async with asyncio.timeout(timeout):
+                        await producer.send_and_wait(topic, value=body, key=key.encode(), headers=headers)
+                except TimeoutError:
+                    raise QueueError(
+                        f"kafka queue: publish to {topic!r} not acknowledged within {timeout} s"
+                    ) from None
+        except QueueError:
             self._recheck = self.options.create
-            raise QueueError(
-                f"kafka queue: publish to {topic!r} not acknowledged within {timeout} s"
-            ) from None
-        except _DRIVER_ERRORS as exc:
-            self._recheck = self.options.create
-            raise QueueError(
-                f"kafka queue: publish to {topic!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise
 
     async def _republish(self, record: _Record, delay: float) -> None:
         headers = [
