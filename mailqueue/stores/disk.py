@@ -294,7 +294,7 @@ class FileAttachmentStore(ResourceMixin):
             raise ConfigurationError(f"file attachment store URL {url!r} names no folder")
         if "\x00" in folder:
             raise ConfigurationError(f"file attachment store URL {url!r} contains a NUL character")
-        options = parse_options(url, FileStoreOptions, label="file:", once=True)
+        options = parse_options(url, FileStoreOptions, label="file attachment store", once=True)
         return cls(root=folder, **options.model_dump())
 
     @property

@@ -134,7 +134,7 @@ class SQLAttachmentStore(ResourceMixin):
             raise ConfigurationError(
                 f"sql attachment store URL {url!r} must not name a database: it uses the Store's; write sql://"
             )
-        chunk_size = parse_options(url, SQLBlobOptions, label="sql:", once=True).chunk_size
+        chunk_size = parse_options(url, SQLBlobOptions, label="sql attachment store", once=True).chunk_size
         if context.store is None:
             raise ConfigurationError(
                 "the sql attachment store keeps attachments in the Store's database, but no Store was given"
