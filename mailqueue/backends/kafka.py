@@ -339,12 +339,12 @@ class KafkaDelivery(BaseDelivery):
         return not self.settled and self._gone() is None
 
     def _gone(self) -> str | None:
-        if self._consumer._owns(self):
+        if self._consumer._owns(self._record.tp, self._part):
             return None
         return "its partition moved or the queue closed (the next owner reads it)"
 
     def _on_settled(self, *, done: bool) -> None:
-        self._consumer._finished(self, finish=done)
+        self._consumer._finished(self, self._part, self._record.offset if done else None)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -428,10 +428,7 @@ class KafkaConsumer:
             if not self._out:
                 await self._wait_stopped()
             return
-        self._closed = True
-        self._wake.set()
-        self._room.set()
-        self._settled.set()
+        self._halt()
         if not self._live_out():
             await self._wait_stopped()
 
@@ -443,20 +440,26 @@ class KafkaConsumer:
         self._out[delivery] = None
         return delivery
 
-    def _owns(self, delivery: KafkaDelivery) -> bool:
-        return (
-            not self._queue._closed
-            and self._client is not None
-            and self._parts.get(delivery._record.tp) is delivery._part
-        )
+    def _halt(self) -> None:
+        """Hand out nothing more, and wake every wait so that it sees it."""
+        self._closed = True
+        self._wake.set()
+        self._room.set()
+        self._settled.set()
+
+    def _owns(self, tp: Any, part: _Partition) -> bool:
+        """A record of partition ``tp`` fetched under the assignment ``part`` is still ours."""
+        return not self._queue._closed and self._client is not None and self._parts.get(tp) is part
 
     def _live_out(self) -> list[KafkaDelivery]:
         return [d for d in self._out if d._live()]
 
-    def _finished(self, delivery: KafkaDelivery, *, finish: bool) -> None:
+    def _finished(self, delivery: KafkaDelivery, part: _Partition, offset: int | None) -> None:
+        """``delivery`` is settled; its record at ``offset`` of ``part`` is finished (committable),
+        or with ``offset=None`` left to the partition's next owner."""
         self._out.pop(delivery, None)
-        if finish:
-            delivery._part.outstanding.pop(delivery._record.offset, None)
+        if offset is not None:
+            part.outstanding.pop(offset, None)
         self._wake.set()
         self._settled.set()
 
@@ -912,10 +915,7 @@ class KafkaQueue(ResourceMixin):
             return
         consumers = list(self._consumers)
         for consumer in consumers:
-            consumer._closed = True
-            consumer._wake.set()
-            consumer._room.set()
-            consumer._settled.set()
+            consumer._halt()
         unsettled = [d for consumer in consumers for d in consumer._live_out()]
 
         async def give_back(delivery: KafkaDelivery) -> None:

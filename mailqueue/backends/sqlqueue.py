@@ -300,9 +300,13 @@ class SQLConsumer:
         Deliveries already handed out stay owned until settled (or the queue
         is closed, or their lease expires).
         """
+        self._halt()
+        await self._drain()
+
+    def _halt(self) -> None:
+        """Hand out nothing more, and wake a waiting ``__anext__`` so that it sees it."""
         self._closed = True
         self._wake.set()
-        await self._drain()
 
     async def _drain(self) -> None:
         if self._claiming is not None:
@@ -461,8 +465,7 @@ class SQLQueue(ResourceMixin):
         self._closed = True
         consumers = list(self._consumers)
         for consumer in consumers:
-            consumer._closed = True
-            consumer._wake.set()
+            consumer._halt()
         for consumer in consumers:
             await consumer._drain()
         for delivery in list(self._unsettled):
