@@ -8,8 +8,17 @@ what it needs), ``close()`` releases everything and is safe to call twice.
 Driver exceptions never escape a backend; they are translated into
 :mod:`mailqueue.errors`.
 
-A backend is built by a factory registered under an entry-point group (see
-:mod:`mailqueue.registry`), called as ``factory(url, context=BackendContext)``.
+How a backend is built: an entry point of one of the four groups
+(``mailqueue.queues``, ``mailqueue.senders``, ``mailqueue.stores``,
+``mailqueue.attachment_stores``; its name is the URL scheme) names a
+:class:`BackendFactory`, normally the backend class itself. The registry's
+``create_queue(url)`` (and ``create_sender``, ``create_store``,
+``create_attachment_store``) imports only that entry point's module, once, and
+calls ``factory.from_url(url, context=context or BackendContext())``; it never
+calls the factory itself. What ``from_url`` returns is built, not opened. The
+backend reads its URL options there (the built-in ones with
+:func:`mailqueue.backends._base.parse_options`, refusing an unknown option with
+a :class:`~mailqueue.errors.ConfigurationError` that lists the valid ones).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from mailqueue.records import ActivityBucket, MailRecord, RecordQuery, RecordUpdate, Status
@@ -26,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttachmentStore",
     "BackendContext",
+    "BackendFactory",
     "BatchStore",
     "BatchUpdateStore",
     "Consumer",
@@ -409,3 +419,25 @@ class BackendContext:
     """
 
     store: Store | None = None
+
+
+_Backend_co = TypeVar("_Backend_co", covariant=True)
+
+
+@runtime_checkable
+class BackendFactory(Protocol[_Backend_co]):
+    """What an entry point of the four groups names, and what the registry calls.
+
+    Normally the backend class, whose ``from_url`` is a classmethod:
+    ``BackendFactory[Queue]`` for a queue class, ``BackendFactory[Sender]``,
+    ``BackendFactory[Store]``, ``BackendFactory[AttachmentStore]``.
+    """
+
+    def from_url(self, url: str, *, context: BackendContext) -> _Backend_co:
+        """Build (not open) the backend that ``url`` describes.
+
+        Raises:
+            ConfigurationError: the URL is not for this backend, or has an
+                unknown option (the message lists the valid ones) or a bad value.
+        """
+        ...

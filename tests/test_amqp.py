@@ -94,6 +94,10 @@ class TestAMQPQueue(QueueConformance):
             yield queue
 
     @pytest.fixture
+    def backend_url(self, rabbitmq_url: str, name: str) -> str:
+        return amqp_url(rabbitmq_url, name)
+
+    @pytest.fixture
     async def queue_factory(self, rabbitmq_url: str, name: str) -> AsyncIterator[QueueFactory]:
         made: list[AMQPQueue] = []
 

@@ -13,7 +13,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +45,8 @@ MIB = 1024 * 1024
 class Backend:
     store: AttachmentStore
     inventory: Inventory | None
+    url: str
+    context: BackendContext = field(default_factory=BackendContext)
 
 
 def file_inventory(root: Path) -> Inventory:
@@ -130,15 +132,16 @@ async def backend(backend_spec: tuple[str, str | None], tmp_path: Path) -> Async
         if cls is None:
             pytest.skip("mailqueue.stores.memory.MemoryAttachmentStore is not written yet")
         async with cls.from_url("memory://", context=BackendContext()) as store:
-            yield Backend(store, None)
+            yield Backend(store, None, "memory://")
     elif kind == "file":
         root = tmp_path / "attachments"
         async with FileAttachmentStore.from_url(f"file://{root}", context=BackendContext()) as store:
-            yield Backend(store, file_inventory(root))
+            yield Backend(store, file_inventory(root), f"file://{root}?fsync=true")
     else:
         assert url is not None
         async with sql_engine(url) as engine, SQLAttachmentStore(engine=engine) as store:
-            yield Backend(store, sql_inventory(engine))
+            context = BackendContext(store=cast(Store, FakeSQLStore(engine=engine)))
+            yield Backend(store, sql_inventory(engine), "sql://", context)
 
 
 class TestConformance(AttachmentStoreConformance):
@@ -149,6 +152,14 @@ class TestConformance(AttachmentStoreConformance):
     @pytest.fixture
     def inventory(self, backend: Backend) -> Inventory | None:
         return backend.inventory
+
+    @pytest.fixture
+    def backend_url(self, backend: Backend) -> str:
+        return backend.url
+
+    @pytest.fixture
+    def backend_context(self, backend: Backend) -> BackendContext:
+        return backend.context
 
 
 # --- helpers -------------------------------------------------------------------

@@ -129,6 +129,10 @@ class _KafkaConformance(QueueConformance):
     def dead_letters(self, backend: KafkaBackend) -> DeadLetters:
         return backend.dead_letters
 
+    @pytest.fixture
+    def backend_url(self, backend: KafkaBackend) -> str:
+        return backend.url
+
 
 class TestKafkaOnePartition(_KafkaConformance):
     partitions = 1

@@ -16,6 +16,7 @@ from mailqueue.backends import outbox as outbox_module
 from mailqueue.backends.outbox import DEFAULT_FROM, OutboxSender
 from mailqueue.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from mailqueue.protocols import OutgoingMessage, Sender
+from mailqueue.testing.options import assert_unknown_option_refused
 
 DATA = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n.dot line\r\nno final newline"
 
@@ -58,6 +59,10 @@ def test_from_url_relative_and_absolute(tmp_path: Path) -> None:
 def test_from_url_errors(url: str, fragment: str) -> None:
     with pytest.raises(ConfigurationError, match=fragment):
         OutboxSender.from_url(url)
+
+
+def test_unknown_option_refused_with_the_valid_ones_listed(tmp_path: Path) -> None:
+    assert_unknown_option_refused(OutboxSender, f"outbox://{tmp_path}/box?from=a@example.com")
 
 
 async def test_relative_path_resolves_against_working_directory(

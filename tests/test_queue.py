@@ -6,7 +6,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from mailqueue.backends.memory import DeadLetter, MemoryQueue, MemorySender
 from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.errors import ConfigurationError, QueueError, TransientDeliveryError
-from mailqueue.protocols import BackendContext, Delivery, OutgoingMessage, Queue, Sender
+from mailqueue.protocols import BackendContext, Delivery, OutgoingMessage, Queue, Sender, Store
 from mailqueue.stores import schema
+from mailqueue.testing.options import assert_unknown_option_refused
 from mailqueue.testing.queue import DeadLetters, QueueConformance, QueueFactory, aclose
 
 
@@ -49,12 +50,21 @@ async def create_tables(engine: AsyncEngine) -> None:
 
 
 @dataclass
+class EngineStore:
+    """What the sql queue takes from a Store: its ``engine`` (read when the queue is opened)."""
+
+    engine: AsyncEngine | None
+
+
+@dataclass
 class Backend:
     """Makes opened instances of one queue, and reads its dead letters."""
 
     make: Callable[[], Awaitable[Queue]]
     dead_letters: DeadLetters
     shared: bool
+    url: str
+    context: BackendContext
 
 
 @pytest.fixture(
@@ -86,7 +96,7 @@ async def backend(database_url: str | None) -> AsyncIterator[Backend]:
         async def memory_dead() -> list[tuple[str, bytes, str]]:
             return [(d.key, d.body, d.reason) for d in memory.dead]
 
-        yield Backend(make_memory, memory_dead, shared=False)
+        yield Backend(make_memory, memory_dead, shared=False, url="memory://", context=BackendContext())
         await memory.close()
         return
 
@@ -114,8 +124,11 @@ async def backend(database_url: str | None) -> AsyncIterator[Backend]:
         async with engines[0].connect() as conn:
             return [(key, bytes(body), reason) for key, body, reason in await conn.execute(statement)]
 
+    url_context = BackendContext(store=cast(Store, EngineStore(None)))
     try:
-        yield Backend(make_sql, sql_dead, shared=True)
+        yield Backend(
+            make_sql, sql_dead, shared=True, url=f"sql://?queue={name}&poll=0.05", context=url_context
+        )
     finally:
         for queue in queues:
             await queue.close()
@@ -135,6 +148,14 @@ class TestQueueConformance(QueueConformance):
     @pytest.fixture
     def dead_letters(self, backend: Backend) -> DeadLetters | None:
         return backend.dead_letters
+
+    @pytest.fixture
+    def backend_url(self, backend: Backend) -> str:
+        return backend.url
+
+    @pytest.fixture
+    def backend_context(self, backend: Backend) -> BackendContext:
+        return backend.context
 
 
 # --- what the built-in queues add to the suite ----------------------------------
@@ -236,6 +257,10 @@ async def test_memory_sender_records_and_accepts_everyone() -> None:
     assert sender.sent == [message]
     assert result.accepted == ["a@x.org", "b@y.org"]
     assert {(r.code, r.reply) for r in result.replies.values()} == {(250, "OK")}
+
+
+def test_memory_sender_refuses_unknown_options_listing_the_valid_ones() -> None:
+    assert_unknown_option_refused(MemorySender, "memory://?from=noreply@example.org")
 
 
 def test_memory_sender_from_url_options() -> None:

@@ -8,7 +8,12 @@ import sys
 import pytest
 
 from mailqueue import registry
+from mailqueue.backends.memory import MemoryQueue, MemorySender
+from mailqueue.backends.outbox import OutboxSender
 from mailqueue.errors import ConfigurationError, MissingDependencyError, UnknownSchemeError
+from mailqueue.protocols import AttachmentStore, BackendContext, BackendFactory, Queue, Sender, Store
+from mailqueue.stores.disk import FileAttachmentStore
+from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 
 
 def test_builtins_register_through_entry_points() -> None:
@@ -28,6 +33,25 @@ def test_builtins_register_through_entry_points() -> None:
         ("mailqueue.attachment_stores", "memory"),
     ]:
         assert expected in schemes
+
+
+def test_every_registered_backend_is_a_factory() -> None:
+    for info in registry.available():
+        factory = registry.load(info.group, info.scheme)
+        assert isinstance(factory, BackendFactory), info
+
+
+def test_backend_classes_are_typed_factories() -> None:
+    # Checked by mypy: each class is a BackendFactory of its protocol.
+    queues: BackendFactory[Queue] = MemoryQueue
+    senders: list[BackendFactory[Sender]] = [MemorySender, OutboxSender]
+    stores: BackendFactory[Store] = MemoryStore
+    attachments: list[BackendFactory[AttachmentStore]] = [MemoryAttachmentStore, FileAttachmentStore]
+    context = BackendContext()
+    assert isinstance(queues.from_url("memory://", context=context), Queue)
+    assert all(isinstance(s.from_url("outbox://./x", context=context), Sender) for s in senders[1:])
+    assert isinstance(stores.from_url("memory://", context=context), Store)
+    assert isinstance(attachments[0].from_url("memory://", context=context), AttachmentStore)
 
 
 def test_unknown_scheme_suggests_the_closest() -> None:

@@ -19,6 +19,7 @@ from mailqueue.errors import (
     UnknownDeliveryError,
 )
 from mailqueue.protocols import OutgoingMessage, Sender
+from mailqueue.testing.options import assert_unknown_option_refused
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 DATA = b"From: sender@example.com\r\nSubject: hello\r\n\r\nfirst line\r\n.leading dot\r\n..two dots\r\n"
@@ -128,6 +129,11 @@ def test_url_options() -> None:
 def test_url_errors(url: str, fragment: str) -> None:
     with pytest.raises(ConfigurationError, match=fragment):
         SMTPSender.from_url(url)
+
+
+@pytest.mark.parametrize("scheme", ["smtp", "smtps"])
+def test_unknown_option_refused_with_the_valid_ones_listed(scheme: str) -> None:
+    assert_unknown_option_refused(SMTPSender, f"{scheme}://h.example.com/?from=a@example.com")
 
 
 def test_keyword_constructor_and_protocol() -> None:

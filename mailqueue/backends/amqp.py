@@ -91,8 +91,8 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, Final, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Annotated, Any, ClassVar, Final, Self
+from urllib.parse import urlencode, urlsplit
 
 import aio_pika
 import aiormq
@@ -107,13 +107,24 @@ from aio_pika.abc import (
 )
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
+from pydantic import AfterValidator, BeforeValidator
+from pydantic_core import PydanticCustomError
 from yarl import URL
 
+from mailqueue.backends._base import (
+    BaseDelivery,
+    Flag,
+    OptionsModel,
+    SettleKind,
+    parse_options,
+    translate_errors,
+    url_query,
+)
 from mailqueue.errors import ConfigurationError, QueueError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 from mailqueue.registry import redact_url
 
-__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueue"]
+__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPOptions", "AMQPQueue"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +157,82 @@ _DRIVER_OPTIONS: Final = (
     "certfile",
     "no_verify_ssl",
 )
+
+
+def _seconds(value: Any) -> Any:
+    """A number of seconds, at least 0 (the queue checks its own for more)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise PydanticCustomError("option", "is not a number: {value}", {"value": repr(value)}) from None
+    if isinstance(number, float | int) and not (math.isfinite(number) and number >= 0):
+        raise PydanticCustomError("option", "must be a positive number: {value}", {"value": repr(value)})
+    return number
+
+
+def _driver_seconds(value: str) -> str:
+    """A number of seconds handed to the driver as written."""
+    _seconds(value)
+    return value
+
+
+def _heartbeat(value: str) -> str:
+    # aiormq would silently turn a bad value into 0: no heartbeats at all.
+    if not (value.isdigit() and int(value) < 65535):
+        raise PydanticCustomError("option", "must be 0 to 65534 seconds", {})
+    return value
+
+
+def _zero_or_one(value: str) -> str:
+    if value not in ("0", "1"):
+        raise PydanticCustomError("option", "must be 0 or 1", {})
+    return value
+
+
+def _auth(value: str) -> str:
+    if value.lower() not in ("plain", "external"):
+        raise PydanticCustomError("option", "must be plain or external", {})
+    return value
+
+
+_Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+class AMQPOptions(OptionsModel):
+    """The options of an ``amqp://`` or ``amqps://`` URL (see the module docstring).
+
+    mailqueue's own options become :class:`AMQPQueue`'s arguments (their values
+    are checked there); the driver's (``heartbeat`` to ``no_verify_ssl``) stay in
+    the URL handed to aio-pika.
+    """
+
+    queue: str = "mailqueue"
+    exchange: str = "mailqueue"
+    exchange_type: str = "direct"
+    routing_key: str | None = None
+    quorum: Flag = False
+    confirm_timeout: _Seconds = 30.0
+    connect_timeout: _Seconds = 10.0
+    tier_min: _Seconds = 0.1
+    tier_max: _Seconds = 14400.0
+    heartbeat: Annotated[str, AfterValidator(_heartbeat)] | None = None
+    reconnect_interval: Annotated[str, AfterValidator(_driver_seconds)] | None = None
+    name: str | None = None
+    auth: Annotated[str, AfterValidator(_auth)] | None = None
+    cafile: str | None = None
+    capath: str | None = None
+    cadata: str | None = None
+    keyfile: str | None = None
+    certfile: str | None = None
+    no_verify_ssl: Annotated[str, AfterValidator(_zero_or_one)] | None = None
+
+
+assert tuple(AMQPOptions.model_fields) == _OPTIONS + _DRIVER_OPTIONS
+
+
 _EXCHANGE_TYPES: Final = ("direct", "topic", "fanout", "headers")
-_TRUE: Final = ("1", "true", "yes", "on")
-_FALSE: Final = ("0", "false", "no", "off")
 _SETTLE_TIMEOUT: Final = 5.0
 #: aiormq's writer takes several frames as one chunk (``ChannelFrame.marshall``, aiormq 7).
 _CHANNEL_FRAME: Final[Any] = getattr(aiormq.abc, "ChannelFrame", None)
@@ -174,7 +258,17 @@ class _UnroutableError(QueueError):
 
 @contextmanager
 def _translate(action: str) -> Iterator[None]:
-    """Turn a driver failure (or a cancellation caused by a lost channel) into :class:`QueueError`."""
+    """Turn a driver failure (or a cancellation caused by a lost channel) into :class:`QueueError`.
+
+    The failures RabbitMQ users meet get words of their own; anything else is
+    translated by :func:`~mailqueue.backends._base.translate_errors`.
+    """
+    with translate_errors(QueueError, f"amqp queue could not {action}"), _explain(action):
+        yield
+
+
+@contextmanager
+def _explain(action: str) -> Iterator[None]:
     try:
         yield
     except QueueError:
@@ -197,20 +291,17 @@ def _translate(action: str) -> Iterator[None]:
             raise
         # aiormq cancels pending confirmations when the channel or connection closes.
         raise QueueError(f"amqp queue could not {action}: the channel was closed") from exc
-    except Exception as exc:
-        raise QueueError(f"amqp queue could not {action}: {type(exc).__name__}: {exc}") from exc
 
 
-class AMQPDelivery:
+class AMQPDelivery(BaseDelivery):
     """A message handed out by :meth:`AMQPQueue.consume`; owned until settled or its channel is gone."""
 
-    __slots__ = ("_body", "_channel", "_consumer", "_due", "_key", "_redelivered", "_state", "_tag")
-
-    _OWNED, _SETTLING, _SETTLED = range(3)
+    __slots__ = ("_body", "_channel", "_consumer", "_due", "_key", "_redelivered", "_tag")
 
     def __init__(
         self, consumer: AMQPConsumer, message: AbstractIncomingMessage, channel: AbstractChannel
     ) -> None:
+        super().__init__()
         headers = message.headers or {}
         self._consumer = consumer
         self._channel = channel
@@ -220,7 +311,6 @@ class AMQPDelivery:
         self._redelivered = bool(message.redelivered) or bool(headers.get(REDELIVERED_HEADER))
         due = headers.get(DUE_HEADER)
         self._due = int(due) if isinstance(due, int | float) and not isinstance(due, bool) else None
-        self._state = self._OWNED
 
     @property
     def key(self) -> str:
@@ -243,9 +333,7 @@ class AMQPDelivery:
         A no-op if already settled, if the queue was closed or if the channel
         it came on is gone (the broker requeued it).
         """
-        if self._begin():
-            await self._basic_ack()
-            self._finish()
+        await self._settle("ack")
 
     async def retry(self, delay: float) -> None:
         """Publish a copy due ``delay`` seconds from now (confirmed), then ack this one.
@@ -258,16 +346,12 @@ class AMQPDelivery:
         if delay <= 0:
             await self.release()
             return
-        if not self._begin():
-            return
-        try:
+
+        async def publish_copy() -> None:
             headers: HeadersType = {KEY_HEADER: self._key, REDELIVERED_HEADER: True}
             await self._consumer._queue._publish(headers, self._body, delay, action=f"retry {self._key!r}")
-        except BaseException:
-            self._state = self._OWNED
-            raise
-        await self._basic_ack()
-        self._finish()
+
+        await self._settle("retry", publish_copy)
 
     async def dead(self, reason: str) -> None:
         """Publish a copy to ``<queue>.dead`` with the reason (confirmed), then ack this one.
@@ -277,24 +361,18 @@ class AMQPDelivery:
         Raises:
             QueueError: the copy was not confirmed; the delivery stays unsettled.
         """
-        if not self._begin():
-            return
-        try:
+
+        async def publish_dead() -> None:
             await self._consumer._queue._publish_dead(self._key, self._body, reason)
-        except BaseException:
-            self._state = self._OWNED
-            raise
-        await self._basic_ack()
-        self._finish()
+
+        await self._settle("dead", publish_dead)
 
     async def release(self) -> None:
         """Give the message back for immediate redelivery (``basic.nack(requeue=True)``).
 
         No-op rules of :meth:`ack`.
         """
-        if self._begin():
-            await self._give_back()
-            self._finish()
+        await self._settle("release")
 
     # --- internals ---------------------------------------------------------
 
@@ -302,18 +380,16 @@ class AMQPDelivery:
     def _stale(self) -> bool:
         return self._channel.is_closed or self._consumer._queue._closed
 
-    def _begin(self) -> bool:
-        if self._state != self._OWNED:
-            return False
-        if self._stale:
-            logger.debug("amqp queue: settling %r ignored, its channel is closed", self._key)
-            self._finish()
-            return False
-        self._state = self._SETTLING
-        return True
+    def _gone(self) -> str | None:
+        return "its channel is closed (the broker requeued it)" if self._stale else None
 
-    def _finish(self) -> None:
-        self._state = self._SETTLED
+    async def _complete(self, kind: SettleKind) -> None:
+        if kind == "release":
+            await self._give_back()
+        else:
+            await self._basic_ack()
+
+    def _on_settled(self, *, done: bool) -> None:
         self._consumer._settled(self)
 
     async def _basic_ack(self) -> None:
@@ -617,6 +693,8 @@ class AMQPQueue(ResourceMixin):
     """
 
     capabilities = QueueCapabilities(delay=True, shared=True, depth=True, ordered=True)
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = AMQPOptions
 
     def __init__(
         self,
@@ -706,42 +784,9 @@ class AMQPQueue(ResourceMixin):
             parts.port  # noqa: B018 - validates the port
         except ValueError:
             raise ConfigurationError(f"bad port in {redact_url(url)!r}") from None
-        ours: dict[str, str] = {}
-        driver: list[tuple[str, str]] = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in _OPTIONS:
-                ours[name] = value
-            elif name in _DRIVER_OPTIONS:
-                driver.append((name, value))
-            else:
-                known = ", ".join((*_OPTIONS, *_DRIVER_OPTIONS))
-                raise ConfigurationError(f"unknown option {name!r} in {parts.scheme}:// URL (known: {known})")
-        for name, value in driver:
-            if name == "reconnect_interval":
-                _number(name, value, parts.scheme)
-            elif name == "heartbeat" and not (value.isdigit() and int(value) < 65535):
-                # aiormq would silently turn a bad value into 0: no heartbeats at all.
-                raise ConfigurationError(
-                    f"option 'heartbeat' of {parts.scheme}:// must be 0 to 65534 seconds"
-                )
-            elif name == "no_verify_ssl" and value not in ("0", "1"):
-                raise ConfigurationError(f"option 'no_verify_ssl' of {parts.scheme}:// must be 0 or 1")
-            elif name == "auth" and value.lower() not in ("plain", "external"):
-                raise ConfigurationError(f"option 'auth' of {parts.scheme}:// must be plain or external")
-        kwargs: dict[str, Any] = {}
-        for name in ("confirm_timeout", "connect_timeout", "tier_min", "tier_max"):
-            if name in ours:
-                kwargs[name] = _number(name, ours[name], parts.scheme)
-        if "quorum" in ours:
-            flag = ours["quorum"].lower()
-            if flag not in _TRUE + _FALSE:
-                raise ConfigurationError(
-                    f"option 'quorum' of {parts.scheme}:// must be true or false, not {flag!r}"
-                )
-            kwargs["quorum"] = flag in _TRUE
-        for name in ("queue", "exchange", "exchange_type", "routing_key"):
-            if name in ours:
-                kwargs[name] = ours[name]
+        options = parse_options(url, AMQPOptions)
+        driver = [(name, value) for name, value in url_query(url) if name in _DRIVER_OPTIONS]
+        kwargs = options.model_dump(include=options.model_fields_set & set(_OPTIONS))
         broker_url = parts._replace(query=urlencode(driver)).geturl()
         return cls(url=broker_url, **kwargs)
 
@@ -997,16 +1042,6 @@ class AMQPQueue(ResourceMixin):
                 result = await target.publish(message, routing_key, mandatory=True)
             if not isinstance(result, Basic.Ack):
                 raise QueueError(f"amqp queue could not {action}: the broker did not confirm it ({result!r})")
-
-
-def _number(name: str, value: str, scheme: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigurationError(f"option {name!r} of {scheme}:// is not a number: {value!r}") from None
-    if not (math.isfinite(number) and number >= 0):
-        raise ConfigurationError(f"option {name!r} of {scheme}:// must be a positive number: {value!r}")
-    return number
 
 
 async def _close_connection_quietly(connection: aio_pika.RobustConnection) -> None:

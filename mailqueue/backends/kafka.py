@@ -89,17 +89,27 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any, Final, Self
-from urllib.parse import parse_qsl, unquote, urlsplit
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar, Final, Self
+from urllib.parse import unquote, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+from pydantic import BeforeValidator, model_validator
 
-from mailqueue.errors import ConfigurationError, MailQueueError, QueueError, ValidationError
+from mailqueue.backends._base import (
+    BaseDelivery,
+    Flag,
+    Number,
+    OptionsModel,
+    Whole,
+    parse_options,
+    translate_errors,
+)
+from mailqueue.errors import ConfigurationError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin
 
 __all__ = ["KafkaConsumer", "KafkaDelivery", "KafkaOptions", "KafkaQueue"]
@@ -117,8 +127,6 @@ _DEFAULT_PORT: Final = 9092
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-_TRUE: Final = ("1", "true", "yes", "on")
-_FALSE: Final = ("0", "false", "no", "off")
 _HANDED_MEMORY: Final = 100_000
 _MAX_REASON: Final = 4000
 # Driver failures that publish, commit and admin calls translate: any exception, since aiokafka
@@ -126,9 +134,15 @@ _MAX_REASON: Final = 4000
 _DRIVER_ERRORS: Final = (Exception,)
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaOptions:
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+class KafkaOptions(OptionsModel):
     """The knobs of :class:`KafkaQueue` (see the module docstring); times in seconds.
+
+    Also the URL's options: :meth:`KafkaQueue.from_url` reads them with
+    :func:`~mailqueue.backends._base.parse_options`.
 
     Raises:
         ConfigurationError: a value is out of range.
@@ -136,30 +150,31 @@ class KafkaOptions:
 
     group: str = "mailqueue"
     client_id: str = "mailqueue"
-    idempotence: bool = True
-    batch: int = 100
+    idempotence: Flag = True
+    batch: Whole = 100
     retry_topic: str | None = None
     dead_topic: str | None = None
-    create: bool = False
-    partitions: int = 1
-    replication: int = 1
-    timeout: float = 30.0
-    request_timeout: float | None = None
-    session_timeout: float = 10.0
-    heartbeat: float = 3.0
-    max_poll_interval: float = 300.0
-    rebalance_timeout: float | None = None
-    metadata_max_age: float = 300.0
-    fetch_wait: float = 0.5
-    poll: float = 0.2
-    commit_interval: float = 1.0
-    drain: float = 30.0
-    hold: int = 10_000
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
+    create: Flag = False
+    partitions: Whole = 1
+    replication: Whole = 1
+    timeout: Number = 30.0
+    request_timeout: Number | None = None
+    session_timeout: Number = 10.0
+    heartbeat: Number = 3.0
+    max_poll_interval: Number = 300.0
+    rebalance_timeout: Number | None = None
+    metadata_max_age: Number = 300.0
+    fetch_wait: Number = 0.5
+    poll: Number = 0.2
+    commit_interval: Number = 1.0
+    drain: Number = 30.0
+    hold: Whole = 10_000
+    security_protocol: Annotated[str, BeforeValidator(_upper)] = "PLAINTEXT"
+    sasl_mechanism: Annotated[str, BeforeValidator(_upper)] = "PLAIN"
     ssl_cafile: str | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if not self.group:
             raise ConfigurationError("option 'group' of kafka:// must not be empty")
         if not self.client_id:
@@ -198,51 +213,7 @@ class KafkaOptions:
             raise ConfigurationError(
                 f"option 'sasl_mechanism' of kafka:// must be one of {', '.join(_MECHANISMS)}"
             )
-
-
-_OPTION_TYPES: Final[dict[str, type]] = {
-    "group": str,
-    "client_id": str,
-    "idempotence": bool,
-    "batch": int,
-    "retry_topic": str,
-    "dead_topic": str,
-    "create": bool,
-    "partitions": int,
-    "replication": int,
-    "timeout": float,
-    "request_timeout": float,
-    "session_timeout": float,
-    "heartbeat": float,
-    "max_poll_interval": float,
-    "rebalance_timeout": float,
-    "metadata_max_age": float,
-    "fetch_wait": float,
-    "poll": float,
-    "commit_interval": float,
-    "drain": float,
-    "hold": int,
-    "security_protocol": str,
-    "sasl_mechanism": str,
-    "ssl_cafile": str,
-}
-assert set(_OPTION_TYPES) == {f.name for f in fields(KafkaOptions)}
-
-
-def _convert(name: str, raw: str) -> object:
-    kind = _OPTION_TYPES[name]
-    if kind is bool:
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise ConfigurationError(f"option {name!r} of kafka:// must be true or false, not {raw!r}")
-    if kind is str:
-        return raw.upper() if name in ("security_protocol", "sasl_mechanism") else raw
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ConfigurationError(f"option {name!r} of kafka:// is not a number: {raw!r}") from None
+        return self
 
 
 def _split_hosts(hosts: str) -> list[str]:
@@ -308,23 +279,21 @@ class _Record:
     since: int  # ready since (publish or due time), epoch nanoseconds: oldest is handed out first
 
 
-class KafkaDelivery:
+class KafkaDelivery(BaseDelivery):
     """A record handed out by :meth:`KafkaQueue.consume`; settle it once.
 
     Settling is a no-op once settled, after the queue was closed, or when the
     record's partition was taken away by a rebalance (the next owner reads it).
     """
 
-    __slots__ = ("_consumer", "_part", "_record", "_redelivered", "_state")
-
-    _OWNED, _SETTLING, _SETTLED = range(3)
+    __slots__ = ("_consumer", "_part", "_record", "_redelivered")
 
     def __init__(self, consumer: KafkaConsumer, record: _Record, part: _Partition, redelivered: bool) -> None:
+        super().__init__()
         self._consumer = consumer
         self._record = record
         self._part = part
         self._redelivered = redelivered
-        self._state = self._OWNED
 
     @property
     def key(self) -> str:
@@ -343,7 +312,7 @@ class KafkaDelivery:
 
     async def ack(self) -> None:
         """Mark the record finished; its offset is committed with the next batch."""
-        await self._settle(None)
+        await self._settle("ack")
 
     async def retry(self, delay: float) -> None:
         """Re-publish to the retry topic, due ``delay`` seconds from now, then mark finished.
@@ -351,7 +320,7 @@ class KafkaDelivery:
         Raises:
             QueueError: the re-publish was not acknowledged; the delivery stays unsettled.
         """
-        await self._settle(lambda: self._consumer._queue._republish(self._record, max(delay, 0.0)))
+        await self._settle("retry", lambda: self._consumer._queue._republish(self._record, max(delay, 0.0)))
 
     async def release(self) -> None:
         """Re-publish to the retry topic, due now, then mark finished (see :meth:`retry`)."""
@@ -363,31 +332,19 @@ class KafkaDelivery:
         Raises:
             QueueError: the publish was not acknowledged; the delivery stays unsettled.
         """
-        await self._settle(lambda: self._consumer._queue._dead(self._record, reason))
+        await self._settle("dead", lambda: self._consumer._queue._dead(self._record, reason))
 
     def _live(self) -> bool:
         """Not settled (or being settled), queue open, partition still ours."""
-        return self._state != self._SETTLED and self._consumer._owns(self)
+        return not self.settled and self._gone() is None
 
-    async def _settle(self, publish: Callable[[], Awaitable[None]] | None) -> None:
-        if self._state != self._OWNED:
-            return
-        if not self._consumer._owns(self):
-            logger.debug(
-                "kafka queue: settling %r ignored: its partition moved or the queue closed", self.key
-            )
-            self._state = self._SETTLED
-            self._consumer._finished(self, finish=False)
-            return
-        if publish is not None:
-            self._state = self._SETTLING
-            try:
-                await publish()
-            except BaseException:
-                self._state = self._OWNED
-                raise
-        self._state = self._SETTLED
-        self._consumer._finished(self, finish=True)
+    def _gone(self) -> str | None:
+        if self._consumer._owns(self._record.tp, self._part):
+            return None
+        return "its partition moved or the queue closed (the next owner reads it)"
+
+    def _on_settled(self, *, done: bool) -> None:
+        self._consumer._finished(self, self._part, self._record.offset if done else None)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -471,10 +428,7 @@ class KafkaConsumer:
             if not self._out:
                 await self._wait_stopped()
             return
-        self._closed = True
-        self._wake.set()
-        self._room.set()
-        self._settled.set()
+        self._halt()
         if not self._live_out():
             await self._wait_stopped()
 
@@ -486,20 +440,26 @@ class KafkaConsumer:
         self._out[delivery] = None
         return delivery
 
-    def _owns(self, delivery: KafkaDelivery) -> bool:
-        return (
-            not self._queue._closed
-            and self._client is not None
-            and self._parts.get(delivery._record.tp) is delivery._part
-        )
+    def _halt(self) -> None:
+        """Hand out nothing more, and wake every wait so that it sees it."""
+        self._closed = True
+        self._wake.set()
+        self._room.set()
+        self._settled.set()
+
+    def _owns(self, tp: Any, part: _Partition) -> bool:
+        """A record of partition ``tp`` fetched under the assignment ``part`` is still ours."""
+        return not self._queue._closed and self._client is not None and self._parts.get(tp) is part
 
     def _live_out(self) -> list[KafkaDelivery]:
         return [d for d in self._out if d._live()]
 
-    def _finished(self, delivery: KafkaDelivery, *, finish: bool) -> None:
+    def _finished(self, delivery: KafkaDelivery, part: _Partition, offset: int | None) -> None:
+        """``delivery`` is settled; its record at ``offset`` of ``part`` is finished (committable),
+        or with ``offset=None`` left to the partition's next owner."""
         self._out.pop(delivery, None)
-        if finish:
-            delivery._part.outstanding.pop(delivery._record.offset, None)
+        if offset is not None:
+            part.outstanding.pop(offset, None)
         self._wake.set()
         self._settled.set()
 
@@ -805,6 +765,9 @@ class KafkaQueue(ResourceMixin):
         ConfigurationError: a bad topic name or an empty server list.
     """
 
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = KafkaOptions
+
     def __init__(
         self,
         bootstrap_servers: str | Sequence[str],
@@ -820,10 +783,11 @@ class KafkaQueue(ResourceMixin):
             raise ConfigurationError("kafka queue needs at least one bootstrap server")
         if not _TOPIC_NAME.fullmatch(topic):
             raise ConfigurationError(f"kafka:// topic is not a valid topic name: {topic!r}")
-        options = replace(
-            options,
-            retry_topic=options.retry_topic or f"{topic}.retry",
-            dead_topic=options.dead_topic or f"{topic}.dead",
+        options = options.model_copy(
+            update={
+                "retry_topic": options.retry_topic or f"{topic}.retry",
+                "dead_topic": options.dead_topic or f"{topic}.dead",
+            }
         )
         if len({topic, options.retry_topic, options.dead_topic}) != 3:
             raise ConfigurationError("kafka:// main, retry and dead topics must be three different topics")
@@ -861,16 +825,11 @@ class KafkaQueue(ResourceMixin):
         topic = unquote(parts.path.lstrip("/"))
         if not topic:
             raise ConfigurationError("kafka:// URL needs a topic: kafka://host:9092/<topic>")
-        given: dict[str, object] = {}
-        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in _OPTION_TYPES:
-                raise ConfigurationError(
-                    f"unknown option {name!r} in kafka:// URL (known: {', '.join(sorted(_OPTION_TYPES))})"
-                )
-            given[name] = _convert(name, raw)
+        options = parse_options(url, KafkaOptions)
         if username is not None:
-            protocol = given.setdefault("security_protocol", "SASL_PLAINTEXT")
-            if protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+            if "security_protocol" not in options.model_fields_set:
+                options = options.model_copy(update={"security_protocol": "SASL_PLAINTEXT"})
+            if options.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
                 raise ConfigurationError(
                     "kafka:// URL has a user and password, so security_protocol must be "
                     "SASL_PLAINTEXT or SASL_SSL"
@@ -878,7 +837,7 @@ class KafkaQueue(ResourceMixin):
         return cls(
             _split_hosts(hosts),
             topic,
-            options=KafkaOptions(**given),  # type: ignore[arg-type]
+            options=options,
             username=username,
             password=password,
         )
@@ -956,10 +915,7 @@ class KafkaQueue(ResourceMixin):
             return
         consumers = list(self._consumers)
         for consumer in consumers:
-            consumer._closed = True
-            consumer._wake.set()
-            consumer._room.set()
-            consumer._settled.set()
+            consumer._halt()
         unsettled = [d for consumer in consumers for d in consumer._live_out()]
 
         async def give_back(delivery: KafkaDelivery) -> None:
@@ -1017,29 +973,21 @@ class KafkaQueue(ResourceMixin):
         producer = self._producer
         if producer is None or self._closed:
             raise QueueError("kafka queue is not open")
-        try:
-            async with asyncio.timeout(self.options.timeout):
-                await producer.client.fetch_all_metadata()
-        except TimeoutError:
-            raise QueueError(
-                f"kafka queue {self.topic!r}: no broker answered within {self.options.timeout} s"
-            ) from None
-        except _DRIVER_ERRORS as exc:
-            raise QueueError(f"kafka queue {self.topic!r}: brokers unreachable: {exc}") from exc
+        with translate_errors(QueueError, f"kafka queue {self.topic!r}: brokers unreachable"):
+            try:
+                async with asyncio.timeout(self.options.timeout):
+                    await producer.client.fetch_all_metadata()
+            except TimeoutError:
+                raise QueueError(
+                    f"kafka queue {self.topic!r}: no broker answered within {self.options.timeout} s"
+                ) from None
         return None
 
     # --- internals -----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except MailQueueError:
-            raise
-        except _DRIVER_ERRORS as exc:
-            raise QueueError(
-                f"kafka queue {self.topic!r} could not {action}: {type(exc).__name__}: {exc}"
-            ) from exc
+    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """Any exception of the block (a timeout too) as :class:`QueueError`."""
+        return translate_errors(QueueError, f"kafka queue {self.topic!r} could not {action}")
 
     async def _stop_producer(self, producer: Any) -> None:
         if producer is None:
@@ -1096,18 +1044,17 @@ class KafkaQueue(ResourceMixin):
         timeout = self.options.timeout
         headers = [*headers, (PUBLISHED_HEADER, str(time.time_ns()).encode())]
         try:
-            async with asyncio.timeout(timeout):
-                await producer.send_and_wait(topic, value=body, key=key.encode(), headers=headers)
-        except TimeoutError:
+            with translate_errors(QueueError, f"kafka queue: publish to {topic!r} failed"):
+                try:
+                    async with asyncio.timeout(timeout):
+                        await producer.send_and_wait(topic, value=body, key=key.encode(), headers=headers)
+                except TimeoutError:
+                    raise QueueError(
+                        f"kafka queue: publish to {topic!r} not acknowledged within {timeout} s"
+                    ) from None
+        except QueueError:
             self._recheck = self.options.create
-            raise QueueError(
-                f"kafka queue: publish to {topic!r} not acknowledged within {timeout} s"
-            ) from None
-        except _DRIVER_ERRORS as exc:
-            self._recheck = self.options.create
-            raise QueueError(
-                f"kafka queue: publish to {topic!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise
 
     async def _republish(self, record: _Record, delay: float) -> None:
         headers = [

@@ -29,9 +29,12 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Self
-from urllib.parse import parse_qsl, urlsplit
+from typing import ClassVar, Self, TypeVar
+from urllib.parse import urlsplit
 
+from pydantic import Field
+
+from mailqueue.backends._base import BaseDelivery, OptionsModel, parse_options
 from mailqueue.errors import ConfigurationError, QueueError, TransientDeliveryError
 from mailqueue.protocols import (
     BackendContext,
@@ -42,18 +45,33 @@ from mailqueue.protocols import (
     SendResult,
 )
 
-__all__ = ["DeadLetter", "MemoryConsumer", "MemoryDelivery", "MemoryQueue", "MemorySender"]
+__all__ = [
+    "DeadLetter",
+    "MemoryConsumer",
+    "MemoryDelivery",
+    "MemoryQueue",
+    "MemorySender",
+    "QueueOptions",
+    "SenderOptions",
+]
+
+_M = TypeVar("_M", bound=OptionsModel)
 
 
-def _options(url: str, allowed: set[str]) -> dict[str, str]:
-    parts = urlsplit(url)
-    if parts.scheme != "memory":
+class QueueOptions(OptionsModel):
+    """``memory://`` as a queue takes no options."""
+
+
+class SenderOptions(OptionsModel):
+    """The options of ``memory://`` as a sender."""
+
+    from_: str = Field("mailqueue@example.com", alias="from")
+
+
+def _options(url: str, model: type[_M]) -> _M:
+    if urlsplit(url).scheme != "memory":
         raise ConfigurationError(f"not a memory:// URL: {url!r}")
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    for name in options:
-        if name not in allowed:
-            raise ConfigurationError(f"unknown option {name!r} in memory:// URL")
-    return options
+    return parse_options(url, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +90,16 @@ class _Message:
     deliveries: int = 0
 
 
-class MemoryDelivery:
+class MemoryDelivery(BaseDelivery):
     """A message handed out by :meth:`MemoryQueue.consume`; settle it once."""
 
-    __slots__ = ("_consumer", "_message", "_queue", "_settled")
+    __slots__ = ("_consumer", "_message", "_queue")
 
     def __init__(self, queue: MemoryQueue, consumer: MemoryConsumer, message: _Message) -> None:
+        super().__init__()
         self._queue = queue
         self._consumer = consumer
         self._message = message
-        self._settled = False
 
     @property
     def key(self) -> str:
@@ -100,32 +118,35 @@ class MemoryDelivery:
 
     async def ack(self) -> None:
         """Remove the message for good (no-op if already settled)."""
-        self._settle()
+        await self._settle("ack")
 
     async def retry(self, delay: float) -> None:
         """Make the message available again ``delay`` seconds from now (no-op if already settled)."""
-        if self._settle():
+
+        async def requeue() -> None:
             self._queue._put(self._message, delay)
+
+        await self._settle("retry", requeue)
 
     async def dead(self, reason: str) -> None:
         """Append the message to :attr:`MemoryQueue.dead` (no-op if already settled)."""
-        if self._settle():
+
+        async def bury() -> None:
             self._queue.dead.append(DeadLetter(self.key, self.body, reason))
+
+        await self._settle("dead", bury)
 
     async def release(self) -> None:
         """Put the message back at the head of the queue (no-op if already settled)."""
-        if self._settle():
-            self._queue._ready.appendleft(self._message)
-            self._queue._wake()
 
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        self._settled = True
-        self._consumer._outstanding.discard(self)
-        self._queue._unsettled.pop(self, None)
-        self._queue._wake()
-        return True
+        async def give_back() -> None:
+            self._queue._give_back(self._message)
+
+        await self._settle("release", give_back)
+
+    def _on_settled(self, *, done: bool) -> None:
+        self._consumer._forget(self)
+        self._queue._forget(self)
 
 
 class MemoryConsumer:
@@ -167,6 +188,10 @@ class MemoryConsumer:
             finally:
                 queue._waiters.discard(woken)
 
+    def _forget(self, delivery: MemoryDelivery) -> None:
+        """``delivery`` is settled: it no longer counts against ``prefetch``."""
+        self._outstanding.discard(delivery)
+
     async def aclose(self) -> None:
         """Stop consuming; deliveries already handed out stay owned until settled."""
         self._closed = True
@@ -181,6 +206,8 @@ class MemoryQueue(ResourceMixin):
     """
 
     capabilities = QueueCapabilities(delay=True, shared=False, depth=True)
+    #: The URL's options (none).
+    url_options: ClassVar[type[OptionsModel]] = QueueOptions
 
     def __init__(self) -> None:
         self.dead: list[DeadLetter] = []
@@ -198,7 +225,7 @@ class MemoryQueue(ResourceMixin):
         Raises:
             ConfigurationError: the URL is not ``memory://`` or has an option.
         """
-        _options(url, set())
+        _options(url, QueueOptions)
         return cls()
 
     async def open(self) -> None:
@@ -211,8 +238,8 @@ class MemoryQueue(ResourceMixin):
             return
         self._open = False
         for delivery in reversed(list(self._unsettled)):
-            delivery._settle()
-            self._ready.appendleft(delivery._message)
+            delivery._drop()
+            self._give_back(delivery._message)
         self._wake()
 
     async def publish(self, key: str, body: bytes, *, delay: float = 0.0) -> None:
@@ -245,6 +272,16 @@ class MemoryQueue(ResourceMixin):
         """Messages waiting, ready or delayed (unsettled deliveries are not counted)."""
         return len(self._ready) + len(self._delayed)
 
+    def _give_back(self, message: _Message) -> None:
+        """Put ``message`` back at the head of the queue."""
+        self._ready.appendleft(message)
+        self._wake()
+
+    def _forget(self, delivery: MemoryDelivery) -> None:
+        """``delivery`` is settled: no longer counted as unsettled."""
+        self._unsettled.pop(delivery, None)
+        self._wake()
+
     def _put(self, message: _Message, delay: float) -> None:
         if delay > 0:
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._order), message))
@@ -272,6 +309,9 @@ class MemorySender(ResourceMixin):
         from_address: the envelope sender the worker should use.
     """
 
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SenderOptions
+
     def __init__(self, *, from_address: str = "mailqueue@example.com") -> None:
         self.from_address = from_address
         self.sent: list[OutgoingMessage] = []
@@ -284,8 +324,7 @@ class MemorySender(ResourceMixin):
         Raises:
             ConfigurationError: not a ``memory://`` URL, unknown option, or empty ``from``.
         """
-        options = _options(url, {"from"})
-        address = options.get("from", "mailqueue@example.com")
+        address = _options(url, SenderOptions).from_
         if not address:
             raise ConfigurationError("option 'from' of memory:// must not be empty")
         return cls(from_address=address)

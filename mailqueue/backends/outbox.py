@@ -48,15 +48,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import ClassVar, Self
+from urllib.parse import unquote, urlsplit
 
+from pydantic import Field
+
+from mailqueue.backends._base import OptionsModel, parse_options
 from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from mailqueue.message import check_address
 from mailqueue.protocols import BackendContext, OutgoingMessage, RecipientReply, ResourceMixin, SendResult
 
-__all__ = ["DEFAULT_FROM", "OutboxSender"]
+__all__ = ["DEFAULT_FROM", "OutboxOptions", "OutboxSender"]
 
 #: The sender's address when the URL gives none.
 DEFAULT_FROM = "mailqueue@example.com"
@@ -76,6 +79,13 @@ _NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E
 _encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
+class OutboxOptions(OptionsModel):
+    """The options of an ``outbox://`` URL."""
+
+    #: The sender's address; empty means :data:`DEFAULT_FROM`.
+    from_: str = Field(DEFAULT_FROM, alias="from")
+
+
 class OutboxSender(ResourceMixin):
     """Write messages as ``.eml`` files (plus a ``.json`` envelope) into a folder.
 
@@ -86,6 +96,9 @@ class OutboxSender(ResourceMixin):
     Raises:
         ConfigurationError: the address is invalid.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = OutboxOptions
 
     def __init__(self, *, path: str | os.PathLike[str], from_address: str = DEFAULT_FROM) -> None:
         try:
@@ -117,14 +130,8 @@ class OutboxSender(ResourceMixin):
             raise ConfigurationError(
                 "the outbox URL names no folder (use outbox://./outbox or outbox:///path)"
             )
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name != "from":
-                raise ConfigurationError(f"unknown option {name!r} in outbox URL (known: from)")
-            if name in options:
-                raise ConfigurationError(f"option {name!r} is given twice in outbox URL")
-            options[name] = value
-        return cls(path=path, from_address=options.get("from") or DEFAULT_FROM)
+        options = parse_options(url, OutboxOptions, label="outbox://", once=True)
+        return cls(path=path, from_address=options.from_ or DEFAULT_FROM)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(path={str(self.path)!r}, from_address={self.from_address!r})"

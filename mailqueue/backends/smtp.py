@@ -81,13 +81,15 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Literal, Self, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Annotated, Any, ClassVar, Literal, Self, cast
+from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
-from pydantic import SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
+from pydantic_core import PydanticCustomError
 
 from mailqueue import metrics
+from mailqueue.backends._base import Flag, Number, OptionsModel, Whole, parse_options
 from mailqueue.errors import (
     ConfigurationError,
     DeliveryError,
@@ -105,7 +107,7 @@ from mailqueue.protocols import (
     SendResult,
 )
 
-__all__ = ["SMTPSender", "TLSMode"]
+__all__ = ["SMTPOptions", "SMTPSender", "TLSMode"]
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,6 @@ log = logging.getLogger(__name__)
 TLSMode = Literal["auto", "starttls", "implicit", "none"]
 
 _TLS_MODES: tuple[str, ...] = ("auto", "starttls", "implicit", "none")
-_OPTIONS = frozenset(
-    {"from", "starttls", "verify", "cafile", "timeout", "pool", "max_per_connection", "name", "pipelining"}
-)
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _POLL_INTERVAL = 0.002
 
@@ -310,6 +309,34 @@ def _envelope_problem(address: str) -> str | None:
     return None
 
 
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _greater_than_zero(value: float) -> float:
+    if value <= 0:
+        raise PydanticCustomError("option", "must be greater than 0", {})
+    return value
+
+
+_Switch = Annotated[Flag, BeforeValidator(_strip)]
+_Count = Annotated[Whole, AfterValidator(_greater_than_zero)]
+
+
+class SMTPOptions(OptionsModel):
+    """The options of an ``smtp://`` or ``smtps://`` URL (see the module docstring)."""
+
+    from_: str = Field("", alias="from")
+    starttls: str = "auto"
+    verify: _Switch = True
+    cafile: str | None = None
+    timeout: Annotated[Number, AfterValidator(_greater_than_zero)] = 30.0
+    pool: _Count = 4
+    max_per_connection: _Count = 100
+    name: str | None = None
+    pipelining: _Switch = True
+
+
 def _parse_bool(name: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -317,16 +344,6 @@ def _parse_bool(name: str, value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"option {name!r} must be true or false, not {value!r}")
-
-
-def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> float:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise ConfigurationError(f"option {name!r} must be a number, not {value!r}") from None
-    if number <= 0:
-        raise ConfigurationError(f"option {name!r} must be greater than 0")
-    return number
 
 
 def _translate(exc: BaseException, stage: _Stage) -> DeliveryError:
@@ -380,6 +397,9 @@ class SMTPSender(ResourceMixin):
     Raises:
         ConfigurationError: on an invalid address, option or combination.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SMTPOptions
 
     def __init__(
         self,
@@ -463,22 +483,14 @@ class SMTPSender(ResourceMixin):
             raise ConfigurationError("the SMTP URL has an invalid port") from None
         if parts.path not in ("", "/"):
             raise ConfigurationError(f"the SMTP URL must not have a path (found {parts.path!r})")
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in _OPTIONS:
-                raise ConfigurationError(
-                    f"unknown option {name!r} in SMTP URL (known: {', '.join(sorted(_OPTIONS))})"
-                )
-            if name in options:
-                raise ConfigurationError(f"option {name!r} is given twice in SMTP URL")
-            options[name] = value
-        if not options.get("from"):
+        options = parse_options(url, SMTPOptions, once=True)
+        if not options.from_:
             raise ConfigurationError("the SMTP URL needs a from= option (the sender's address)")
 
         tls: TLSMode
-        starttls = options.get("starttls", "auto").strip().lower()
+        starttls = options.starttls.strip().lower()
         if scheme == "smtps":
-            if "starttls" in options and starttls not in ("false", "0", "no", "off"):
+            if "starttls" in options.model_fields_set and starttls not in ("false", "0", "no", "off"):
                 raise ConfigurationError("starttls cannot be used with smtps:// (TLS is implicit)")
             tls = "implicit"
         elif starttls == "auto":
@@ -486,7 +498,7 @@ class SMTPSender(ResourceMixin):
         else:
             tls = "starttls" if _parse_bool("starttls", starttls) else "none"
 
-        cafile = options.get("cafile")
+        cafile = options.cafile
         if cafile is not None and not os.path.isfile(cafile):
             raise ConfigurationError(f"cafile {cafile!r} is not a readable file")
         username = unquote(parts.username) if parts.username is not None else None
@@ -494,19 +506,17 @@ class SMTPSender(ResourceMixin):
         return cls(
             host=parts.hostname,
             port=port,
-            from_address=options["from"],
+            from_address=options.from_,
             username=username or None,
             password=password if username else None,
             tls=tls,
-            verify=_parse_bool("verify", options.get("verify", "true")),
+            verify=options.verify,
             cafile=cafile,
-            timeout=_parse_number("timeout", options.get("timeout", "30"), float),
-            pool_size=int(_parse_number("pool", options.get("pool", "4"), int)),
-            max_per_connection=int(
-                _parse_number("max_per_connection", options.get("max_per_connection", "100"), int)
-            ),
-            local_hostname=options.get("name"),
-            pipelining=_parse_bool("pipelining", options.get("pipelining", "true")),
+            timeout=options.timeout,
+            pool_size=options.pool,
+            max_per_connection=options.max_per_connection,
+            local_hostname=options.name,
+            pipelining=options.pipelining,
         )
 
     def __repr__(self) -> str:

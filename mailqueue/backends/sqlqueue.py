@@ -52,28 +52,43 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, suppress
-from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailqueue.backends._base import translate_errors
+from mailqueue.backends._base import (
+    BaseDelivery,
+    Number,
+    OptionsModel,
+    Whole,
+    parse_options,
+    translate_errors,
+)
 from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin, Store
 from mailqueue.stores.schema import queue as table
 
-__all__ = ["SQLConsumer", "SQLDelivery", "SQLQueue"]
+__all__ = ["SQLConsumer", "SQLDelivery", "SQLQueue", "SQLQueueOptions"]
 
 logger = logging.getLogger(__name__)
 
 _MIN_POLL = 0.01
 _READY = "ready"
 _DEAD = "dead"
-_OPTIONS = ("queue", "poll", "lease", "batch")
+
+
+class SQLQueueOptions(OptionsModel):
+    """The options of an ``sql://`` queue URL (see the module docstring)."""
+
+    queue: str = "mailqueue"
+    poll: Number = 0.5
+    lease: Number = 300.0
+    batch: Whole = 10
 
 
 _T = table.name
@@ -110,12 +125,10 @@ def _translate(action: str) -> AbstractContextManager[None]:
     return translate_errors(QueueError, f"sql queue could not {action}")
 
 
-class SQLDelivery:
+class SQLDelivery(BaseDelivery):
     """A row claimed by :meth:`SQLQueue.consume`; owned until settled or its lease expires."""
 
-    __slots__ = ("_body", "_consumer", "_deliveries", "_id", "_key", "_lease", "_queue", "_state")
-
-    _OWNED, _SETTLING, _SETTLED = range(3)
+    __slots__ = ("_body", "_consumer", "_deliveries", "_id", "_key", "_lease", "_queue")
 
     def __init__(
         self,
@@ -127,6 +140,7 @@ class SQLDelivery:
         deliveries: int,
         lease: str,
     ) -> None:
+        super().__init__()
         self._queue = queue
         self._consumer = consumer
         self._id = row_id
@@ -134,7 +148,6 @@ class SQLDelivery:
         self._body = body
         self._deliveries = deliveries
         self._lease = lease
-        self._state = self._OWNED
 
     @property
     def key(self) -> str:
@@ -160,37 +173,28 @@ class SQLDelivery:
         Raises:
             QueueError: the database failed; the delivery stays unsettled.
         """
-        if self._state != self._OWNED:
-            return
-        self._state = self._SETTLING
-        try:
+
+        async def delete() -> None:
             # acks of concurrent deliveries are deleted together, one statement and one commit
-            removed = await self._queue._acks.call((self._id, self._lease))
-        except BaseException:
-            self._state = self._OWNED
-            raise
-        self._state = self._SETTLED
-        self._queue._forget(self)
-        if not removed:
-            logger.warning(
-                "sql queue: ack of %r ignored: its lease expired and it was claimed again", self._key
-            )
+            if not await self._queue._acks.call((self._id, self._lease)):
+                self._claimed_again("ack")
+
+        await self._settle("ack", delete)
 
     async def retry(self, delay: float) -> None:
         """Make the row ready again ``delay`` seconds from now (same no-op rules as :meth:`ack`)."""
-        await self._settle(self._ready_again(delay), "retry")
+        await self._settle("retry", self._update(self._ready_again(delay), "retry"))
         if delay <= 0:
             self._queue._wake_all()
 
     async def dead(self, reason: str) -> None:
         """Set ``state='dead'`` and ``dead_reason`` (cut to 1000 characters); no-op rules of :meth:`ack`."""
-        await self._settle(
-            sa.update(table).values(state=_DEAD, dead_reason=reason[:1000], lease=None), "dead"
-        )
+        statement = sa.update(table).values(state=_DEAD, dead_reason=reason[:1000], lease=None)
+        await self._settle("dead", self._update(statement, "dead"))
 
     async def release(self) -> None:
         """Make the row ready again now (same no-op rules as :meth:`ack`)."""
-        await self._settle(self._ready_again(0.0), "release")
+        await self._settle("release", self._update(self._ready_again(0.0), "release"))
         self._queue._wake_all()
 
     def _ready_again(self, delay: float, *, uncount: bool = False) -> sa.Update:
@@ -199,35 +203,31 @@ class SQLDelivery:
             values["deliveries"] = table.c.deliveries - 1
         return sa.update(table).values(values)
 
-    async def _settle(self, statement: sa.Update, action: str) -> None:
-        if self._state != self._OWNED:
-            return
-        self._state = self._SETTLING
-        try:
-            statement = statement.where(
+    def _update(self, statement: sa.Update, action: str) -> Callable[[], Awaitable[None]]:
+        """The settle step: ``statement`` on this row, only while it is still under this lease."""
+
+        async def step() -> None:
+            held = statement.where(
                 table.c.id == self._id, table.c.lease == self._lease, table.c.state == _READY
             )
-            with _translate(action):
-                line = self._queue._line
-                if line is not None:
-                    changed = await line.update(statement)
-                else:
-                    async with self._queue._connect() as conn, conn.begin():
-                        changed = (await conn.execute(statement)).rowcount
-        except BaseException:
-            self._state = self._OWNED
-            raise
-        self._state = self._SETTLED
+            if not await self._queue._update(held, action):
+                self._claimed_again(action)
+
+        return step
+
+    def _claimed_again(self, action: str) -> None:
+        logger.warning(
+            "sql queue: %s of %r ignored: its lease expired and it was claimed again", action, self._key
+        )
+
+    def _on_settled(self, *, done: bool) -> None:
         self._queue._forget(self)
-        if changed == 0:
-            logger.warning(
-                "sql queue: %s of %r ignored: its lease expired and it was claimed again", action, self._key
-            )
+        self._consumer._forget(self)
 
     async def _give_back(self, *, uncount: bool) -> None:
         """Release, on close; ``uncount`` for rows claimed but never handed out."""
         try:
-            await self._settle(self._ready_again(0.0, uncount=uncount), "release")
+            await self._settle("release", self._update(self._ready_again(0.0, uncount=uncount), "release"))
         except QueueError as exc:
             # The lease will expire and the row come back anyway.
             logger.warning("sql queue: could not release %r on close: %s", self._key, exc)
@@ -284,6 +284,11 @@ class SQLConsumer:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
+    def _forget(self, delivery: SQLDelivery) -> None:
+        """``delivery`` is settled: it no longer counts against ``prefetch``."""
+        self._owned.discard(delivery)
+        self._wake.set()
+
     async def _claim(self, limit: int) -> None:
         for delivery in await self._queue._claim(self, limit):
             self._buffer.append(delivery)
@@ -295,9 +300,13 @@ class SQLConsumer:
         Deliveries already handed out stay owned until settled (or the queue
         is closed, or their lease expires).
         """
+        self._halt()
+        await self._drain()
+
+    def _halt(self) -> None:
+        """Hand out nothing more, and wake a waiting ``__anext__`` so that it sees it."""
         self._closed = True
         self._wake.set()
-        await self._drain()
 
     async def _drain(self) -> None:
         if self._claiming is not None:
@@ -374,6 +383,8 @@ class SQLQueue(ResourceMixin):
     """
 
     capabilities = QueueCapabilities(delay=True, shared=True, depth=True)
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SQLQueueOptions
 
     def __init__(
         self,
@@ -415,27 +426,12 @@ class SQLQueue(ResourceMixin):
         Raises:
             ConfigurationError: not ``sql://``, an unknown or bad option, or no store.
         """
-        parts = urlsplit(url)
-        if parts.scheme != "sql":
+        if urlsplit(url).scheme != "sql":
             raise ConfigurationError(f"not an sql:// URL: {url!r}")
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        for name in options:
-            if name not in _OPTIONS:
-                raise ConfigurationError(
-                    f"unknown option {name!r} in sql:// URL (known: {', '.join(_OPTIONS)})"
-                )
+        options = parse_options(url, SQLQueueOptions)
         if context.store is None:
             raise ConfigurationError("the sql:// queue uses the store's database, but there is no store")
-        kwargs: dict[str, Any] = {}
-        for name, convert in (("poll", float), ("lease", float), ("batch", int)):
-            if name in options:
-                try:
-                    kwargs[name] = convert(options[name])
-                except ValueError:
-                    raise ConfigurationError(
-                        f"option {name!r} of sql:// is not a number: {options[name]!r}"
-                    ) from None
-        return cls(store=context.store, queue=options.get("queue", "mailqueue"), **kwargs)
+        return cls(store=context.store, **options.model_dump())
 
     async def open(self) -> None:
         """Take the engine and check that the table can be read.
@@ -469,16 +465,14 @@ class SQLQueue(ResourceMixin):
         self._closed = True
         consumers = list(self._consumers)
         for consumer in consumers:
-            consumer._closed = True
-            consumer._wake.set()
+            consumer._halt()
         for consumer in consumers:
             await consumer._drain()
         for delivery in list(self._unsettled):
             await delivery._give_back(uncount=False)
         for delivery in list(self._unsettled):
             # Could not be released: its lease will expire; settling it later does nothing.
-            delivery._state = SQLDelivery._SETTLED
-            self._forget(delivery)
+            delivery._drop()
         await self._acks.drain()
         line, self._line = self._line, None
         if line is not None:
@@ -570,10 +564,21 @@ class SQLQueue(ResourceMixin):
         for consumer in self._consumers:
             consumer._wake.set()
 
+    async def _update(self, statement: sa.Update, action: str) -> int:
+        """Run one UPDATE in a transaction of its own; return how many rows it changed.
+
+        Raises:
+            QueueError: not open, or the database failed.
+        """
+        with _translate(action):
+            if self._line is not None:
+                return await self._line.update(statement)
+            async with self._connect() as conn, conn.begin():
+                return int((await conn.execute(statement)).rowcount)
+
     def _forget(self, delivery: SQLDelivery) -> None:
+        """``delivery`` is settled: nothing to give back on close."""
         self._unsettled.pop(delivery, None)
-        delivery._consumer._owned.discard(delivery)
-        delivery._consumer._wake.set()
 
     async def _delete(self, leases: list[tuple[int, str]]) -> list[bool]:
         """Delete the rows still held under these leases, in one transaction; report each."""

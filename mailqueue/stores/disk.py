@@ -37,9 +37,13 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Annotated, Any, ClassVar, Self, TypeVar
+from urllib.parse import unquote, urlsplit
 
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from mailqueue.backends._base import Flag, OptionsModel, Whole, parse_options
 from mailqueue.errors import (
     AttachmentNotFoundError,
     AttachmentTooLargeError,
@@ -48,7 +52,7 @@ from mailqueue.errors import (
 )
 from mailqueue.protocols import BackendContext, ResourceMixin, StoredAttachment
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "FileAttachmentStore"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "FileAttachmentStore", "FileStoreOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +63,6 @@ _TEMP_PREFIX = ".tmp-"
 # Keys this store can hold: generated keys are 32 hex digits; four characters
 # at least so that the two folder levels are never empty.
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{3,63}")
-_OPTIONS = ("chunk_size", "dir_mode", "file_mode", "fsync")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 _T = TypeVar("_T")
 
@@ -198,33 +199,27 @@ class _Reader:
                     os.close(fd)
 
 
-def _parse_options(url: str, query: str) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name not in _OPTIONS:
-            raise ConfigurationError(
-                f"unknown option {name!r} in file attachment store URL {url!r}; known: {', '.join(_OPTIONS)}"
-            )
-        if name in options:
-            raise ConfigurationError(f"option {name!r} is given twice in {url!r}")
-        options[name] = value
-    return options
+def _octal(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            raise PydanticCustomError(
+                "option", "must be an octal number, not {value}", {"value": repr(value)}
+            ) from None
+    return value
 
 
-def _parse_bool(name: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise ConfigurationError(f"option {name!r} must be true or false, not {value!r}")
+class FileStoreOptions(OptionsModel):
+    """The options of a ``file:`` attachment store URL (see the module docstring).
 
+    ``file_mode`` and ``dir_mode`` are written in octal (``640``).
+    """
 
-def _parse_int(name: str, value: str, *, base: int = 10) -> int:
-    try:
-        return int(value, base)
-    except ValueError:
-        kind = "an octal number" if base == 8 else "an integer"
-        raise ConfigurationError(f"option {name!r} must be {kind}, not {value!r}") from None
+    fsync: Flag = True
+    chunk_size: Whole = DEFAULT_CHUNK_SIZE
+    file_mode: Annotated[int, BeforeValidator(_octal)] = 0o600
+    dir_mode: Annotated[int, BeforeValidator(_octal)] = 0o700
 
 
 class FileAttachmentStore(ResourceMixin):
@@ -233,6 +228,9 @@ class FileAttachmentStore(ResourceMixin):
     Blocking file work runs in worker threads, one chunk batch at a time, so
     a large upload neither blocks the event loop nor sits in memory.
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = FileStoreOptions
 
     def __init__(
         self,
@@ -296,15 +294,8 @@ class FileAttachmentStore(ResourceMixin):
             raise ConfigurationError(f"file attachment store URL {url!r} names no folder")
         if "\x00" in folder:
             raise ConfigurationError(f"file attachment store URL {url!r} contains a NUL character")
-        options = _parse_options(url, parts.query)
-        kwargs: dict[str, int] = {}
-        if "chunk_size" in options:
-            kwargs["chunk_size"] = _parse_int("chunk_size", options["chunk_size"])
-        for name in ("file_mode", "dir_mode"):
-            if name in options:
-                kwargs[name] = _parse_int(name, options[name], base=8)
-        fsync = _parse_bool("fsync", options["fsync"]) if "fsync" in options else True
-        return cls(root=folder, fsync=fsync, **kwargs)
+        options = parse_options(url, FileStoreOptions, label="file attachment store", once=True)
+        return cls(root=folder, **options.model_dump())
 
     @property
     def root(self) -> Path:

@@ -16,9 +16,10 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import Self
+from typing import ClassVar, Self
 from urllib.parse import urlsplit
 
+from mailqueue.backends._base import OptionsModel, parse_options
 from mailqueue.errors import (
     AttachmentNotFoundError,
     AttachmentTooLargeError,
@@ -38,10 +39,14 @@ from mailqueue.records import (
     utcnow,
 )
 
-__all__ = ["MemoryAttachmentStore", "MemoryStore"]
+__all__ = ["MemoryAttachmentStore", "MemoryOptions", "MemoryStore"]
 
 #: Bytes per chunk yielded by :meth:`MemoryAttachmentStore.read`.
 READ_CHUNK = 64 * 1024
+
+
+class MemoryOptions(OptionsModel):
+    """``memory://`` as a store or attachment store takes no options."""
 
 
 class _InMemory(ResourceMixin):
@@ -55,6 +60,8 @@ class _InMemory(ResourceMixin):
     closed_error: type[BackendError] = BackendError
     #: How URL errors name this backend.
     what = "backend"
+    #: The URL's options (none).
+    url_options: ClassVar[type[OptionsModel]] = MemoryOptions
 
     def __init__(self) -> None:
         self._open = False
@@ -69,9 +76,7 @@ class _InMemory(ResourceMixin):
         parts = urlsplit(url)
         if parts.scheme != "memory":
             raise ConfigurationError(f"{cls.what} URL must start with memory://, not {parts.scheme!r}")
-        if parts.query:
-            option = parts.query.split("&")[0].split("=")[0]
-            raise ConfigurationError(f"unknown {cls.what} URL option {option!r} (memory:// takes none)")
+        parse_options(url, MemoryOptions)
         if parts.netloc or parts.path.strip("/"):
             raise ConfigurationError(f"{cls.what} URL memory:// takes no host or path")
         return cls()

@@ -31,13 +31,13 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Self
-from urllib.parse import parse_qsl, urlsplit
+from typing import ClassVar, Self
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailqueue.backends._base import describe
+from mailqueue.backends._base import OptionsModel, Whole, describe, parse_options
 from mailqueue.errors import (
     AttachmentNotFoundError,
     AttachmentTooLargeError,
@@ -48,7 +48,7 @@ from mailqueue.errors import (
 from mailqueue.protocols import BackendContext, ResourceMixin, Store, StoredAttachment
 from mailqueue.stores.schema import attachment_chunks, attachments
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "MAX_CHUNK_SIZE", "SQLAttachmentStore"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "MAX_CHUNK_SIZE", "SQLAttachmentStore", "SQLBlobOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,13 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 # Generated keys are 32 hex digits; anything of this shape fits the column.
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{3,63}")
-_OPTIONS = ("chunk_size",)
+
+
+class SQLBlobOptions(OptionsModel):
+    """The options of a ``sql://`` attachment store URL (see the module docstring)."""
+
+    chunk_size: Whole = DEFAULT_CHUNK_SIZE
+
 
 _att_key = attachments.c["key"]
 _chunk_key = attachment_chunks.c["key"]
@@ -79,6 +85,9 @@ class SQLAttachmentStore(ResourceMixin):
     The store never creates tables and never disposes the engine: both
     belong to the Store (or to whoever passed ``engine``).
     """
+
+    #: The URL's options.
+    url_options: ClassVar[type[OptionsModel]] = SQLBlobOptions
 
     def __init__(
         self,
@@ -125,24 +134,7 @@ class SQLAttachmentStore(ResourceMixin):
             raise ConfigurationError(
                 f"sql attachment store URL {url!r} must not name a database: it uses the Store's; write sql://"
             )
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in _OPTIONS:
-                known = ", ".join(_OPTIONS)
-                raise ConfigurationError(
-                    f"unknown option {name!r} in sql attachment store URL {url!r}; known: {known}"
-                )
-            if name in options:
-                raise ConfigurationError(f"option {name!r} is given twice in {url!r}")
-            options[name] = value
-        chunk_size = DEFAULT_CHUNK_SIZE
-        if "chunk_size" in options:
-            try:
-                chunk_size = int(options["chunk_size"])
-            except ValueError:
-                raise ConfigurationError(
-                    f"option 'chunk_size' must be an integer, not {options['chunk_size']!r}"
-                ) from None
+        chunk_size = parse_options(url, SQLBlobOptions, label="sql attachment store", once=True).chunk_size
         if context.store is None:
             raise ConfigurationError(
                 "the sql attachment store keeps attachments in the Store's database, but no Store was given"

@@ -24,6 +24,11 @@ the protocol alone cannot show (a failed ``put`` returns no key to look up).
 It is an async callable returning a description of everything the backend
 holds, partial uploads included; the suite only compares two of them. Without
 it (the default) those checks are skipped and the rest of each test runs.
+
+Optionally provide ``backend_url``, a URL that ``type(attachments).from_url(url,
+context=backend_context)`` accepts: the suite then checks that an unknown URL
+option is refused with the valid ones listed (see
+:mod:`mailqueue.testing.options`); without it that test is skipped.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ import pytest
 
 from mailqueue.errors import AttachmentNotFoundError, AttachmentTooLargeError
 from mailqueue.message import AttachmentRef
-from mailqueue.protocols import AttachmentStore, ListableAttachmentStore, StoredAttachment
+from mailqueue.protocols import AttachmentStore, BackendContext, ListableAttachmentStore, StoredAttachment
+from mailqueue.testing.options import assert_unknown_option_refused
 
 __all__ = ["AttachmentStoreConformance", "Inventory", "chunked", "read_all"]
 
@@ -123,6 +129,23 @@ class AttachmentStoreConformance:
     def inventory(self) -> Inventory | None:
         """Override to list everything the backend holds; ``None`` skips those checks."""
         return None
+
+    @pytest.fixture
+    def backend_url(self) -> str | None:
+        """Default: no URL, and the URL-option test is skipped (override to run it)."""
+        return None
+
+    @pytest.fixture
+    def backend_context(self) -> BackendContext:
+        """What ``from_url`` is given with ``backend_url`` (default: nothing)."""
+        return BackendContext()
+
+    async def test_unknown_url_option_is_refused_with_the_valid_names(
+        self, attachments: AttachmentStore, backend_url: str | None, backend_context: BackendContext
+    ) -> None:
+        if backend_url is None:
+            pytest.skip("the test class gives no backend_url")
+        assert_unknown_option_refused(type(attachments), backend_url, backend_context)
 
     async def _round_trip(
         self, store: AttachmentStore, data: bytes, sizes: Sequence[int]

@@ -19,6 +19,11 @@ Subclass :class:`QueueConformance` in a test module and provide the fixtures::
             ...  # an async callable returning the (key, body, reason) of every
                  # message dead-lettered on that queue, where the backend keeps them.
 
+        @pytest.fixture
+        def backend_url(self, ...) -> str:                 # optional
+            ...  # a URL that ``type(queue).from_url(url, context=backend_context)``
+                 # accepts; override ``backend_context`` too if the backend needs one.
+
 Each test needs its own empty queue (the suite's keys are under 32
 characters and unique). Skips are decided by ``queue.capabilities`` only: ``delay`` (retry and
 publish delays are honoured), ``shared`` (several instances on one queue;
@@ -42,6 +47,12 @@ Guarantees tested, beyond the Protocol docstrings:
   at once by another consumer, even after waits on it were cancelled;
 - ``close()`` of the queue ends its consumers and gives unsettled deliveries
   back (never dead-letters them); settling them afterwards is harmless;
+- settling is once, even when settles race: of ``ack``, ``release``,
+  ``retry`` and ``dead`` called at once on one delivery, the first one
+  started decides, the others do nothing;
+- (with ``backend_url``) ``from_url`` refuses an unknown URL option with a
+  :class:`~mailqueue.errors.ConfigurationError` that names it and lists the
+  valid options (see :mod:`mailqueue.testing.options`);
   ``publish`` on a closed queue raises :class:`~mailqueue.errors.QueueError`;
 - ``depth()`` counts waiting messages, ready or delayed, not those handed
   out and unsettled;
@@ -67,7 +78,8 @@ from typing import ClassVar, Self
 import pytest
 
 from mailqueue.errors import QueueError
-from mailqueue.protocols import Delivery, Queue
+from mailqueue.protocols import BackendContext, Delivery, Queue
+from mailqueue.testing.options import assert_unknown_option_refused
 
 __all__ = ["DeadLetters", "QueueConformance", "QueueFactory", "Reader", "aclose"]
 
@@ -175,6 +187,16 @@ class QueueConformance:
     def dead_letters(self) -> DeadLetters | None:
         """Default: dead letters cannot be inspected (override where the backend keeps them)."""
         return None
+
+    @pytest.fixture
+    def backend_url(self) -> str | None:
+        """Default: no URL, and the URL-option test is skipped (override to run it)."""
+        return None
+
+    @pytest.fixture
+    def backend_context(self) -> BackendContext:
+        """What ``from_url`` is given with ``backend_url`` (default: nothing)."""
+        return BackendContext()
 
     def reader(self, queue: Queue, prefetch: int = 1) -> Reader:
         """A :class:`Reader` on a new ``consume(prefetch=)`` iterator of ``queue``."""
@@ -348,6 +370,39 @@ class QueueConformance:
             await reader.nothing(self.quiet)
         if dead_letters is not None:
             assert await dead_letters() == []
+
+    async def test_racing_settles_settle_once(self, queue: Queue, dead_letters: DeadLetters | None) -> None:
+        gone, back = _key("race-ack"), _key("race-release")
+        await queue.publish(gone, b"a")
+        await queue.publish(back, b"r")
+        async with self.reader(queue) as reader:
+            # in either order where the queue does not keep publish order
+            for _ in range(2):
+                delivery = await reader.next()
+                assert delivery.key in (gone, back)
+                if delivery.key == gone:
+                    await asyncio.gather(
+                        delivery.ack(), delivery.release(), delivery.retry(0), delivery.dead("raced")
+                    )
+                else:
+                    await asyncio.gather(delivery.release(), delivery.ack(), delivery.dead("raced"))
+                    again = await reader.next()
+                    assert (again.key, again.redelivered) == (back, True)
+                    await asyncio.gather(again.ack(), again.ack(), again.retry(0))
+            await reader.nothing(self.quiet)
+        if queue.capabilities.depth:
+            assert await queue.depth() == 0
+        if dead_letters is not None:
+            assert await dead_letters() == []
+
+    # --- configuration ----------------------------------------------------------
+
+    async def test_unknown_url_option_is_refused_with_the_valid_names(
+        self, queue: Queue, backend_url: str | None, backend_context: BackendContext
+    ) -> None:
+        if backend_url is None:
+            pytest.skip("the test class gives no backend_url")
+        assert_unknown_option_refused(type(queue), backend_url, backend_context)
 
     # --- stopping -------------------------------------------------------------
 

@@ -11,6 +11,12 @@ fixture that yields an OPENED store, empty at the start of each test::
 
 The tests need pytest-asyncio (``asyncio_mode = "auto"``).
 
+Optionally provide ``backend_url``, a URL that ``type(store).from_url(url,
+context=backend_context)`` accepts: the suite then checks that an unknown URL
+option is refused with the valid ones listed (see
+:mod:`mailqueue.testing.options`). Without it (the default ``None``, e.g. for
+a store whose URL query belongs to its driver) that test is skipped.
+
 What a store may do differently and still conform:
 
 - times may be kept to the second only, cut (never rounded): they are
@@ -40,7 +46,14 @@ import pytest
 
 from mailqueue.errors import StoreError
 from mailqueue.message import AttachmentRef, Mail, Recipient, new_id
-from mailqueue.protocols import BatchStore, BatchUpdateStore, InspectableStore, PrunableStore, Store
+from mailqueue.protocols import (
+    BackendContext,
+    BatchStore,
+    BatchUpdateStore,
+    InspectableStore,
+    PrunableStore,
+    Store,
+)
 from mailqueue.records import (
     Attempt,
     MailRecord,
@@ -51,6 +64,7 @@ from mailqueue.records import (
     Status,
     utcnow,
 )
+from mailqueue.testing.options import assert_unknown_option_refused
 
 __all__ = ["StoreConformance", "assert_same_time", "make_mail", "make_record", "rich_mail"]
 
@@ -140,6 +154,23 @@ class StoreConformance:
     """The Store contract, one test per point. Needs an opened ``store`` fixture."""
 
     # --- add and get ---------------------------------------------------------------
+
+    @pytest.fixture
+    def backend_url(self) -> str | None:
+        """Default: no URL, and the URL-option test is skipped (override to run it)."""
+        return None
+
+    @pytest.fixture
+    def backend_context(self) -> BackendContext:
+        """What ``from_url`` is given with ``backend_url`` (default: nothing)."""
+        return BackendContext()
+
+    async def test_unknown_url_option_is_refused_with_the_valid_names(
+        self, store: Store, backend_url: str | None, backend_context: BackendContext
+    ) -> None:
+        if backend_url is None:
+            pytest.skip("the test class gives no backend_url")
+        assert_unknown_option_refused(type(store), backend_url, backend_context)
 
     async def test_add_get_round_trip(self, store: Store) -> None:
         mail = rich_mail()
