@@ -156,6 +156,8 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The mails this worker's deliveries are handling right now, each with an event set when done.
+        self._handling: dict[str, asyncio.Event] = {}
         self._slots: asyncio.Semaphore | None = None
         self._consuming = False
         self._deps_ok = True
@@ -438,6 +440,24 @@ class Worker:
             await self._dead_letter(delivery, exc)
             return
         mail_id_var.set(mail_id)  # each delivery runs in a task of its own: its log lines carry it
+        if (busy := self._handling.get(mail_id)) is not None:
+            # Another copy of this mail is in this worker's hands right now, its outcome perhaps
+            # not recorded yet (the broker handed the delivery out again after the connection
+            # dropped while the Store was away, or the mail was published twice): sending this
+            # one now could send the mail twice. Wait for that copy, then read the record.
+            self.counts["deferred"] += 1
+            logger.info("mail id=%s is being handled by this worker already; waiting for it", mail_id)
+            while busy is not None:
+                await busy.wait()
+                busy = self._handling.get(mail_id)
+        done = self._handling[mail_id] = asyncio.Event()
+        try:
+            await self._handle(delivery, mail_id)
+        finally:
+            del self._handling[mail_id]
+            done.set()
+
+    async def _handle(self, delivery: Delivery, mail_id: str) -> None:
         found = await self._until_stored(lambda: self._get(mail_id), "read the record", mail_id, "store_wait")
         if found is None:
             try:

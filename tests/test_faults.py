@@ -366,6 +366,49 @@ async def test_store_cut_while_the_worker_runs_loses_nothing_and_sends_nothing_t
     assert "could not record the outcome" in log, "the cut did not fall between the 250 and the record"
 
 
+async def test_store_and_broker_cut_together_send_nothing_twice(
+    tmp_path: Path, mysql_url: str, amqp_queue_url: str
+) -> None:
+    """The Store goes away right after a 250, then the broker connection too: RabbitMQ hands
+    the unacknowledged deliveries out again (redelivered) to the same worker, which still
+    holds their outcomes, unrecorded. Those copies must not be sent a second time."""
+    async with (
+        SMTPTestServer(faults=[Fault("data_end", stall=0.05, times=None)]) as server,
+        MailQueue.from_urls(store=mysql_url, queue=amqp_queue_url, attachments="sql://") as mq,
+    ):
+        with proxy_to(mysql_url) as db, proxy_to(amqp_queue_url) as broker:
+            server.faults.insert(0, OnStage("data_end", db.cut, skip=4))
+            env = settings_env(
+                via(mysql_url, db), via(amqp_queue_url, broker), server, WORKER__CONCURRENCY="12"
+            )
+            ids = [(await mq.submit(m)).id for m in mails(10, "early")]
+            async with service(tmp_path, "worker", env, "worker") as worker:
+
+                async def cut() -> bool:
+                    return db.mode == "cut"
+
+                await eventually(cut, "the Store to be cut", worker)
+                await asyncio.sleep(1.0)
+                # the worker's broker connection drops; its unacknowledged deliveries go back
+                await asyncio.to_thread(broker.cut)
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(broker.restore)
+                # the worker reconnects and is handed the same mails again, marked redelivered
+                await asyncio.sleep(2.0)
+                await asyncio.to_thread(db.restore)
+                await eventually(lambda: all_final(mq, ids), "every mail to be sent", worker)
+                await asyncio.sleep(1.0)  # a late duplicate would arrive now
+                await worker.stop()
+                counts_log = worker_counts(await worker.output())
+        counts = await tally(mq, ids, server)
+    report("store-and-broker-cut-worker", counts)
+    print(f"  worker counts: {counts_log}")
+    assert counts["sent"] == 10
+    # the copies handed out again were really met, and dropped once their first copy was recorded
+    assert counts_log["skipped"] > 0, counts_log
+    assert "error" not in counts_log
+
+
 # --- the broker cut -----------------------------------------------------------------------
 
 
