@@ -57,7 +57,9 @@ Reply classification (what :meth:`SMTPSender.send` raises):
 
 How the final dot is told apart: once a connection is set up (connected,
 TLS, EHLO and AUTH by aiosmtplib), its transport is handed to a small
-protocol of this module that speaks the mail transactions itself (fewer
+protocol (:mod:`mailqueue.backends._smtp_pipelining`, which names the
+aiosmtplib internals this relies on and the versions tested) and this
+module speaks the mail transactions itself (fewer
 awaits and allocations per mail than aiosmtplib's command methods, and
 command pipelining, RFC 2920, when the server offers ``PIPELINING``: MAIL,
 RCPT and DATA then go in one write). The dot-stuffed message and the
@@ -73,7 +75,6 @@ towards *unknown* rather than risking a duplicate.
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import logging
 import os
@@ -81,7 +82,7 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Self, cast
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -90,6 +91,7 @@ from pydantic_core import PydanticCustomError
 
 from mailqueue import metrics
 from mailqueue.backends._base import Flag, Number, OptionsModel, Whole, parse_options
+from mailqueue.backends._smtp_pipelining import Wire, take_over
 from mailqueue.errors import (
     ConfigurationError,
     DeliveryError,
@@ -142,145 +144,9 @@ class _FinalDotWritten(Exception):
         self.cause = cause
 
 
-#: Longest reply (all lines of a multi-line one) accepted from a server.
-_REPLY_MAX = 32 * 1024
-
-
-class _Wire(asyncio.Protocol):
-    """The protocol of a pooled connection once it is set up: writes commands and
-    reads replies, several of them outstanding at once (pipelining).
-
-    A reply that arrives while none is awaited is kept, not dropped: a reused
-    connection with something already waiting (a 421 sent while it was idle)
-    is then known to be stale.
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._buffer = bytearray()
-        self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._lost: BaseException | None = None
-        #: False from the moment bytes stay in the write buffer until it is empty again. The
-        #: transport tells (pause/resume_writing with both limits at 0) when the buffer empties
-        #: by sending; one that empties it because the connection was lost does not.
-        self.drained = True
-        transport.set_write_buffer_limits(high=0)
-
-    @property
-    def is_connected(self) -> bool:
-        return self._lost is None and not self.transport.is_closing()
-
-    @property
-    def idle(self) -> bool:
-        """Connected, and nothing received that was not asked for."""
-        return self.is_connected and not self._replies and not self._buffer
-
-    def write(self, data: bytes) -> None:
-        if not self.is_connected:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        self.transport.write(data)
-
-    def unsent(self) -> int:
-        """Bytes written but not yet handed to the operating system."""
-        return self.transport.get_write_buffer_size()
-
-    async def reply(self, seconds: float) -> aiosmtplib.SMTPResponse:
-        """The next reply, within ``seconds``; raises SMTPServerDisconnected or SMTPReadTimeoutError."""
-        if not self._replies:
-            if self._lost is not None:
-                raise self._lost
-            waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(seconds, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-        return self._replies.popleft()
-
-    def close(self) -> None:
-        self.transport.close()
-
-    # --- asyncio.Protocol -------------------------------------------------------
-
-    def pause_writing(self) -> None:
-        self.drained = False
-
-    def resume_writing(self) -> None:
-        self.drained = True
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while True:
-            # one reply: lines "250-..." go on, a line "250 ..." ends it
-            lines: list[bytes] = []
-            position = start
-            while (end := buffer.find(b"\n", position)) >= 0:
-                lines.append(bytes(buffer[position : end + 1]))
-                position = end + 1
-                if lines[-1][3:4] != b"-":
-                    break
-            else:
-                break  # no complete reply left
-            try:
-                self._replies.append(_parse_reply(lines))
-            except aiosmtplib.SMTPResponseException as exc:
-                self._fail(exc)
-                return
-            start = position
-        if start:
-            del buffer[:start]
-        if len(buffer) > _REPLY_MAX:
-            self._fail(aiosmtplib.SMTPResponseException(-1, "Response too long"))
-            return
-        waiter = self._waiter
-        if self._replies and waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def eof_received(self) -> bool:
-        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
-        lost.__cause__ = exc
-        self._fail(lost)
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._lost is None:
-            self._lost = exc
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(self._lost)
-        if not self.transport.is_closing():
-            self.transport.close()
-
-
-def _parse_reply(lines: list[bytes]) -> aiosmtplib.SMTPResponse:
-    code = -1
-    texts = []
-    for line in lines:
-        try:
-            code = int(line[:3])
-        except ValueError:
-            text = line.decode("utf-8", "ignore")
-            raise aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {text}") from None
-        texts.append(line[4:].strip(b" \t\r\n"))
-    return aiosmtplib.SMTPResponse(code, b"\n".join(texts).decode("utf-8", "surrogateescape"))
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"))
-
-
 @dataclass(eq=False, slots=True)
 class _Connection:
-    wire: _Wire
+    wire: Wire
     size: bool = False
     eight_bit: bool = False
     pipelining: bool = False
@@ -743,7 +609,7 @@ class SMTPSender(ResourceMixin):
             replies[rcpt] = RecipientReply(response.code, response.message)
         return deferred, True
 
-    async def _write_data(self, wire: _Wire, payload: bytes) -> aiosmtplib.SMTPResponse:
+    async def _write_data(self, wire: Wire, payload: bytes) -> aiosmtplib.SMTPResponse:
         """Write the message with its final dot; return the server's reply to it.
 
         Failures while the dot is still in the write buffer propagate as they
@@ -757,7 +623,7 @@ class SMTPSender(ResourceMixin):
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise _FinalDotWritten(exc) from exc
 
-    async def _flush(self, wire: _Wire) -> None:
+    async def _flush(self, wire: Wire) -> None:
         """Wait until the transport has handed all written data to the OS.
 
         Raises SMTPServerDisconnected if the connection is lost meanwhile, and
@@ -877,13 +743,10 @@ class SMTPSender(ResourceMixin):
             raise
         log.debug("opened SMTP connection to %s:%s", self.host, self.port)
         # From here on the transactions are this module's (see the module docstring).
-        transport = cast("asyncio.Transport", smtp.transport)
-        wire = _Wire(transport)
-        transport.set_protocol(wire)
-        extensions = smtp.esmtp_extensions
+        wire = take_over(smtp)
         return _Connection(
             wire,
-            size="size" in extensions,
-            eight_bit="8bitmime" in extensions,
-            pipelining=self.pipelining and "pipelining" in extensions,
+            size=smtp.supports_extension("size"),
+            eight_bit=smtp.supports_extension("8bitmime"),
+            pipelining=self.pipelining and smtp.supports_extension("pipelining"),
         )

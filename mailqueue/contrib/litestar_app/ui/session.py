@@ -13,6 +13,37 @@ accepts the same cookies without a new setting, and changing the tokens
 ends every session. Every POST must carry the session's CSRF token in its
 form (``csrf_token``), compared in constant time; the cookie is SameSite=Strict,
 so a request from another site has neither.
+
+Why not Litestar's ``CSRFConfig``/``CSRFMiddleware`` and session middleware:
+measured against litestar 2.25.0 (its ``middleware/csrf.py`` and
+``middleware/session/`` read, and a probe app with ``CSRFMiddleware`` on a
+``/ui`` router run) and against the behaviour ``tests/test_ui_http.py``
+pins. Mounted on the ``/ui`` router only, the CSRF middleware leaves the
+JSON API alone, so that is not the reason; these are:
+
+- The CSRF middleware reads a form's token only from the field
+  ``_csrf_token`` (a literal in ``CSRFMiddleware.__call__``, not
+  configurable): in the probe a POST with our documented ``csrf_token``
+  field (docs/dashboard.md, every POST in the tests) got 403.
+- Cookie attributes are fixed per app in both configs
+  (``CSRFConfig.cookie_secure``, ``CookieBackendConfig.secure``, their
+  ``path``; in the probe the cookie had no ``Secure`` over https): the
+  dashboard sets ``Secure`` per request, when the request came over https,
+  and ``Path`` to ``<ASGI root_path>/ui``.
+  ``test_login_sets_a_strict_http_only_cookie`` (no ``Secure`` over http)
+  and ``test_over_https_the_cookie_is_secure`` cannot both hold.
+- The middleware refuses before the dashboard's guard has run, so its 403
+  reaches the error handler without the request's session (in the probe the
+  handler saw no state set by the router's guard): the page loses
+  its navigation, and the message its advice ("reload the page").
+- Its token is a double-submit cookie of its own, independent of the login:
+  a login does not rotate it. Here the token lives in the signed session, so
+  logging in or out gives a new one.
+- The client-side session backend (``CookieBackendConfig``) needs
+  ``cryptography``, which ``mailqueue[litestar]`` does not install (here it
+  comes only with ``trustme``, a test tool); the server-side backend needs a
+  store shared by every API process, i.e. a new setting, where the signed
+  cookie needs none.
 """
 
 from __future__ import annotations
