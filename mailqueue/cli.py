@@ -880,7 +880,7 @@ def db() -> None:
 def upgrade(ctx: click.Context, config: Path | None, revision: str) -> None:
     """Create or migrate the tables (adopts an original `email` table by adding columns)."""
     settings = _settings(ctx, config)
-    from mailqueue.stores import sql
+    from mailqueue.sql import store as sql
 
     url = settings.store.get_secret_value()
     try:

@@ -36,7 +36,7 @@ from mailqueue.cli import _uvicorn_options, main
 from mailqueue.protocols import Store
 from mailqueue.records import MailRecord, Status
 from mailqueue.settings import Settings
-from mailqueue.stores import sql
+from mailqueue.sql import store as sql
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 MAIL_ID = re.compile(r"[0-9a-f]{32}")

@@ -27,10 +27,10 @@ from mailqueue.errors import (
 from mailqueue.message import AttachmentRef, Mail, Recipient
 from mailqueue.protocols import AttachmentStore, BackendContext, Store
 from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
-from mailqueue.stores import schema
-from mailqueue.stores import sql as sql_module
+from mailqueue.sql import schema
+from mailqueue.sql import store as sql_module
+from mailqueue.sql.store import SQLStore, current, head_revision, upgrade
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
-from mailqueue.stores.sql import SQLStore, current, head_revision, upgrade
 from mailqueue.testing.store import StoreConformance, make_mail, make_record
 
 BACKENDS = [

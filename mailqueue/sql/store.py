@@ -31,7 +31,7 @@ Supports the whole Store contract. The engine is shared, through
 store. SQLite runs in WAL mode with a 30 s busy timeout; an in-memory SQLite
 database is refused (use ``memory://``).
 
-Layout: one row of ``email`` per mail (see :mod:`mailqueue.stores.schema`).
+Layout: one row of ``email`` per mail (see :mod:`mailqueue.sql.schema`).
 The original service's columns keep their meaning so that its tools and
 queries still work: ``title`` = subject, ``content`` = HTML body (cut to
 65535 UTF-8 bytes), ``receiver``/``receiver_name`` = the ``to`` addresses and
@@ -105,7 +105,7 @@ from mailqueue.records import (
     activity_range,
     utcnow,
 )
-from mailqueue.stores import schema
+from mailqueue.sql import schema
 
 if TYPE_CHECKING:
     from alembic.config import Config
