@@ -28,7 +28,8 @@ from mailqueue.errors import StoreError
 from mailqueue.message import Recipient
 from mailqueue.records import RecipientState, RecordQuery, RecordUpdate, Status
 from mailqueue.sql import migrations, schema
-from mailqueue.sql.store import SQLStore, current, downgrade, head_revision, upgrade
+from mailqueue.sql.migrate import current, downgrade, head_revision, upgrade
+from mailqueue.sql.store import SQLStore
 from mailqueue.testing.store import make_record
 
 #: The original service's table, verbatim from REFERENCE.md.
