@@ -41,8 +41,10 @@ from sqlalchemy.pool import NullPool
 
 from mailqueue.message import Mail, Recipient
 from mailqueue.records import RecordQuery, Status
-from mailqueue.stores import schema
-from mailqueue.stores.sql import SQLStore, make_engine, upgrade
+from mailqueue.sql import schema
+from mailqueue.sql.engine import make_engine
+from mailqueue.sql.migrate import upgrade
+from mailqueue.sql.store import SQLStore
 
 DEFAULT_URL = "mysql+asyncmy://root@127.0.0.1:3306/mq_bench_dash"
 RESULTS = Path(__file__).parent / "results" / "dashboard_query.json"

@@ -358,7 +358,7 @@ async def measure_worker(
         async with backend(kind, tmp, sink, concurrency) as setup:
             result["submit_per_s"] = round(await preload(setup, mails, VARIANT_BYTES[variant]), 1)
             worker = WorkerProcess(tmp, setup.config)
-            from mailqueue.stores.sql import SQLStore
+            from mailqueue.sql.store import SQLStore
 
             store = SQLStore.from_url(setup.store)
             await store.open()  # opened before the worker starts: polling it costs one query

@@ -880,15 +880,15 @@ def db() -> None:
 def upgrade(ctx: click.Context, config: Path | None, revision: str) -> None:
     """Create or migrate the tables (adopts an original `email` table by adding columns)."""
     settings = _settings(ctx, config)
-    from mailqueue.stores import sql
+    from mailqueue.sql import migrate
 
     url = settings.store.get_secret_value()
     try:
         registry.create_store(url)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
-    _run(sql.upgrade(url, revision))
-    current = _run(sql.current(url))
+    _run(migrate.upgrade(url, revision))
+    current = _run(migrate.current(url))
     click.echo(f"database is at revision {current}")
 
 

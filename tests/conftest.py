@@ -23,7 +23,7 @@ from brokers import RABBITMQ_HOST, Tansu, tansu_binary
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from mailqueue.stores import schema
+from mailqueue.sql import schema
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MYSQL_HOST = os.environ.get("MAILQUEUE_TEST_MYSQL", "127.0.0.1:3306")

@@ -30,9 +30,9 @@ from mailqueue.errors import (
     ConfigurationError,
 )
 from mailqueue.protocols import AttachmentStore, BackendContext, Store
-from mailqueue.stores import schema
+from mailqueue.sql import schema
+from mailqueue.sql.attachments import SQLAttachmentStore
 from mailqueue.stores.disk import FileAttachmentStore
-from mailqueue.stores.sqlblob import SQLAttachmentStore
 from mailqueue.testing.attachments import AttachmentStoreConformance, Inventory, chunked, read_all
 
 MIB = 1024 * 1024

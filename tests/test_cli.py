@@ -36,7 +36,7 @@ from mailqueue.cli import _uvicorn_options, main
 from mailqueue.protocols import Store
 from mailqueue.records import MailRecord, Status
 from mailqueue.settings import Settings
-from mailqueue.stores import sql
+from mailqueue.sql import migrate
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 MAIL_ID = re.compile(r"[0-9a-f]{32}")
@@ -143,7 +143,7 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
 
     upgraded = mailqueue(app, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert f"database is at revision {sql.head_revision()}" in upgraded.stdout
+    assert f"database is at revision {migrate.head_revision()}" in upgraded.stdout
     assert (app / "mailqueue.db").is_file()
 
     sent = mailqueue(
@@ -277,7 +277,7 @@ def test_db_upgrade_uses_the_config_file(in_tmp: Path, where: str) -> None:
     )
     result = invoke(args)
     assert result.exit_code == 0, result.output
-    assert f"revision {sql.head_revision()}" in result.stdout
+    assert f"revision {migrate.head_revision()}" in result.stdout
     assert (in_tmp / "custom.db").is_file()
     assert not (in_tmp / "mailqueue.db").exists()
 

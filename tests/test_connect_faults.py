@@ -34,13 +34,13 @@ from http_helpers import serve
 from test_faults import _hostport, via
 
 from mailqueue import Mail, MailQueue, RecordQuery, RecordUpdate, Status
-from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.contrib.litestar_app import create_app
 from mailqueue.errors import BackendError
 from mailqueue.records import MailRecord, utcnow
 from mailqueue.settings import Settings
-from mailqueue.stores.sql import SQLStore
-from mailqueue.stores.sqlblob import SQLAttachmentStore
+from mailqueue.sql.attachments import SQLAttachmentStore
+from mailqueue.sql.queue import SQLQueue
+from mailqueue.sql.store import SQLStore
 
 #: Rounds of every method through the resetting proxy.
 ROUNDS = 20

@@ -41,7 +41,7 @@ from mailqueue import (
 from mailqueue.contrib.litestar_app import check_bind_allowed, create_app
 from mailqueue.contrib.litestar_app.app import envelope_exception_handler
 from mailqueue.message import sanitize_filename
-from mailqueue.stores import schema
+from mailqueue.sql import schema
 
 SEND = "/api/email/send"
 

@@ -28,7 +28,7 @@ import mailqueue
 
 PACKAGE = Path(mailqueue.__file__).parent
 #: Scripts that live in the package but run only inside a tool (alembic's migration environment).
-NOT_IMPORTABLE = {"mailqueue.stores.migrations.env"}
+NOT_IMPORTABLE = {"mailqueue.sql.migrations.env"}
 #: The optional drivers (extras) and the packages they bring that mailqueue imports.
 OPTIONAL = [
     "aio_pika",

@@ -21,7 +21,7 @@ from proc_helpers import clean_env, eventually, mailqueue, parse
 from test_migrations import KINDS, create_original_table, original_rows, run, scratch_url
 
 from mailqueue import MailRecord, Status
-from mailqueue.stores.sql import SQLStore
+from mailqueue.sql.store import SQLStore
 from mailqueue.testing.smtpd import SMTPTestServer
 
 __all__ = ["scratch_url"]  # the fixture, used by name below

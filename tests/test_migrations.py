@@ -27,8 +27,9 @@ from sqlalchemy.pool import NullPool
 from mailqueue.errors import StoreError
 from mailqueue.message import Recipient
 from mailqueue.records import RecipientState, RecordQuery, RecordUpdate, Status
-from mailqueue.stores import migrations, schema
-from mailqueue.stores.sql import SQLStore, current, downgrade, head_revision, upgrade
+from mailqueue.sql import migrations, schema
+from mailqueue.sql.migrate import current, downgrade, head_revision, upgrade
+from mailqueue.sql.store import SQLStore
 from mailqueue.testing.store import make_record
 
 #: The original service's table, verbatim from REFERENCE.md.
@@ -188,7 +189,7 @@ def _default_text(value: Any) -> str:
 
 
 def schema_diff(conn: Connection) -> list[Any]:
-    """``compare_metadata`` against :mod:`mailqueue.stores.schema`, types and defaults included.
+    """``compare_metadata`` against :mod:`mailqueue.sql.schema`, types and defaults included.
 
     Ignored, and only these: server defaults that differ in rendering only
     (``''`` reflected as ``"''"`` on MySQL and as ``"('')"`` on SQLite, where

@@ -14,10 +14,10 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailqueue.backends.memory import DeadLetter, MemoryQueue, MemorySender
-from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.errors import ConfigurationError, QueueError, TransientDeliveryError
 from mailqueue.protocols import BackendContext, Delivery, OutgoingMessage, Queue, Sender, Store
-from mailqueue.stores import schema
+from mailqueue.sql import schema
+from mailqueue.sql.queue import SQLQueue
 from mailqueue.testing.options import assert_unknown_option_refused
 from mailqueue.testing.queue import DeadLetters, QueueConformance, QueueFactory, aclose
 

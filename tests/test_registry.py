@@ -93,9 +93,9 @@ def test_importing_mailqueue_imports_no_driver() -> None:
 def test_backend_loaded_lazily_and_cached() -> None:
     code = (
         "import sys; from mailqueue import registry;"
-        "assert 'mailqueue.stores.sql' not in sys.modules;"
+        "assert 'mailqueue.sql' not in sys.modules;"
         "registry.create_queue('memory://');"
-        "assert 'mailqueue.stores.sql' not in sys.modules, 'memory pulled in sql';"
+        "assert 'mailqueue.sql' not in sys.modules, 'memory pulled in sql';"
         "a = registry.load('mailqueue.queues', 'memory');"
         "assert a is registry.load('mailqueue.queues', 'memory')"
     )

@@ -34,7 +34,6 @@ from mailqueue import (
 )
 from mailqueue.backends.memory import MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
-from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.errors import AttachmentNotFoundError, ConfigurationError
 from mailqueue.protocols import (
     AttachmentStore,
@@ -46,11 +45,12 @@ from mailqueue.protocols import (
     StoredAttachment,
 )
 from mailqueue.records import FINISHED, IN_FLIGHT, Attempt, RecordQuery, RecordUpdate, utcnow
-from mailqueue.stores import schema
+from mailqueue.sql import schema
+from mailqueue.sql.attachments import SQLAttachmentStore
+from mailqueue.sql.queue import SQLQueue
+from mailqueue.sql.store import SQLStore
 from mailqueue.stores.disk import FileAttachmentStore
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
-from mailqueue.stores.sql import SQLStore
-from mailqueue.stores.sqlblob import SQLAttachmentStore
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 DATABASES = [
@@ -336,8 +336,8 @@ _CRASHING_UPLOAD = """
 import asyncio, sys
 from mailqueue.protocols import BackendContext
 from mailqueue.stores.disk import FileAttachmentStore
-from mailqueue.stores.sql import SQLStore
-from mailqueue.stores.sqlblob import SQLAttachmentStore
+from mailqueue.sql.store import SQLStore
+from mailqueue.sql.attachments import SQLAttachmentStore
 
 async def main(db_url, attachments_url):
     store = SQLStore.from_url(db_url)

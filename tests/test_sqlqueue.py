@@ -22,10 +22,10 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
-from mailqueue.backends.sqlqueue import SQLQueue
 from mailqueue.errors import ConfigurationError, QueueError
 from mailqueue.protocols import BackendContext, Queue, Store
-from mailqueue.stores import schema
+from mailqueue.sql import schema
+from mailqueue.sql.queue import SQLQueue
 
 T = schema.queue
 

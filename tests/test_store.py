@@ -27,10 +27,10 @@ from mailqueue.errors import (
 from mailqueue.message import AttachmentRef, Mail, Recipient
 from mailqueue.protocols import AttachmentStore, BackendContext, Store
 from mailqueue.records import Attempt, MailRecord, RecordQuery, RecordUpdate, Status, utcnow
-from mailqueue.stores import schema
-from mailqueue.stores import sql as sql_module
+from mailqueue.sql import fastpath, schema
+from mailqueue.sql.migrate import current, head_revision, upgrade
+from mailqueue.sql.store import SQLStore
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
-from mailqueue.stores.sql import SQLStore, current, head_revision, upgrade
 from mailqueue.testing.store import StoreConformance, make_mail, make_record
 
 BACKENDS = [
@@ -523,7 +523,7 @@ async def test_a_dropped_batch_connection_is_replaced(
     assert await sql_store.update_many([(record.id, claim)]) == [True]
     assert await _drop_connections(sql_store) >= 2
     if idle:
-        monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 0.0)
+        monkeypatch.setattr(fastpath, "KEPT_IDLE_PING", 0.0)
     else:
         with pytest.raises(StoreError):
             await sql_store.get_many([record.id])
@@ -548,7 +548,7 @@ async def test_a_batch_connection_lost_at_commit_fails_with_store_error(
     record = MailRecord.new(make_mail())
     await sql_store.add(record)
     claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED}))
-    end = sql_module._end
+    end = fastpath._end
     dropped: list[int] = []
 
     async def drop_then_end(connection: AsyncConnection, *, commit: bool) -> None:
@@ -556,7 +556,7 @@ async def test_a_batch_connection_lost_at_commit_fails_with_store_error(
             dropped.append(await _drop_connections(sql_store))
         await end(connection, commit=commit)
 
-    monkeypatch.setattr(sql_module, "_end", drop_then_end)
+    monkeypatch.setattr(fastpath, "_end", drop_then_end)
     with pytest.raises(StoreError):
         await sql_store.update_many([(record.id, claim)])
     assert dropped
@@ -574,7 +574,7 @@ async def test_kept_connections_work_after_idling(
     transaction where it has one, and then does its work as usual."""
     records = await sql_store.add_many([make_record().evolve(last_error="mark") for _ in range(2)])
     claim = RecordUpdate(status=Status.SENDING, expect=frozenset({Status.QUEUED}))
-    monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 0.0)
+    monkeypatch.setattr(fastpath, "KEPT_IDLE_PING", 0.0)
     for _ in range(2):
         more = await sql_store.add_many([make_record()])
         assert list(await sql_store.get_many([more[0].id])) == [more[0].id]
@@ -638,13 +638,13 @@ async def test_add_many_replaces_a_broken_connection(
             await store.add_many(lost)
         again = await store.add_many([make_record(), make_record()])
         assert [await store.get(r.id) for r in again] == again
-        monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 0.0)
+        monkeypatch.setattr(fastpath, "KEPT_IDLE_PING", 0.0)
         assert await _drop_connections(store) >= 1
         quiet = await store.add_many([make_record()])
         assert await store.get(quiet[0].id) == quiet[0]
         # the marks are cleared on a kept connection too: a lost one fails the call, the next
         # call works
-        monkeypatch.setattr(sql_module, "KEPT_IDLE_PING", 10.0)
+        monkeypatch.setattr(fastpath, "KEPT_IDLE_PING", 10.0)
         marked = await store.add_many([make_record().evolve(last_error="mark") for _ in range(3)])
         await store.clear_last_error([marked[0].id], expected="other")
         assert await _drop_connections(store) >= 1

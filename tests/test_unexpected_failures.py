@@ -28,7 +28,7 @@ from mailqueue.backends.smtp import SMTPSender
 from mailqueue.envelope import encode_envelope
 from mailqueue.limits import RateLimiter
 from mailqueue.records import MailRecord
-from mailqueue.stores import schema
+from mailqueue.sql import schema
 from mailqueue.testing.smtpd import SMTPTestServer
 from mailqueue.worker import Worker
 

@@ -101,10 +101,10 @@ async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store,
         queue: Queue = MemoryQueue()
         attachments: AttachmentStore = MemoryAttachmentStore()
     else:
-        from mailqueue.backends.sqlqueue import SQLQueue
         from mailqueue.protocols import BackendContext
-        from mailqueue.stores.sql import SQLStore
-        from mailqueue.stores.sqlblob import SQLAttachmentStore
+        from mailqueue.sql.attachments import SQLAttachmentStore
+        from mailqueue.sql.queue import SQLQueue
+        from mailqueue.sql.store import SQLStore
 
         url = request.getfixturevalue(f"{request.param.removeprefix('sql-')}_url")
         store = SQLStore.from_url(url, context=BackendContext())

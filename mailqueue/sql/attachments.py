@@ -7,7 +7,7 @@ URL: ``sql://`` (or ``sql:``), with the query option ``chunk_size=<bytes>``
 ``engine`` (a SQLAlchemy ``AsyncEngine``), so API processes and workers on
 different machines share attachments. The tables ``mailqueue_attachment``
 and ``mailqueue_attachment_chunk`` come from the Store's migrations (see
-:mod:`mailqueue.stores.schema`).
+:mod:`mailqueue.sql.schema`).
 
 An attachment is one ``mailqueue_attachment`` row and its content split into
 ``mailqueue_attachment_chunk`` rows of ``chunk_size`` bytes. Each chunk is
@@ -46,7 +46,7 @@ from mailqueue.errors import (
     MailQueueError,
 )
 from mailqueue.protocols import BackendContext, ResourceMixin, Store, StoredAttachment
-from mailqueue.stores.schema import attachment_chunks, attachments
+from mailqueue.sql.schema import attachment_chunks, attachments
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "MAX_CHUNK_SIZE", "SQLAttachmentStore", "SQLBlobOptions"]
 

@@ -1,6 +1,6 @@
 """Alembic environment of mailqueue's migrations.
 
-:func:`mailqueue.stores.sql.upgrade` (and so ``mailqueue db upgrade`` and
+:func:`mailqueue.sql.migrate.upgrade` (and so ``mailqueue db upgrade`` and
 ``SQLStore.open()``) runs Alembic programmatically: it opens a connection of
 the store's async engine, takes a migration lock, and hands the synchronous
 side of the connection in ``config.attributes["connection"]`` from inside
@@ -19,7 +19,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from mailqueue.stores.schema import VERSION_TABLE, metadata
+from mailqueue.sql.schema import VERSION_TABLE, metadata
 
 
 def run_migrations(connection: Connection) -> None:
@@ -36,7 +36,7 @@ def run_migrations(connection: Connection) -> None:
 
 async def run_with_url(url: str) -> None:
     """Create the async engine for ``url`` and run the migrations through ``run_sync``."""
-    from mailqueue.stores.sql import make_engine
+    from mailqueue.sql.engine import make_engine
 
     engine = make_engine(url, single_use=True)
     try:

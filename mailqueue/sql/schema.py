@@ -5,7 +5,7 @@ name and meaning and adds mailqueue's own; ``email_attempt`` has a row per
 delivery attempt; ``mailqueue_queue`` is the ``sql`` queue; the two
 ``mailqueue_attachment*`` tables are the ``sql`` attachment store.
 
-The Alembic migrations in ``mailqueue/stores/migrations`` create exactly
+The Alembic migrations in ``mailqueue/sql/migrations`` create exactly
 this; a test compares the migrated database with this metadata.
 """
 

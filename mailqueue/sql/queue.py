@@ -13,7 +13,7 @@ URL: ``sql://?queue=<name>&poll=<seconds>&lease=<seconds>&batch=<n>``
 
 Capabilities: ``delay=True``, ``shared=True``, ``depth=True``. Works on
 SQLite (3.35+), MariaDB/MySQL 8 and PostgreSQL, in table ``mailqueue_queue``
-of :mod:`mailqueue.stores.schema`, which the Store's migrations create (this
+of :mod:`mailqueue.sql.schema`, which the Store's migrations create (this
 backend creates nothing). Built from a URL it uses the Store's engine
 (``context.store.engine``, read when the queue is opened, so open the store
 first); built directly it takes ``engine=``. It never disposes the engine.
@@ -71,7 +71,7 @@ from mailqueue.backends._base import (
 from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError, QueueError, ValidationError
 from mailqueue.protocols import BackendContext, QueueCapabilities, ResourceMixin, Store
-from mailqueue.stores.schema import queue as table
+from mailqueue.sql.schema import queue as table
 
 __all__ = ["SQLConsumer", "SQLDelivery", "SQLQueue", "SQLQueueOptions"]
 

@@ -31,7 +31,7 @@ Supports the whole Store contract. The engine is shared, through
 store. SQLite runs in WAL mode with a 30 s busy timeout; an in-memory SQLite
 database is refused (use ``memory://``).
 
-Layout: one row of ``email`` per mail (see :mod:`mailqueue.stores.schema`).
+Layout: one row of ``email`` per mail (see :mod:`mailqueue.sql.schema`).
 The original service's columns keep their meaning so that its tools and
 queries still work: ``title`` = subject, ``content`` = HTML body (cut to
 65535 UTF-8 bytes), ``receiver``/``receiver_name`` = the ``to`` addresses and
@@ -58,7 +58,8 @@ The group commits, the worker's reads and writes (:meth:`SQLStore.get_many`,
 (:meth:`SQLStore.add_many`, :meth:`SQLStore.clear_last_error`), run on
 connections kept for them, with statements compiled once per shape; a run of
 changes is one ``UPDATE`` (``CASE uid`` for values that differ) and one
-multi-row ``INSERT`` of its attempts. See ``docs/backends/sql-store.md``,
+multi-row ``INSERT`` of its attempts (the machinery is in
+:mod:`mailqueue.sql.fastpath`). See ``docs/backends/sql-store.md``,
 "The worker's hot path" and "The submit path's connection".
 
 Ordering: :meth:`SQLStore.find` orders by the mail id in the column's
@@ -69,78 +70,68 @@ on every database.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
 import json
 import logging
-import re
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Self, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailqueue.backends._base import translate_errors
-from mailqueue.errors import ConfigurationError, MailQueueError, MissingDependencyError, StoreError
-from mailqueue.message import Mail, Recipient, check_body_text, check_header_text
+from mailqueue.errors import ConfigurationError, StoreError
 from mailqueue.protocols import BackendContext, ResourceMixin
 from mailqueue.records import (
     ActivityBucket,
     Attempt,
     MailRecord,
-    RecipientOutcome,
-    RecipientState,
     RecordQuery,
     RecordUpdate,
     Status,
     activity_range,
     utcnow,
 )
-from mailqueue.stores import schema
+from mailqueue.sql import schema
+from mailqueue.sql.engine import (
+    OPTIONS,
+    checked_url,
+    make_engine,
+    parse_url,
+    safe_url,
+    strip_options,
+    translated,
+)
+from mailqueue.sql.fastpath import (
+    INSERT_STATEMENTS,
+    KeptConnection,
+    Mismatch,
+    Prepared,
+    execute_direct,
+    format_insert,
+)
+from mailqueue.sql.migrate import current, head_revision, known_revision, upgrade
+from mailqueue.sql.rows import (
+    ATTACHMENT_CHARS,
+    ERROR_CHARS,
+    MESSAGE_ID_CHARS,
+    REMARK_CHARS,
+    TEXT_BYTES,
+    attempt_of,
+    clip,
+    clip_bytes,
+    dump_outcomes,
+    naive_utc,
+    recipient_matches,
+    record_of,
+)
 
-if TYPE_CHECKING:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-__all__ = ["SQLStore", "current", "downgrade", "head_revision", "make_engine", "parse_url", "upgrade"]
+__all__ = ["SQLStore"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Bare schemes and the async driver each one means.
-BARE_SCHEMES = {
-    "sqlite": "sqlite+aiosqlite",
-    "mysql": "mysql+asyncmy",
-    "mariadb": "mariadb+asyncmy",
-    "postgresql": "postgresql+asyncpg",
-}
-#: Optional drivers: the package to import and the extra that installs it.
-_DRIVER_EXTRAS = {"asyncmy": ("asyncmy", "mysql"), "asyncpg": ("asyncpg", "postgres")}
-#: Query options that mailqueue reads (and removes before SQLAlchemy sees the URL).
-OPTIONS = ("migrate", "pool_size", "echo")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-_MIGRATIONS = Path(__file__).parent / "migrations"
-# An arbitrary constant naming mailqueue's migration lock on PostgreSQL.
-_PG_LOCK_KEY = 0x6D61696C71756575
-_MYSQL_LOCK_NAME = "mailqueue_migrations"
-_MYSQL_LOCK_SECONDS = 600
-
-TEXT_BYTES = 65535
-ATTACHMENT_CHARS = 1000
-REMARK_CHARS = 100
-ERROR_CHARS = 1000
-MESSAGE_ID_CHARS = 255
 #: The index a page of a time window is read from on MySQL/MariaDB (see ``find``).
 TIME_INDEX = "ix_email_created_deleted_uid"
 #: The index a subject search walks on MySQL/MariaDB (see ``find``).
@@ -150,453 +141,6 @@ _RECIPIENT_BATCH = 1000
 
 email = schema.email
 email_attempt = schema.email_attempt
-
-
-# --- URLs and engines ------------------------------------------------------------
-
-
-def _bool_option(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"store URL option {name!r} must be true or false, not {value!r}")
-
-
-def _safe(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-def parse_url(url: str | URL) -> URL:
-    """Check an SQLAlchemy async URL and map a bare scheme to its driver.
-
-    Returns:
-        The URL to hand to SQLAlchemy, e.g. ``mysql+asyncmy://...`` for
-        ``mysql://...``.
-
-    Raises:
-        ConfigurationError: not a URL, an unknown dialect, a synchronous
-            driver, or an in-memory SQLite database.
-        MissingDependencyError: the driver (asyncmy, asyncpg) is not installed.
-    """
-    parsed = _make_url(url)
-    if parsed.drivername in BARE_SCHEMES:
-        parsed = parsed.set(drivername=BARE_SCHEMES[parsed.drivername])
-    try:
-        dialect = parsed.get_dialect()
-    except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError):
-        raise ConfigurationError(f"no SQLAlchemy dialect for store scheme {parsed.drivername!r}") from None
-    if dialect.driver in _DRIVER_EXTRAS:
-        package, extra = _DRIVER_EXTRAS[dialect.driver]
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            raise MissingDependencyError(package, extra) from None
-    if not getattr(dialect, "is_async", False):
-        raise ConfigurationError(
-            f"store scheme {parsed.drivername!r} is not an asyncio driver; use e.g. "
-            "sqlite+aiosqlite, mysql+asyncmy or postgresql+asyncpg"
-        )
-    if dialect.name == "sqlite" and (
-        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
-    ):
-        raise ConfigurationError("an in-memory SQLite database cannot be shared; use the memory:// store")
-    return parsed
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        # WAL is kept in the file: only a new database needs switching. The
-        # switch fails at once, without waiting, while another connection
-        # writes; that one is then switching (or has switched) it already.
-        cursor.execute("PRAGMA journal_mode")
-        if cursor.fetchone()[0] != "wal":
-            try:
-                cursor.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc):
-                    raise
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
-
-
-def make_engine(
-    url: str | URL, *, pool_size: int | None = None, echo: bool = False, single_use: bool = False
-) -> AsyncEngine:
-    """Create the async engine for a store URL (see :func:`parse_url`).
-
-    SQLite connections get WAL, a 30 s busy timeout and ``synchronous =
-    NORMAL``, and the database file's folder is created; server connections
-    are checked before use. Statement parameters never appear in error
-    messages (they hold mail contents).
-
-    Args:
-        url: the database URL, without mailqueue's query options.
-        pool_size: connections kept in the pool.
-        echo: log every statement.
-        single_use: no pool (one-off jobs such as ``mailqueue db upgrade``).
-
-    Raises:
-        ConfigurationError: see :func:`parse_url`; also if the SQLite folder
-            cannot be created.
-    """
-    parsed = parse_url(url)
-    dialect_name = parsed.get_dialect().name
-    options: dict[str, Any] = {"echo": echo, "hide_parameters": True}
-    if single_use:
-        options["poolclass"] = NullPool
-    elif pool_size is not None:
-        options["pool_size"] = pool_size
-    if dialect_name == "sqlite":
-        database = parsed.database or ""
-        if database.startswith("file:"):
-            database = urlsplit(database).path
-        try:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot create the folder of the SQLite database: {exc}") from None
-    else:
-        options["pool_pre_ping"] = True
-        options["pool_recycle"] = 3600
-    engine = create_async_engine(parsed, **options)
-    if dialect_name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-    return engine
-
-
-def _translated(action: str) -> contextlib.AbstractContextManager[None]:
-    """Turn any exception of the database or its driver into :class:`StoreError`."""
-    return translate_errors(StoreError, action)
-
-
-@contextlib.asynccontextmanager
-async def _engine_for(url_or_engine: str | URL | AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    if isinstance(url_or_engine, AsyncEngine):
-        yield url_or_engine
-        return
-    engine = make_engine(_strip_options(_make_url(url_or_engine))[0], single_use=True)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
-def _make_url(url: str | URL) -> URL:
-    """:func:`sqlalchemy.engine.make_url` raising :class:`ConfigurationError`."""
-    try:
-        return make_url(url)
-    except (sa.exc.ArgumentError, ValueError):
-        raise ConfigurationError("the store URL is not a valid SQLAlchemy URL") from None
-
-
-def _strip_options(url: URL) -> tuple[URL, dict[str, Any]]:
-    """Take mailqueue's own query options out of ``url``, as keyword arguments of :class:`SQLStore`."""
-    options: dict[str, Any] = {}
-    for name in OPTIONS:
-        if name not in url.query:
-            continue
-        value = url.query[name]
-        if not isinstance(value, str):
-            raise ConfigurationError(f"store URL option {name!r} is given more than once")
-        if name == "pool_size":
-            if not value.isdigit() or int(value) < 1:
-                raise ConfigurationError(
-                    f"store URL option 'pool_size' must be a positive integer, not {value!r}"
-                )
-            options[name] = int(value)
-        else:
-            options[name] = _bool_option(name, value)
-    return url.difference_update_query(list(options)), options
-
-
-# --- migrations --------------------------------------------------------------------
-
-
-def _alembic_config() -> Config:
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))
-    config.set_main_option("path_separator", "os")
-    return config
-
-
-@functools.cache
-def _scripts() -> ScriptDirectory:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(_alembic_config())
-
-
-def head_revision() -> str:
-    """The newest revision of mailqueue's schema that this version knows."""
-    head = _scripts().get_current_head()
-    assert head is not None
-    return head
-
-
-def _known_revision(revision: str) -> bool:
-    from alembic.util import CommandError
-
-    try:
-        return _scripts().get_revision(revision) is not None
-    except CommandError:
-        return False
-
-
-def _current_sync(connection: Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    context = MigrationContext.configure(connection, opts={"version_table": schema.VERSION_TABLE})
-    return context.get_current_revision()
-
-
-async def current(url_or_engine: str | URL | AsyncEngine) -> str | None:
-    """The database's schema revision, ``None`` if mailqueue never migrated it.
-
-    Raises:
-        StoreError: the database cannot be reached.
-        ConfigurationError: the URL cannot be used.
-    """
-    async with _engine_for(url_or_engine) as engine:
-        with _translated(f"cannot read the schema revision of {_safe(engine.url)}"):
-            async with engine.connect() as connection:
-                return await connection.run_sync(_current_sync)
-
-
-async def _locked(engine: AsyncEngine, work: Callable[[Connection], None]) -> None:
-    """Run ``work`` on one connection while holding mailqueue's migration lock.
-
-    PostgreSQL: a session advisory lock; MySQL/MariaDB: ``GET_LOCK``; SQLite:
-    the database's write lock (``BEGIN IMMEDIATE``, the migration runs in that
-    transaction). A second process waits for the first and then finds the
-    schema up to date.
-    """
-    name = engine.dialect.name
-    async with engine.connect() as connection:
-        if name == "sqlite":
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                await connection.run_sync(work)
-            except BaseException:
-                await connection.exec_driver_sql("ROLLBACK")
-                raise
-            await connection.exec_driver_sql("COMMIT")
-            return
-        if name == "postgresql":
-            lock = sa.text("SELECT pg_advisory_lock(:key)").bindparams(key=_PG_LOCK_KEY)
-            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=_PG_LOCK_KEY)
-        elif name in ("mysql", "mariadb"):
-            lock = sa.text("SELECT GET_LOCK(:name, :seconds)").bindparams(
-                name=_MYSQL_LOCK_NAME, seconds=_MYSQL_LOCK_SECONDS
-            )
-            unlock = sa.text("SELECT RELEASE_LOCK(:name)").bindparams(name=_MYSQL_LOCK_NAME)
-        else:
-            await connection.run_sync(work)
-            await connection.commit()
-            return
-        got = (await connection.execute(lock)).scalar()
-        if name != "postgresql" and got != 1:  # GET_LOCK: 1 taken, 0 timed out
-            raise StoreError(f"another process held the migration lock for over {_MYSQL_LOCK_SECONDS} s")
-        await connection.commit()
-        try:
-            await connection.run_sync(work)
-            await connection.commit()
-        finally:
-            try:
-                await connection.rollback()
-                await connection.execute(unlock)
-                await connection.commit()
-            except sa.exc.SQLAlchemyError:
-                # the session is unusable; closing it for good releases the lock
-                await connection.invalidate()
-
-
-async def _migrate(url_or_engine: str | URL | AsyncEngine, revision: str, *, down: bool) -> None:
-    from alembic import command
-
-    def work(connection: Connection) -> None:
-        config = _alembic_config()
-        config.attributes["connection"] = connection
-        if down:
-            command.downgrade(config, revision)
-        else:
-            command.upgrade(config, revision)
-
-    async with _engine_for(url_or_engine) as engine:
-        safe = _safe(engine.url)
-        with _translated(f"cannot migrate {safe}"):
-            if not down:
-                async with engine.connect() as connection:
-                    now = await connection.run_sync(_current_sync)
-                if now is not None and not _known_revision(now):
-                    raise StoreError(
-                        f"{safe} is at schema revision {now!r}, which this version of mailqueue does not know"
-                    )
-                if now == (head_revision() if revision == "head" else revision):
-                    return
-            logger.info("migrating %s to schema revision %s", safe, revision)
-            await _locked(engine, work)
-
-
-async def upgrade(url_or_engine: str | URL | AsyncEngine, revision: str = "head") -> None:
-    """Bring the database's schema up to ``revision`` (the newest by default).
-
-    Creates mailqueue's tables in a new database, or adopts the original
-    service's ``email`` table by adding columns. Running it again changes
-    nothing. Concurrent calls (several processes starting at once) are
-    serialized by a lock in the database; the later ones then find the schema
-    up to date.
-
-    Args:
-        url_or_engine: a store URL (mailqueue's query options are ignored) or
-            an open engine.
-        revision: the revision to reach.
-
-    Raises:
-        StoreError: the database cannot be reached or a migration failed, or
-            the database is at a revision this version does not know (a newer
-            mailqueue migrated it).
-        ConfigurationError: the URL cannot be used.
-    """
-    await _migrate(url_or_engine, revision, down=False)
-
-
-async def downgrade(url_or_engine: str | URL | AsyncEngine, revision: str) -> None:
-    """Take the schema back to ``revision`` (``"base"``: before mailqueue's changes).
-
-    The ``email`` table and its original columns are always kept.
-
-    Raises:
-        StoreError: the database cannot be reached or a migration failed.
-        ConfigurationError: the URL cannot be used.
-    """
-    await _migrate(url_or_engine, revision, down=True)
-
-
-# --- rows <-> records ----------------------------------------------------------------
-
-
-def _clip(text: str, chars: int) -> str:
-    # NUL cannot be stored in PostgreSQL text
-    return text.replace("\x00", "")[:chars]
-
-
-def _clip_bytes(text: str, limit: int) -> str:
-    """At most ``limit`` UTF-8 bytes, cut at a character boundary."""
-    data = text.encode("utf-8", errors="surrogatepass")
-    if len(data) <= limit:
-        return text
-    return data[:limit].decode("utf-8", errors="ignore")
-
-
-def _dump_outcomes(outcomes: Sequence[RecipientOutcome]) -> str:
-    return json.dumps(
-        [{"address": o.address, "state": o.state.value, "code": o.code, "reply": o.reply} for o in outcomes],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def _load_outcomes(text: str | None) -> tuple[RecipientOutcome, ...] | None:
-    if not text:
-        return None
-    try:
-        items = json.loads(text)
-        return tuple(
-            RecipientOutcome(
-                address=str(item["address"]),
-                state=RecipientState(item.get("state", "pending")),
-                code=item.get("code"),
-                reply=str(item.get("reply") or ""),
-            )
-            for item in items
-        )
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-def _naive(value: datetime) -> datetime:
-    """Naive UTC, as the columns keep it (a naive input is taken to be UTC)."""
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
-def _scrub(text: str | None, check: Callable[[str], object]) -> str:
-    """``text`` with every character ``check`` refuses replaced by a space."""
-    text = text or ""
-    try:
-        check(text)
-        return text
-    except ValueError:
-        pass
-    kept = []
-    for char in text:
-        try:
-            check(char)
-            kept.append(char)
-        except ValueError:
-            kept.append(" ")
-    return "".join(kept)
-
-
-def _legacy_recipients(receiver: str | None, receiver_name: str | None) -> tuple[Recipient, ...]:
-    addresses = [part.strip() for part in (receiver or "").split(",")]
-    names = (
-        [part.strip() for part in (receiver_name or "").split(",")] if (receiver_name or "").strip() else []
-    )
-    if len(names) != len(addresses):
-        names = []
-    result = []
-    for index, address in enumerate(addresses):
-        if not address:
-            continue
-        for name in (names[index] if names else "", ""):
-            try:
-                result.append(Recipient(address=address, name=name))
-                break
-            except MailQueueError:
-                continue
-    return tuple(result)
-
-
-def _legacy_mail(row: Mapping[Any, Any]) -> Mail:
-    """Rebuild the mail of a row that has no payload (see the module docstring)."""
-    created = _aware(row["created_at"]) or utcnow()
-    fields: dict[str, Any] = {
-        "id": row["uid"] or f"legacy-{row['id']}",
-        "subject": _scrub(row["title"], check_header_text).strip()[: Mail.SUBJECT_MAX] or "(no subject)",
-        "html": _scrub(row["content"], check_body_text)[: Mail.BODY_MAX] or " ",
-        "sender_name": _scrub(row["sender_name"], check_header_text)[: Mail.SENDER_NAME_MAX],
-        "to": _legacy_recipients(row["receiver"], row["receiver_name"]),
-        "created_at": created,
-    }
-    if row.get("message_id"):
-        fields["message_id"] = row["message_id"]
-    try:
-        return Mail(**fields)
-    except MailQueueError:
-        fields.pop("message_id", None)
-        try:
-            return Mail(**fields)
-        except MailQueueError:
-            # e.g. no valid address left: keep the row listable anyway
-            return Mail.model_construct(**fields)
-
-
-def _status(row: Mapping[Any, Any]) -> Status:
-    try:
-        return Status(row["status"])
-    except ValueError:
-        return Status.SENT if row["is_ok"] else Status.FAILED
 
 
 def _kind(change: RecordUpdate) -> tuple[object, ...] | None:
@@ -619,135 +163,8 @@ def _kind(change: RecordUpdate) -> tuple[object, ...] | None:
     return (*fields, change.expect)
 
 
-#: An address in the form the store writes it: email-validator's ASCII form of a dot-atom mailbox.
-_STORED_ADDRESS = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}"
-)
-_ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
-_RECIPIENT_KEYS = frozenset({"address", "name"})
-
-
-def _stored_recipient(item: object) -> bool:
-    """Whether ``item`` is a recipient as the store writes it (see :func:`_payload_mail`)."""
-    if not isinstance(item, dict) or item.keys() != _RECIPIENT_KEYS:
-        return False
-    address, name = item["address"], item["name"]
-    if not (isinstance(address, str) and isinstance(name, str)):
-        return False
-    if (
-        len(address) > 254
-        or len(name) > 255
-        or name != name.strip()
-        or not _STORED_ADDRESS.fullmatch(address)
-    ):
-        return False
-    try:
-        check_header_text(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _payload_mail(payload: str) -> Mail:
-    """The mail kept in a row's ``payload``, validated as on the way in, but for one thing.
-
-    Parsing an address with email-validator is most of the cost of reading a
-    record back, and the worker reads one per mail. An address the store wrote
-    was parsed and normalized on the way in, so one that still has the form of
-    such an address (a dot-atom mailbox in ASCII, no control characters) is
-    taken as it is; any other (changed in the database, or written by a
-    version that allowed more) is parsed again, as is everything else.
-
-    Raises:
-        ValueError: not JSON, or not a valid mail.
-    """
-    data = json.loads(payload)
-    if isinstance(data, dict):
-        for field in _ADDRESS_FIELDS:
-            items = data.get(field)
-            if isinstance(items, list) and all(_stored_recipient(item) for item in items):
-                data[field] = tuple(
-                    Recipient.model_construct(address=item["address"], name=item["name"]) for item in items
-                )
-    return Mail.model_validate(data)
-
-
-def _mail_of(row: Mapping[Any, Any]) -> Mail:
-    payload = row["payload"]
-    if payload:
-        try:
-            mail = _payload_mail(payload)
-        except ValueError:
-            logger.warning("record %s has an unreadable payload; rebuilt from its columns", row["uid"])
-        else:
-            if mail.message_id is None and row.get("message_id"):
-                # given later (RecordUpdate.message_id), kept in the column
-                mail = mail.model_copy(update={"message_id": row["message_id"]})
-            return mail
-    return _legacy_mail(row)
-
-
 #: One statement object for every insert, so that its compiled form is cached.
 _INSERT = email.insert()
-
-
-def _record(
-    row: Mapping[Any, Any], history: tuple[Attempt, ...] = (), mail: Mail | None = None
-) -> MailRecord:
-    mail = mail if mail is not None else _mail_of(row)
-    status = _status(row)
-    recipients = _load_outcomes(row["recipients"])
-    if recipients is None:
-        state = RecipientState.SENT if status is Status.SENT else RecipientState.PENDING
-        recipients = tuple(RecipientOutcome(r.address, state) for r in mail.recipients)
-    created = _aware(row["created_at"]) or mail.created_at
-    return MailRecord(
-        mail=mail,
-        status=status,
-        attempts=int(row["attempts"] or 0),
-        recipients=recipients,
-        remark=row["remark"] or "",
-        last_error=row["last_error"] or "",
-        last_code=row["last_code"],
-        created_at=created,
-        updated_at=_aware(row["updated_at"]) or created,
-        sent_at=_aware(row["sent_at"]),
-        next_attempt_at=_aware(row["next_attempt_at"]),
-        is_deleted=bool(row["is_deleted"]),
-        history=history,
-    )
-
-
-def _attempt(row: Mapping[Any, Any]) -> Attempt:
-    started = _aware(row["started_at"])
-    finished = _aware(row["finished_at"])
-    assert started is not None
-    assert finished is not None
-    return Attempt(
-        number=int(row["number"]),
-        started_at=started,
-        finished_at=finished,
-        outcome=row["outcome"],
-        code=row["code"],
-        reply=row["reply"] or "",
-        recipients=_load_outcomes(row["recipients"]) or (),
-    )
-
-
-def _recipient_matches(row: Mapping[Any, Any], needle: str) -> bool:
-    """Whether an envelope recipient address of the row contains ``needle``, in any case.
-
-    The addresses are those of the ``recipients`` outcomes, or for rows
-    without them (the original service's) those of ``receiver``.
-    """
-    outcomes = _load_outcomes(row["recipients"])
-    if outcomes is not None:
-        addresses = [outcome.address for outcome in outcomes]
-    else:
-        addresses = [r.address for r in _legacy_recipients(row["receiver"], row["receiver_name"])]
-    needle = needle.lower()
-    return any(needle in address.lower() for address in addresses)
 
 
 def _bucket_index(
@@ -773,58 +190,8 @@ def _bucket_index(
 
 _ATTEMPT_COLUMNS = ("number", "started_at", "finished_at", "outcome", "code", "reply", "recipients")
 _UID = [column.name for column in email.columns].index("uid")
-#: Where a connection's ``info`` keeps its asyncmy connection (see :func:`_driver`).
-_DRIVER = "mailqueue.driver"
 #: Statements compiled per store at most (one per kind of run and number of records).
 _PREPARED_MAX = 2000
-
-
-class _Mismatch(Exception):
-    """An UPDATE on MySQL/MariaDB did not match every record of its run."""
-
-
-class _Prepared:
-    """A statement compiled once for a dialect, run without Core's per-call work.
-
-    Executing a Core statement costs, on every call, its cache key, a lookup
-    in the compiled cache and the expansion of ``IN`` lists; for the worker's
-    one-row reads that was as much as the driver's own work. Here the SQL text
-    and the order of its parameters are fixed; a call only applies the types'
-    bind processors (e.g. SQLite's text dates). Parameters that have a value
-    in the statement (constants) need not be given.
-
-    On MySQL/MariaDB the text goes straight to the asyncmy connection under
-    the SQLAlchemy connection (in its transaction): SQLAlchemy's execution
-    context and greenlet hop cost about as much as asyncmy's own work, and
-    asyncmy takes the same ``format`` parameters (see :func:`_execute_direct`).
-    Elsewhere it goes through ``exec_driver_sql``.
-    """
-
-    __slots__ = ("defaults", "direct", "names", "processors", "sql")
-
-    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)
-        self.sql = compiled.string
-        self.names = tuple(compiled.positiontup or ())
-        binds = compiled.binds
-        self.defaults = {name: bind.value for name, bind in binds.items() if bind.value is not None}
-        self.processors = tuple(
-            binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.names
-        )
-        self.direct = dialect.driver == "asyncmy" and dialect.paramstyle == "format"
-
-    async def run(self, connection: AsyncConnection, params: Mapping[str, Any]) -> tuple[int, Sequence[Any]]:
-        """Execute; return the number of rows matched and the rows returned."""
-        defaults = self.defaults
-        args = []
-        for name, process in zip(self.names, self.processors, strict=True):
-            value = params[name] if name in params else defaults[name]
-            args.append(value if process is None or value is None else process(value))
-        if self.direct:
-            return await _execute_direct(connection, self.sql, tuple(args))
-        result = await connection.exec_driver_sql(self.sql, tuple(args))
-        return result.rowcount, result.all() if result.returns_rows else ()
 
 
 def _keys(rows: int) -> list[sa.BindParameter[Any]]:
@@ -904,201 +271,6 @@ def _clear_marks(rows: int) -> sa.Update:
     )
 
 
-# --- connections kept for the group commits -------------------------------------------
-
-#: A kept connection unused for longer than this is pinged before it is used again.
-KEPT_IDLE_PING = 10.0
-#: A kept connection older than this is replaced before use (as the pool's ``pool_recycle``).
-KEPT_MAX_AGE = 3600.0
-#: Server-side prepared statements asyncmy keeps on the connection of the inserts (one per
-#: set of columns that are not NULL in every row of a batch: a few).
-_INSERT_STATEMENTS = 8
-
-
-async def _driver(connection: AsyncConnection) -> Any:
-    """The driver's own connection under ``connection`` (asyncmy's), kept in its ``info``,
-    which lives as long as the DBAPI connection: no greenlet hop per statement."""
-    driver = connection.info.get(_DRIVER)
-    if driver is None:
-        driver = connection.info[_DRIVER] = (await connection.get_raw_connection()).driver_connection
-    return driver
-
-
-async def _execute_direct(
-    connection: AsyncConnection, sql: str, args: Sequence[Any], *, many: bool = False
-) -> tuple[int, Sequence[Any]]:
-    """Execute ``sql`` (``format`` paramstyle) on the asyncmy connection under ``connection``,
-    in its transaction; ``many``: once per row of ``args`` (on MariaDB with a statement cache,
-    one bulk-bound statement). Return the number of rows matched and the rows returned.
-
-    The driver's errors are raised as SQLAlchemy raises them (e.g. ``IntegrityError``), so
-    that :func:`_translated` turns them into :class:`StoreError` like any other.
-    """
-    driver = await _driver(connection)
-    with _as_sqlalchemy_error(connection, sql):
-        async with driver.cursor() as cursor:
-            if many:
-                await cursor.executemany(sql, args)
-            else:
-                await cursor.execute(sql, args)
-            rows = await cursor.fetchall() if cursor.description else ()
-            return int(cursor.rowcount), rows
-
-
-@contextlib.contextmanager
-def _as_sqlalchemy_error(connection: AsyncConnection, sql: str) -> Iterator[None]:
-    """Raise the driver's errors in the work on asyncmy directly as SQLAlchemy raises them
-    (e.g. ``OperationalError``, ``IntegrityError``), which :func:`_translated` turns into
-    :class:`StoreError`: a lost connection must never escape the store as the driver's own."""
-    try:
-        yield
-    except (MailQueueError, sa.exc.SQLAlchemyError):
-        raise
-    except Exception as exc:
-        dialect = connection.dialect
-        raise sa.exc.DBAPIError.instance(
-            sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
-        ) from exc
-
-
-async def _end(connection: AsyncConnection, *, commit: bool) -> None:
-    """Commit (or roll back) the transaction of ``connection``, begun by SQLAlchemy or,
-    for statements that went straight to asyncmy (:func:`_execute_direct`), by the driver."""
-    if connection.in_transaction():
-        await (connection.commit() if commit else connection.rollback())
-    elif connection.dialect.driver == "asyncmy":
-        driver = await _driver(connection)
-        with _as_sqlalchemy_error(connection, "COMMIT" if commit else "ROLLBACK"):
-            await (driver.commit() if commit else driver.rollback())
-
-
-async def _discard(connection: AsyncConnection) -> None:
-    """Close ``connection`` for good (its state is unknown): it never returns to the pool."""
-    with contextlib.suppress(Exception):
-        await connection.invalidate()
-    with contextlib.suppress(Exception):
-        await connection.close()
-
-
-class _KeptConnection:
-    """One connection of the store's engine kept for one kind of group commit.
-
-    Taking a pooled connection costs a round trip (the pre-ping) and handing
-    it back another (the rollback that resets it): as much as the work of the
-    small batches of the worker (:meth:`SQLStore.get_many`,
-    :meth:`SQLStore.update_many`) and of the API (:meth:`SQLStore.add_many`,
-    :meth:`SQLStore.clear_last_error`). So each kind keeps one connection:
-
-    - Idle: one unused for :data:`KEPT_IDLE_PING` seconds is pinged before
-      use, and replaced if the ping fails (a restarted database costs no
-      failed call after a quiet spell); one older than :data:`KEPT_MAX_AGE` is
-      replaced.
-    - Failure: a call that fails (or is cancelled) throws the connection away
-      and raises (:class:`StoreError`, through the store's translation); the
-      next call connects anew. Only an ``IntegrityError`` (a constraint said
-      no) and :class:`_Mismatch` (the store redoes the batch) leave it in
-      use, rolled back.
-    - Busy: a call made while the connection is in use takes a pooled one, so
-      callers never wait for each other.
-
-    ``autocommit``: each statement commits on its own (reads then see the
-    newest data, with no COMMIT round trip); otherwise each call is one
-    transaction, committed at its end. ``statement_cache``: on asyncmy, the
-    number of server-side prepared statements the driver keeps on this
-    connection (0: none, every statement goes as text); on MariaDB that makes
-    ``executemany`` one bulk-bound statement.
-    """
-
-    def __init__(self, *, autocommit: bool, statement_cache: int = 0) -> None:
-        self._autocommit = autocommit
-        self._statement_cache = statement_cache
-        self._connection: AsyncConnection | None = None
-        self._busy = False
-        self._opened = 0.0
-        self._used = 0.0
-
-    async def run(self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """``work`` on the kept connection (a pooled one if it is busy), then commit."""
-        if self._busy:
-            async with engine.connect() as pooled:
-                if self._autocommit:
-                    await pooled.execution_options(isolation_level="AUTOCOMMIT")
-                return await self._call(pooled, work)
-        self._busy = True
-        try:
-            connection = await self._connect(engine)
-            try:
-                result = await self._call(connection, work)
-            except (sa.exc.IntegrityError, _Mismatch):
-                # the database's or the store's own verdict: the connection is fine once rolled back
-                if not self._autocommit:
-                    try:
-                        await _end(connection, commit=False)
-                    except BaseException:
-                        await self._discard()
-                        raise
-                raise
-            except BaseException:
-                await self._discard()
-                raise
-            self._used = time.monotonic()
-            return result
-        finally:
-            self._busy = False
-
-    async def _call(self, connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        result = await work(connection)
-        if not self._autocommit:
-            await _end(connection, commit=True)
-        return result
-
-    async def _connect(self, engine: AsyncEngine) -> AsyncConnection:
-        """The kept connection, pinged if it was idle, or a new one."""
-        connection = self._connection
-        now = time.monotonic()
-        if connection is not None and now - self._opened > KEPT_MAX_AGE:
-            await self._discard()
-            connection = None
-        elif connection is not None and now - self._used > KEPT_IDLE_PING:
-            try:
-                # in the call's transaction, if it has one (committed with it)
-                await connection.exec_driver_sql("SELECT 1")
-            except Exception:
-                # gone while idle (e.g. the server restarted): a new one, as the pool's pre-ping would
-                await self._discard()
-                connection = None
-        if connection is None:
-            connection = await engine.connect()
-            try:
-                if self._autocommit:
-                    await connection.execution_options(isolation_level="AUTOCOMMIT")
-                if self._statement_cache and connection.dialect.driver == "asyncmy":
-                    driver = await _driver(connection)
-                    # asyncmy reads it per statement; the connection never goes back to the pool
-                    if hasattr(driver, "_stmt_cache_size"):
-                        driver._stmt_cache_size = self._statement_cache
-            except BaseException:
-                await _discard(connection)
-                raise
-            self._connection, self._opened = connection, now
-        return connection
-
-    async def _discard(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await _discard(connection)
-
-    async def close(self) -> None:
-        """Close the kept connection (for good: it does not go back to the pool)."""
-        await self._discard()
-
-
-@functools.cache
-def _format_insert(quoted: tuple[str, ...]) -> str:
-    """``INSERT INTO email (...) VALUES (%s, ...)`` in the ``format`` paramstyle."""
-    return f"INSERT INTO email ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(quoted))})"
-
-
 # --- the store -----------------------------------------------------------------------
 
 
@@ -1144,17 +316,17 @@ class SQLStore(ResourceMixin):
                     f"store URL option {name!r} is read by SQLStore.from_url; pass it as an argument here"
                 )
         self._given_engine = engine
-        self._safe_url = _safe(self._url)
+        self._safe_url = safe_url(self._url)
         self._migrate = migrate
         self._pool_size = pool_size
         self._echo = echo
         self._engine: AsyncEngine | None = None
-        # the group commits' connections (see _KeptConnection): the worker's reads (get_many),
+        # the group commits' connections (see KeptConnection): the worker's reads (get_many),
         # its writes (update_many) and the API's mark clearing, the API's inserts (add_many)
-        self._reads = _KeptConnection(autocommit=True)
-        self._writes = _KeptConnection(autocommit=False)
-        self._inserts = _KeptConnection(autocommit=False, statement_cache=_INSERT_STATEMENTS)
-        self._prepared: dict[tuple[Any, ...], _Prepared] = {}
+        self._reads = KeptConnection(autocommit=True)
+        self._writes = KeptConnection(autocommit=False)
+        self._inserts = KeptConnection(autocommit=False, statement_cache=INSERT_STATEMENTS)
+        self._prepared: dict[tuple[Any, ...], Prepared] = {}
         self._readers: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
         self._second_precision = self.dialect_name in ("mysql", "mariadb")
 
@@ -1166,11 +338,11 @@ class SQLStore(ResourceMixin):
             ConfigurationError: unusable URL or option value.
             MissingDependencyError: the URL's driver is not installed.
         """
-        parsed, options = _strip_options(_make_url(url))
+        parsed, options = strip_options(checked_url(url))
         return cls(url=parsed, **options)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={_safe(self._url)!r}, migrate={self._migrate})"
+        return f"{type(self).__name__}(url={safe_url(self._url)!r}, migrate={self._migrate})"
 
     @property
     def url(self) -> str:
@@ -1210,7 +382,7 @@ class SQLStore(ResourceMixin):
             return
         engine = self._given_engine or make_engine(self._url, pool_size=self._pool_size, echo=self._echo)
         try:
-            with _translated(f"cannot open the store at {self.url}"):
+            with translated(f"cannot open the store at {self.url}"):
                 await self._prepare_schema(engine)
         except StoreError as exc:
             await self._dispose(engine)
@@ -1230,7 +402,7 @@ class SQLStore(ResourceMixin):
         head = head_revision()
         if revision == head:
             return
-        if revision is not None and not _known_revision(revision):
+        if revision is not None and not known_revision(revision):
             logger.warning(
                 "%s is at schema revision %r, which this mailqueue does not know (a newer one migrated it); "
                 "using it as it is",
@@ -1269,13 +441,13 @@ class SQLStore(ResourceMixin):
 
     async def _run(self, action: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
         engine = self._open_engine()
-        with _translated(f"cannot {action} ({self.url})"):
+        with translated(f"cannot {action} ({self.url})"):
             return await work(engine)
 
     def _db_time(self, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        value = _naive(value)
+        value = naive_utc(value)
         return value.replace(microsecond=0) if self._second_precision else value
 
     def _row_values(self, record: MailRecord) -> dict[str, Any]:
@@ -1283,12 +455,12 @@ class SQLStore(ResourceMixin):
         names = [r.name for r in mail.to]
         return {
             "title": mail.subject,
-            "content": _clip_bytes(mail.html, TEXT_BYTES),
+            "content": clip_bytes(mail.html, TEXT_BYTES),
             "sender_name": mail.sender_name,
-            "receiver": _clip_bytes(",".join(r.address for r in mail.to), TEXT_BYTES),
-            "receiver_name": _clip_bytes(",".join(names), TEXT_BYTES) if any(names) else "",
+            "receiver": clip_bytes(",".join(r.address for r in mail.to), TEXT_BYTES),
+            "receiver_name": clip_bytes(",".join(names), TEXT_BYTES) if any(names) else "",
             "attachment": ",".join(a.filename for a in mail.attachments)[:ATTACHMENT_CHARS],
-            "remark": _clip(record.remark, REMARK_CHARS),
+            "remark": clip(record.remark, REMARK_CHARS),
             "is_ok": 1 if record.status is Status.SENT else 0,
             "is_deleted": 1 if record.is_deleted else 0,
             "created_at": self._db_time(record.created_at),
@@ -1297,9 +469,9 @@ class SQLStore(ResourceMixin):
             "message_id": mail.message_id[:MESSAGE_ID_CHARS] if mail.message_id else None,
             "status": record.status.value,
             "attempts": record.attempts,
-            "recipients": _dump_outcomes(record.recipients),
+            "recipients": dump_outcomes(record.recipients),
             "payload": mail.model_dump_json(),
-            "last_error": _clip(record.last_error, ERROR_CHARS),
+            "last_error": clip(record.last_error, ERROR_CHARS),
             "last_code": record.last_code,
             "idempotency_key": mail.idempotency_key,
             "sent_at": self._db_time(record.sent_at),
@@ -1314,8 +486,8 @@ class SQLStore(ResourceMixin):
             "finished_at": self._db_time(attempt.finished_at),
             "outcome": attempt.outcome,
             "code": attempt.code,
-            "reply": _clip(attempt.reply, ERROR_CHARS),
-            "recipients": _dump_outcomes(attempt.recipients) if attempt.recipients else None,
+            "reply": clip(attempt.reply, ERROR_CHARS),
+            "recipients": dump_outcomes(attempt.recipients) if attempt.recipients else None,
         }
 
     async def _load(self, connection: AsyncConnection, where: sa.ColumnElement[bool]) -> MailRecord | None:
@@ -1325,7 +497,7 @@ class SQLStore(ResourceMixin):
         attempts = await connection.execute(
             sa.select(email_attempt).where(email_attempt.c.email_id == row["id"]).order_by(email_attempt.c.id)
         )
-        return _record(row, tuple(_attempt(a) for a in attempts.mappings()))
+        return record_of(row, tuple(attempt_of(a) for a in attempts.mappings()))
 
     async def _by_key(self, engine: AsyncEngine, key: str) -> MailRecord | None:
         async with engine.connect() as connection:
@@ -1368,7 +540,7 @@ class SQLStore(ResourceMixin):
                     return existing
                 raise StoreError(f"a record with id {record.id!r} exists already") from None
             stored = {**values, "id": email_id}
-            return _record(stored, tuple(self._stored_attempt(a) for a in record.history), mail=record.mail)
+            return record_of(stored, tuple(self._stored_attempt(a) for a in record.history), mail=record.mail)
 
         return await self._run(f"add record {record.id}", work)
 
@@ -1377,7 +549,7 @@ class SQLStore(ResourceMixin):
 
         For new records without idempotency key or history (those go through
         :meth:`add`): the group commit of concurrent submits. On a server
-        database the batches share one kept connection (see :class:`_KeptConnection`),
+        database the batches share one kept connection (see :class:`KeptConnection`),
         on MariaDB as one bulk-bound statement.
 
         Returns:
@@ -1401,8 +573,8 @@ class SQLStore(ResourceMixin):
                 # NULL has a default.
                 names = [name for name in rows[0] if any(row[name] is not None for row in rows)]
                 quote = connection.dialect.identifier_preparer.quote
-                statement = _format_insert(tuple(quote(name) for name in names))
-                await _execute_direct(
+                statement = format_insert(tuple(quote(name) for name in names))
+                await execute_direct(
                     connection, statement, [tuple([row[name] for name in names]) for row in rows], many=True
                 )
             else:
@@ -1413,7 +585,7 @@ class SQLStore(ResourceMixin):
                 await self._inserts.run(engine, insert)
             except sa.exc.IntegrityError:
                 raise StoreError("a record with one of these ids exists already") from None
-            return [_record(values, mail=r.mail) for values, r in zip(rows, records, strict=True)]
+            return [record_of(values, mail=r.mail) for values, r in zip(rows, records, strict=True)]
 
         return await self._run(f"add {len(records)} records", work)
 
@@ -1430,7 +602,7 @@ class SQLStore(ResourceMixin):
         ids = list(mail_ids)
         ids += ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
         params: dict[str, Any] = {f"u{i}": mail_id for i, mail_id in enumerate(ids)}
-        params.update(t=self._db_time(utcnow()), s=Status.QUEUED.value, e=_clip(expected, ERROR_CHARS))
+        params.update(t=self._db_time(utcnow()), s=Status.QUEUED.value, e=clip(expected, ERROR_CHARS))
 
         async def clear(connection: AsyncConnection) -> None:
             await self._prepare(("clear", len(ids)), lambda: _clear_marks(len(ids))).run(connection, params)
@@ -1441,7 +613,7 @@ class SQLStore(ResourceMixin):
         await self._run(f"clear the marks of {len(mail_ids)} records", work)
 
     def _stored_attempt(self, attempt: Attempt) -> Attempt:
-        return _attempt(self._attempt_values(0, attempt))
+        return attempt_of(self._attempt_values(0, attempt))
 
     async def get(self, mail_id: str) -> MailRecord | None:
         """The record of ``mail_id`` with its attempts in the order they were added, or ``None``.
@@ -1466,9 +638,9 @@ class SQLStore(ResourceMixin):
         # the bounds keep their microseconds: a record matches if the time it
         # is returned with (perhaps cut to the second) is in range
         if query.since is not None:
-            where.append(email.c.created_at >= _naive(query.since))
+            where.append(email.c.created_at >= naive_utc(query.since))
         if query.until is not None:
-            where.append(email.c.created_at < _naive(query.until))
+            where.append(email.c.created_at < naive_utc(query.until))
         if query.idempotency_key is not None:
             where.append(email.c.idempotency_key == query.idempotency_key)
         if not query.include_deleted:
@@ -1479,7 +651,7 @@ class SQLStore(ResourceMixin):
             where.append(email.c.title.icontains(query.subject, autoescape=True))
         if query.recipient is not None:
             # a superset: the JSON of the outcomes also holds the replies; the
-            # rows are checked again in Python (_recipient_matches)
+            # rows are checked again in Python (recipient_matches)
             quoted = json.dumps(query.recipient, ensure_ascii=False)[1:-1]
             where.append(
                 sa.or_(
@@ -1563,8 +735,8 @@ class SQLStore(ResourceMixin):
                         stmt = stmt.with_hint(email, f"FORCE INDEX ({TIME_INDEX})", dialect_name=dialect)
                     rows = (await connection.execute(stmt)).mappings().all()
                     for row in rows:
-                        if needle is None or _recipient_matches(row, needle):
-                            found.append(_record(row))
+                        if needle is None or recipient_matches(row, needle):
+                            found.append(record_of(row))
                             if len(found) == query.limit:
                                 return found
                     if len(rows) < batch:
@@ -1606,7 +778,7 @@ class SQLStore(ResourceMixin):
                     batch = batch.order_by(email.c.uid.desc()).limit(_RECIPIENT_BATCH)
                     rows = (await connection.execute(batch)).mappings().all()
                     for row in rows:
-                        if _recipient_matches(row, needle):
+                        if recipient_matches(row, needle):
                             total += 1
                             if total >= cap:
                                 return total
@@ -1670,8 +842,8 @@ class SQLStore(ResourceMixin):
         if slots == 0:
             return []
         seconds = int(bucket.total_seconds())
-        low = _naive(start)
-        high = _naive(start + slots * bucket)
+        low = naive_utc(start)
+        high = naive_utc(start + slots * bucket)
         failed = (email.c.status.in_([Status.DEAD.value, Status.FAILED.value]),)
         dialect = self.dialect_name
 
@@ -1736,7 +908,7 @@ class SQLStore(ResourceMixin):
     async def get_many(self, mail_ids: Sequence[str]) -> dict[str, MailRecord]:
         """The records of those of ``mail_ids`` that exist, by id, without history, in one query.
 
-        Runs on a connection of its own kept for these reads (see :class:`_KeptConnection`).
+        Runs on a connection of its own kept for these reads (see :class:`KeptConnection`).
 
         Raises:
             StoreError: the database failed.
@@ -1751,7 +923,7 @@ class SQLStore(ResourceMixin):
 
         async def work(engine: AsyncEngine) -> dict[str, MailRecord]:
             rows = await self._reads.run(engine, read)
-            records = (_record(self._row_mapping(row)) for row in rows)
+            records = (record_of(self._row_mapping(row)) for row in rows)
             return {str(row[_UID]): record for row, record in zip(rows, records, strict=True)}
 
         return await self._run(f"read {len(wanted)} record(s)", work)
@@ -1767,7 +939,7 @@ class SQLStore(ResourceMixin):
         taken as it comes when it matched every record of the run (the usual
         case), else the transaction is rolled back and done again with the
         rows that match locked first (``SELECT ... FOR UPDATE``). The
-        transactions run on a connection kept for them (see :class:`_KeptConnection`).
+        transactions run on a connection kept for them (see :class:`KeptConnection`).
 
         Returns:
             For each change, whether it was applied.
@@ -1806,7 +978,7 @@ class SQLStore(ResourceMixin):
         async def work(engine: AsyncEngine) -> list[bool]:
             try:
                 return await self._writes.run(engine, lambda connection: apply(connection, False))
-            except _Mismatch:
+            except Mismatch:
                 return await self._writes.run(engine, lambda connection: apply(connection, True))
 
         return await self._run(f"update {len(changes)} record(s)", work)
@@ -1823,7 +995,7 @@ class SQLStore(ResourceMixin):
         meets the run's condition; return the ids of the records changed.
 
         Raises:
-            _Mismatch: (MySQL/MariaDB, not ``locking``) some record did not match.
+            Mismatch: (MySQL/MariaDB, not ``locking``) some record did not match.
         """
         first = plan[0][1]
         expect = None if first.expect is None else tuple(sorted(s.value for s in first.expect))
@@ -1867,7 +1039,7 @@ class SQLStore(ResourceMixin):
         if returning:
             return {str(uid) for (uid,) in rows}
         if not locking and count != len(plan):
-            raise _Mismatch
+            raise Mismatch
         return {mail_id for mail_id, _, _ in plan}
 
     async def _add_attempts(self, connection: AsyncConnection, attempts: list[tuple[str, Attempt]]) -> None:
@@ -1880,13 +1052,13 @@ class SQLStore(ResourceMixin):
         stmt = self._prepare(("attempts", len(attempts)), lambda: _attempts_insert(len(attempts)))
         await stmt.run(connection, params)
 
-    def _prepare(self, key: tuple[Any, ...], build: Callable[[], sa.ClauseElement]) -> _Prepared:
+    def _prepare(self, key: tuple[Any, ...], build: Callable[[], sa.ClauseElement]) -> Prepared:
         """The statement ``build`` makes, compiled for this database once per ``key``."""
         prepared = self._prepared.get(key)
         if prepared is None:
             if len(self._prepared) >= _PREPARED_MAX:
                 self._prepared.clear()
-            prepared = self._prepared[key] = _Prepared(build(), self.engine.dialect)
+            prepared = self._prepared[key] = Prepared(build(), self.engine.dialect)
         return prepared
 
     def _row_mapping(self, row: Sequence[Any]) -> dict[str, Any]:
@@ -1911,11 +1083,11 @@ class SQLStore(ResourceMixin):
             values["status"] = change.status.value
             values["is_ok"] = 1 if change.status is Status.SENT else 0
         if change.recipients is not None:
-            values["recipients"] = _dump_outcomes(change.recipients)
+            values["recipients"] = dump_outcomes(change.recipients)
         if change.remark is not None:
-            values["remark"] = _clip(change.remark, REMARK_CHARS)
+            values["remark"] = clip(change.remark, REMARK_CHARS)
         if change.last_error is not None:
-            values["last_error"] = _clip(change.last_error, ERROR_CHARS)
+            values["last_error"] = clip(change.last_error, ERROR_CHARS)
         if change.last_code is not None:
             values["last_code"] = change.last_code
         if change.sent_at is not None:
