@@ -172,7 +172,7 @@ def worker(ctx: click.Context, config: Path | None, concurrency: int | None, log
 
 async def run_worker(settings: Settings, *, install_signal_handlers: bool = True) -> None:
     """Open the backends of ``settings`` and run a worker until a signal arrives."""
-    from mailqueue.backends.accounts import build_sending
+    from mailqueue.sending.accounts import build_sending
     from mailqueue.worker import Worker
 
     logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])

@@ -51,7 +51,6 @@ from mailqueue.errors import (
     TransientDeliveryError,
     UnknownDeliveryError,
 )
-from mailqueue.limits import RateLimiter
 from mailqueue.logs import mail_id_var
 from mailqueue.maintenance import Maintenance
 from mailqueue.message import AttachmentRef, Mail
@@ -75,6 +74,7 @@ from mailqueue.records import (
     Status,
     utcnow,
 )
+from mailqueue.sending.limits import RateLimiter
 from mailqueue.settings import RetentionSettings, WorkerSettings
 
 __all__ = ["Worker", "backoff"]

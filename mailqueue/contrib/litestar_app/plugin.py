@@ -20,7 +20,7 @@ from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
 
 from mailqueue import BackendContext, MailQueue, MailQueueError, Sender, Settings, Worker
-from mailqueue.limits import RateLimiter
+from mailqueue.sending.limits import RateLimiter
 
 __all__ = ["MailQueuePlugin"]
 
@@ -54,7 +54,7 @@ class MailQueuePlugin(InitPluginProtocol):
         self.sender: Sender | None = None
         self._limiter: RateLimiter | None = None
         if worker:
-            from mailqueue.backends.accounts import build_sending
+            from mailqueue.sending.accounts import build_sending
 
             self.sender, self._limiter = build_sending(
                 settings, context=BackendContext(store=self.mailqueue.store)

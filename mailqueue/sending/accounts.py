@@ -7,7 +7,7 @@
 - Each account takes a slot of its own rate limit (in-process or shared in
   Redis) before sending, and reacts to throttle replies (AIMD, pause).
 - A connection, auth, quota or throttle failure on an account
-  (:func:`~mailqueue.throttle.classify`) counts for its circuit breaker and
+  (:func:`~mailqueue.sending.throttle.classify`) counts for its circuit breaker and
   moves the message to the next account. Anything else (a content 5xx on
   DATA, a generic 4xx, a loss after the final dot) is the message's outcome
   and is raised as is; a recipient refused at RCPT is in the result and never
@@ -31,10 +31,9 @@ from mailqueue.errors import (
     TransientDeliveryError,
     UnknownDeliveryError,
 )
-from mailqueue.limits import RATE_LIMIT_WAIT, RateLimiter, RateWindow, parse_rate, scaled_limit
 from mailqueue.protocols import BackendContext, OutgoingMessage, Sender, SendResult
-from mailqueue.settings import Settings
-from mailqueue.throttle import (
+from mailqueue.sending.limits import RATE_LIMIT_WAIT, RateLimiter, RateWindow, parse_rate, scaled_limit
+from mailqueue.sending.throttle import (
     ACCOUNT_FAILOVERS,
     ACCOUNT_PAUSED_SECONDS,
     ACCOUNT_RATE,
@@ -47,6 +46,7 @@ from mailqueue.throttle import (
     classify_reply,
     retry_after,
 )
+from mailqueue.settings import Settings
 
 __all__ = ["Account", "AccountLimiter", "AccountsSender", "LocalAccountLimiter", "build_sending"]
 
@@ -261,7 +261,7 @@ def _limiter(settings: Settings, name: str, rate: str, params: AIMDParams) -> Ac
     store = settings.worker.rate_store
     if not store:
         return LocalAccountLimiter(name, windows, params)
-    from mailqueue.backends.redislimits import RedisRateLimiter
+    from mailqueue.sending.redis_limits import RedisRateLimiter
 
     return RedisRateLimiter(store, name, windows, params)
 
