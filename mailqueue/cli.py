@@ -172,12 +172,12 @@ def worker(ctx: click.Context, config: Path | None, concurrency: int | None, log
 
 async def run_worker(settings: Settings, *, install_signal_handlers: bool = True) -> None:
     """Open the backends of ``settings`` and run a worker until a signal arrives."""
-    from mailqueue.sending.accounts import build_sending
+    from mailqueue.sending.pipeline import build_sender
     from mailqueue.worker import Worker
 
     logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     mq = MailQueue.from_settings(settings)
-    sender, limiter = build_sending(settings, context=BackendContext(store=mq.store))
+    sender, limiter = build_sender(settings, context=BackendContext(store=mq.store))
     async with mq, sender:
         work = Worker(
             queue=mq.queue,

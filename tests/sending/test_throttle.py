@@ -25,8 +25,9 @@ from mailqueue.backends.memory import MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.errors import PermanentDeliveryError, TransientDeliveryError
 from mailqueue.protocols import OutgoingMessage
-from mailqueue.sending.accounts import Account, AccountsSender, LocalAccountLimiter, build_sending
+from mailqueue.sending.accounts import Account, AccountsSender, LocalAccountLimiter
 from mailqueue.sending.limits import parse_rate
+from mailqueue.sending.pipeline import build_sender
 from mailqueue.sending.throttle import (
     AIMDParams,
     CircuitBreaker,
@@ -279,12 +280,12 @@ async def test_every_account_down_is_transient() -> None:
             await sender.send(message(1))
 
 
-async def test_build_sending_keeps_the_single_sender_as_it_was(primary: SMTPTestServer) -> None:
+async def test_build_sender_keeps_the_single_sender_as_it_was(primary: SMTPTestServer) -> None:
     url = primary.url(from_address="a@example.com")
-    plain, limiter = build_sending(load_settings(sender=url, worker={"rate": "5/s"}))
+    plain, limiter = build_sender(load_settings(sender=url, worker={"rate": "5/s"}))
     assert isinstance(plain, SMTPSender)
     assert [str(w) for w in limiter.windows] == ["5/1s"]
-    several, unlimited = build_sending(
+    several, unlimited = build_sender(
         load_settings(
             senders=[{"url": url, "name": "one", "rate": "3/s"}, {"url": url}],
             sender_strategy="round_robin",

@@ -54,9 +54,9 @@ class MailQueuePlugin(InitPluginProtocol):
         self.sender: Sender | None = None
         self._limiter: RateLimiter | None = None
         if worker:
-            from mailqueue.sending.accounts import build_sending
+            from mailqueue.sending.pipeline import build_sender
 
-            self.sender, self._limiter = build_sending(
+            self.sender, self._limiter = build_sender(
                 settings, context=BackendContext(store=self.mailqueue.store)
             )
         self.worker: Worker | None = None

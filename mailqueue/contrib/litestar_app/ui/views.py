@@ -301,15 +301,16 @@ class AccountView:
 
 def _accounts(plugin: MailQueuePlugin) -> tuple[list[AccountView] | None, str]:
     from mailqueue.sending.accounts import AccountsSender
+    from mailqueue.sending.pipeline import find_link
     from mailqueue.sending.throttle import CircuitState
 
-    sender = plugin.sender
-    if sender is None:
+    if plugin.sender is None:
         return None, (
             "This process runs no worker. Each worker keeps the state of its accounts and exports it "
             "on its metrics endpoint (mailqueue_account_circuit_state, mailqueue_account_rate_per_second)."
         )
-    if not isinstance(sender, AccountsSender):
+    sender = find_link(plugin.sender, AccountsSender)
+    if sender is None:
         return None, "One sender without per-account limits (see senders and worker.rate_store)."
     rows = [
         AccountView(

@@ -1,0 +1,46 @@
+"""The sending chain: a step wraps a Sender, and the chain's links can be found through it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mailqueue.backends.memory import MemorySender
+from mailqueue.protocols import OutgoingMessage, Sender, SendResult
+from mailqueue.sending.accounts import AccountsSender
+from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
+from mailqueue.settings import load_settings
+
+
+class Tagging(SendingStep):
+    """A step that changes the message before the wire, as DKIM signing will."""
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        return await self.inner.send(replace(message, data=b"X-Tag: 1\r\n" + message.data))
+
+
+def message() -> OutgoingMessage:
+    return OutgoingMessage("m1", b"Subject: s\r\n\r\nbody\r\n", "a@example.com", ["to@example.com"])
+
+
+async def test_a_step_hands_the_changed_message_to_inner_and_opens_and_closes_it() -> None:
+    wire = MemorySender(from_address="from@example.com")
+    step = Tagging(wire)
+    sender: Sender = step  # a step is a Sender
+    assert sender.from_address == "from@example.com"
+    async with step:
+        result = await step.send(message())
+    assert result.accepted == ["to@example.com"]
+    assert [m.data for m in wire.sent] == [b"X-Tag: 1\r\nSubject: s\r\n\r\nbody\r\n"]
+    assert list(links(step)) == [step, wire]
+
+
+def test_no_step_is_configured_yet() -> None:
+    assert STEPS == ()
+
+
+def test_find_link_sees_the_accounts_through_a_step() -> None:
+    settings = load_settings(senders=[{"url": "memory://?from=a@example.com", "name": "one"}])
+    chain = build_sender(settings)
+    accounts = find_link(Tagging(chain.sender), AccountsSender)
+    assert accounts is chain.sender
+    assert find_link(MemorySender(), AccountsSender) is None
