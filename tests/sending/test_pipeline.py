@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
+from mailqueue import Mail, MailQueue, Recipient, Status, Worker
 from mailqueue.backends.memory import MemorySender
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
 from mailqueue.sending.accounts import AccountsSender
@@ -44,3 +46,39 @@ def test_find_link_sees_the_accounts_through_a_step() -> None:
     accounts = find_link(Tagging(chain.sender), AccountsSender)
     assert accounts is chain.sender
     assert find_link(MemorySender(), AccountsSender) is None
+
+
+async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_backends() -> None:
+    settings = load_settings(
+        store="memory://",
+        queue="memory://",
+        attachments="memory://",
+        sender="memory://?from=a@example.com",
+        worker={"rate": "7/s", "concurrency": 2},
+        retention={"interval": 0},
+    )
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    assert (worker.queue, worker.store, worker.attachments) == (mq.queue, mq.store, mq.attachments)
+    assert (worker.settings, worker.retention) == (settings.worker, settings.retention)
+    assert isinstance(worker.sender, MemorySender)
+    assert [str(w) for w in worker.limiter.windows] == ["7/1s"]
+    chain = build_sender(settings)
+    again = Worker.from_settings(settings, mq, chain=chain)
+    assert (again.sender, again.limiter) == (chain.sender, chain.limiter)
+
+    async with mq, worker.sender:
+        mail_id = (
+            await mq.submit(Mail(subject="s", html="<p>x</p>", to=[Recipient(address="u@example.com")]))
+        ).id
+        run = asyncio.create_task(worker.run())
+        for _ in range(200):
+            record = await mq.status(mail_id)
+            if record is not None and record.status is Status.SENT:
+                break
+            await asyncio.sleep(0.05)
+        worker.stop()
+        await run
+    assert record is not None
+    assert record.status is Status.SENT
+    assert [list(m.recipients) for m in worker.sender.sent] == [["u@example.com"]]
