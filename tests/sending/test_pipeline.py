@@ -82,3 +82,18 @@ async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_ba
     assert record is not None
     assert record.status is Status.SENT
     assert [list(m.recipients) for m in worker.sender.sent] == [["u@example.com"]]
+
+
+def test_the_dashboard_finds_the_accounts_in_the_chain() -> None:
+    from mailqueue.contrib.litestar_app import MailQueuePlugin
+    from mailqueue.contrib.litestar_app.ui.views import _accounts
+
+    memory = {"store": "memory://", "queue": "memory://", "attachments": "memory://"}
+    url = "memory://?from=a@example.com"
+    several = MailQueuePlugin(load_settings(**memory, senders=[{"url": url, "name": "ui-a"}]), worker=True)
+    rows, _ = _accounts(several)
+    assert rows is not None
+    assert [(r.name, r.circuit, r.rate) for r in rows] == [("ui-a", "closed", "100%")]
+    rows, note = _accounts(MailQueuePlugin(load_settings(**memory, sender=url), worker=True))
+    assert rows is None
+    assert note.startswith("One sender without per-account limits")
