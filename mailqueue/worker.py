@@ -76,11 +76,11 @@ from mailqueue.records import (
     utcnow,
 )
 from mailqueue.sending.limits import RateLimiter
-from mailqueue.sending.pipeline import SendingChain, build_sender
 from mailqueue.settings import RetentionSettings, Settings, WorkerSettings
 
 if TYPE_CHECKING:
     from mailqueue.client import MailQueue
+    from mailqueue.sending.pipeline import SendingChain
 
 __all__ = ["Worker", "backoff"]
 
@@ -209,6 +209,9 @@ class Worker:
         Raises:
             ConfigurationError: a sender URL, a rate or the accounts cannot be used.
         """
+        # imported here: the accounts' metrics are registered only where a chain is built
+        from mailqueue.sending.pipeline import build_sender
+
         if chain is None:
             chain = build_sender(settings, context=BackendContext(store=mailqueue.store))
         return cls(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
@@ -20,7 +21,9 @@ from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
 
 from mailqueue import BackendContext, MailQueue, Sender, Settings, Worker, health
-from mailqueue.sending.pipeline import SendingChain, build_sender
+
+if TYPE_CHECKING:
+    from mailqueue.sending.pipeline import SendingChain
 
 __all__ = ["MailQueuePlugin"]
 
@@ -51,6 +54,8 @@ class MailQueuePlugin(InitPluginProtocol):
         self.sender: Sender | None = None
         self._chain: SendingChain | None = None
         if worker:
+            from mailqueue.sending.pipeline import build_sender
+
             self._chain = build_sender(settings, context=BackendContext(store=self.mailqueue.store))
             self.sender = self._chain.sender
         self.worker: Worker | None = None
