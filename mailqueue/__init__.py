@@ -32,7 +32,6 @@ from mailqueue.errors import (
     UnknownSchemeError,
     ValidationError,
 )
-from mailqueue.limits import RateLimiter, parse_rate
 from mailqueue.maintenance import Maintenance
 from mailqueue.message import Attachment, AttachmentRef, Mail, Recipient, parse_recipients, sanitize_filename
 from mailqueue.mime import render
@@ -64,6 +63,7 @@ from mailqueue.records import (
     RecordUpdate,
     Status,
 )
+from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.settings import APISettings, RetentionSettings, Settings, WorkerSettings, load_settings
 from mailqueue.worker import Worker
 

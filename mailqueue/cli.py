@@ -44,7 +44,7 @@ from mailqueue.errors import (
 )
 from mailqueue.logs import configure_logging, secrets_of_urls
 from mailqueue.message import Attachment, Mail, Recipient
-from mailqueue.protocols import BackendContext, Queue
+from mailqueue.protocols import Queue
 from mailqueue.records import Status, utcnow
 from mailqueue.reports import StatusReport, collect_status, render_status
 from mailqueue.settings import Settings, load_settings
@@ -172,22 +172,12 @@ def worker(ctx: click.Context, config: Path | None, concurrency: int | None, log
 
 async def run_worker(settings: Settings, *, install_signal_handlers: bool = True) -> None:
     """Open the backends of ``settings`` and run a worker until a signal arrives."""
-    from mailqueue.backends.accounts import build_sending
     from mailqueue.worker import Worker
 
     logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     mq = MailQueue.from_settings(settings)
-    sender, limiter = build_sending(settings, context=BackendContext(store=mq.store))
-    async with mq, sender:
-        work = Worker(
-            queue=mq.queue,
-            store=mq.store,
-            attachments=mq.attachments,
-            sender=sender,
-            settings=settings.worker,
-            limiter=limiter,
-            retention=settings.retention,
-        )
+    work = Worker.from_settings(settings, mq)
+    async with mq, work.sender:
         if install_signal_handlers:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,7 @@ from pydantic_settings import (
 )
 
 from mailqueue.errors import ConfigurationError
-from mailqueue.limits import parse_rate
+from mailqueue.sending.limits import parse_rate
 
 __all__ = [
     "APISettings",

@@ -37,9 +37,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from mailqueue import metrics
+from mailqueue import health, metrics
 from mailqueue.batching import Batcher
 from mailqueue.envelope import decode_envelope, envelope_mail_id
 from mailqueue.errors import (
@@ -51,13 +51,13 @@ from mailqueue.errors import (
     TransientDeliveryError,
     UnknownDeliveryError,
 )
-from mailqueue.limits import RateLimiter
 from mailqueue.logs import mail_id_var
 from mailqueue.maintenance import Maintenance
 from mailqueue.message import AttachmentRef, Mail
 from mailqueue.mime import render
 from mailqueue.protocols import (
     AttachmentStore,
+    BackendContext,
     BatchUpdateStore,
     Delivery,
     OutgoingMessage,
@@ -75,7 +75,12 @@ from mailqueue.records import (
     Status,
     utcnow,
 )
-from mailqueue.settings import RetentionSettings, WorkerSettings
+from mailqueue.sending.limits import RateLimiter
+from mailqueue.settings import RetentionSettings, Settings, WorkerSettings
+
+if TYPE_CHECKING:
+    from mailqueue.client import MailQueue
+    from mailqueue.sending.pipeline import SendingChain
 
 __all__ = ["Worker", "backoff"]
 
@@ -183,6 +188,44 @@ class Worker:
             self._reads = Batcher(read, _BATCH_MAX)
             self._writes = Batcher(write, _BATCH_MAX)
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, mailqueue: MailQueue, *, chain: SendingChain | None = None
+    ) -> Worker:
+        """The worker of ``mailqueue worker`` and ``mailqueue serve``: it consumes the queue of
+        ``mailqueue`` and records in its stores, within ``settings.worker`` and
+        ``settings.retention``, sending through the chain :func:`~mailqueue.sending.pipeline.build_sender`
+        composes for ``settings``.
+
+        Args:
+            settings: the whole settings.
+            mailqueue: whose queue, store and attachment store the worker uses (opened
+                before :meth:`run`).
+            chain: a chain already built from ``settings`` (e.g. to keep its limiter
+                across restarts); default: a new one.
+
+        Returns:
+            A worker whose :attr:`sender` is not opened yet: open it (``async with``)
+            before :meth:`run` and close it after.
+
+        Raises:
+            ConfigurationError: a sender URL, a rate or the accounts cannot be used.
+        """
+        # imported here: the accounts' metrics are registered only where a chain is built
+        from mailqueue.sending.pipeline import build_sender
+
+        if chain is None:
+            chain = build_sender(settings, context=BackendContext(store=mailqueue.store))
+        return cls(
+            queue=mailqueue.queue,
+            store=mailqueue.store,
+            attachments=mailqueue.attachments,
+            sender=chain.sender,
+            settings=settings.worker,
+            limiter=chain.limiter,
+            retention=settings.retention,
+        )
+
     @property
     def ready(self) -> bool:
         """True while the worker consumes and its last checks of the store and queue succeeded."""
@@ -198,16 +241,15 @@ class Worker:
     async def check_ready(self) -> bool:
         """Check the store and the queue now (``/health/ready``); update :attr:`ready`."""
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-            async with asyncio.timeout(5.0):
-                await self.store.ping()
-                await self.queue.depth()
-        except (BackendError, TimeoutError) as exc:
-            # once per outage at warning level, not every health_interval
-            (logger.warning if self._deps_ok else logger.debug)("not ready: %s", exc or "timed out")
-            self._set_ready(deps_ok=False)
+            found = await health.check(self.store, self.queue)
         except Exception:
             logger.exception("readiness check failed unexpectedly")
+            self._set_ready(deps_ok=False)
+            return self.ready
+        if not found.ok:
+            exc = next(iter(found.errors.values()))
+            # once per outage at warning level, not every health_interval
+            (logger.warning if self._deps_ok else logger.debug)("not ready: %s", exc or "timed out")
             self._set_ready(deps_ok=False)
         else:
             if not self._deps_ok:

@@ -50,7 +50,7 @@ OPTIONAL = [
 NEEDS = {
     "mailqueue.backends.amqp": "aio_pika",
     "mailqueue.backends.kafka": "aiokafka",
-    "mailqueue.backends.redislimits": "redis",
+    "mailqueue.sending.redis_limits": "redis",
     "mailqueue.contrib.litestar_app": "litestar",
 }
 

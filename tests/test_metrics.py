@@ -288,9 +288,9 @@ def _metric_names() -> set[str]:
     """Every series name the default registry's families expose, labelled children or not."""
     from prometheus_client import REGISTRY
 
-    import mailqueue.backends.redislimits
     import mailqueue.metrics
-    import mailqueue.throttle  # noqa: F401  (these modules define them)
+    import mailqueue.sending.redis_limits
+    import mailqueue.sending.throttle  # noqa: F401  (these modules define them)
 
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
     return {

@@ -26,8 +26,8 @@ from mailqueue import Mail, MailQueue, Recipient, Status, WorkerSettings
 from mailqueue.backends.amqp import KEY_HEADER, REASON_HEADER
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.envelope import encode_envelope
-from mailqueue.limits import RateLimiter
 from mailqueue.records import MailRecord
+from mailqueue.sending.limits import RateLimiter
 from mailqueue.sql import schema
 from mailqueue.testing.smtpd import SMTPTestServer
 from mailqueue.worker import Worker

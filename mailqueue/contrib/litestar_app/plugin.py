@@ -13,21 +13,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
 
-from mailqueue import BackendContext, MailQueue, MailQueueError, Sender, Settings, Worker
-from mailqueue.limits import RateLimiter
+from mailqueue import BackendContext, MailQueue, Sender, Settings, Worker, health
+
+if TYPE_CHECKING:
+    from mailqueue.sending.pipeline import SendingChain
 
 __all__ = ["MailQueuePlugin"]
 
 logger = logging.getLogger("mailqueue.api")
-
-#: Seconds a readiness check may take before it counts as failed.
-CHECK_TIMEOUT = 5.0
 
 
 class MailQueuePlugin(InitPluginProtocol):
@@ -52,13 +52,12 @@ class MailQueuePlugin(InitPluginProtocol):
         self._owns_mailqueue = mailqueue is None
         self.mailqueue = mailqueue if mailqueue is not None else MailQueue.from_settings(settings)
         self.sender: Sender | None = None
-        self._limiter: RateLimiter | None = None
+        self._chain: SendingChain | None = None
         if worker:
-            from mailqueue.backends.accounts import build_sending
+            from mailqueue.sending.pipeline import build_sender
 
-            self.sender, self._limiter = build_sending(
-                settings, context=BackendContext(store=self.mailqueue.store)
-            )
+            self._chain = build_sender(settings, context=BackendContext(store=self.mailqueue.store))
+            self.sender = self._chain.sender
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
 
@@ -108,38 +107,20 @@ class MailQueuePlugin(InitPluginProtocol):
 
     async def readiness(self) -> dict[str, str]:
         """Check the store, the queue (and the worker); map each to ``ok`` or what is wrong."""
-        checks: dict[str, str] = {}
-        mq = self.mailqueue
-        try:
-            await asyncio.wait_for(mq.store.ping(), CHECK_TIMEOUT)
-            checks["store"] = "ok"
-        except (MailQueueError, TimeoutError) as exc:
-            logger.warning("readiness: store check failed: %s", exc)
-            checks["store"] = "unavailable"
-        try:
-            await asyncio.wait_for(mq.queue.depth(), CHECK_TIMEOUT)
-            checks["queue"] = "ok"
-        except (MailQueueError, TimeoutError) as exc:
-            logger.warning("readiness: queue check failed: %s", exc)
-            checks["queue"] = "unavailable"
+        found = await health.check(self.mailqueue.store, self.mailqueue.queue)
+        for name, exc in found.errors.items():
+            logger.warning("readiness: %s check failed: %s", name, exc)
+        checks = dict(found.checks)
         running = self.worker_running
         if running is not None:
             checks["worker"] = "ok" if running else "stopped"
         return checks
 
     def _start_worker(self) -> None:
-        if self.sender is None:
+        if self._chain is None:
             return
-        mq = self.mailqueue
-        self.worker = Worker(
-            queue=mq.queue,
-            store=mq.store,
-            attachments=mq.attachments,
-            sender=self.sender,
-            settings=self.settings.worker,
-            limiter=self._limiter,
-            retention=self.settings.retention,
-        )
+        # a new Worker for each start (its stop is final), on the sender and limiter built once
+        self.worker = Worker.from_settings(self.settings, self.mailqueue, chain=self._chain)
         self._worker_task = asyncio.create_task(self.worker.run(), name="mailqueue-worker")
         self._worker_task.add_done_callback(_report_worker_end)
 

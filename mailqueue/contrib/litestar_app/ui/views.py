@@ -41,7 +41,7 @@ from mailqueue.contrib.litestar_app.ui.filters import Filters, MultiValues, is_m
 from mailqueue.contrib.litestar_app.ui.session import CSRF_FIELD, Session, SessionManager
 from mailqueue.records import utcnow
 from mailqueue.reports import oldest_waiting, queue_depth
-from mailqueue.throttle import classify_reply
+from mailqueue.sending.throttle import classify_reply
 
 __all__ = ["UI_ACTIONS", "LoginRequired", "UIRequest", "handlers"]
 
@@ -300,16 +300,17 @@ class AccountView:
 
 
 def _accounts(plugin: MailQueuePlugin) -> tuple[list[AccountView] | None, str]:
-    from mailqueue.backends.accounts import AccountsSender
-    from mailqueue.throttle import CircuitState
+    from mailqueue.sending.accounts import AccountsSender
+    from mailqueue.sending.pipeline import find_link
+    from mailqueue.sending.throttle import CircuitState
 
-    sender = plugin.sender
-    if sender is None:
+    if plugin.sender is None:
         return None, (
             "This process runs no worker. Each worker keeps the state of its accounts and exports it "
             "on its metrics endpoint (mailqueue_account_circuit_state, mailqueue_account_rate_per_second)."
         )
-    if not isinstance(sender, AccountsSender):
+    sender = find_link(plugin.sender, AccountsSender)
+    if sender is None:
         return None, "One sender without per-account limits (see senders and worker.rate_store)."
     rows = [
         AccountView(

@@ -21,16 +21,24 @@ from proc_helpers import free_port
 from prometheus_client import REGISTRY
 
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker, WorkerSettings
-from mailqueue.backends.accounts import Account, AccountsSender, LocalAccountLimiter, build_sending
 from mailqueue.backends.memory import MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.errors import PermanentDeliveryError, TransientDeliveryError
-from mailqueue.limits import parse_rate
 from mailqueue.protocols import OutgoingMessage
+from mailqueue.sending.accounts import Account, AccountsSender, LocalAccountLimiter
+from mailqueue.sending.limits import parse_rate
+from mailqueue.sending.pipeline import build_sender
+from mailqueue.sending.throttle import (
+    AIMDParams,
+    CircuitBreaker,
+    ErrorClass,
+    classify,
+    classify_reply,
+    retry_after,
+)
 from mailqueue.settings import load_settings
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
-from mailqueue.throttle import AIMDParams, CircuitBreaker, ErrorClass, classify, classify_reply, retry_after
 
 REDIS = os.environ.get("MAILQUEUE_TEST_REDIS", "127.0.0.1:6379")
 FAST = WorkerSettings(concurrency=2, retry_base=0.02, retry_max=0.05, max_attempts=50, shutdown_timeout=5)
@@ -135,7 +143,7 @@ async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestS
     if state == "redis":
         if not reachable(REDIS):
             service_missing(f"Redis at {REDIS}")
-        from mailqueue.backends.redislimits import RedisRateLimiter
+        from mailqueue.sending.redis_limits import RedisRateLimiter
 
         storm_account.limiter = RedisRateLimiter(f"redis://{REDIS}/0", name, parse_rate("20/s"), params)
     sender = AccountsSender([storm_account])
@@ -272,12 +280,12 @@ async def test_every_account_down_is_transient() -> None:
             await sender.send(message(1))
 
 
-async def test_build_sending_keeps_the_single_sender_as_it_was(primary: SMTPTestServer) -> None:
+async def test_build_sender_keeps_the_single_sender_as_it_was(primary: SMTPTestServer) -> None:
     url = primary.url(from_address="a@example.com")
-    plain, limiter = build_sending(load_settings(sender=url, worker={"rate": "5/s"}))
+    plain, limiter = build_sender(load_settings(sender=url, worker={"rate": "5/s"}))
     assert isinstance(plain, SMTPSender)
     assert [str(w) for w in limiter.windows] == ["5/1s"]
-    several, unlimited = build_sending(
+    several, unlimited = build_sender(
         load_settings(
             senders=[{"url": url, "name": "one", "rate": "3/s"}, {"url": url}],
             sender_strategy="round_robin",

@@ -7,13 +7,13 @@
 - Each account takes a slot of its own rate limit (in-process or shared in
   Redis) before sending, and reacts to throttle replies (AIMD, pause).
 - A connection, auth, quota or throttle failure on an account
-  (:func:`~mailqueue.throttle.classify`) counts for its circuit breaker and
+  (:func:`~mailqueue.sending.throttle.classify`) counts for its circuit breaker and
   moves the message to the next account. Anything else (a content 5xx on
   DATA, a generic 4xx, a loss after the final dot) is the message's outcome
   and is raised as is; a recipient refused at RCPT is in the result and never
   moves the message.
 
-:func:`build_sending` turns settings into the worker's sender and limiter.
+:func:`mailqueue.sending.pipeline.build_sender` builds it from the settings.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from mailqueue.errors import (
     TransientDeliveryError,
     UnknownDeliveryError,
 )
-from mailqueue.limits import RATE_LIMIT_WAIT, RateLimiter, RateWindow, parse_rate, scaled_limit
-from mailqueue.protocols import BackendContext, OutgoingMessage, Sender, SendResult
-from mailqueue.settings import Settings
-from mailqueue.throttle import (
+from mailqueue.protocols import OutgoingMessage, Sender, SendResult
+from mailqueue.sending.limits import RATE_LIMIT_WAIT, RateLimiter, RateWindow, scaled_limit
+from mailqueue.sending.throttle import (
     ACCOUNT_FAILOVERS,
     ACCOUNT_PAUSED_SECONDS,
     ACCOUNT_RATE,
@@ -48,7 +47,7 @@ from mailqueue.throttle import (
     retry_after,
 )
 
-__all__ = ["Account", "AccountLimiter", "AccountsSender", "LocalAccountLimiter", "build_sending"]
+__all__ = ["Account", "AccountLimiter", "AccountsSender", "LocalAccountLimiter"]
 
 logger = logging.getLogger("mailqueue.accounts")
 
@@ -254,50 +253,3 @@ class AccountsSender:
         else:
             await account.limiter.succeeded()
         account.breaker.success()
-
-
-def _limiter(settings: Settings, name: str, rate: str, params: AIMDParams) -> AccountLimiter:
-    windows = parse_rate(rate)
-    store = settings.worker.rate_store
-    if not store:
-        return LocalAccountLimiter(name, windows, params)
-    from mailqueue.backends.redislimits import RedisRateLimiter
-
-    return RedisRateLimiter(store, name, windows, params)
-
-
-def build_sending(settings: Settings, *, context: BackendContext | None = None) -> tuple[Sender, RateLimiter]:
-    """The sender and worker limiter for ``settings`` (not opened).
-
-    With one ``sender`` and no ``worker.rate_store`` this is exactly the
-    plain sender and an in-process limiter of ``worker.rate``. Otherwise an
-    :class:`AccountsSender` does the limiting per account (in Redis when
-    ``rate_store`` is set) and the worker's own limiter is unlimited.
-    """
-    from mailqueue import registry
-
-    worker = settings.worker
-    if not settings.senders and not worker.rate_store:
-        sender = registry.create_sender(settings.sender.get_secret_value(), context=context)
-        return sender, RateLimiter(worker.rate)
-    t = worker.throttle
-    params = AIMDParams(t.decrease, t.floor, t.increase, t.increase_after, t.pause, t.max_pause)
-    configured = settings.senders or []
-    specs = [
-        (a.name or f"account{i + 1}", a.url.get_secret_value(), a.rate) for i, a in enumerate(configured)
-    ]
-    if not specs:
-        specs = [("default", settings.sender.get_secret_value(), None)]
-    names = [name for name, _, _ in specs]
-    if len(set(names)) != len(names):
-        raise ConfigurationError(f"account names must be unique, got {names}")
-    accounts = [
-        Account(
-            name,
-            registry.create_sender(url, context=context),
-            _limiter(settings, name, worker.rate if rate is None else rate, params),
-            CircuitBreaker(name, failures=t.breaker_failures, cooldown=t.breaker_cooldown),
-        )
-        for name, url, rate in specs
-    ]
-    return AccountsSender(accounts, settings.sender_strategy), RateLimiter("")

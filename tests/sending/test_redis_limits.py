@@ -25,9 +25,9 @@ from proc_helpers import free_port
 from prometheus_client import REGISTRY
 
 from mailqueue import Mail, MailQueue, Recipient, Status
-from mailqueue.limits import parse_rate
+from mailqueue.sending.limits import parse_rate
+from mailqueue.sending.throttle import AIMDParams
 from mailqueue.testing.smtpd import ReceivedMessage, SMTPTestServer
-from mailqueue.throttle import AIMDParams
 
 pytestmark = pytest.mark.redis
 
@@ -40,7 +40,7 @@ def most_in_window(times: list[float], width: float) -> int:
 
 @pytest.mark.slow
 async def test_two_limiters_share_one_rate_and_one_throttle(redis_url: str) -> None:
-    from mailqueue.backends.redislimits import RedisRateLimiter
+    from mailqueue.sending.redis_limits import RedisRateLimiter
 
     name = f"test-{secrets.token_hex(4)}"
     params = AIMDParams(decrease=0.5, floor=0.2, increase=0.5, increase_after=1, pause=0.3)
@@ -75,7 +75,7 @@ async def test_two_limiters_share_one_rate_and_one_throttle(redis_url: str) -> N
 
 
 async def test_redis_down_fails_closed() -> None:
-    from mailqueue.backends.redislimits import RedisRateLimiter
+    from mailqueue.sending.redis_limits import RedisRateLimiter
 
     before = REGISTRY.get_sample_value("mailqueue_rate_store_errors_total") or 0.0
     limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", "test-down", parse_rate("5/s"))
@@ -163,11 +163,11 @@ async def test_two_worker_processes_stay_under_the_shared_rate(mysql_url: str, r
 
 @pytest.mark.slow
 async def test_mail_waits_while_redis_is_down_and_goes_once_it_is_back(tmp_path: Path) -> None:
-    from mailqueue.backends.accounts import Account, AccountsSender
-    from mailqueue.backends.redislimits import RedisRateLimiter
     from mailqueue.backends.smtp import SMTPSender
     from mailqueue.protocols import OutgoingMessage
-    from mailqueue.throttle import CircuitBreaker
+    from mailqueue.sending.accounts import Account, AccountsSender
+    from mailqueue.sending.redis_limits import RedisRateLimiter
+    from mailqueue.sending.throttle import CircuitBreaker
 
     if shutil.which("redis-server") is None:
         service_missing("the redis-server binary")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailqueue.errors import ConfigurationError
-from mailqueue.limits import RateLimiter, RateWindow, parse_rate
+from mailqueue.sending.limits import RateLimiter, RateWindow, parse_rate
 
 
 def test_parse_several_windows() -> None:

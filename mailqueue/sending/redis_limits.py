@@ -1,7 +1,7 @@
 """Rate limits and throttle state shared by every worker of a deployment, in Redis.
 
 One account's ``20/s;1000/h;500/d`` must hold for all worker processes on
-all machines together, so the sliding logs of :mod:`mailqueue.limits` live in
+all machines together, so the sliding logs of :mod:`mailqueue.sending.limits` live in
 Redis: one sorted set per window (``mq:rl:{account}:{i}``), scored by the send
 time in milliseconds. A Lua script, run atomically by Redis, drops the entries
 older than the window, and either records the send in every window or returns
@@ -28,8 +28,8 @@ import uuid
 from prometheus_client import Counter
 
 from mailqueue.errors import ConfigurationError, MissingDependencyError
-from mailqueue.limits import RATE_LIMIT_WAIT, RateWindow, scaled_limit
-from mailqueue.throttle import ACCOUNT_PAUSED_SECONDS, ACCOUNT_RATE, AIMDParams
+from mailqueue.sending.limits import RATE_LIMIT_WAIT, RateWindow, scaled_limit
+from mailqueue.sending.throttle import ACCOUNT_PAUSED_SECONDS, ACCOUNT_RATE, AIMDParams
 
 try:
     import redis.asyncio as aioredis

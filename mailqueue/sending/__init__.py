@@ -1,0 +1,12 @@
+"""The sending policy: the path from a rendered message to the wire.
+
+Senders that wrap Senders, each one concern, composed in one place:
+
+- :mod:`~mailqueue.sending.limits`: rate windows (``20/s;1000/h``), the in-process limiter;
+- :mod:`~mailqueue.sending.throttle`: reply classification, AIMD slow-down, circuit breaker;
+- :mod:`~mailqueue.sending.redis_limits`: the same limits and AIMD state shared in Redis;
+- :mod:`~mailqueue.sending.accounts`: several accounts behind one Sender, with failover.
+
+This package ``__init__`` imports nothing: :mod:`mailqueue.settings` reads
+:mod:`~mailqueue.sending.limits`, and the pipeline reads the settings.
+"""

@@ -1,0 +1,99 @@
+"""The sending chain: a step wraps a Sender, and the chain's links can be found through it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from mailqueue import Mail, MailQueue, Recipient, Status, Worker
+from mailqueue.backends.memory import MemorySender
+from mailqueue.protocols import OutgoingMessage, Sender, SendResult
+from mailqueue.sending.accounts import AccountsSender
+from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
+from mailqueue.settings import load_settings
+
+
+class Tagging(SendingStep):
+    """A step that changes the message before the wire, as DKIM signing will."""
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        return await self.inner.send(replace(message, data=b"X-Tag: 1\r\n" + message.data))
+
+
+def message() -> OutgoingMessage:
+    return OutgoingMessage("m1", b"Subject: s\r\n\r\nbody\r\n", "a@example.com", ["to@example.com"])
+
+
+async def test_a_step_hands_the_changed_message_to_inner_and_opens_and_closes_it() -> None:
+    wire = MemorySender(from_address="from@example.com")
+    step = Tagging(wire)
+    sender: Sender = step  # a step is a Sender
+    assert sender.from_address == "from@example.com"
+    async with step:
+        result = await step.send(message())
+    assert result.accepted == ["to@example.com"]
+    assert [m.data for m in wire.sent] == [b"X-Tag: 1\r\nSubject: s\r\n\r\nbody\r\n"]
+    assert list(links(step)) == [step, wire]
+
+
+def test_no_step_is_configured_yet() -> None:
+    assert STEPS == ()
+
+
+def test_find_link_sees_the_accounts_through_a_step() -> None:
+    settings = load_settings(senders=[{"url": "memory://?from=a@example.com", "name": "one"}])
+    chain = build_sender(settings)
+    accounts = find_link(Tagging(chain.sender), AccountsSender)
+    assert accounts is chain.sender
+    assert find_link(MemorySender(), AccountsSender) is None
+
+
+async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_backends() -> None:
+    settings = load_settings(
+        store="memory://",
+        queue="memory://",
+        attachments="memory://",
+        sender="memory://?from=a@example.com",
+        worker={"rate": "7/s", "concurrency": 2},
+        retention={"interval": 0},
+    )
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    assert (worker.queue, worker.store, worker.attachments) == (mq.queue, mq.store, mq.attachments)
+    assert (worker.settings, worker.retention) == (settings.worker, settings.retention)
+    assert isinstance(worker.sender, MemorySender)
+    assert [str(w) for w in worker.limiter.windows] == ["7/1s"]
+    chain = build_sender(settings)
+    again = Worker.from_settings(settings, mq, chain=chain)
+    assert (again.sender, again.limiter) == (chain.sender, chain.limiter)
+
+    async with mq, worker.sender:
+        mail_id = (
+            await mq.submit(Mail(subject="s", html="<p>x</p>", to=[Recipient(address="u@example.com")]))
+        ).id
+        run = asyncio.create_task(worker.run())
+        for _ in range(200):
+            record = await mq.status(mail_id)
+            if record is not None and record.status is Status.SENT:
+                break
+            await asyncio.sleep(0.05)
+        worker.stop()
+        await run
+    assert record is not None
+    assert record.status is Status.SENT
+    assert [list(m.recipients) for m in worker.sender.sent] == [["u@example.com"]]
+
+
+def test_the_dashboard_finds_the_accounts_in_the_chain() -> None:
+    from mailqueue.contrib.litestar_app import MailQueuePlugin
+    from mailqueue.contrib.litestar_app.ui.views import _accounts
+
+    memory = {"store": "memory://", "queue": "memory://", "attachments": "memory://"}
+    url = "memory://?from=a@example.com"
+    several = MailQueuePlugin(load_settings(**memory, senders=[{"url": url, "name": "ui-a"}]), worker=True)
+    rows, _ = _accounts(several)
+    assert rows is not None
+    assert [(r.name, r.circuit, r.rate) for r in rows] == [("ui-a", "closed", "100%")]
+    rows, note = _accounts(MailQueuePlugin(load_settings(**memory, sender=url), worker=True))
+    assert rows is None
+    assert note.startswith("One sender without per-account limits")
