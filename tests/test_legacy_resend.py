@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from proc_helpers import clean_env, eventually, mailqueue, parse
+from proc_helpers import eventually, mailqueue, parse
+from test_cli import mailqueue as run_command
 from test_migrations import KINDS, create_original_table, original_rows, run, scratch_url
 
 from mailqueue import MailRecord, Status
@@ -29,16 +29,7 @@ __all__ = ["scratch_url"]  # the fixture, used by name below
 
 async def cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``mailqueue ARGS`` run to its end (in a thread: the test's SMTP server keeps serving)."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "mailqueue", *args],
-        cwd=cwd,
-        env=clean_env(env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return await asyncio.to_thread(run_command, cwd, *args, env=env)
 
 
 @pytest.mark.parametrize("scratch_url", [KINDS[1]], indirect=True)

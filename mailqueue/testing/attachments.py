@@ -45,7 +45,7 @@ import pytest
 from mailqueue.errors import AttachmentNotFoundError, AttachmentTooLargeError
 from mailqueue.message import AttachmentRef
 from mailqueue.protocols import AttachmentStore, BackendContext, ListableAttachmentStore, StoredAttachment
-from mailqueue.testing.options import assert_unknown_option_refused
+from mailqueue.testing.options import URLOptionsCheck
 
 __all__ = ["AttachmentStoreConformance", "Inventory", "chunked", "read_all"]
 
@@ -117,7 +117,7 @@ class _ClientGone(Exception):
     """Raised by an upload stream, as when a client disconnects."""
 
 
-class AttachmentStoreConformance:
+class AttachmentStoreConformance(URLOptionsCheck):
     """The behaviour every AttachmentStore must show.
 
     Needs the fixture ``attachments`` (an opened store); ``inventory`` is
@@ -130,22 +130,10 @@ class AttachmentStoreConformance:
         """Override to list everything the backend holds; ``None`` skips those checks."""
         return None
 
-    @pytest.fixture
-    def backend_url(self) -> str | None:
-        """Default: no URL, and the URL-option test is skipped (override to run it)."""
-        return None
-
-    @pytest.fixture
-    def backend_context(self) -> BackendContext:
-        """What ``from_url`` is given with ``backend_url`` (default: nothing)."""
-        return BackendContext()
-
     async def test_unknown_url_option_is_refused_with_the_valid_names(
         self, attachments: AttachmentStore, backend_url: str | None, backend_context: BackendContext
     ) -> None:
-        if backend_url is None:
-            pytest.skip("the test class gives no backend_url")
-        assert_unknown_option_refused(type(attachments), backend_url, backend_context)
+        self.check_url_options(attachments, backend_url, backend_context)
 
     async def _round_trip(
         self, store: AttachmentStore, data: bytes, sizes: Sequence[int]

@@ -18,7 +18,7 @@ import pytest
 from mailqueue.errors import ConfigurationError
 from mailqueue.protocols import BackendContext
 
-__all__ = ["UNKNOWN_OPTION", "assert_unknown_option_refused", "valid_option_names"]
+__all__ = ["UNKNOWN_OPTION", "URLOptionsCheck", "assert_unknown_option_refused", "valid_option_names"]
 
 #: The option name no backend has.
 UNKNOWN_OPTION = "mailqueue_no_such_option"
@@ -58,3 +58,29 @@ def assert_unknown_option_refused(factory: Any, url: str, context: BackendContex
         if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", message)
     ]
     assert not missing, f"the error does not list the valid option(s) {missing}: {message!r}"
+
+
+class URLOptionsCheck:
+    """The URL-option part of a conformance suite, for the suites to inherit.
+
+    A test class gives ``backend_url`` (and ``backend_context`` where the backend
+    needs one); the suite's own test calls :meth:`check_url_options` with the
+    backend under test. Without ``backend_url`` the test is skipped.
+    """
+
+    @pytest.fixture
+    def backend_url(self) -> str | None:
+        """Default: no URL, and the URL-option test is skipped (override to run it)."""
+        return None
+
+    @pytest.fixture
+    def backend_context(self) -> BackendContext:
+        """What ``from_url`` is given with ``backend_url`` (default: nothing)."""
+        return BackendContext()
+
+    @staticmethod
+    def check_url_options(backend: object, url: str | None, context: BackendContext) -> None:
+        """:func:`assert_unknown_option_refused` for ``backend``'s class; a skip without ``url``."""
+        if url is None:
+            pytest.skip("the test class gives no backend_url")
+        assert_unknown_option_refused(type(backend), url, context)

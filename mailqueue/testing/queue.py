@@ -79,7 +79,7 @@ import pytest
 
 from mailqueue.errors import QueueError
 from mailqueue.protocols import BackendContext, Delivery, Queue
-from mailqueue.testing.options import assert_unknown_option_refused
+from mailqueue.testing.options import URLOptionsCheck
 
 __all__ = ["DeadLetters", "QueueConformance", "QueueFactory", "Reader", "aclose"]
 
@@ -171,7 +171,7 @@ async def aclose(iterator: AsyncIterator[Delivery]) -> None:
     await close()
 
 
-class QueueConformance:
+class QueueConformance(URLOptionsCheck):
     """The contract of :class:`~mailqueue.protocols.Queue`; see the module docstring."""
 
     timeout: ClassVar[float] = 10.0
@@ -187,16 +187,6 @@ class QueueConformance:
     def dead_letters(self) -> DeadLetters | None:
         """Default: dead letters cannot be inspected (override where the backend keeps them)."""
         return None
-
-    @pytest.fixture
-    def backend_url(self) -> str | None:
-        """Default: no URL, and the URL-option test is skipped (override to run it)."""
-        return None
-
-    @pytest.fixture
-    def backend_context(self) -> BackendContext:
-        """What ``from_url`` is given with ``backend_url`` (default: nothing)."""
-        return BackendContext()
 
     def reader(self, queue: Queue, prefetch: int = 1) -> Reader:
         """A :class:`Reader` on a new ``consume(prefetch=)`` iterator of ``queue``."""
@@ -400,9 +390,7 @@ class QueueConformance:
     async def test_unknown_url_option_is_refused_with_the_valid_names(
         self, queue: Queue, backend_url: str | None, backend_context: BackendContext
     ) -> None:
-        if backend_url is None:
-            pytest.skip("the test class gives no backend_url")
-        assert_unknown_option_refused(type(queue), backend_url, backend_context)
+        self.check_url_options(queue, backend_url, backend_context)
 
     # --- stopping -------------------------------------------------------------
 

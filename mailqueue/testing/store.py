@@ -64,7 +64,7 @@ from mailqueue.records import (
     Status,
     utcnow,
 )
-from mailqueue.testing.options import assert_unknown_option_refused
+from mailqueue.testing.options import URLOptionsCheck
 
 __all__ = ["StoreConformance", "assert_same_time", "make_mail", "make_record", "rich_mail"]
 
@@ -150,27 +150,15 @@ def _refused(address: str, reply: str) -> RecipientOutcome:
     return RecipientOutcome(address, RecipientState.FAILED, 550, reply)
 
 
-class StoreConformance:
+class StoreConformance(URLOptionsCheck):
     """The Store contract, one test per point. Needs an opened ``store`` fixture."""
 
     # --- add and get ---------------------------------------------------------------
 
-    @pytest.fixture
-    def backend_url(self) -> str | None:
-        """Default: no URL, and the URL-option test is skipped (override to run it)."""
-        return None
-
-    @pytest.fixture
-    def backend_context(self) -> BackendContext:
-        """What ``from_url`` is given with ``backend_url`` (default: nothing)."""
-        return BackendContext()
-
     async def test_unknown_url_option_is_refused_with_the_valid_names(
         self, store: Store, backend_url: str | None, backend_context: BackendContext
     ) -> None:
-        if backend_url is None:
-            pytest.skip("the test class gives no backend_url")
-        assert_unknown_option_refused(type(store), backend_url, backend_context)
+        self.check_url_options(store, backend_url, backend_context)
 
     async def test_add_get_round_trip(self, store: Store) -> None:
         mail = rich_mail()
