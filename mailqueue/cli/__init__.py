@@ -24,7 +24,7 @@ import click
 from mailqueue import registry
 
 # importing them registers their commands on `main`
-from mailqueue.cli import serve, status  # noqa: F401
+from mailqueue.cli import db, serve, status  # noqa: F401
 from mailqueue.cli._common import _config_option, _Duration, _run, _settings, main
 from mailqueue.cli._common import _configure_logging as _configure_logging
 from mailqueue.cli.serve import _bind as _bind
@@ -33,7 +33,7 @@ from mailqueue.cli.serve import _uvicorn_options as _uvicorn_options
 from mailqueue.cli.serve import asgi_app
 from mailqueue.cli.serve import run_worker as run_worker
 from mailqueue.client import MailQueue
-from mailqueue.errors import ConfigurationError, ValidationError
+from mailqueue.errors import ValidationError
 from mailqueue.message import Attachment, Mail, Recipient
 from mailqueue.records import Status
 
@@ -357,30 +357,6 @@ def _statuses(values: tuple[str, ...]) -> tuple[Status, ...]:
                     f"{name!r} is not a status ({known})", param_hint="--status"
                 ) from None
     return tuple(chosen)
-
-
-@main.group()
-def db() -> None:
-    """Manage the SQL store's schema."""
-
-
-@db.command()
-@_config_option
-@click.option("--revision", default="head", show_default=True)
-@click.pass_context
-def upgrade(ctx: click.Context, config: Path | None, revision: str) -> None:
-    """Create or migrate the tables (adopts an original `email` table by adding columns)."""
-    settings = _settings(ctx, config)
-    from mailqueue.sql import migrate
-
-    url = settings.store.get_secret_value()
-    try:
-        registry.create_store(url)
-    except ConfigurationError as exc:
-        raise click.UsageError(str(exc)) from None
-    _run(migrate.upgrade(url, revision))
-    current = _run(migrate.current(url))
-    click.echo(f"database is at revision {current}")
 
 
 @main.command()
