@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from brokers import RABBITMQ_HOST, Tansu, tansu_binary
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from mailqueue.sql import schema
@@ -128,6 +129,21 @@ def sql_url(request: pytest.FixtureRequest) -> str:
     """Each SQL database in turn: SQLite, MariaDB, PostgreSQL."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
+
+
+def sql_engine(url: str) -> AsyncEngine:
+    """An engine like a Store's; SQLite in WAL mode so that several connections (or processes)
+    can work at once."""
+    engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _wal(dbapi_connection: Any, record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+    return engine
 
 
 # --- brokers ------------------------------------------------------------------
