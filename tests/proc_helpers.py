@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import inspect
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -123,17 +124,37 @@ async def wait_ready(service: Process, base_url: str) -> None:
 
 
 async def eventually(
-    condition: Any, what: str, service: Process | None = None, *, within: float = WITHIN
-) -> None:
-    """Wait until the (async) ``condition()`` is true, ``within`` seconds at most."""
+    condition: Callable[[], Any],
+    what: str = "the condition",
+    service: Process | None = None,
+    *,
+    within: float = WITHIN,
+    every: float = 0.05,
+    retry: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Call ``condition()`` (sync or async) every ``every`` seconds until it returns something
+    true, and return that; after ``within`` seconds fail the test (with ``service``'s output).
+
+    An exception of a type in ``retry`` counts as "not yet"; past the deadline it is raised.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while not await condition():
-        if loop.time() > deadline:
-            if service is not None:
-                await service.fail(f"timed out waiting for {what}")
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    while True:
+        try:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+        except retry:
+            if loop.time() > deadline:
+                raise
+        else:
+            if result:
+                return result
+            if loop.time() > deadline:
+                if service is not None:
+                    await service.fail(f"timed out waiting for {what}")
+                pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def parse(data: bytes) -> EmailMessage:
