@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
-from brokers import delete_amqp_objects
+from brokers import delete_amqp_objects, read_all
 from proc_helpers import eventually
 
 from mailqueue import registry
@@ -75,15 +75,6 @@ async def admin(rabbitmq_url: str) -> AsyncIterator[Admin]:
 
     yield channel
     await connection.close()
-
-
-async def read_all(channel: AbstractChannel, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Every message in ``queue`` (left unacked: they go back when the channel closes)."""
-    found = await channel.get_queue(queue, ensure=False)
-    messages = []
-    while (message := await found.get(no_ack=False, fail=False, timeout=5)) is not None:
-        messages.append(message)
-    return messages
 
 
 class TestAMQPQueue(QueueConformance):

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import SCRATCH_KINDS
+from legacy_db import create_original_table, original_rows, run
 from proc_helpers import clean_env, eventually, mailqueue, parse
-from test_migrations import KINDS, create_original_table, original_rows, run, scratch_url
 
 from mailqueue import MailRecord, Status
 from mailqueue.sql.store import SQLStore
 from mailqueue.testing.smtpd import SMTPTestServer
-
-__all__ = ["scratch_url"]  # the fixture, used by name below
 
 
 async def cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +40,7 @@ async def cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Complete
     )
 
 
-@pytest.mark.parametrize("scratch_url", [KINDS[1]], indirect=True)
+@pytest.mark.parametrize("scratch_url", [SCRATCH_KINDS[1]], indirect=True)
 async def test_a_row_of_the_original_table_is_resent_once_with_a_message_id_of_its_own(
     scratch_url: str, tmp_path: Path
 ) -> None:
