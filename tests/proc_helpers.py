@@ -130,7 +130,7 @@ async def wait_ready(service: Process, base_url: str) -> None:
 
 async def eventually(
     condition: Callable[[], Any],
-    what: str = "the condition",
+    what: str | Callable[[], str] = "the condition",
     service: Process | None = None,
     *,
     within: float = WITHIN,
@@ -139,6 +139,8 @@ async def eventually(
 ) -> Any:
     """Call ``condition()`` (sync or async) every ``every`` seconds until it returns something
     true, and return that; after ``within`` seconds fail the test (with ``service``'s output).
+
+    ``what`` names what is awaited; a function is called at the deadline (to say what was last seen).
 
     An exception of a type in ``retry`` counts as "not yet"; past the deadline it is raised.
     """
@@ -156,9 +158,10 @@ async def eventually(
             if result:
                 return result
             if loop.time() > deadline:
+                awaited = what if isinstance(what, str) else what()
                 if service is not None:
-                    await service.fail(f"timed out waiting for {what}")
-                pytest.fail(f"timed out waiting for {what}")
+                    await service.fail(f"timed out waiting for {awaited}")
+                pytest.fail(f"timed out waiting for {awaited}")
         await asyncio.sleep(every)
 
 
