@@ -16,10 +16,17 @@ import time
 from pathlib import Path
 
 import aio_pika
+from aio_pika.abc import AbstractChannel
 
 from mailqueue.backends.amqp import AMQPQueue
 
 RABBITMQ_HOST = os.environ.get("MAILQUEUE_TEST_RABBITMQ", "127.0.0.1:5672")
+
+
+#: Kafka settings for tests: idempotence off (Tansu refuses InitProducerId),
+#: topics created on first use, short group timeouts so that a killed member's
+#: partitions move within seconds.
+KAFKA_OPTIONS = "create=true&partitions=4&idempotence=false&session_timeout=6&heartbeat=1&timeout=10"
 
 
 def tansu_binary() -> Path | None:
@@ -160,3 +167,12 @@ def wait_rabbitmq(timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("RabbitMQ did not come back")
         time.sleep(0.2)
+
+
+async def read_all(channel: AbstractChannel, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message in ``queue`` (left unacked: they go back when the channel closes)."""
+    found = await channel.get_queue(queue, ensure=False)
+    messages = []
+    while (message := await found.get(no_ack=False, fail=False, timeout=5)) is not None:
+        messages.append(message)
+    return messages

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from brokers import RABBITMQ_HOST, Tansu, tansu_binary
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from mailqueue.sql import schema
@@ -128,6 +130,47 @@ def sql_url(request: pytest.FixtureRequest) -> str:
     """Each SQL database in turn: SQLite, MariaDB, PostgreSQL."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
+
+
+def sql_engine(url: str) -> AsyncEngine:
+    """An engine like a Store's; SQLite in WAL mode so that several connections (or processes)
+    can work at once."""
+    engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _wal(dbapi_connection: Any, record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+    return engine
+
+
+#: The databases ``scratch_url`` makes, for ``indirect`` parametrization.
+SCRATCH_KINDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=SCRATCH_KINDS)
+def scratch_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database; sync so that conftest's session fixtures may start here."""
+    kind = request.param
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
+        return
+    server: str = request.getfixturevalue(f"{kind}_database")
+    name = f"mq_mig_{secrets.token_hex(4)}"
+    create = f"CREATE DATABASE {name}" + (" CHARACTER SET utf8mb4" if kind == "mysql" else "")
+    asyncio.run(_admin(server, [create]))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        drop = f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if kind == "postgres" else "")
+        asyncio.run(_admin(server, [drop]))
 
 
 # --- brokers ------------------------------------------------------------------

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["FaultProxy"]
 
@@ -342,3 +343,19 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def hostport(url: str) -> tuple[str, int]:
+    """Host and port of ``url`` (both must be there)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None, url
+    assert parts.port is not None, url
+    return parts.hostname, parts.port
+
+
+def via(url: str, proxy: FaultProxy) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@{proxy.address}" if userinfo else proxy.address
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import inspect
 import os
+import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -19,6 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
+
+from mailqueue import Mail, MailQueue, Recipient
+from mailqueue.errors import QueueError
+from mailqueue.testing.smtpd import SMTPTestServer
 
 #: Generous limits for things that normally take a fraction of a second.
 WITHIN = 30.0
@@ -123,20 +129,101 @@ async def wait_ready(service: Process, base_url: str) -> None:
 
 
 async def eventually(
-    condition: Any, what: str, service: Process | None = None, *, within: float = WITHIN
-) -> None:
-    """Wait until the (async) ``condition()`` is true, ``within`` seconds at most."""
+    condition: Callable[[], Any],
+    what: str | Callable[[], str] = "the condition",
+    service: Process | None = None,
+    *,
+    within: float = WITHIN,
+    every: float = 0.05,
+    retry: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Call ``condition()`` (sync or async) every ``every`` seconds until it returns something
+    true, and return that; after ``within`` seconds fail the test (with ``service``'s output).
+
+    ``what`` names what is awaited; a function is called at the deadline (to say what was last seen).
+
+    An exception of a type in ``retry`` counts as "not yet"; past the deadline it is raised.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while not await condition():
-        if loop.time() > deadline:
-            if service is not None:
-                await service.fail(f"timed out waiting for {what}")
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    while True:
+        try:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+        except retry:
+            if loop.time() > deadline:
+                raise
+        else:
+            if result:
+                return result
+            if loop.time() > deadline:
+                awaited = what if isinstance(what, str) else what()
+                if service is not None:
+                    await service.fail(f"timed out waiting for {awaited}")
+                pytest.fail(f"timed out waiting for {awaited}")
+        await asyncio.sleep(every)
 
 
 def parse(data: bytes) -> EmailMessage:
     message = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     return message
+
+
+# --- mail through real worker processes (test_broker_processes.py, test_faults.py) ---------
+
+#: Concurrency of the workers that settings_env configures.
+CONCURRENCY = 4
+
+
+def settings_env(store: str, queue: str, server: SMTPTestServer, **extra: str) -> dict[str, str]:
+    env = {
+        "MAILQUEUE_STORE": store,
+        "MAILQUEUE_QUEUE": queue,
+        "MAILQUEUE_ATTACHMENTS": "sql://",
+        "MAILQUEUE_SENDER": server.url(from_address="noreply@example.com", timeout="5"),
+        "MAILQUEUE_WORKER__CONCURRENCY": str(CONCURRENCY),
+        "MAILQUEUE_WORKER__SHUTDOWN_TIMEOUT": "10",
+        "MAILQUEUE_WORKER__RETRY_BASE": "0.2",
+        "MAILQUEUE_WORKER__RETRY_MAX": "1",
+        # a copy re-read after a crash (Kafka cannot tell) waits this long
+        "MAILQUEUE_WORKER__SENDING_LEASE": "3",
+        "MAILQUEUE_LOG_LEVEL": "INFO",
+    }
+    env.update({f"MAILQUEUE_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+def mails(count: int, tag: str) -> list[Mail]:
+    return [
+        Mail(
+            subject=f"{tag} {n}",
+            html=f"<p>{tag} {n}</p>",
+            sender_name="Broker test",
+            to=[Recipient(address=f"{tag}{n}@example.com", name=f"User {n}")],
+        )
+        for n in range(count)
+    ]
+
+
+async def submit_until_accepted(mq: MailQueue, mail: Mail, within: float = 60) -> str:
+    """Submit as a client does while the broker comes back: a refused submit
+    (QueueError) is repeated with its idempotency key, which publishes the same
+    record rather than making a second one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            return (await mq.submit(mail, idempotency_key=mail.id)).id
+        except QueueError:
+            if loop.time() > deadline:
+                pytest.fail("publishing never worked again after the restart")
+            await asyncio.sleep(0.5)
+
+
+def worker_counts(log: str) -> dict[str, int]:
+    """The ``counts=`` a worker logs when it stops."""
+    match = re.search(r"worker stopped counts=(\{.*\})", log)
+    assert match, log[-2000:]
+    return {k: int(v) for k, v in re.findall(r"'(\w+)': (\d+)", match.group(1))}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import re
 import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -20,21 +19,27 @@ from pathlib import Path
 
 import httpx
 import pytest
-from brokers import Tansu, delete_amqp_objects, rabbitmqctl, tansu_binary, wait_rabbitmq
+from brokers import KAFKA_OPTIONS, Tansu, delete_amqp_objects, rabbitmqctl, tansu_binary, wait_rabbitmq
 from conftest import _run, service_missing
-from proc_helpers import Process, eventually, free_port, mailqueue, parse, wait_ready
+from proc_helpers import (
+    CONCURRENCY,
+    Process,
+    eventually,
+    free_port,
+    mailqueue,
+    mails,
+    parse,
+    settings_env,
+    submit_until_accepted,
+    wait_ready,
+    worker_counts,
+)
 
-from mailqueue import Mail, MailQueue, Recipient, RecordQuery, Status
+from mailqueue import MailQueue, RecordQuery, Status
 from mailqueue.errors import QueueError
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 pytestmark = pytest.mark.slow
-
-CONCURRENCY = 4
-#: Kafka settings for tests: idempotence off (Tansu refuses InitProducerId),
-#: topics created on first use, short group timeouts so that a killed member's
-#: partitions move within seconds.
-KAFKA_OPTIONS = "create=true&partitions=4&idempotence=false&session_timeout=6&heartbeat=1&timeout=10"
 
 
 @pytest.fixture(params=["amqp", "kafka"])
@@ -57,24 +62,6 @@ def queue_url(broker: str, request: pytest.FixtureRequest) -> Iterator[str]:
         yield f"kafka://{bootstrap}/{name}?group={name}&{KAFKA_OPTIONS}"
 
 
-def settings_env(store: str, queue: str, server: SMTPTestServer, **extra: str) -> dict[str, str]:
-    env = {
-        "MAILQUEUE_STORE": store,
-        "MAILQUEUE_QUEUE": queue,
-        "MAILQUEUE_ATTACHMENTS": "sql://",
-        "MAILQUEUE_SENDER": server.url(from_address="noreply@example.com", timeout="5"),
-        "MAILQUEUE_WORKER__CONCURRENCY": str(CONCURRENCY),
-        "MAILQUEUE_WORKER__SHUTDOWN_TIMEOUT": "10",
-        "MAILQUEUE_WORKER__RETRY_BASE": "0.2",
-        "MAILQUEUE_WORKER__RETRY_MAX": "1",
-        # a copy re-read after a crash (Kafka cannot tell) waits this long
-        "MAILQUEUE_WORKER__SENDING_LEASE": "3",
-        "MAILQUEUE_LOG_LEVEL": "INFO",
-    }
-    env.update({f"MAILQUEUE_{k.upper()}": v for k, v in extra.items()})
-    return env
-
-
 @contextlib.asynccontextmanager
 async def workers(
     tmp_path: Path, env: dict[str, str], count: int, label: str = "worker"
@@ -87,18 +74,6 @@ async def workers(
             for n in range(count)
         ]
         yield procs
-
-
-def mails(count: int, tag: str) -> list[Mail]:
-    return [
-        Mail(
-            subject=f"{tag} {n}",
-            html=f"<p>{tag} {n}</p>",
-            sender_name="Broker test",
-            to=[Recipient(address=f"{tag}{n}@example.com", name=f"User {n}")],
-        )
-        for n in range(count)
-    ]
 
 
 def received_ids(server: SMTPTestServer) -> collections.Counter[str]:
@@ -127,28 +102,6 @@ async def check_delivered_as_recorded(mq: MailQueue, ids: list[str], server: SMT
         assert set(copies) == {expected}, (copies, expected)
     assert len(arrived) == len(ids), "the server got mail nobody recorded"
     return sum(len(copies) - 1 for copies in arrived.values())
-
-
-async def submit_until_accepted(mq: MailQueue, mail: Mail, within: float = 60) -> str:
-    """Submit as a client does while the broker comes back: a refused submit
-    (QueueError) is repeated with its idempotency key, which publishes the same
-    record rather than making a second one."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        try:
-            return (await mq.submit(mail, idempotency_key=mail.id)).id
-        except QueueError:
-            if loop.time() > deadline:
-                pytest.fail("publishing never worked again after the restart")
-            await asyncio.sleep(0.5)
-
-
-def worker_counts(log: str) -> dict[str, int]:
-    """The ``counts=`` a worker logs when it stops."""
-    match = re.search(r"worker stopped counts=(\{.*\})", log)
-    assert match, log[-2000:]
-    return {k: int(v) for k, v in re.findall(r"'(\w+)': (\d+)", match.group(1))}
 
 
 # --- a worker killed mid-batch --------------------------------------------------

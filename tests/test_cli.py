@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from proc_helpers import clean_env, run_program
+from proc_helpers import clean_env, eventually, run_program
 
 from mailqueue import registry
 from mailqueue.cli import _uvicorn_options, main
@@ -305,16 +305,18 @@ async def async_worker(cwd: Path, env: Mapping[str, str]) -> AsyncIterator[async
 
 
 async def wait_status(store: Store, mail_id: str, status: Status, log: Path) -> MailRecord:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WITHIN
-    while True:
-        record = await store.get(mail_id)
-        if record is not None and record.status is status:
-            return record
-        if loop.time() > deadline:
-            output = await asyncio.to_thread(log.read_text)
-            pytest.fail(f"mail {mail_id} is {record and record.status}, not {status}\n{output}")
-        await asyncio.sleep(0.05)
+    seen: list[MailRecord | None] = [None]
+
+    async def reached() -> MailRecord | None:
+        seen[0] = record = await store.get(mail_id)
+        return record if record is not None and record.status is status else None
+
+    def what() -> str:
+        record = seen[0]
+        return f"mail {mail_id} to be {status}; it is {record and record.status}\n{log.read_text()}"
+
+    found: MailRecord = await eventually(reached, what, within=WITHIN)
+    return found
 
 
 async def test_resend_selects_and_requeues_a_failed_mail(in_tmp: Path) -> None:

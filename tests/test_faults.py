@@ -21,24 +21,27 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import httpx
 import pytest
-from brokers import Tansu, delete_amqp_objects, rabbitmqctl, tansu_binary
+from brokers import KAFKA_OPTIONS, Tansu, delete_amqp_objects, rabbitmqctl, tansu_binary
 from conftest import _run, service_missing
-from faultproxy import FaultProxy
-from proc_helpers import Process, eventually, free_port, mailqueue, parse, wait_ready
-from prometheus_client.parser import text_string_to_metric_families
-from test_broker_processes import (
+from faultproxy import FaultProxy, hostport, via
+from proc_helpers import (
     CONCURRENCY,
-    KAFKA_OPTIONS,
+    Process,
+    eventually,
+    free_port,
+    mailqueue,
     mails,
+    parse,
     settings_env,
     submit_until_accepted,
+    wait_ready,
     worker_counts,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from mailqueue import Mail, MailQueue, RecordQuery, Status
 from mailqueue.testing.smtpd import Fault, FaultStage, SMTPTestServer
@@ -59,25 +62,10 @@ def amqp_queue_url(rabbitmq_url: str) -> Iterator[str]:
     _run(delete_amqp_objects(rabbitmq_url, name))
 
 
-def _hostport(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    assert parts.hostname is not None, url
-    assert parts.port is not None, url
-    return parts.hostname, parts.port
-
-
-def via(url: str, proxy: FaultProxy) -> str:
-    """``url`` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    userinfo, _, _ = parts.netloc.rpartition("@")
-    netloc = f"{userinfo}@{proxy.address}" if userinfo else proxy.address
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @contextlib.contextmanager
 def proxy_to(url: str) -> Iterator[FaultProxy]:
     """A fault proxy in front of the service of ``url``."""
-    _, port = _hostport(url)
+    _, port = hostport(url)
     with FaultProxy(port) as proxy:
         yield proxy
 

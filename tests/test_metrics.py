@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from conftest import service_missing
 from faultproxy import FaultProxy
 from http_helpers import serve
-from proc_helpers import free_port
+from proc_helpers import eventually, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker, WorkerSettings, load_settings
@@ -52,17 +52,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def mail(address: str, subject: str = "Hello") -> Mail:
     return Mail(subject=subject, html="<p>Hi</p>", to=[Recipient(address=address)])
-
-
-async def wait_for(check: Callable[[], Any], within: float = 10.0, what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{what} not reached within {within} s")
-        await asyncio.sleep(0.05)
 
 
 async def rename_queue_table(db: Path, old: str, new: str) -> None:
@@ -115,7 +104,7 @@ async def test_worker_metrics_health_and_recovery(tmp_path: Path, server: SMTPTe
             except httpx.TransportError:
                 return False
 
-        await wait_for(up, what="worker metrics endpoint")
+        await eventually(up, "worker metrics endpoint", within=10)
         before = await scrape()
         server.faults.append(Fault("mail", reply="451 4.3.0 try later", times=1))
         ids = [(await mq.submit(mail(f"user{i}@example.com"))).id for i in range(3)]
@@ -124,7 +113,7 @@ async def test_worker_metrics_health_and_recovery(tmp_path: Path, server: SMTPTe
             records = [await mq.status(i) for i in ids]
             return all(r is not None and r.status is Status.SENT for r in records)
 
-        await wait_for(all_sent, what="three mails sent")
+        await eventually(all_sent, "three mails sent", within=10)
         after = await scrape()
 
         def delta(name: str, **labels: str) -> float:
@@ -153,22 +142,22 @@ async def test_worker_metrics_health_and_recovery(tmp_path: Path, server: SMTPTe
         async def ready_is(code: int) -> bool:
             return (await http.get("/health/ready")).status_code == code
 
-        await wait_for(lambda: ready_is(503), what="readiness 503")
+        await eventually(lambda: ready_is(503), "readiness 503", within=10)
         assert value(await scrape(), "mailqueue_worker_ready") == 0
         await rename_queue_table(db, "mailqueue_queue_away", "mailqueue_queue")
-        await wait_for(lambda: ready_is(200), what="readiness back to 200")
+        await eventually(lambda: ready_is(200), "readiness back to 200", within=10)
 
         async def gauge_ready() -> bool:
             return value(await scrape(), "mailqueue_worker_ready") == 1
 
-        await wait_for(gauge_ready, what="mailqueue_worker_ready back to 1")
+        await eventually(gauge_ready, "mailqueue_worker_ready back to 1", within=10)
         late = await mq.submit(mail("late@example.com"))
 
         async def late_sent() -> bool:
             record = await mq.status(late.id)
             return record is not None and record.status is Status.SENT
 
-        await wait_for(late_sent, what="a mail sent after the outage")
+        await eventually(late_sent, "a mail sent after the outage", within=10)
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker
@@ -268,17 +257,13 @@ async def test_supervision_restarts_consumer_and_sweeper(server: SMTPTestServer)
             current = await store.get(record.id)
             return current is not None and current.status is Status.SENT
 
-        await wait_for(sent, what="delivery after the consumer's restart")
-        await wait_for(lambda: _true(restarts("sweeper") > sweeper_before), what="sweeper restart")
+        await eventually(sent, "delivery after the consumer's restart", within=10)
+        await eventually(lambda: restarts("sweeper") > sweeper_before, "sweeper restart", within=10)
         assert restarts("consumer") - consumer_before == 1
         assert work.ready
         work.stop()
         await asyncio.wait_for(task, 10)
     assert len(server.messages) == 1
-
-
-async def _true(condition: bool) -> bool:
-    return condition
 
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -379,20 +364,20 @@ async def test_worker_recovers_when_its_database_link_is_cut(
             record = await mq.status(mail_id)
             return record is not None and record.status is Status.SENT
 
-        await wait_for(lambda: ready_is(200), what="worker ready")
+        await eventually(lambda: ready_is(200), "worker ready", within=10)
         first = await mq.submit(mail("before@example.com"))
-        await wait_for(lambda: sent(first.id), what="mail sent before the cut")
+        await eventually(lambda: sent(first.id), "mail sent before the cut", within=10)
 
         proxy.cut()
-        await wait_for(lambda: ready_is(503), what="not ready while the database link is cut")
+        await eventually(lambda: ready_is(503), "not ready while the database link is cut", within=10)
         assert value(parse((await http.get("/metrics")).text), "mailqueue_worker_ready") == 0
         during = await mq.submit(mail("during@example.com"))  # accepted: the API side still reaches it
         await asyncio.sleep(0.5)
         assert not await sent(during.id)
 
         proxy.restore()
-        await wait_for(lambda: ready_is(200), within=20, what="ready again once the link is back")
-        await wait_for(lambda: sent(during.id), within=20, what="the mail accepted during the cut is sent")
+        await eventually(lambda: ready_is(200), "ready again once the link is back", within=20)
+        await eventually(lambda: sent(during.id), "the mail accepted during the cut is sent", within=20)
         assert value(parse((await http.get("/metrics")).text), "mailqueue_worker_ready") == 1
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -426,7 +411,7 @@ async def test_api_readiness_follows_its_database_link(tmp_path: Path, mysql_url
         async def ready() -> bool:
             return (await client.get("/health/ready")).status_code == 200
 
-        await wait_for(ready, within=20, what="the API ready again")
+        await eventually(ready, "the API ready again", within=20)
     proxy.stop()
 
 

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 import aio_pika
 import pytest
 import sqlalchemy as sa
-from brokers import delete_amqp_objects
+from brokers import delete_amqp_objects, read_all
 from conftest import _run
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
-from test_amqp import read_all
 
 from mailqueue import Mail, MailQueue, Recipient, Status, WorkerSettings
 from mailqueue.backends.amqp import KEY_HEADER, REASON_HEADER

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+from proc_helpers import eventually
 
 from mailqueue import (
     Attachment,
@@ -60,15 +61,17 @@ class Rig:
             await asyncio.wait_for(self.task, 10)
 
     async def until(self, mail_id: str, done: Callable[[MailRecord], bool], within: float = 10) -> MailRecord:
-        """Wait until the record satisfies ``done``; fail after ``timeout`` seconds."""
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
-            record = await self.mq.status(mail_id)
-            if record is not None and done(record):
-                return record
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"mail {mail_id} did not get there in time; last seen: {record}")
-            await asyncio.sleep(0.02)
+        """Wait until the record satisfies ``done``; fail after ``within`` seconds."""
+        seen: list[MailRecord | None] = [None]
+
+        async def there() -> MailRecord | None:
+            seen[0] = record = await self.mq.status(mail_id)
+            return record if record is not None and done(record) else None
+
+        found: MailRecord = await eventually(
+            there, lambda: f"mail {mail_id} to get there; last seen: {seen[0]}", within=within, every=0.02
+        )
+        return found
 
     async def final(self, mail_id: str) -> MailRecord:
         return await self.until(mail_id, lambda r: r.status.final)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from proc_helpers import eventually
 
 from mailqueue import Mail, MailQueue, Recipient, Status
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
@@ -57,15 +58,6 @@ async def submit_all(mq: MailQueue) -> list[str]:
     return ids
 
 
-async def wait_for(condition: object, within: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():  # type: ignore[operator]
-        if loop.time() > deadline:
-            pytest.fail("timed out")
-        await asyncio.sleep(0.05)
-
-
 async def statuses(mq: MailQueue, ids: list[str]) -> collections.Counter[Status]:
     return collections.Counter([(await mq.status(i)).status for i in ids])  # type: ignore[union-attr]
 
@@ -97,7 +89,7 @@ async def test_sigterm_mid_batch_loses_nothing_and_duplicates_nothing(
     async with MailQueue.from_urls(store=mysql_url, queue="sql://", attachments="sql://") as mq:
         ids = await submit_all(mq)
         proc = await start_worker(env)
-        await wait_for(lambda: len(server.messages) >= 10)
+        await eventually(lambda: len(server.messages) >= 10, "10 mails at the server", within=30)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         after_stop = await statuses(mq, ids)
@@ -117,7 +109,7 @@ async def test_sigkill_mid_batch_loses_nothing(mysql_url: str, server: SMTPTestS
     async with MailQueue.from_urls(store=mysql_url, queue="sql://", attachments="sql://") as mq:
         ids = await submit_all(mq)
         proc = await start_worker(env)
-        await wait_for(lambda: len(server.messages) >= 10)
+        await eventually(lambda: len(server.messages) >= 10, "10 mails at the server", within=30)
         proc.kill()
         assert await proc.wait() == -signal.SIGKILL
         # leased deliveries come back after the lease (2 s) and are sent by another worker

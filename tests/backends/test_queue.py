@@ -6,12 +6,12 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from conftest import sql_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailqueue.backends.memory import DeadLetter, MemoryQueue, MemorySender
 from mailqueue.errors import ConfigurationError, QueueError, TransientDeliveryError
@@ -28,20 +28,6 @@ def _key() -> str:
 
 async def _next(iterator: AsyncIterator[Delivery]) -> Delivery:
     return await anext(iterator)
-
-
-def sql_engine(url: str) -> AsyncEngine:
-    """An engine like a Store's; SQLite in WAL mode so that several connections can work at once."""
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _wal(dbapi_connection: Any, record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.close()
-
-    return engine
 
 
 async def create_tables(engine: AsyncEngine) -> None:

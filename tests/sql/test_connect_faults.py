@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy, hostport, via
 from http_helpers import serve
-from test_faults import _hostport, via
 
 from mailqueue import Mail, MailQueue, RecordQuery, RecordUpdate, Status
 from mailqueue.contrib.litestar_app import create_app
@@ -147,7 +146,7 @@ def test_a_connection_broken_while_connecting_raises_backend_errors_only(
     database: str, fault: str, request: pytest.FixtureRequest
 ) -> None:
     url: str = request.getfixturevalue(f"{database}_url")
-    _, port = _hostport(url)
+    _, port = hostport(url)
     with FaultProxy(port) as proxy:
         causes = uvloop.run(_exercise(via(url, proxy), proxy, fault, database))
     print(f"{database} {fault}: root causes of the errors raised: {dict(causes)}")
@@ -184,7 +183,7 @@ async def _post_through_faults(
 def test_the_api_answers_503_never_500_while_store_connections_break_as_they_open(
     fault: str, mysql_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, port = _hostport(mysql_url)
+    _, port = hostport(mysql_url)
     with FaultProxy(port) as proxy:
         settings = Settings(
             store=via(mysql_url, proxy),

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import secrets
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
-from brokers import delete_amqp_objects
+from brokers import delete_amqp_objects, read_all
+from proc_helpers import eventually
 
 from mailqueue import registry
 from mailqueue.backends.amqp import (
@@ -76,15 +75,6 @@ async def admin(rabbitmq_url: str) -> AsyncIterator[Admin]:
 
     yield channel
     await connection.close()
-
-
-async def read_all(channel: AbstractChannel, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Every message in ``queue`` (left unacked: they go back when the channel closes)."""
-    found = await channel.get_queue(queue, ensure=False)
-    messages = []
-    while (message := await found.get(no_ack=False, fail=False, timeout=5)) is not None:
-        messages.append(message)
-    return messages
 
 
 class TestAMQPQueue(QueueConformance):
@@ -569,16 +559,14 @@ async def broker_stopped(url: str) -> AsyncIterator[None]:
             await asyncio.sleep(0.2)
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0) -> Any:
-    """Call ``check`` until it stops raising QueueError (the queue reconnecting)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await check()
-        except QueueError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+async def publish_reconnected(queue: Queue, key: str, body: bytes) -> None:
+    """Publish, retrying while the queue reconnects (it raises QueueError until then)."""
+
+    async def published() -> bool:
+        await queue.publish(key, body)
+        return True
+
+    await eventually(published, f"{key} to be published", within=30.0, every=0.2, retry=(QueueError,))
 
 
 @pytest.mark.exclusive
@@ -600,7 +588,7 @@ async def test_restart_keeps_confirmed_messages_and_publishing_resumes(rabbitmq_
             with pytest.raises(QueueError, match="not connected"):
                 await asyncio.wait_for(anext(starting), 15)
         # Publishing works again without reopening the queue.
-        await eventually(lambda: queue.publish("after", b"after"))
+        await publish_reconnected(queue, "after", b"after")
         iterator = starting  # the consumer that failed to start starts now
         seen: list[str] = []
         while len(seen) < len(keys) + 2:
@@ -636,7 +624,7 @@ async def test_consumer_resumes_across_a_restart(rabbitmq_url: str, name: str) -
             await delivery.release()
         later_keys = [f"b{i}" for i in range(10)]
         for key in later_keys:
-            await eventually(functools.partial(queue.publish, key, b"y"))
+            await publish_reconnected(queue, key, b"y")
         got: list[str] = []
         redelivered: set[str] = set()
         expected = set(first_keys + later_keys) - set(acked)
@@ -680,7 +668,7 @@ async def test_consumer_and_publisher_recover_from_a_dropped_connection(rabbitmq
         assert await asyncio.to_thread(close_connections_named, name) == 1
         for delivery in held:  # their channel is gone: no error, no effect
             await delivery.ack()
-        await eventually(functools.partial(queue.publish, "k4", b"x"))
+        await publish_reconnected(queue, "k4", b"x")
         got: list[Delivery] = []
         while {d.key for d in got} != {"k0", "k1", "k2", "k3", "k4"}:
             delivery = await next_within(iterator, 20)

@@ -12,27 +12,27 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from proc_helpers import eventually, mailqueue, parse
-from test_cli import mailqueue as run_command
-from test_migrations import KINDS, create_original_table, original_rows, run, scratch_url
+from conftest import SCRATCH_KINDS
+from legacy_db import create_original_table, original_rows, run
+from proc_helpers import eventually, mailqueue, parse, run_program
 
 from mailqueue import MailRecord, Status
 from mailqueue.sql.store import SQLStore
 from mailqueue.testing.smtpd import SMTPTestServer
 
-__all__ = ["scratch_url"]  # the fixture, used by name below
-
 
 async def cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``mailqueue ARGS`` run to its end (in a thread: the test's SMTP server keeps serving)."""
-    return await asyncio.to_thread(run_command, cwd, *args, env=env)
+    """``mailqueue ARGS`` run to its end, without blocking the test's SMTP server."""
+    code, out, err = await run_program(sys.executable, "-m", "mailqueue", *args, cwd=cwd, env=env)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
-@pytest.mark.parametrize("scratch_url", [KINDS[1]], indirect=True)
+@pytest.mark.parametrize("scratch_url", [SCRATCH_KINDS[1]], indirect=True)
 async def test_a_row_of_the_original_table_is_resent_once_with_a_message_id_of_its_own(
     scratch_url: str, tmp_path: Path
 ) -> None:

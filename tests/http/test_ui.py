@@ -23,6 +23,7 @@ import pytest
 from conftest import service_missing
 from http_helpers import serve
 from playwright.async_api import Browser, Page, async_playwright, expect
+from proc_helpers import eventually
 
 from mailqueue import Attachment, InspectableStore, Mail, MailQueue, Recipient, Status, load_settings
 from mailqueue.contrib.litestar_app import create_app
@@ -88,15 +89,13 @@ class Dashboard:
 
     async def settled(self, *ids: str) -> None:
         """Wait until the worker is done with every one of ``ids``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WITHIN
-        while True:
-            statuses = [await self.status(i) for i in ids]
-            if all(s.final for s in statuses):
-                return
-            if loop.time() > deadline:
-                pytest.fail(f"mails not settled in time: {statuses}")
-            await asyncio.sleep(0.05)
+        statuses: list[Status] = []
+
+        async def all_final() -> bool:
+            statuses[:] = [await self.status(i) for i in ids]
+            return all(s.final for s in statuses)
+
+        await eventually(all_final, lambda: f"the mails to settle: {statuses}", within=WITHIN)
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

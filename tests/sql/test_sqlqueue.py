@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
+import conftest
 import pytest
 import sqlalchemy as sa
+from conftest import sql_engine
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
@@ -28,20 +31,6 @@ from mailqueue.sql import schema
 from mailqueue.sql.queue import SQLQueue
 
 T = schema.queue
-
-
-def sql_engine(url: str) -> AsyncEngine:
-    """An engine like a Store's; SQLite in WAL mode so that several processes can work at once."""
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _wal(dbapi_connection: Any, record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.close()
-
-    return engine
 
 
 @pytest.fixture
@@ -161,6 +150,9 @@ async def test_separate_processes_receive_each_message_once(engine: AsyncEngine)
     count = 100 if engine.dialect.name == "sqlite" else 500
     name = queue_name()
     url = engine.url.render_as_string(hide_password=False)
+    # the script imports sql_engine from the tests' conftest.py, which is not in its own folder
+    path = [str(Path(conftest.__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -169,6 +161,7 @@ async def test_separate_processes_receive_each_message_once(engine: AsyncEngine)
             name,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env=env,
         )
         for _ in range(2)
     ]

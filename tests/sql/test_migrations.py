@@ -8,9 +8,7 @@ since migrations change the schema that the shared test databases keep.
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from legacy_db import LEGACY_ROWS, ORIGINAL_COLUMNS, T0, T1, create_original_table, original_rows, run
+from sqlalchemy.engine import Connection
 
 from mailqueue.errors import StoreError
 from mailqueue.message import Recipient
@@ -31,146 +28,6 @@ from mailqueue.sql import migrations, schema
 from mailqueue.sql.migrate import current, downgrade, head_revision, upgrade
 from mailqueue.sql.store import SQLStore
 from mailqueue.testing.store import make_record
-
-#: The original service's table, verbatim from REFERENCE.md.
-ORIGINAL_DDL = """
-CREATE TABLE `email` (
-  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
-  `title` VARCHAR(255) NOT NULL DEFAULT '',        -- subject
-  `content` TEXT NOT NULL,                          -- body
-  `sender_name` VARCHAR(50) NOT NULL DEFAULT '',
-  `receiver` TEXT NOT NULL,                         -- addresses, comma separated
-  `receiver_name` TEXT NOT NULL,                    -- names, comma separated
-  `attachment` VARCHAR(1000) NOT NULL DEFAULT '',   -- attachment info
-  `remark` VARCHAR(100) NOT NULL DEFAULT '',        -- notes, e.g. missing attachments
-  `is_ok` TINYINT UNSIGNED NOT NULL DEFAULT 0,      -- 0 failed, 1 sent
-  `is_deleted` TINYINT UNSIGNED NOT NULL DEFAULT 0, -- 0 normal, 1 deleted
-  `created_at` DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
-  `updated_at` DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
-  PRIMARY KEY (`id`), KEY `idx-created_at` (`created_at`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
-
-ORIGINAL_COLUMNS = (
-    "id",
-    "title",
-    "content",
-    "sender_name",
-    "receiver",
-    "receiver_name",
-    "attachment",
-    "remark",
-    "is_ok",
-    "is_deleted",
-    "created_at",
-    "updated_at",
-)
-
-T0 = datetime(2021, 3, 4, 5, 6, 7)
-T1 = datetime(2021, 3, 5, 8, 9, 10)
-
-#: Rows as the original service wrote them, some of them not valid any more.
-LEGACY_ROWS: list[dict[str, Any]] = [
-    {
-        "title": "Willkommen",
-        "content": "<p>Hallo Anna</p>",
-        "sender_name": "Team",
-        "receiver": "anna@example.com,ben@example.com",
-        "receiver_name": "Anna,Ben",
-        "attachment": "welcome.pdf",
-        "remark": "",
-        "is_ok": 1,
-        "is_deleted": 0,
-    },
-    {
-        "title": "Rechnung",
-        "content": "<p>Rechnung</p>",
-        "sender_name": "",
-        "receiver": "carl@example.com",
-        "receiver_name": "",
-        "attachment": "",
-        "remark": "Not Found: rechnung.pdf",
-        "is_ok": 0,
-        "is_deleted": 0,
-    },
-    {
-        # empty subject, control characters, one bad address, names not matching
-        "title": "",
-        "content": "bell\x07body",
-        "sender_name": "two\nlines",
-        "receiver": "not-an-address, dora@example.com",
-        "receiver_name": "Only One",
-        "attachment": "",
-        "remark": "",
-        "is_ok": 0,
-        "is_deleted": 0,
-    },
-    {
-        # no valid recipient at all
-        "title": "Broken",
-        "content": "x",
-        "sender_name": "",
-        "receiver": "garbage",
-        "receiver_name": "",
-        "attachment": "",
-        "remark": "",
-        "is_ok": 0,
-        "is_deleted": 0,
-    },
-    {
-        "title": "Deleted",
-        "content": "gone",
-        "sender_name": "",
-        "receiver": "eve@example.com",
-        "receiver_name": "Eve",
-        "attachment": "",
-        "remark": "",
-        "is_ok": 1,
-        "is_deleted": 1,
-    },
-]
-
-KINDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
-
-async def _admin(url: str, statement: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(statement))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=KINDS)
-def scratch_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new, empty database; sync so that conftest's session fixtures may start here."""
-    kind = request.param
-    if kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
-        return
-    server: str = request.getfixturevalue(f"{kind}_database")
-    name = f"mq_mig_{secrets.token_hex(4)}"
-    create = f"CREATE DATABASE {name}" + (" CHARACTER SET utf8mb4" if kind == "mysql" else "")
-    asyncio.run(_admin(server, create))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        drop = f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if kind == "postgres" else "")
-        asyncio.run(_admin(server, drop))
-
-
-async def run(url: str, work: Any) -> Any:
-    engine = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            return await conn.run_sync(work)
-    finally:
-        await engine.dispose()
 
 
 def _default_text(value: Any) -> str:
@@ -358,22 +215,6 @@ async def test_migrate_false_refuses_an_old_schema(scratch_url: str) -> None:
 
 
 # --- adopting the original service's table ------------------------------------------------
-
-
-async def create_original_table(url: str) -> None:
-    if make_url(url).get_dialect().name in ("mysql", "mariadb"):
-        # the original's own DDL, no mailqueue revision involved
-        await run(url, lambda conn: conn.exec_driver_sql(ORIGINAL_DDL))
-    else:
-        await upgrade(url, "0001")
-    email = sa.table("email", *(sa.column(name) for name in ORIGINAL_COLUMNS[1:]))
-    rows = [{**row, "created_at": T0, "updated_at": T1} for row in LEGACY_ROWS]
-    await run(url, lambda conn: conn.execute(email.insert(), rows))
-
-
-def original_rows(conn: Connection) -> list[tuple[Any, ...]]:
-    columns = ", ".join(ORIGINAL_COLUMNS)
-    return [tuple(row) for row in conn.execute(sa.text(f"SELECT {columns} FROM email ORDER BY id"))]
 
 
 async def test_original_table_is_adopted(scratch_url: str) -> None:

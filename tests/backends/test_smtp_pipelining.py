@@ -30,7 +30,7 @@ def test_installed_aiosmtplib_is_a_tested_version() -> None:
     assert installed in tested, (
         f"aiosmtplib {installed} is not a version mailqueue/backends/_smtp_pipelining.py was "
         f"tested with ({tested}): it relies on aiosmtplib internals (see its docstring). Run "
-        "tests/test_smtp.py and this file with it, then widen TESTED_AIOSMTPLIB."
+        "tests/backends/test_smtp.py and this file with it, then widen TESTED_AIOSMTPLIB."
     )
 
 
