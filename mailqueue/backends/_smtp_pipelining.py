@@ -34,9 +34,9 @@ This reaches under aiosmtplib's public API. It relies on exactly:
 Everything else used is public: ``SMTP.supports_extension``,
 ``SMTPResponse`` and the exception classes.
 
-Tested with aiosmtplib 3.0.2, 4.0.2, 5.0.0 and 5.1.3 (``tests/test_smtp.py``
-and ``tests/test_smtp_pipelining.py`` pass with each); :data:`TESTED_AIOSMTPLIB`
-is the range they span. ``tests/test_smtp_pipelining.py`` fails with a clear
+Tested with aiosmtplib 3.0.2, 4.0.2, 5.0.0 and 5.1.3 (``tests/backends/test_smtp.py``
+and ``tests/backends/test_smtp_pipelining.py`` pass with each); :data:`TESTED_AIOSMTPLIB`
+is the range they span. ``tests/backends/test_smtp_pipelining.py`` fails with a clear
 message on a version outside it, and checks the shape of (1) and (2)
 against the in-process test server.
 """

@@ -17,7 +17,7 @@ so a request from another site has neither.
 Why not Litestar's ``CSRFConfig``/``CSRFMiddleware`` and session middleware:
 measured against litestar 2.25.0 (its ``middleware/csrf.py`` and
 ``middleware/session/`` read, and a probe app with ``CSRFMiddleware`` on a
-``/ui`` router run) and against the behaviour ``tests/test_ui_http.py``
+``/ui`` router run) and against the behaviour ``tests/http/test_ui_http.py``
 pins. Mounted on the ``/ui`` router only, the CSRF middleware leaves the
 JSON API alone, so that is not the reason; these are:
 
