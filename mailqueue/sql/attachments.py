@@ -37,13 +37,12 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailqueue.backends._base import OptionsModel, Whole, describe, parse_options
+from mailqueue.backends._base import OptionsModel, Whole, parse_options, translate_errors
 from mailqueue.errors import (
     AttachmentNotFoundError,
     AttachmentTooLargeError,
     BackendError,
     ConfigurationError,
-    MailQueueError,
 )
 from mailqueue.protocols import BackendContext, ResourceMixin, Store, StoredAttachment
 from mailqueue.sql.schema import attachment_chunks, attachments
@@ -195,12 +194,9 @@ class SQLAttachmentStore(ResourceMixin):
 
     @asynccontextmanager
     async def _translate(self, action: str) -> AsyncIterator[None]:
-        try:
+        """:func:`translate_errors` into :class:`BackendError`, usable beside ``async with`` engines."""
+        with translate_errors(BackendError, f"sql attachment store could not {action}"):
             yield
-        except MailQueueError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"sql attachment store could not {action}: {describe(exc)}") from exc
 
     async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> StoredAttachment:
         """Stream ``chunks`` into chunk rows under a new generated key.
