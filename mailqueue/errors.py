@@ -67,7 +67,10 @@ class UnknownSchemeError(ConfigurationError, LookupError):
         self.suggestion = suggestion
         hint = f"; did you mean {suggestion!r}?" if suggestion else ""
         listed = ", ".join(sorted(known)) or "none"
-        super().__init__(f"no {group} backend for scheme {scheme!r}{hint} (known: {listed})")
+        if group == "mailqueue.sending_steps":
+            super().__init__(f"no sending step named {scheme!r}{hint} (known: {listed})")
+        else:
+            super().__init__(f"no {group} backend for scheme {scheme!r}{hint} (known: {listed})")
 
 
 class MissingDependencyError(ConfigurationError, ImportError):

@@ -237,7 +237,9 @@ class SendResult:
 class Sender(Resource, Protocol):
     """Hands rendered messages to a mail server (or a folder)."""
 
-    from_address: str
+    @property
+    def from_address(self) -> str:
+        """The address messages are rendered with (From header and default envelope sender)."""
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Deliver to every recipient the server accepts and report each.

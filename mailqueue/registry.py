@@ -6,6 +6,10 @@ scheme and its value a class with ``from_url(url, *, context)``::
     [project.entry-points."mailqueue.queues"]
     redis = "mailqueue_redis:RedisQueue"
 
+A fifth group, ``mailqueue.sending_steps``, names links of the sending chain
+(:data:`mailqueue.sending.pipeline.StepFactory`: ``(inner, settings) ->
+Sender``), chosen by name in the ``sending_steps`` setting.
+
 mailqueue's own backends register the same way, in its ``pyproject.toml``.
 Only the module of the scheme asked for is imported, once.
 """
@@ -36,12 +40,19 @@ __all__ = [
     "scheme_of",
 ]
 
-Group = Literal["mailqueue.queues", "mailqueue.senders", "mailqueue.stores", "mailqueue.attachment_stores"]
+Group = Literal[
+    "mailqueue.queues",
+    "mailqueue.senders",
+    "mailqueue.stores",
+    "mailqueue.attachment_stores",
+    "mailqueue.sending_steps",
+]
 GROUPS: Final[tuple[Group, ...]] = (
     "mailqueue.queues",
     "mailqueue.senders",
     "mailqueue.stores",
     "mailqueue.attachment_stores",
+    "mailqueue.sending_steps",
 )
 
 # Which extra brings the driver a backend module failed to import.

@@ -232,6 +232,9 @@ class Settings(BaseSettings):
     """Several SMTP accounts; when given, ``sender`` is not used."""
     sender_strategy: Literal["failover", "round_robin"] = "failover"
     """``failover``: the first healthy account in order; ``round_robin``: accounts in turn."""
+    sending_steps: list[str] = []
+    """Extra links of the sending chain, by entry-point name (group ``mailqueue.sending_steps``),
+    outermost first; they wrap the built-in chain."""
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
     worker: WorkerSettings = WorkerSettings()

@@ -67,3 +67,34 @@ def test_plugins_command_names_the_distribution() -> None:
         line for line in result.output.splitlines() if line.startswith("queues") and " sql " in line
     )
     assert "(mailqueue)" in builtin
+
+
+@pytest.mark.usefixtures("demo_plugin")
+async def test_a_sending_step_from_an_entry_point_wraps_the_chain() -> None:
+    from mailqueue.backends.memory import MemorySender
+    from mailqueue.errors import ConfigurationError
+    from mailqueue.sending.pipeline import build_sender, links
+
+    settings = load_settings(
+        sender="memory://?from=a@example.com", message_id_domain="tags.example", sending_steps=["demo-tag"]
+    )
+    chain = build_sender(settings)
+    step, wire = list(links(chain.sender))
+    assert type(step).__name__ == "TagStep"
+    assert isinstance(wire, MemorySender)
+    async with chain.sender:
+        result = await chain.sender.send(
+            OutgoingMessage("m1", b"Subject: s\r\n\r\nx\r\n", "a@example.com", ["b@example.com"])
+        )
+    assert result.accepted == ["b@example.com"]
+    assert [m.data for m in wire.sent] == [b"X-Demo-Tag: tags.example\r\nSubject: s\r\n\r\nx\r\n"]
+
+    with pytest.raises(
+        ConfigurationError, match=r"no sending step named 'demo-tga'; did you mean 'demo-tag'"
+    ):
+        build_sender(load_settings(sender="memory://", sending_steps=["demo-tga"]))
+    listed = CliRunner().invoke(main, ["plugins"]).output
+    assert any(
+        line.startswith("sending_steps") and "mailqueue_plugin_demo:TagStep" in line
+        for line in listed.splitlines()
+    )

@@ -3,51 +3,61 @@
 Between the rendered message and the socket sits a chain of Senders, each
 wrapping the next and each one concern (``docs/accounts-and-limits.md``)::
 
-    [suppression] -> rate limit -> [DKIM] -> adaptive throttle -> account failover -> SMTP/outbox
+    worker: rate limit (before the claim)
+      -> [plugin steps, ``sending_steps``] -> [STEPS: suppression, DKIM]
+      -> account router (failover / round robin, circuit breakers)
+           -> per account: limit + adaptive throttle -> wire sender (SMTP/outbox)
 
-What each link is today:
+What each link is:
 
 - **rate limit**: the worker's :class:`~mailqueue.sending.limits.RateLimiter`
   (:attr:`SendingChain.limiter`). The worker takes its slot *before* it
   claims the mail, so that a mail is ``sending`` only while it really is
   being sent (``worker.sending_lease``); that is why this link is handed to
   the :class:`~mailqueue.worker.Worker` rather than wrapped around the sender.
-- **adaptive throttle** and **account failover**:
-  :class:`~mailqueue.sending.accounts.AccountsSender`, whose accounts each
-  take a slot of their own limit (in process or in Redis,
-  :mod:`~mailqueue.sending.redis_limits`) and react to throttle replies
-  (:mod:`~mailqueue.sending.throttle`) before their wire sender sends. With
-  one ``sender`` and no ``worker.rate_store`` there is no such link: the
-  wire sender is used as it is.
-- **SMTP/outbox**: the wire sender from the ``mailqueue.senders`` entry points
+- **steps** (:class:`~mailqueue.sending.step.SendingStep`): look at, change or
+  decide about a message before the wire; the built-in ones are listed in
+  :data:`STEPS` (in chain order), third-party ones come by entry point
+  (group ``mailqueue.sending_steps``, each naming a :data:`StepFactory`) and
+  are chosen by name in the ``sending_steps`` setting; they wrap the
+  built-in ones. A step returns per-recipient outcomes like any Sender (a
+  suppressed recipient is a recipient whose reply says so), so every
+  decision is recorded next to the mail. The next issues add
+  ``suppression.py`` (outermost built-in: a mail whose every recipient is
+  suppressed should not reach the wire; the worker's rate-limit slot is
+  taken before any Sender runs) and ``dkim.py`` (signs the bytes outside the
+  router, so that a failover re-sends the signed bytes).
+- **account router**: :class:`~mailqueue.sending.accounts.AccountRouter`
+  picks the account and moves a mail to the next one on an account failure
+  (connection, auth, quota, throttle), with a circuit breaker per account.
+  It reads each account's throttle state (:attr:`Account.factor`), never
+  changes it.
+- **limit + adaptive throttle**, one per account:
+  :class:`~mailqueue.sending.account_limit.AccountLimit` takes a slot of the
+  account's own limit (in process or in Redis,
+  :mod:`~mailqueue.sending.redis_limits`) and slows the account down on
+  throttle replies (:mod:`~mailqueue.sending.throttle`). It sits *inside*
+  the router because limits and throttling belong to an account: a failover
+  must not spend the failed account's slot.
+- **wire sender**: from the ``mailqueue.senders`` entry points
   (:mod:`mailqueue.backends.smtp`, :mod:`mailqueue.backends.outbox`, ...).
 
-Where a step that looks at or changes a message goes: a :class:`SendingStep`
-(a Sender with ``self.inner``) added to :data:`STEPS`, in chain order. It
-returns per-recipient outcomes like any Sender (a suppressed recipient is a
-recipient whose reply says so), so every decision is recorded next to the
-mail. The next issues add ``suppression.py`` (outermost: a mail whose every
-recipient is suppressed should not reach the wire; note that the worker's
-rate-limit slot is taken before any Sender runs) and ``dkim.py`` (signs the
-bytes just before the throttle and failover, so that a failover re-sends
-the signed bytes).
-
-Not done yet: third-party steps by entry point (group
-``mailqueue.sending_steps``, each naming a :data:`StepFactory`), selected by
-name in the settings and loaded lazily like the other groups in
-:mod:`mailqueue.registry`.
+With one ``sender`` and no ``worker.rate_store`` there is no router and no
+per-account limit: the steps wrap the wire sender, and the worker's limiter
+holds ``worker.rate``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from types import TracebackType
-from typing import NamedTuple, Self, TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 from mailqueue.errors import ConfigurationError
-from mailqueue.protocols import BackendContext, OutgoingMessage, Sender, SendResult
-from mailqueue.sending.accounts import Account, AccountLimiter, AccountsSender, LocalAccountLimiter
+from mailqueue.protocols import BackendContext, Sender
+from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter
+from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.limits import RateLimiter, parse_rate
+from mailqueue.sending.step import SendingStep
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
 from mailqueue.settings import Settings
 
@@ -56,53 +66,11 @@ __all__ = ["STEPS", "SendingChain", "SendingStep", "StepFactory", "build_sender"
 _S = TypeVar("_S")
 
 
-class SendingStep:
-    """A Sender that wraps a Sender (``inner``): it looks at, changes or decides about a
-    message, then hands it on, and returns per-recipient outcomes like any Sender.
-
-    Subclasses override :meth:`send` (and :meth:`open`/:meth:`close` if they hold
-    anything, calling these too). Opening and closing the step opens and closes
-    ``inner``; the From address is ``inner``'s.
-    """
-
-    def __init__(self, inner: Sender) -> None:
-        self.inner = inner
-
-    @property
-    def from_address(self) -> str:
-        """The address messages are rendered with: the wrapped sender's."""
-        return self.inner.from_address
-
-    async def open(self) -> None:
-        """Open ``inner``."""
-        await self.inner.open()
-
-    async def close(self) -> None:
-        """Close ``inner``."""
-        await self.inner.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def send(self, message: OutgoingMessage) -> SendResult:
-        """Hand ``message`` to ``inner`` unchanged (a step overrides this)."""
-        return await self.inner.send(message)
-
-
 #: Makes a step around ``inner`` from the settings.
 StepFactory = Callable[[Sender, Settings], Sender]
 
-#: The steps around the wire (and account) senders, outermost first. Empty today;
-#: suppression and DKIM signing go here (see the module docs).
+#: The built-in steps around the router (or the one wire sender), outermost first.
+#: Empty today; suppression and DKIM signing go here (see the module docs).
 STEPS: tuple[StepFactory, ...] = ()
 
 
@@ -124,7 +92,7 @@ def links(sender: Sender) -> Iterator[Sender]:
 
 
 def find_link(sender: Sender, kind: type[_S]) -> _S | None:
-    """The first link of the chain that is a ``kind`` (e.g. the :class:`AccountsSender`), or ``None``."""
+    """The first link of the chain that is a ``kind`` (e.g. the :class:`AccountRouter`), or ``None``."""
     for link in links(sender):
         if isinstance(link, kind):
             return link
@@ -164,13 +132,16 @@ def _wire(settings: Settings, context: BackendContext | None) -> tuple[Sender, R
     accounts = [
         Account(
             name,
-            registry.create_sender(url, context=context),
-            _limiter(settings, name, worker.rate if rate is None else rate, params),
+            AccountLimit(
+                registry.create_sender(url, context=context),
+                name,
+                _limiter(settings, name, worker.rate if rate is None else rate, params),
+            ),
             CircuitBreaker(name, failures=t.breaker_failures, cooldown=t.breaker_cooldown),
         )
         for name, url, rate in specs
     ]
-    return AccountsSender(accounts, settings.sender_strategy), RateLimiter("")
+    return AccountRouter(accounts, settings.sender_strategy), RateLimiter("")
 
 
 def build_sender(settings: Settings, *, context: BackendContext | None = None) -> SendingChain:
@@ -178,9 +149,11 @@ def build_sender(settings: Settings, *, context: BackendContext | None = None) -
 
     With one ``sender`` and no ``worker.rate_store`` the sender is exactly the
     plain wire sender and the limiter an in-process one of ``worker.rate``.
-    Otherwise an :class:`~mailqueue.sending.accounts.AccountsSender` does the
+    Otherwise an :class:`~mailqueue.sending.accounts.AccountRouter` over one
+    :class:`~mailqueue.sending.account_limit.AccountLimit` per account does the
     limiting per account (in Redis when ``rate_store`` is set) and the
-    worker's own limiter is unlimited. The :data:`STEPS` wrap the result.
+    worker's own limiter is unlimited. The :data:`STEPS` wrap the result,
+    and the ``sending_steps`` named in the settings wrap those.
 
     Raises:
         ConfigurationError: a sender URL, a rate or the accounts cannot be used.
@@ -188,4 +161,15 @@ def build_sender(settings: Settings, *, context: BackendContext | None = None) -
     sender, limiter = _wire(settings, context)
     for step in reversed(STEPS):
         sender = step(sender, settings)
+    for factory in reversed([_plugin_step(name) for name in settings.sending_steps]):
+        sender = factory(sender, settings)
     return SendingChain(sender, limiter)
+
+
+def _plugin_step(name: str) -> StepFactory:
+    from mailqueue import registry
+
+    factory = registry.load("mailqueue.sending_steps", name)
+    if not callable(factory):
+        raise ConfigurationError(f"sending step {name!r} is not callable: {factory!r}")
+    return cast(StepFactory, factory)

@@ -1,6 +1,7 @@
 """Adaptive throttling: classify the server's replies, slow an account down, open its circuit.
 
-Three pieces, used by :class:`~mailqueue.sending.accounts.AccountsSender`:
+Three pieces, used by :class:`~mailqueue.sending.account_limit.AccountLimit` (AIMD) and
+:class:`~mailqueue.sending.accounts.AccountRouter` (classification, breaker):
 
 - :func:`classify` sorts a delivery failure into an :class:`ErrorClass`:
   ``throttle`` (421, 451/450 with "rate"/"try again later"/"too many" text,

@@ -8,7 +8,7 @@ from dataclasses import replace
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker
 from mailqueue.backends.memory import MemorySender
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
-from mailqueue.sending.accounts import AccountsSender
+from mailqueue.sending.accounts import AccountRouter
 from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
 from mailqueue.settings import load_settings
 
@@ -43,9 +43,9 @@ def test_no_step_is_configured_yet() -> None:
 def test_find_link_sees_the_accounts_through_a_step() -> None:
     settings = load_settings(senders=[{"url": "memory://?from=a@example.com", "name": "one"}])
     chain = build_sender(settings)
-    accounts = find_link(Tagging(chain.sender), AccountsSender)
+    accounts = find_link(Tagging(chain.sender), AccountRouter)
     assert accounts is chain.sender
-    assert find_link(MemorySender(), AccountsSender) is None
+    assert find_link(MemorySender(), AccountRouter) is None
 
 
 async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_backends() -> None:

@@ -165,7 +165,8 @@ async def test_two_worker_processes_stay_under_the_shared_rate(mysql_url: str, r
 async def test_mail_waits_while_redis_is_down_and_goes_once_it_is_back(tmp_path: Path) -> None:
     from mailqueue.backends.smtp import SMTPSender
     from mailqueue.protocols import OutgoingMessage
-    from mailqueue.sending.accounts import Account, AccountsSender
+    from mailqueue.sending.account_limit import AccountLimit
+    from mailqueue.sending.accounts import Account, AccountRouter
     from mailqueue.sending.redis_limits import RedisRateLimiter
     from mailqueue.sending.throttle import CircuitBreaker
 
@@ -175,8 +176,11 @@ async def test_mail_waits_while_redis_is_down_and_goes_once_it_is_back(tmp_path:
     async with SMTPTestServer() as server:
         account = Account(
             "test-outage",
-            SMTPSender.from_url(server.url(from_address="a@example.com")),
-            RedisRateLimiter(f"redis://127.0.0.1:{port}/0", "test-outage", parse_rate("5/s")),
+            AccountLimit(
+                SMTPSender.from_url(server.url(from_address="a@example.com")),
+                "test-outage",
+                RedisRateLimiter(f"redis://127.0.0.1:{port}/0", "test-outage", parse_rate("5/s")),
+            ),
             CircuitBreaker("test-outage"),
         )
         message = OutgoingMessage(
@@ -185,7 +189,7 @@ async def test_mail_waits_while_redis_is_down_and_goes_once_it_is_back(tmp_path:
             envelope_from="a@example.com",
             recipients=["u@x.org"],
         )
-        async with AccountsSender([account]) as sender:
+        async with AccountRouter([account]) as sender:
             sending = asyncio.create_task(sender.send(message))
             await asyncio.sleep(1.0)
             assert not sending.done()  # fail closed: nothing sent without the shared count

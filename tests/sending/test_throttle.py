@@ -25,7 +25,8 @@ from mailqueue.backends.memory import MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.errors import PermanentDeliveryError, TransientDeliveryError
 from mailqueue.protocols import OutgoingMessage
-from mailqueue.sending.accounts import Account, AccountsSender, LocalAccountLimiter
+from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter
+from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.limits import parse_rate
 from mailqueue.sending.pipeline import build_sender
 from mailqueue.sending.throttle import (
@@ -111,12 +112,18 @@ def message(n: int = 0, *recipients: str) -> OutgoingMessage:
 
 
 def account(
-    name: str, url: str, rate: str = "", params: AIMDParams | None = None, failures: int = 2
+    name: str,
+    url: str,
+    rate: str = "",
+    params: AIMDParams | None = None,
+    failures: int = 2,
+    limiter: AccountLimiter | None = None,
 ) -> Account:
     return Account(
         name,
-        SMTPSender.from_url(url),
-        LocalAccountLimiter(name, parse_rate(rate), params),
+        AccountLimit(
+            SMTPSender.from_url(url), name, limiter or LocalAccountLimiter(name, parse_rate(rate), params)
+        ),
         CircuitBreaker(name, failures=failures, cooldown=60),
     )
 
@@ -139,14 +146,16 @@ async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestS
     storm = Fault("mail", reply="421 4.7.0 rate limited, try again later", disconnect=True, times=4)
     primary.faults.append(storm)
     name = f"test-storm-{secrets.token_hex(4)}"
-    storm_account = account(name, primary.url(from_address="a@example.com", timeout="2"), "20/s", params, 100)
+    url = primary.url(from_address="a@example.com", timeout="2")
+    limiter: AccountLimiter | None = None
     if state == "redis":
         if not reachable(REDIS):
             service_missing(f"Redis at {REDIS}")
         from mailqueue.sending.redis_limits import RedisRateLimiter
 
-        storm_account.limiter = RedisRateLimiter(f"redis://{REDIS}/0", name, parse_rate("20/s"), params)
-    sender = AccountsSender([storm_account])
+        limiter = RedisRateLimiter(f"redis://{REDIS}/0", name, parse_rate("20/s"), params)
+    storm_account = account(name, url, "20/s", params, 100, limiter)
+    sender = AccountRouter([storm_account])
     store, queue, attachments = MemoryStore(), MemoryQueue(), MemoryAttachmentStore()
     mq = MailQueue(store=store, queue=queue, attachments=attachments, message_id_domain="example.com")
     async with mq, sender:
@@ -197,7 +206,7 @@ async def test_throttle_storm_slows_the_account_then_recovers(primary: SMTPTestS
 @pytest.mark.slow
 async def test_try_again_in_n_seconds_is_honoured(primary: SMTPTestServer) -> None:
     primary.faults.append(Fault("mail", reply="451 4.7.1 Rate limited, try again in 1 seconds"))
-    sender = AccountsSender([account("pause", primary.url(from_address="a@example.com"))])
+    sender = AccountRouter([account("pause", primary.url(from_address="a@example.com"))])
     async with sender:
         with pytest.raises(TransientDeliveryError):
             await sender.send(message(1))
@@ -212,7 +221,7 @@ async def test_try_again_in_n_seconds_is_honoured(primary: SMTPTestServer) -> No
 
 async def test_refused_connection_fails_over_and_opens_the_breaker(backup: SMTPTestServer) -> None:
     closed = f"smtp://127.0.0.1:{free_port()}?from=a@example.com&timeout=1"
-    sender = AccountsSender(
+    sender = AccountRouter(
         [account("dead-primary", closed), account("live-backup", backup.url(from_address="b@example.com"))]
     )
     async with sender:
@@ -229,7 +238,7 @@ async def test_refused_connection_fails_over_and_opens_the_breaker(backup: SMTPT
 async def test_refused_password_fails_over() -> None:
     async with SMTPTestServer(auth=("user", "secret")) as guarded, SMTPTestServer() as spare:
         wrong = guarded.url(from_address="a@example.com").replace("smtp://", "smtp://user:wrong@")
-        sender = AccountsSender(
+        sender = AccountRouter(
             [account("bad-auth", wrong), account("spare", spare.url(from_address="a@x.org"))]
         )
         async with sender:
@@ -241,7 +250,7 @@ async def test_refused_password_fails_over() -> None:
 
 async def test_recipient_refusal_does_not_fail_over(primary: SMTPTestServer, backup: SMTPTestServer) -> None:
     primary.faults.append(Fault("rcpt", reply="550 5.1.1 no such user", address="gone@example.com"))
-    sender = AccountsSender(
+    sender = AccountRouter(
         [
             account("rcpt-primary", primary.url(from_address="a@example.com")),
             account("rcpt-backup", backup.url(from_address="a@example.com")),
@@ -260,7 +269,7 @@ async def test_recipient_refusal_does_not_fail_over(primary: SMTPTestServer, bac
 
 
 async def test_round_robin_splits_across_accounts(primary: SMTPTestServer, backup: SMTPTestServer) -> None:
-    sender = AccountsSender(
+    sender = AccountRouter(
         [
             account("rr-1", primary.url(from_address="a@example.com")),
             account("rr-2", backup.url(from_address="a@example.com")),
@@ -274,7 +283,7 @@ async def test_round_robin_splits_across_accounts(primary: SMTPTestServer, backu
 
 async def test_every_account_down_is_transient() -> None:
     closed = [f"smtp://127.0.0.1:{free_port()}?from=a@example.com&timeout=1" for _ in range(2)]
-    sender = AccountsSender([account("down-1", closed[0]), account("down-2", closed[1])])
+    sender = AccountRouter([account("down-1", closed[0]), account("down-2", closed[1])])
     async with sender:
         with pytest.raises(TransientDeliveryError):
             await sender.send(message(1))
@@ -291,9 +300,16 @@ async def test_build_sender_keeps_the_single_sender_as_it_was(primary: SMTPTestS
             sender_strategy="round_robin",
         )
     )
-    assert isinstance(several, AccountsSender)
+    assert isinstance(several, AccountRouter)
     assert unlimited.unlimited
     assert [a.name for a in several.accounts] == ["one", "account2"]
+    # each account: its own limit and throttle around its own wire sender
+    first = several.accounts[0].sender
+    assert isinstance(first, AccountLimit)
+    assert isinstance(first.inner, SMTPSender)
+    assert isinstance(first.limiter, LocalAccountLimiter)
+    assert [str(w) for w in first.limiter.windows] == ["3/1s"]
+    assert several.accounts[0].factor == 1.0
     async with several:
         results = await asyncio.gather(*(several.send(message(n)) for n in range(2)))
     assert all(r.accepted for r in results)
@@ -308,7 +324,49 @@ def test_serve_mode_worker_uses_the_accounts(primary: SMTPTestServer) -> None:
         load_settings(**memory, senders=[{"url": url, "name": "serve-a"}, {"url": url, "name": "serve-b"}]),
         worker=True,
     )
-    assert isinstance(plugin.sender, AccountsSender)
+    assert isinstance(plugin.sender, AccountRouter)
     assert [a.name for a in plugin.sender.accounts] == ["serve-a", "serve-b"]
     plain = MailQueuePlugin(load_settings(**memory, sender=url), worker=True)
     assert isinstance(plain.sender, SMTPSender)
+
+
+async def test_account_limit_is_a_link_that_slows_its_account_and_passes_the_outcome_on(
+    primary: SMTPTestServer,
+) -> None:
+    params = AIMDParams(decrease=0.5, floor=0.1, pause=0.01)
+    limit = AccountLimit(
+        SMTPSender.from_url(primary.url(from_address="a@example.com")),
+        "link-a",
+        LocalAccountLimiter("link-a", parse_rate("10/s"), params),
+    )
+    primary.faults.append(Fault("rcpt", reply="450 4.7.1 too many recipients, slow down", address="t@x.org"))
+    async with limit:
+        result = await limit.send(message(1, "t@x.org", "ok@x.org"))  # a throttle reply to one recipient
+        assert result.replies["t@x.org"].code == 450  # the outcome is passed on unchanged
+        assert result.accepted == ["ok@x.org"]
+        assert limit.factor == 0.5
+        primary.faults.append(Fault("mail", reply="451 4.7.1 rate limited"))
+        with pytest.raises(TransientDeliveryError):  # a throttle failure is raised unchanged
+            await limit.send(message(2))
+        assert limit.factor == 0.25
+        primary.faults.append(Fault("data", reply="554 5.7.1 content rejected"))
+        with pytest.raises(PermanentDeliveryError):  # not a throttle reply: the pace stays
+            await limit.send(message(3))
+        assert limit.factor == 0.25
+    assert sample("mailqueue_account_throttled_total", "link-a") == 2
+    account_a = Account("link-a", limit, CircuitBreaker("link-a"))
+    assert account_a.factor == 0.25  # what the router and the dashboard read
+
+
+async def test_a_single_account_does_not_promise_a_next_one(
+    primary: SMTPTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary.faults.append(Fault("mail", reply="451 4.7.1 rate limited"))
+    sender = AccountRouter([account("only-one", primary.url(from_address="a@example.com"))])
+    async with sender:
+        with caplog.at_level("WARNING", logger="mailqueue.accounts"), pytest.raises(TransientDeliveryError):
+            await sender.send(message(1))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "mailqueue.accounts"]
+    assert "only-one failed" in line
+    assert line.endswith("no other account to try")
+    assert "trying the next one" not in line

@@ -300,7 +300,7 @@ class AccountView:
 
 
 def _accounts(plugin: MailQueuePlugin) -> tuple[list[AccountView] | None, str]:
-    from mailqueue.sending.accounts import AccountsSender
+    from mailqueue.sending.accounts import AccountRouter
     from mailqueue.sending.pipeline import find_link
     from mailqueue.sending.throttle import CircuitState
 
@@ -309,14 +309,14 @@ def _accounts(plugin: MailQueuePlugin) -> tuple[list[AccountView] | None, str]:
             "This process runs no worker. Each worker keeps the state of its accounts and exports it "
             "on its metrics endpoint (mailqueue_account_circuit_state, mailqueue_account_rate_per_second)."
         )
-    sender = find_link(plugin.sender, AccountsSender)
+    sender = find_link(plugin.sender, AccountRouter)
     if sender is None:
         return None, "One sender without per-account limits (see senders and worker.rate_store)."
     rows = [
         AccountView(
             name=account.name,
             circuit=CircuitState(account.breaker.state).name.lower().replace("_", "-"),
-            rate=f"{account.limiter.factor:.0%}",
+            rate="-" if account.factor is None else f"{account.factor:.0%}",
         )
         for account in sender.accounts
     ]

@@ -1,0 +1,186 @@
+"""One account's rate limit and adaptive throttle: the link of the chain around its wire sender.
+
+:class:`AccountLimit` takes a slot of the account's limit before each send
+(in process, :class:`LocalAccountLimiter`, or shared by every worker through
+Redis, :class:`~mailqueue.sending.redis_limits.RedisRateLimiter`) and tells
+the limiter how the send went: a throttle reply
+(:func:`~mailqueue.sending.throttle.classify`: 421, ``4.7.x``, "rate", "try
+again in N") slows the account down and pauses it (AIMD), clean sends bring
+it back up. Limit and throttle are one link because the throttle *is* a
+change of the limit: the AIMD factor scales every window of the account, and
+in Redis both live behind one atomic script.
+
+What the link does not do: decide that the mail should go to another account
+(that is :class:`~mailqueue.sending.accounts.AccountRouter`, outside it), or
+change the outcome: whatever ``inner`` returns or raises passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from mailqueue.errors import DeliveryError, UnknownDeliveryError
+from mailqueue.protocols import OutgoingMessage, Sender, SendResult
+from mailqueue.sending.limits import RATE_LIMIT_WAIT, RateLimiter, RateWindow, scaled_limit
+from mailqueue.sending.step import SendingStep
+from mailqueue.sending.throttle import (
+    ACCOUNT_PAUSED_SECONDS,
+    ACCOUNT_RATE,
+    ACCOUNT_THROTTLED,
+    AIMDParams,
+    AIMDState,
+    ErrorClass,
+    classify,
+    classify_reply,
+    retry_after,
+)
+
+__all__ = ["AccountLimit", "AccountLimiter", "LocalAccountLimiter", "throttle_reply"]
+
+
+class AccountLimiter(Protocol):
+    """An account's rate limit with adaptive throttling."""
+
+    @property
+    def factor(self) -> float:
+        """The current fraction of the configured rate."""
+
+    async def take(self) -> str:
+        """Wait for a send slot (and any pause); return a token for :meth:`done`."""
+
+    async def done(self, token: str) -> None:
+        """The send of the slot ``token`` has ended (success or not)."""
+
+    async def throttled(self, pause: float | None) -> None:
+        """A throttle reply: slow down and pause (``None``: the default pause)."""
+
+    async def succeeded(self) -> None:
+        """A clean send."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class LocalAccountLimiter:
+    """:class:`AccountLimiter` within this process (``worker.rate_store`` empty)."""
+
+    def __init__(self, name: str, windows: tuple[RateWindow, ...], params: AIMDParams | None = None) -> None:
+        self.name = name
+        self.windows = windows
+        self._limiter = RateLimiter(windows)
+        self._aimd = AIMDState(params or AIMDParams())
+        self._publish()
+
+    @property
+    def factor(self) -> float:
+        """The current fraction of the configured rate."""
+        return self._aimd.factor
+
+    def _publish(self) -> None:
+        self._limiter.factor = self._aimd.factor
+        if self.windows:
+            shortest = min(self.windows, key=lambda w: w.period)
+            ACCOUNT_RATE.labels(self.name).set(scaled_limit(shortest, self._aimd.factor) / shortest.period)
+
+    async def acquire(self) -> float:
+        """Wait out a pause, then take a slot of every window."""
+        waited = 0.0
+        while (pause := self._aimd.pause_left()) > 0:
+            await asyncio.sleep(pause)
+            waited += pause
+        waited += await self._limiter.acquire()
+        if waited and not self.windows:
+            RATE_LIMIT_WAIT.observe(waited)
+        return waited
+
+    async def take(self) -> str:
+        """:meth:`acquire`; the in-process log counts a send when it starts."""
+        await self.acquire()
+        return ""
+
+    async def done(self, token: str) -> None:
+        """Nothing to do in process."""
+
+    async def throttled(self, pause: float | None) -> None:
+        """Decrease the factor and pause."""
+        self._aimd.throttled(pause)
+        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(self._aimd.pause_left())
+        self._publish()
+
+    async def succeeded(self) -> None:
+        """Count a clean send towards recovery."""
+        self._aimd.succeeded()
+        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(0)
+        self._publish()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def throttle_reply(result: SendResult) -> str | None:
+    """The first per-recipient reply of ``result`` that asks the account to slow down, or ``None``."""
+    for reply in result.replies.values():
+        if classify_reply(reply.code, reply.reply) is ErrorClass.THROTTLE:
+            return reply.reply
+    return None
+
+
+class AccountLimit(SendingStep):
+    """The account ``name``'s limit and throttle around its wire sender ``inner``.
+
+    Args:
+        inner: the account's wire sender.
+        name: the account name (metric label; the Redis limiter's key).
+        limiter: its rate limit and AIMD state.
+    """
+
+    def __init__(self, inner: Sender, name: str, limiter: AccountLimiter) -> None:
+        super().__init__(inner)
+        self.name = name
+        self.limiter = limiter
+
+    @property
+    def factor(self) -> float:
+        """The fraction of the configured rate the account may use now (1.0 = all of it)."""
+        return self.limiter.factor
+
+    async def close(self) -> None:
+        """Close ``inner`` and the limiter."""
+        try:
+            await self.inner.close()
+        finally:
+            await self.limiter.close()
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Take a slot, send through ``inner``, tell the limiter how it went.
+
+        Raises:
+            DeliveryError: whatever ``inner`` raises, unchanged.
+        """
+        token = await self.limiter.take()
+        try:
+            result = await self.inner.send(message)
+        except UnknownDeliveryError:
+            # lost after the final dot: says nothing about the account's pace
+            await self.limiter.done(token)
+            raise
+        except DeliveryError as exc:
+            await self.limiter.done(token)
+            if classify(exc) is ErrorClass.THROTTLE:
+                await self._throttled(exc.reply)
+            raise
+        except BaseException:
+            await self.limiter.done(token)
+            raise
+        await self.limiter.done(token)
+        reply = throttle_reply(result)
+        if reply is not None:
+            await self._throttled(reply)
+        else:
+            await self.limiter.succeeded()
+        return result
+
+    async def _throttled(self, reply: str) -> None:
+        ACCOUNT_THROTTLED.labels(self.name).inc()
+        await self.limiter.throttled(retry_after(reply))
