@@ -42,9 +42,11 @@ What each link is:
 - **wire sender**: from the ``mailqueue.senders`` entry points
   (:mod:`mailqueue.backends.smtp`, :mod:`mailqueue.backends.outbox`, ...).
 
-With one ``sender`` and no ``worker.rate_store`` there is no router and no
-per-account limit: the steps wrap the wire sender, and the worker's limiter
-holds ``worker.rate``.
+With one ``sender`` and no ``worker.rate_store`` there is no router: the
+worker's limiter holds ``worker.rate`` (taken before the claim), and an
+``AccountLimit`` named ``default`` around the wire sender slows that limiter
+down and pauses it on throttle replies
+(:class:`~mailqueue.sending.account_limit.WorkerPace`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from typing import NamedTuple, TypeVar, cast
 
 from mailqueue.errors import ConfigurationError
 from mailqueue.protocols import BackendContext, Sender
-from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter
+from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter, WorkerPace
 from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
@@ -115,11 +117,12 @@ def _wire(settings: Settings, context: BackendContext | None) -> tuple[Sender, R
     from mailqueue import registry
 
     worker = settings.worker
-    if not settings.senders and not worker.rate_store:
-        sender = registry.create_sender(settings.sender.get_secret_value(), context=context)
-        return sender, RateLimiter(worker.rate)
     t = worker.throttle
     params = AIMDParams(t.decrease, t.floor, t.increase, t.increase_after, t.pause, t.max_pause)
+    if not settings.senders and not worker.rate_store:
+        wire = registry.create_sender(settings.sender.get_secret_value(), context=context)
+        limiter = RateLimiter(worker.rate)
+        return AccountLimit(wire, "default", WorkerPace("default", limiter, params)), limiter
     configured = settings.senders or []
     specs = [
         (a.name or f"account{i + 1}", a.url.get_secret_value(), a.rate) for i, a in enumerate(configured)
@@ -147,8 +150,10 @@ def _wire(settings: Settings, context: BackendContext | None) -> tuple[Sender, R
 def build_sender(settings: Settings, *, context: BackendContext | None = None) -> SendingChain:
     """The sending chain for ``settings`` (not opened) and the worker's limiter.
 
-    With one ``sender`` and no ``worker.rate_store`` the sender is exactly the
-    plain wire sender and the limiter an in-process one of ``worker.rate``.
+    With one ``sender`` and no ``worker.rate_store`` the sender is the wire
+    sender in an :class:`~mailqueue.sending.account_limit.AccountLimit`
+    (``default``) that throttles the worker's limiter, an in-process one of
+    ``worker.rate``.
     Otherwise an :class:`~mailqueue.sending.accounts.AccountRouter` over one
     :class:`~mailqueue.sending.account_limit.AccountLimit` per account does the
     limiting per account (in Redis when ``rate_store`` is set) and the

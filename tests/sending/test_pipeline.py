@@ -8,6 +8,7 @@ from dataclasses import replace
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker
 from mailqueue.backends.memory import MemorySender
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
+from mailqueue.sending.account_limit import AccountLimit
 from mailqueue.sending.accounts import AccountRouter
 from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
 from mailqueue.settings import load_settings
@@ -61,7 +62,8 @@ async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_ba
     worker = Worker.from_settings(settings, mq)
     assert (worker.queue, worker.store, worker.attachments) == (mq.queue, mq.store, mq.attachments)
     assert (worker.settings, worker.retention) == (settings.worker, settings.retention)
-    assert isinstance(worker.sender, MemorySender)
+    assert isinstance(worker.sender, AccountLimit)
+    assert isinstance(worker.sender.inner, MemorySender)
     assert [str(w) for w in worker.limiter.windows] == ["7/1s"]
     chain = build_sender(settings)
     again = Worker.from_settings(settings, mq, chain=chain)
