@@ -83,7 +83,7 @@ async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_ba
         await run
     assert record is not None
     assert record.status is Status.SENT
-    assert [list(m.recipients) for m in worker.sender.sent] == [["u@example.com"]]
+    assert [list(m.recipients) for m in worker.sender.inner.sent] == [["u@example.com"]]
 
 
 def test_the_dashboard_finds_the_accounts_in_the_chain() -> None:
