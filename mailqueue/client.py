@@ -32,7 +32,7 @@ from mailqueue.logs import bind_mail_id
 from mailqueue.maintenance import NOT_YET_PUBLISHED, AttachmentSweep, Maintenance, publish
 from mailqueue.maintenance import PUBLISH_PENDING as PUBLISH_PENDING
 from mailqueue.maintenance import SUBMIT_GRACE as SUBMIT_GRACE
-from mailqueue.message import Attachment, AttachmentRef, Mail
+from mailqueue.message import Attachment, AttachmentRef, Mail, allow_special_domains
 from mailqueue.mime import make_message_id
 from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, InspectableStore, Queue, Store
 from mailqueue.records import (
@@ -129,6 +129,7 @@ class MailQueue:
         from mailqueue import registry
 
         settings = settings or load_settings()
+        allow_special_domains(settings.allowed_special_domains)
         store = registry.create_store(settings.store.get_secret_value())
         context = BackendContext(store=store)
         return cls(

@@ -237,6 +237,9 @@ class Settings(BaseSettings):
     outermost first; they wrap the built-in chain."""
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
+    allowed_special_domains: list[str] = []
+    """Recipient domains accepted (with their subdomains) although special-use, reserved or
+    dotless, e.g. ``[internal, test, localhost]`` for an internal relay; refused by default."""
     worker: WorkerSettings = WorkerSettings()
     """How workers consume and send (``worker`` below)."""
     retention: RetentionSettings = RetentionSettings()

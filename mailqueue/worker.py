@@ -53,7 +53,7 @@ from mailqueue.errors import (
 )
 from mailqueue.logs import mail_id_var
 from mailqueue.maintenance import Maintenance
-from mailqueue.message import AttachmentRef, Mail
+from mailqueue.message import AttachmentRef, Mail, allow_special_domains
 from mailqueue.mime import render
 from mailqueue.protocols import (
     AttachmentStore,
@@ -214,6 +214,7 @@ class Worker:
         # imported here: the accounts' metrics are registered only where a chain is built
         from mailqueue.sending.pipeline import build_sender
 
+        allow_special_domains(settings.allowed_special_domains)  # it reads back what the API took
         if chain is None:
             chain = build_sender(settings, context=BackendContext(store=mailqueue.store))
         return cls(
