@@ -140,6 +140,9 @@ class WorkerSettings(BaseModel):
     """Seconds a mail may stay ``sending`` before a worker that meets another
     copy of it presumes the sending worker dead and sends it; must exceed the
     longest SMTP transaction (connect, TLS, all commands and the data)."""
+    text_from_html: bool = True
+    """Give a mail without ``text`` a ``text/plain`` alternative generated from its HTML
+    (spam filters score HTML-only mail worse; text-only clients can read it)."""
     stale_sending: Literal["unknown", "resend", "off"] = "unknown"
     """What the sweeper does with a mail left ``sending`` for twice ``sending_lease``
     (its worker died and its delivery never came back): ``unknown`` marks it

@@ -641,7 +641,12 @@ class Worker:
             return _Outcome(status, attempt, record.recipients, remark, "")
         message = OutgoingMessage(
             mail_id=mail.id,
-            data=render(mail, from_address=self.sender.from_address, attachments=found),
+            data=render(
+                mail,
+                from_address=self.sender.from_address,
+                attachments=found,
+                text_from_html=self.settings.text_from_html,
+            ),
             envelope_from=self.sender.from_address,
             recipients=pending,
         )

@@ -34,6 +34,7 @@ from mailqueue.backends.memory import MemoryDelivery, MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.envelope import encode_envelope
 from mailqueue.errors import StoreError
+from mailqueue.mime import html_to_text
 from mailqueue.protocols import AttachmentStore, Queue, Store
 from mailqueue.records import RecordUpdate
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
@@ -176,6 +177,10 @@ async def test_delivers_with_attachments_and_records_everything(rig: Rig) -> Non
     assert parsed["From"].addresses[0].display_name == "Billing"
     parts = {p.get_filename(): p.get_content() for p in parsed.iter_attachments()}
     assert parts == {"invoice 42.pdf": pdf, "notes.txt": "hello"}
+    # the mail gave no text: a text/plain alternative was made from its HTML
+    plain = parsed.get_body(preferencelist=("plain",))
+    assert plain is not None
+    assert plain.get_content().replace("\r\n", "\n") == html_to_text(done.mail.html)
     # attachments are deleted once the mail is sent (just after it is recorded)
     for ref in done.mail.attachments:
         for _ in range(100):
