@@ -12,8 +12,10 @@ The bare schemes ``sqlite:``, ``mysql:``, ``mariadb:`` and ``postgresql:``
 choose those drivers. asyncmy comes with ``pip install 'mailqueue[mysql]'``,
 asyncpg with ``mailqueue[postgres]``.
 
-Query options read by mailqueue (every other one goes to the driver, e.g.
-``charset``):
+Query options read by mailqueue (:class:`~mailqueue.sql.url.SQLStoreOptions`;
+the driver's own, such as ``charset`` or ``read_timeout`` for asyncmy, go on to
+it: those :data:`~mailqueue.sql.url.DRIVER_OPTIONS` lists for it; any other
+option is refused, and the message lists the valid ones):
 
 ``migrate=true|false``
     ``true`` (default): :meth:`SQLStore.open` brings the schema to the
@@ -73,28 +75,22 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Self
+from typing import ClassVar, Self
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailqueue.backends._base import OptionsModel
 from mailqueue.errors import ConfigurationError, StoreError
 from mailqueue.protocols import BackendContext, ResourceMixin
 from mailqueue.records import ActivityBucket, MailRecord, RecordQuery, RecordUpdate, Status
 from mailqueue.sql import changes as _changes
 from mailqueue.sql import reads, writes
 from mailqueue.sql.database import Database
-from mailqueue.sql.engine import (
-    OPTIONS,
-    checked_url,
-    make_engine,
-    parse_url,
-    safe_url,
-    strip_options,
-    translated,
-)
+from mailqueue.sql.engine import make_engine, translated
 from mailqueue.sql.migrate import current, head_revision, known_revision, upgrade
+from mailqueue.sql.url import OPTION_NAMES, SQLStoreOptions, parse_url, safe_url, split_options
 
 __all__ = ["SQLStore"]
 
@@ -128,6 +124,9 @@ class SQLStore(ResourceMixin):
         MissingDependencyError: the URL's driver is not installed.
     """
 
+    #: mailqueue's URL options (the driver's are in :data:`~mailqueue.sql.url.DRIVER_OPTIONS`).
+    url_options: ClassVar[type[OptionsModel]] = SQLStoreOptions
+
     def __init__(
         self,
         *,
@@ -143,7 +142,7 @@ class SQLStore(ResourceMixin):
             self._url = engine.url
         else:
             raise ConfigurationError("SQLStore needs either url or engine")
-        for name in OPTIONS:
+        for name in OPTION_NAMES:
             if name in self._url.query:
                 raise ConfigurationError(
                     f"store URL option {name!r} is read by SQLStore.from_url; pass it as an argument here"
@@ -157,14 +156,16 @@ class SQLStore(ResourceMixin):
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext | None = None) -> Self:
-        """Build a store from a URL with optional ``migrate``, ``pool_size`` and ``echo`` options.
+        """Build a store from a URL with optional ``migrate``, ``pool_size`` and ``echo``
+        options (:class:`~mailqueue.sql.url.SQLStoreOptions`) and the driver's.
 
         Raises:
-            ConfigurationError: unusable URL or option value.
+            ConfigurationError: unusable URL, an unknown option (the message lists
+                the valid ones), or a bad option value (the message names the option).
             MissingDependencyError: the URL's driver is not installed.
         """
-        parsed, options = strip_options(checked_url(url))
-        return cls(url=parsed, **options)
+        parsed, options = split_options(url)
+        return cls(url=parsed, **options.model_dump())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={safe_url(self._url)!r}, migrate={self._migrate})"
