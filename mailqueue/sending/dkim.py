@@ -41,13 +41,15 @@ Keys are loaded, checked (type, size, a trial signature) and kept by
 the worker at start with a :class:`~mailqueue.errors.ConfigurationError`
 naming the file and the domain.
 
-Cost, measured with dkimpy 1.1.8 on one core: an RSA-2048 signature takes
-about 16 ms (dkimpy computes RSA in Python, CRT included), Ed25519 under 1 ms,
-and the relaxed body hash about 0.1 s per MB. Signing runs in a thread
-(:func:`asyncio.to_thread`) so that large bodies do not hold up the event
-loop, but the GIL stays held during the RSA computation: with RSA keys a
-worker process signs at most about 60 mails/s, so run more worker processes
-for more.
+Cost, measured with dkimpy 1.1.8 on the 2-core development machine: an
+RSA-2048 signature takes 16-25 ms (dkimpy computes RSA in Python), Ed25519
+under 1 ms, and the relaxed body hash about 60 ms per MB. Each signer signs
+in one thread of its own, one message at a time: the GIL stays held during
+the RSA computation and the body regexes, so more threads would sign no
+faster and would hold up the event loop longer (8 concurrent RSA sends of
+3 KB: loop delays up to 176 ms with the default thread pool, 47 ms with
+one thread; 70 mails/s either way). With RSA keys a worker process signs at
+most about 40-70 mails/s: run more worker processes for more.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import email.utils
 import logging
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -304,9 +307,17 @@ class DKIMSigner(SendingStep):
     def __init__(self, inner: Sender, keys: Sequence[DKIMKey]) -> None:
         super().__init__(inner)
         self._dkim = _dkimpy()
+        self._thread: ThreadPoolExecutor | None = None
         self.keys: dict[str, list[DKIMKey]] = {}
         for key in keys:
             self.keys.setdefault(key.domain, []).append(key)
+
+    async def close(self) -> None:
+        """Close ``inner`` and stop the signing thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False)
+        await super().close()
 
     def sign(self, data: bytes) -> bytes:
         """``data`` with a ``DKIM-Signature`` header before it for each key of its From
@@ -324,8 +335,10 @@ class DKIMSigner(SendingStep):
         return b"".join([_signature(key, data, names, self._dkim) for key in keys]) + data
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        """Sign ``message`` (in a thread) and send it through ``inner``."""
-        signed = await asyncio.to_thread(self.sign, message.data)
+        """Sign ``message`` (in the signing thread) and send it through ``inner``."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="mailqueue-dkim")
+        signed = await asyncio.get_running_loop().run_in_executor(self._thread, self.sign, message.data)
         if signed is message.data:
             logger.debug("mail id=%s not DKIM-signed: no key for its From domain", message.mail_id)
             return await self.inner.send(message)
