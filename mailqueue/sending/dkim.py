@@ -36,6 +36,11 @@ What is signed, and how:
   unsubscribe. Trace and other headers (``Received``, ``Return-Path``,
   ``X-*``) are not.
 
+A message that dkimpy cannot sign (a header it cannot parse, possible only
+for bytes changed by a third-party step) fails for good with
+:class:`~mailqueue.errors.PermanentDeliveryError`: every attempt would
+render the same bytes, and sending it unsigned is not what was asked.
+
 Keys are loaded, checked (type, size, a trial signature) and kept by
 :func:`load_key` when the chain is built, so a key that cannot be used stops
 the worker at start with a :class:`~mailqueue.errors.ConfigurationError`
@@ -66,12 +71,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from mailqueue.errors import ConfigurationError, MissingDependencyError
+from mailqueue.errors import ConfigurationError, MissingDependencyError, PermanentDeliveryError
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
 from mailqueue.sending.step import SendingStep
 from mailqueue.settings import DKIMKeySettings, Settings
 
-__all__ = ["OVERSIGNED", "SIGNED_WHEN_PRESENT", "DKIMKey", "DKIMSigner", "dkim_step", "load_key"]
+__all__ = [
+    "OVERSIGNED",
+    "SIGNED_WHEN_PRESENT",
+    "DKIMKey",
+    "DKIMSigner",
+    "dkim_step",
+    "from_domain",
+    "load_key",
+    "signed_headers",
+]
 
 logger = logging.getLogger("mailqueue.dkim")
 
@@ -335,10 +349,18 @@ class DKIMSigner(SendingStep):
         return b"".join([_signature(key, data, names, self._dkim) for key in keys]) + data
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        """Sign ``message`` (in the signing thread) and send it through ``inner``."""
+        """Sign ``message`` (in the signing thread) and send it through ``inner``.
+
+        Raises:
+            PermanentDeliveryError: dkimpy cannot sign the message (it cannot parse a
+                header); the same message would fail again, so it is not retried.
+        """
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="mailqueue-dkim")
-        signed = await asyncio.get_running_loop().run_in_executor(self._thread, self.sign, message.data)
+        try:
+            signed = await asyncio.get_running_loop().run_in_executor(self._thread, self.sign, message.data)
+        except self._dkim.DKIMException as exc:
+            raise PermanentDeliveryError(f"DKIM signing failed: {exc}") from exc
         if signed is message.data:
             logger.debug("mail id=%s not DKIM-signed: no key for its From domain", message.mail_id)
             return await self.inner.send(message)

@@ -26,7 +26,7 @@ from proc_helpers import free_port, run_program
 from mailqueue import Attachment, Mail, MailQueue, Recipient, Status, Worker
 from mailqueue.backends.memory import MemorySender
 from mailqueue.backends.smtp import SMTPSender
-from mailqueue.errors import ConfigurationError
+from mailqueue.errors import ConfigurationError, PermanentDeliveryError
 from mailqueue.protocols import OutgoingMessage
 from mailqueue.sending.accounts import AccountRouter
 from mailqueue.sending.dkim import DKIMSigner, from_domain, load_key, signed_headers
@@ -269,6 +269,16 @@ async def test_nothing_after_the_signer_changes_the_bytes(smtpd: SMTPTestServer,
     assert received.data.endswith(data)  # CRLF, leading dots: as signed
     assert received.data[: -len(data)].startswith(b"DKIM-Signature: ")
     assert verified(received.data, keys) == [True]
+
+
+async def test_a_message_that_cannot_be_signed_fails_for_good_and_reaches_no_wire(keys: Keys) -> None:
+    key = load_key(DKIMKeySettings.model_validate(keys.entry("ed25519-sha256")))
+    wire = MemorySender(from_address="a@example.com")
+    broken = b"From: a@example.com\r\nnot a header line\r\n\r\nbody\r\n"
+    async with DKIMSigner(wire, [key]) as signer:
+        with pytest.raises(PermanentDeliveryError, match="DKIM signing failed"):
+            await signer.send(OutgoingMessage("m1", broken, "a@example.com", ["b@example.org"]))
+    assert wire.sent == []
 
 
 # --- headers ----------------------------------------------------------------------------------------
