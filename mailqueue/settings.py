@@ -24,11 +24,13 @@ from pydantic_settings import (
 )
 
 from mailqueue.errors import ConfigurationError
+from mailqueue.message import check_address
 from mailqueue.sending.limits import parse_rate
 
 __all__ = [
     "APISettings",
     "AccountSettings",
+    "DKIMKeySettings",
     "RetentionSettings",
     "Settings",
     "ThrottleSettings",
@@ -86,6 +88,47 @@ class AccountSettings(BaseModel):
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         return None if value is None else _check_rate(value)
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_LABELS = rf"{_LABEL}(?:\.{_LABEL})*"
+
+
+def _check_dkim_domain(value: str) -> str:
+    # the From domain as the worker renders it: ASCII (an IDN in its xn-- form), lower case
+    try:
+        address = check_address(f"postmaster@{value.strip().rstrip('.')}")
+    except ValueError:
+        raise ValueError(f"{value!r} is not a domain that mail can be sent from") from None
+    return address.rpartition("@")[2].lower()
+
+
+class DKIMKeySettings(BaseModel):
+    """One DKIM signing key of ``dkim`` (see docs/deliverability.md): mail whose From
+    address is at ``domain`` is signed with it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domain: str = Field(max_length=253)
+    """The signing domain (``d=``); mail is signed when its From domain is exactly this one
+    (case does not matter; an international domain may be written either way)."""
+    selector: str = Field(pattern=rf"^{_HOST_LABELS}$", max_length=63)
+    """The selector (``s=``): receivers find the public key in the TXT record
+    ``<selector>._domainkey.<domain>``."""
+    key_file: Path
+    """The private key: PEM, unencrypted (``openssl genrsa``, ``openssl genpkey -algorithm
+    ed25519``), or for Ed25519 also the base64 file ``dknewkey`` writes; a relative path is taken
+    from the directory the worker starts in. Read when the worker starts: a key that cannot be
+    used stops it."""
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+    """``rsa-sha256`` (an RSA key of at least 1024 bits, 2048 recommended) or ``ed25519-sha256``
+    (RFC 8463; not every receiver checks it yet, so give the domain an RSA key too: each key
+    listed for a domain adds its own signature)."""
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return _check_dkim_domain(value)
 
 
 class WorkerSettings(BaseModel):
@@ -238,6 +281,8 @@ class Settings(BaseSettings):
     sending_steps: list[str] = []
     """Extra links of the sending chain, by entry-point name (group ``mailqueue.sending_steps``),
     outermost first; they wrap the built-in chain."""
+    dkim: list[DKIMKeySettings] = []
+    """DKIM signing keys, by From domain (see ``dkim`` below); empty: mail is not signed."""
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
     allowed_special_domains: list[str] = []
@@ -253,6 +298,16 @@ class Settings(BaseSettings):
     """Python logging level (``DEBUG``, ``INFO``, ``WARNING``, ...)."""
     log_format: Literal["kv", "json"] = "kv"
     """``kv``: one line of ``key=value`` pairs per record; ``json``: one JSON object per line."""
+
+    @field_validator("dkim")
+    @classmethod
+    def _dkim(cls, value: list[DKIMKeySettings]) -> list[DKIMKeySettings]:
+        seen = set()
+        for key in value:
+            if (key.domain, key.selector.lower()) in seen:
+                raise ValueError(f"selector {key.selector!r} of {key.domain!r} is listed twice")
+            seen.add((key.domain, key.selector.lower()))
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -209,7 +209,7 @@ class Worker:
             before :meth:`run` and close it after.
 
         Raises:
-            ConfigurationError: a sender URL, a rate or the accounts cannot be used.
+            ConfigurationError: a sender URL, a rate, the accounts or a DKIM key cannot be used.
         """
         # imported here: the accounts' metrics are registered only where a chain is built
         from mailqueue.sending.pipeline import build_sender

@@ -4,7 +4,7 @@ Between the rendered message and the socket sits a chain of Senders, each
 wrapping the next and each one concern (``docs/accounts-and-limits.md``)::
 
     worker: rate limit (before the claim)
-      -> [plugin steps, ``sending_steps``] -> [STEPS: suppression, DKIM]
+      -> [plugin steps, ``sending_steps``] -> [STEPS: (suppression), DKIM signing]
       -> account router (failover / round robin, circuit breakers)
            -> per account: limit + adaptive throttle -> wire sender (SMTP/outbox)
 
@@ -22,11 +22,14 @@ What each link is:
   are chosen by name in the ``sending_steps`` setting; they wrap the
   built-in ones. A step returns per-recipient outcomes like any Sender (a
   suppressed recipient is a recipient whose reply says so), so every
-  decision is recorded next to the mail. The next issues add
-  ``suppression.py`` (outermost built-in: a mail whose every recipient is
-  suppressed should not reach the wire; the worker's rate-limit slot is
-  taken before any Sender runs) and ``dkim.py`` (signs the bytes outside the
-  router, so that a failover re-sends the signed bytes).
+  decision is recorded next to the mail. :mod:`~mailqueue.sending.dkim`
+  (``dkim_step``) is the innermost built-in step: it signs the bytes
+  outside the router, so that a failover re-sends the signed bytes, and
+  inside every other step, so that nothing changes them after signing. A
+  step whose settings are empty returns ``inner`` itself and adds no link.
+  The next issue adds ``suppression.py`` as the outermost built-in step (a
+  mail whose every recipient is suppressed should not reach the wire nor be
+  signed; the worker's rate-limit slot is taken before any Sender runs).
 - **account router**: :class:`~mailqueue.sending.accounts.AccountRouter`
   picks the account and moves a mail to the next one on an account failure
   (connection, auth, quota, throttle), with a circuit breaker per account.
@@ -58,6 +61,7 @@ from mailqueue.errors import ConfigurationError
 from mailqueue.protocols import BackendContext, Sender
 from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter, WorkerPace
 from mailqueue.sending.accounts import Account, AccountRouter
+from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
@@ -72,8 +76,9 @@ _S = TypeVar("_S")
 StepFactory = Callable[[Sender, Settings], Sender]
 
 #: The built-in steps around the router (or the one wire sender), outermost first.
-#: Empty today; suppression and DKIM signing go here (see the module docs).
-STEPS: tuple[StepFactory, ...] = ()
+#: DKIM signing is the innermost and must stay so: a step inside it would change the
+#: signed bytes. Suppression goes first (see the module docs).
+STEPS: tuple[StepFactory, ...] = (dkim_step,)
 
 
 class SendingChain(NamedTuple):
@@ -161,7 +166,7 @@ def build_sender(settings: Settings, *, context: BackendContext | None = None) -
     and the ``sending_steps`` named in the settings wrap those.
 
     Raises:
-        ConfigurationError: a sender URL, a rate or the accounts cannot be used.
+        ConfigurationError: a sender URL, a rate, the accounts or a DKIM key cannot be used.
     """
     sender, limiter = _wire(settings, context)
     for step in reversed(STEPS):

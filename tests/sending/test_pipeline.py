@@ -10,6 +10,7 @@ from mailqueue.backends.memory import MemorySender
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
 from mailqueue.sending.account_limit import AccountLimit
 from mailqueue.sending.accounts import AccountRouter
+from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
 from mailqueue.settings import load_settings
 
@@ -37,8 +38,10 @@ async def test_a_step_hands_the_changed_message_to_inner_and_opens_and_closes_it
     assert list(links(step)) == [step, wire]
 
 
-def test_no_step_is_configured_yet() -> None:
-    assert STEPS == ()
+def test_the_built_in_steps_add_no_link_when_not_configured() -> None:
+    assert STEPS[-1] is dkim_step  # innermost: nothing may change the bytes it signed
+    settings = load_settings(sender="memory://?from=a@example.com")
+    assert isinstance(build_sender(settings).sender, MemorySender)
 
 
 def test_find_link_sees_the_accounts_through_a_step() -> None:
