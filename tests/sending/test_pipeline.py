@@ -41,7 +41,8 @@ async def test_a_step_hands_the_changed_message_to_inner_and_opens_and_closes_it
 def test_the_built_in_steps_add_no_link_when_not_configured() -> None:
     assert STEPS[-1] is dkim_step  # innermost: nothing may change the bytes it signed
     settings = load_settings(sender="memory://?from=a@example.com")
-    assert isinstance(build_sender(settings).sender, MemorySender)
+    # the single sender's limit and throttle around the wire sender, and no step
+    assert [type(link) for link in links(build_sender(settings).sender)] == [AccountLimit, MemorySender]
 
 
 def test_find_link_sees_the_accounts_through_a_step() -> None:
