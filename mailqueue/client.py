@@ -36,6 +36,7 @@ from mailqueue.message import Attachment, AttachmentRef, Mail
 from mailqueue.mime import make_message_id
 from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, InspectableStore, Queue, Store
 from mailqueue.records import (
+    RESEND_DEFAULT,
     ActivityBucket,
     MailRecord,
     RecipientOutcome,
@@ -52,8 +53,6 @@ __all__ = ["MailQueue"]
 logger = logging.getLogger("mailqueue.client")
 
 _CHUNK = 256 * 1024
-#: Statuses ``resend`` picks when none are named.
-RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
 
 
 #: Most records one group commit inserts, most marks one statement clears.
@@ -607,7 +606,7 @@ class MailQueue:
         Returns:
             The records selected (with ``dry_run``, nothing is changed).
         """
-        chosen = frozenset(statuses) if statuses is not None else (None if ids else RESEND_DEFAULT)
+        chosen = frozenset(statuses) if statuses is not None else (None if ids else frozenset(RESEND_DEFAULT))
         selected: list[MailRecord] = []
         async for record in self.select(
             ids=ids,
