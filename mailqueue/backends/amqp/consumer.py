@@ -1,4 +1,4 @@
-"""The consuming side of an AMQP queue: one channel per :meth:`AMQPQueue.consume`
+"""The consuming side of an AMQP queue: one channel per :meth:`~mailqueue.backends.amqp.AMQPQueue.consume`
 iterator with ``basic.qos(prefetch)`` and manual acks, the deliveries it hands
 out, and the messages that came back before they were due, sent on to their
 next tier (how it works: :mod:`mailqueue.backends.amqp`)."""
@@ -40,7 +40,8 @@ _REROUTE_PAUSE: Final = 1.0
 
 
 class AMQPDelivery(BaseDelivery):
-    """A message handed out by :meth:`AMQPQueue.consume`; owned until settled or its channel is gone."""
+    """A message handed out by :meth:`~mailqueue.backends.amqp.AMQPQueue.consume`;
+    owned until settled or its channel is gone."""
 
     __slots__ = ("_body", "_channel", "_consumer", "_due", "_key", "_redelivered", "_tag")
 
@@ -161,7 +162,7 @@ class AMQPDelivery(BaseDelivery):
 
 
 class AMQPConsumer:
-    """The async iterator returned by :meth:`AMQPQueue.consume`.
+    """The async iterator returned by :meth:`~mailqueue.backends.amqp.AMQPQueue.consume`.
 
     The consumer starts on the first ``__anext__`` (a failure raises
     :class:`QueueError`; the next call tries again). A cancelled ``__anext__``
@@ -169,7 +170,7 @@ class AMQPConsumer:
     from another task and ends a waiting ``__anext__``. While the broker is
     unreachable ``__anext__`` waits for the robust connection to come back.
 
-    Made by :meth:`AMQPQueue.consume`, with what it uses of the queue:
+    Made by :meth:`~mailqueue.backends.amqp.AMQPQueue.consume`, with what it uses of the queue:
 
     Args:
         prefetch: ``basic.qos`` prefetch count of its channel.

@@ -89,9 +89,9 @@ _Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class AMQPOptions(OptionsModel):
-    """The options of an ``amqp://`` or ``amqps://`` URL (see the module docstring).
+    """The options of an ``amqp://`` or ``amqps://`` URL (see :mod:`mailqueue.backends.amqp`).
 
-    mailqueue's own options become :class:`AMQPQueue`'s arguments (their values
+    mailqueue's own options become :class:`~mailqueue.backends.amqp.AMQPQueue`'s arguments (their values
     are checked there); the driver's (``heartbeat`` to ``no_verify_ssl``) stay in
     the URL handed to aio-pika.
     """

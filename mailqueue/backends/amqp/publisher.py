@@ -26,7 +26,7 @@ logger = logging.getLogger("mailqueue.backends.amqp")
 
 
 class AMQPPublisher:
-    """Publishes on the queue's publishing channel (:attr:`Link.channel`).
+    """Publishes on the queue's publishing channel (``Link.channel``).
 
     Args:
         link: the queue's connection state.

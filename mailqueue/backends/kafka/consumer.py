@@ -1,6 +1,6 @@
-"""The consuming side of a Kafka queue: one group member per :meth:`KafkaQueue.consume`
-iterator, its fetch loop, commits and rebalances, and the deliveries it hands out
-(how it works: :mod:`mailqueue.backends.kafka`)."""
+"""The consuming side of a Kafka queue: one group member per iterator of
+:meth:`~mailqueue.backends.kafka.KafkaQueue.consume`, its fetch loop, commits and
+rebalances, and the deliveries it hands out (how it works: :mod:`mailqueue.backends.kafka`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ logger = logging.getLogger("mailqueue.backends.kafka")
 
 
 class KafkaDelivery(BaseDelivery):
-    """A record handed out by :meth:`KafkaQueue.consume`; settle it once.
+    """A record handed out by :meth:`~mailqueue.backends.kafka.KafkaQueue.consume`; settle it once.
 
     Settling is a no-op once settled, after the queue was closed, or when the
     record's partition was taken away by a rebalance (the next owner reads it).
@@ -122,7 +122,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaConsumer:
-    """The async iterator returned by :meth:`KafkaQueue.consume`: one member of the group.
+    """The async iterator returned by :meth:`~mailqueue.backends.kafka.KafkaQueue.consume`:
+    one member of the group.
 
     A cancelled ``__anext__`` loses nothing and leaves the iterator usable;
     ``aclose()`` may be called from any task and ends a waiting ``__anext__``.
@@ -130,7 +131,7 @@ class KafkaConsumer:
     fetching failed (the iterator stays usable) and waits while the broker is
     unreachable.
 
-    Made by :meth:`KafkaQueue.consume`, with what it uses of the queue:
+    Made by :meth:`~mailqueue.backends.kafka.KafkaQueue.consume`, with what it uses of the queue:
 
     Args:
         prefetch: most deliveries handed out and not settled at once.
