@@ -422,6 +422,17 @@ async def test_sweep_publishes_a_mail_accepted_while_the_queue_was_down(in_tmp: 
         assert await mq.queue.depth() == 1
 
 
+def test_resend_dry_run_does_not_say_it_is_re_sending(in_tmp: Path) -> None:
+    dry = invoke(["resend", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "re-sending" not in dry.stderr
+    assert "would re-send 0 mail(s)" in dry.stderr
+    real = invoke(["resend"])
+    assert real.exit_code == 0, real.output
+    assert "re-sending" in real.stderr
+    assert "re-sent 0 mail(s)" in real.stderr
+
+
 def test_resend_with_a_bad_time_is_a_usage_error(in_tmp: Path) -> None:
     result = invoke(["resend", "--since", "yesterday"])
     assert result.exit_code == 2
