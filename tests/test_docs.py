@@ -295,7 +295,7 @@ _IDEMPOTENCY_KEY = re.compile(r"Idempotency-Key: ([^'\"\s]+)|idempotency_key=\"(
 
 
 def test_each_readme_example_has_its_own_idempotency_key() -> None:
-    """Followed in order, an example that reused an earlier key would print the earlier mail and send nothing."""
+    """Followed in order, an example reusing an earlier key would print the earlier mail and send nothing."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```(?:sh|python)\n(.*?)```", readme, re.S)
     keys = [a or b for block in blocks for a, b in _IDEMPOTENCY_KEY.findall(block)]

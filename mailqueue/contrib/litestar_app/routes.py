@@ -220,11 +220,13 @@ class _Submission:
 
 def _check_filename(field_name: str, filename: str) -> None:
     """Refuse a file name that cannot be made a safe display name (control characters);
-    anything else is sanitized when stored (path parts, quotes dropped, shortened)."""
+    anything else is sanitized when stored (path parts, quotes dropped, shortened).
+    The reason names the file unless the field already is the file name."""
     try:
         AttachmentRef(key="check", filename=filename, size=0, sha256="0" * 64)
     except ValidationError as exc:
-        raise invalid(field_name, f"file name {filename!r}: {exc.reason}") from None
+        named = field_name.endswith(".filename")
+        raise invalid(field_name, exc.reason if named else f"file name {filename!r} {exc.reason}") from None
 
 
 def _decode_text(name: str, data: bytes) -> str:
@@ -426,7 +428,11 @@ async def send_email(request: Request[Any, Any, Any]) -> Response[SendReply]:
     limits = mailqueue_plugin.settings.api
     media_type, options = request.content_type
     if media_type not in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
-        raise ApiError(415, "Unsupported Media Type: send multipart/form-data or application/json")
+        raise ApiError(
+            415,
+            "Unsupported Media Type: send multipart/form-data, application/json "
+            "or application/x-www-form-urlencoded",
+        )
     content_length = request.content_length
     if content_length is not None and content_length > limits.max_request_bytes:
         raise too_large(
