@@ -16,6 +16,7 @@ import email
 import email.policy
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import signal
@@ -51,7 +52,8 @@ FAST = {
 WITHIN = 20.0
 #: A line of mailqueue's key=value log format (mailqueue.logs).
 LOG_LINE = re.compile(
-    r'ts=\S+ level=(debug|info|warning|error|critical) logger=\S+( mail_id=\S+)? msg=("(\\.|[^"\\])*"|\S+)( exc=.*)?'
+    r"ts=\S+ level=(debug|info|warning|error|critical) logger=\S+( mail_id=\S+)?"
+    r' msg=("(\\.|[^"\\])*"|\S+)( exc=.*)?'
 )
 
 
@@ -76,7 +78,16 @@ def mailqueue(
 def invoke(args: list[str], env: Mapping[str, str] | None = None) -> Result:
     """Run the command in this process (working folder: the current one)."""
     unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MAILQUEUE_")}
-    return CliRunner().invoke(main, args, env={**unset, **(env or {})}, catch_exceptions=False)
+    # a command may install its log handler on the root logger, writing to the runner's stderr
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        return CliRunner().invoke(main, args, env={**unset, **(env or {})}, catch_exceptions=False)
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @contextlib.contextmanager
