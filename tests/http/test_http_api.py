@@ -1113,7 +1113,16 @@ async def test_openapi_documents_the_endpoints(embedded: Service) -> None:
     assert {"/api/email/send", "/api/email/{mail_id}", "/health/live", "/health/ready"} <= set(paths)
     send = paths["/api/email/send"]["post"]
     content = send["requestBody"]["content"]
-    assert set(content) == {"multipart/form-data", "application/json"}
+    assert set(content) == {"multipart/form-data", "application/json", "application/x-www-form-urlencoded"}
+    form = content["multipart/form-data"]["schema"]["properties"]
+    assert form["attachment[]"]["maxItems"] == embedded.settings.api.max_attachments
+    assert form["title"]["maxLength"] == 255
+    for field_name in ("title", "content", "sender_name", "receiver", "receiver_name"):
+        assert "pattern" in form[field_name], field_name
+    receiver = re.compile(form["receiver"]["pattern"])
+    assert receiver.search("ann@example.com, bob@example.org")
+    for refused in ("0", "ann", "ann@localhost", "a@x.test", "Ann <ann@example.com>", "a@b@example.com"):
+        assert not receiver.search(refused), refused
     assert set(content["application/json"]["schema"]["required"]) == {
         "title",
         "content",
