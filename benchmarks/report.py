@@ -471,7 +471,7 @@ def build(note: str) -> str:
     out.append(
         "\nBroker, database, smtp-sink, load generator and the measured process all share this machine.\n"
     )
-    out.append("\n## Targets (issue 6)\n\n" + targets(worker, api))
+    out.append("\n## Targets\n\n" + targets(worker, api))
     if LIMITS.exists():  # the hand-written analysis of what limits the figures
         out.append("\n" + LIMITS.read_text())
     out.append("\n## Worker throughput (benchmarks/worker.py)\n\n" + worker_section(worker))

@@ -138,11 +138,15 @@ def check_address(value: str) -> str:
     ASCII form (internationalized domains become punycode).
 
     Raises:
-        ValueError: the address is not a deliverable-looking mailbox.
+        ValueError: the address is not a deliverable-looking mailbox; the message
+            says ``invalid address '<value>': <why>`` (the caller names the field).
     """
-    check_header_text(value)
+    try:
+        check_header_text(value)
+    except ValueError as exc:
+        raise ValueError(f"invalid address {value!r}: {exc}") from None
     if len(value) > 254:
-        raise ValueError("address is longer than 254 characters")
+        raise ValueError("invalid address: longer than 254 characters")
     address = value.strip()
     if _plain_address(address):
         return address
@@ -405,12 +409,12 @@ def parse_recipients(receiver: str, receiver_name: str = "") -> tuple[Recipient,
             as many names as addresses when names are given).
     """
     if not receiver.strip():
-        raise ValidationError([("receiver", "receiver list is empty")])
+        raise ValidationError([("receiver", "is empty")])
     if len(receiver) > 2000:
         raise ValidationError([("receiver", "must be at most 2000 characters")])
     addresses = [part.strip() for part in receiver.split(",")]
     if any(not part for part in addresses):
-        raise ValidationError([("receiver", "receiver list has an empty entry")])
+        raise ValidationError([("receiver", "has an empty entry")])
     names = [part.strip() for part in receiver_name.split(",")] if receiver_name.strip() else []
     if names and len(names) != len(addresses):
         raise ValidationError(
@@ -429,7 +433,7 @@ def parse_recipients(receiver: str, receiver_name: str = "") -> tuple[Recipient,
         try:
             address = check_address(address)
         except ValueError as exc:
-            raise ValidationError([("receiver", f"receiver contains an invalid address: {exc}")]) from None
+            raise ValidationError([("receiver", str(exc))]) from None
         try:
             result.append(Recipient(address=address, name=name))
         except ValidationError as exc:

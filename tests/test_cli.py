@@ -15,6 +15,7 @@ import contextlib
 import email
 import email.policy
 import json
+import logging
 import os
 import re
 import signal
@@ -48,6 +49,11 @@ FAST = {
 }
 #: Generous limits for things that normally take a fraction of a second.
 WITHIN = 20.0
+#: A line of mailqueue's key=value log format (mailqueue.logs).
+LOG_LINE = re.compile(
+    r"ts=\S+ level=(debug|info|warning|error|critical) logger=\S+( mail_id=\S+)?"
+    r' msg=("(\\.|[^"\\])*"|\S+)( exc=.*)?'
+)
 
 
 # --- helpers -------------------------------------------------------------------
@@ -71,7 +77,16 @@ def mailqueue(
 def invoke(args: list[str], env: Mapping[str, str] | None = None) -> Result:
     """Run the command in this process (working folder: the current one)."""
     unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MAILQUEUE_")}
-    return CliRunner().invoke(main, args, env={**unset, **(env or {})}, catch_exceptions=False)
+    # a command may install its log handler on the root logger, writing to the runner's stderr
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        return CliRunner().invoke(main, args, env={**unset, **(env or {})}, catch_exceptions=False)
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -144,6 +159,7 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"database is at revision {migrate.head_revision()}" in upgraded.stdout
     assert (app / "mailqueue.db").is_file()
+    assert 'msg="migrating sqlite+aiosqlite:///./mailqueue.db' in upgraded.stderr
 
     sent = mailqueue(
         app,
@@ -167,6 +183,11 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
     with worker_process(app, FAST) as worker:
         wait_until(eml.exists, "the worker to write the .eml", tmp_path / "worker.log")
         stop_worker(worker, app)
+    # the migration step logs as the worker does (a deployment's logs are in one format)
+    worker_lines = (tmp_path / "worker.log").read_text().splitlines()
+    assert worker_lines
+    for line in [*upgraded.stderr.splitlines(), *worker_lines]:
+        assert LOG_LINE.fullmatch(line), line
 
     message = parse(eml.read_bytes())
     assert message["Subject"] == "Invoice 42 — €"
@@ -419,6 +440,28 @@ async def test_sweep_publishes_a_mail_accepted_while_the_queue_was_down(in_tmp: 
     assert "published 0 mail(s)" in again.stderr
     async with MailQueue.from_urls(**urls) as mq:
         assert await mq.queue.depth() == 1
+
+
+def test_db_upgrade_logs_json_when_asked(tmp_path: Path) -> None:
+    for args, env in (([], {"MAILQUEUE_LOG_FORMAT": "json"}), (["--log-format", "json"], {})):
+        folder = tmp_path / str(len(args))
+        folder.mkdir()
+        upgraded = mailqueue(folder, "db", "upgrade", *args, env=env)
+        assert upgraded.returncode == 0, upgraded.stderr
+        lines = [json.loads(line) for line in upgraded.stderr.splitlines()]
+        assert [line["logger"] for line in lines] == ["mailqueue.sql.migrate"]
+        assert set(lines[0]) == {"ts", "level", "logger", "msg"}
+
+
+def test_resend_dry_run_does_not_say_it_is_re_sending(in_tmp: Path) -> None:
+    dry = invoke(["resend", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "re-sending" not in dry.stderr
+    assert "would re-send 0 mail(s)" in dry.stderr
+    real = invoke(["resend"])
+    assert real.exit_code == 0, real.output
+    assert "re-sending" in real.stderr
+    assert "re-sent 0 mail(s)" in real.stderr
 
 
 def test_resend_with_a_bad_time_is_a_usage_error(in_tmp: Path) -> None:

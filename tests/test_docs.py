@@ -287,3 +287,55 @@ def test_every_command_line_flag_in_the_docs_exists() -> None:
         if flag not in known:
             unknown.append((page, " ".join(path), flag))
     assert unknown == []
+
+
+# --- the README's examples ------------------------------------------------------------------------
+
+_IDEMPOTENCY_KEY = re.compile(r"Idempotency-Key: ([^'\"\s]+)|idempotency_key=\"([^\"]+)\"")
+
+
+def test_each_readme_example_has_its_own_idempotency_key() -> None:
+    """Followed in order, an example reusing an earlier key would print the earlier mail and send nothing."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:sh|python)\n(.*?)```", readme, re.S)
+    keys = [a or b for block in blocks for a, b in _IDEMPOTENCY_KEY.findall(block)]
+    assert len(keys) >= 2
+    assert len(set(keys)) == len(keys), keys
+
+
+# --- the site speaks to its readers ---------------------------------------------------------------
+
+#: How the project's own work shows up in text: issue numbers, who ran what ("the lead", a helper's
+#: session, the brief). Words such as "session" or "issue" alone have legitimate uses on the pages.
+_PROJECT_INTERNAL = re.compile(
+    r"\bissues? #?\d+\b|\b(?:by|from|to|for) the lead\b|\blead engineer\b|\bfounding engineers?\b"
+    r"|\bhelper(?:'s)? sessions?\b|\bthe brief\b",
+    re.I,
+)
+
+
+def _site_sources() -> list[Path]:
+    """The site's pages: docs/ and the benchmark results (report.py copies LIMITS.md into them)."""
+    return [
+        *sorted((ROOT / "docs").rglob("*.md")),
+        ROOT / "benchmarks" / "RESULTS.md",
+        ROOT / "benchmarks" / "LIMITS.md",
+    ]
+
+
+def test_the_site_does_not_speak_of_the_projects_own_work() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {match.group()}"
+        for path in _site_sources()
+        if path.is_file()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for match in _PROJECT_INTERNAL.finditer(line)
+    ]
+    assert found == []
+
+
+def test_the_project_internal_pattern_catches_what_it_should() -> None:
+    flagged = ["## Targets (issue 6)", "final run by the lead on a machine", "see issue #12"]
+    legit = ["the session cookie", "a known issue of RabbitMQ", "the leader of the group", "lead time"]
+    assert all(_PROJECT_INTERNAL.search(text) for text in flagged)
+    assert not any(_PROJECT_INTERNAL.search(text) for text in legit)

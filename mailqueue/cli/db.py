@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mailqueue import registry
-from mailqueue.cli._common import _config_option, _run, _settings, main
+from mailqueue.cli._common import _config_option, _log_format_option, _run, _settings, main
 from mailqueue.errors import ConfigurationError
 
 
@@ -19,10 +19,13 @@ def db() -> None:
 @db.command()
 @_config_option
 @click.option("--revision", default="head", show_default=True)
+@_log_format_option
 @click.pass_context
-def upgrade(ctx: click.Context, config: Path | None, revision: str) -> None:
+def upgrade(ctx: click.Context, config: Path | None, revision: str, log_format: str | None) -> None:
     """Create or migrate the tables (adopts an original `email` table by adding columns)."""
-    settings = _settings(ctx, config)
+    # A deployment's first step, run before the API and the worker: its lines go
+    # where theirs go, so they are in the same format.
+    settings = _settings(ctx, config, log_format=log_format, structured=True)
     from mailqueue.sql import migrate
 
     url = settings.store.get_secret_value()

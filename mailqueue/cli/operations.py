@@ -71,7 +71,8 @@ def resend(
     async def go() -> int:
         async with MailQueue.from_settings(settings) as mq:
             chosen = [Status(s) for s in statuses] or None
-            with click.progressbar(length=0, label="re-sending", file=sys.stderr) as bar:
+            label = "selecting" if dry_run else "re-sending"
+            with click.progressbar(length=0, label=label, file=sys.stderr) as bar:
 
                 def tick(record: object) -> None:
                     bar.update(1)

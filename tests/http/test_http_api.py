@@ -14,6 +14,7 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -474,10 +475,75 @@ async def test_validation_rules(service: Service) -> None:
             or field_name not in body["message"]
         ):
             failures.append((case, response.status_code, body))
+        elif not _says_it_once(body):
+            failures.append((case, "repeats itself", body["message"]))
         kept = await service.kept()
         if kept != (0, 0, 0):
             failures.append((case, "kept (records, queued, attachments)", kept))
     assert not failures
+
+
+def _says_it_once(body: dict[str, Any]) -> bool:
+    """The message is the original's prefix, the field once and the reason once."""
+    field_name, reason = body["data"]["field"], body["data"]["reason"]
+    if body["message"] != f"Param is invalid: {field_name}: {reason}" and reason != "is required":
+        return False
+    mentions = re.findall(rf"(?<![\w.\[]){re.escape(field_name)}(?![\w\[])", body["message"])
+    return len(mentions) == 1
+
+
+# (fields of the form, or a JSON body, and the exact message of the 400)
+EXACT_MESSAGES: list[tuple[dict[str, Any], str]] = [
+    (
+        _with(receiver="x", receiver_name=None),
+        "Param is invalid: receiver: invalid address 'x': An email address must have an @-sign.",
+    ),
+    (
+        _with(receiver="a\r\n@example.com", receiver_name=None),
+        "Param is invalid: receiver: invalid address 'a\\r\\n@example.com': "
+        "must not contain control characters (found U+000D)",
+    ),
+    (
+        _with(receiver="a@example.com,,b@example.com", receiver_name=None),
+        "Param is invalid: receiver: has an empty entry",
+    ),
+    (
+        _with(receiver_name="Ann,Bob,Carol"),
+        "Param is invalid: receiver_name: has 3 names for 2 receivers; the counts must be equal",
+    ),
+    (_with(title="a\nb"), "Param is invalid: title: must not contain control characters (found U+000A)"),
+    (_with(sender_name="s" * 51), "Param is invalid: sender_name: must be at most 50 characters"),
+    (
+        _with(content="<p>\x00</p>"),
+        "Param is invalid: content: must not contain control characters (found U+0000)",
+    ),
+    (
+        {
+            **FIELDS,
+            "receiver": ["ann@example.com"],
+            "receiver_name": ["Ann"],
+            "attachment": [{"filename": "a\r\n.txt", "content": "aGk="}],
+        },
+        "Param is invalid: attachment[0].filename: must not contain control characters (found U+000D)",
+    ),
+    (
+        {**FIELDS, "receiver": ["ann@example.com", "0"], "receiver_name": ["Ann", "Zero"]},
+        "Param is invalid: receiver: invalid address '0': An email address must have an @-sign.",
+    ),
+]
+
+
+async def test_each_400_says_the_field_once_and_the_reason_once(embedded: Service) -> None:
+    for fields, message in EXACT_MESSAGES:
+        if isinstance(fields.get("receiver"), list):
+            response = await embedded.client.post(SEND, json=fields)
+        else:
+            response = await embedded.send(fields)
+        assert response.status_code == 400, fields
+        body = envelope(response, 400)
+        assert body["message"] == message, fields
+        assert _says_it_once(body), body
+    await embedded.assert_nothing_kept()
 
 
 async def test_duplicate_fields_are_refused(service: Service) -> None:
@@ -610,7 +676,10 @@ async def test_wrong_content_type(embedded: Service) -> None:
         response = await embedded.client.post(
             SEND, content=b"title=x", headers={"content-type": content_type}
         )
-        assert "Unsupported Media Type" in envelope(response, 415)["message"]
+        assert envelope(response, 415)["message"] == (
+            "Unsupported Media Type: send multipart/form-data, application/json "
+            "or application/x-www-form-urlencoded"
+        )
     response = await embedded.client.post(SEND, content=b"")
     envelope(response, 415)
     await embedded.assert_nothing_kept()
@@ -1044,7 +1113,16 @@ async def test_openapi_documents_the_endpoints(embedded: Service) -> None:
     assert {"/api/email/send", "/api/email/{mail_id}", "/health/live", "/health/ready"} <= set(paths)
     send = paths["/api/email/send"]["post"]
     content = send["requestBody"]["content"]
-    assert set(content) == {"multipart/form-data", "application/json"}
+    assert set(content) == {"multipart/form-data", "application/json", "application/x-www-form-urlencoded"}
+    form = content["multipart/form-data"]["schema"]["properties"]
+    assert form["attachment[]"]["maxItems"] == embedded.settings.api.max_attachments
+    assert form["title"]["maxLength"] == 255
+    for field_name in ("title", "content", "sender_name", "receiver", "receiver_name"):
+        assert "pattern" in form[field_name], field_name
+    receiver = re.compile(form["receiver"]["pattern"])
+    assert receiver.search("ann@example.com, bob@example.org")
+    for refused in ("0", "ann", "ann@localhost", "a@x.test", "Ann <ann@example.com>", "a@b@example.com"):
+        assert not receiver.search(refused), refused
     assert set(content["application/json"]["schema"]["required"]) == {
         "title",
         "content",

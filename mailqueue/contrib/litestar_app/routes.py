@@ -22,6 +22,7 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
@@ -52,14 +53,14 @@ from mailqueue.contrib.litestar_app.schemas import (
     HealthData,
     HealthReply,
     MailView,
-    SendOperation,
     SendReply,
     SentData,
     StatusReply,
     error_responses,
+    send_operation,
 )
 
-__all__ = ["ApiError", "get_mail", "live", "ready", "send_email"]
+__all__ = ["ApiError", "get_mail", "live", "ready", "send_email", "send_route"]
 
 logger = logging.getLogger("mailqueue.api")
 
@@ -216,11 +217,13 @@ class _Submission:
 
 def _check_filename(field_name: str, filename: str) -> None:
     """Refuse a file name that cannot be made a safe display name (control characters);
-    anything else is sanitized when stored (path parts, quotes dropped, shortened)."""
+    anything else is sanitized when stored (path parts, quotes dropped, shortened).
+    The reason names the file unless the field already is the file name."""
     try:
         AttachmentRef(key="check", filename=filename, size=0, sha256="0" * 64)
     except ValidationError as exc:
-        raise invalid(field_name, f"file name {filename!r}: {exc.reason}") from None
+        named = field_name.endswith(".filename")
+        raise invalid(field_name, exc.reason if named else f"file name {filename!r} {exc.reason}") from None
 
 
 def _decode_text(name: str, data: bytes) -> str:
@@ -400,29 +403,19 @@ def _check_idempotency_key(value: str | None) -> str | None:
 # --- handlers -------------------------------------------------------------------
 
 
-@post(
-    "/email/send",
-    status_code=200,
-    summary="Send a mail",
-    description=(
-        "Accept a mail: stream its attachments into storage, record it, queue it. Answers 200 only "
-        "once the mail is recorded and the queue confirmed it."
-    ),
-    operation_class=SendOperation,
-    # the handler enforces settings.api.max_request_bytes itself, while streaming
-    request_max_body_size=None,
-    responses=error_responses(400, 401, 413, 415, 503),
-    tags=["email"],
-)
-async def send_email(request: Request[Any, Any, Any]) -> Response[SendReply]:
-    """Accept a mail (multipart form or JSON)."""
+async def _send_email(request: Request[Any, Any, Any]) -> Response[SendReply]:
+    """Accept a mail (multipart form, JSON or URL-encoded form)."""
     # the plugin straight from the app: no dependency to resolve on every request
     mailqueue_plugin = request.app.plugins.get(MailQueuePlugin)
     mailqueue = mailqueue_plugin.mailqueue
     limits = mailqueue_plugin.settings.api
     media_type, options = request.content_type
     if media_type not in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
-        raise ApiError(415, "Unsupported Media Type: send multipart/form-data or application/json")
+        raise ApiError(
+            415,
+            "Unsupported Media Type: send multipart/form-data, application/json "
+            "or application/x-www-form-urlencoded",
+        )
     content_length = request.content_length
     if content_length is not None and content_length > limits.max_request_bytes:
         raise too_large(
@@ -485,6 +478,29 @@ async def send_email(request: Request[Any, Any, Any]) -> Response[SendReply]:
         # an earlier request with the same Idempotency-Key won: keep nothing of this one
         await submission.discard()
     return _sent(record.id)
+
+
+def send_route(limits: APISettings) -> HTTPRouteHandler:
+    """``POST /email/send``, its OpenAPI schema stating these limits (the handler reads the
+    app's own from the plugin: pass the ``api`` settings the app is made with)."""
+    return post(
+        "/email/send",
+        status_code=200,
+        summary="Send a mail",
+        description=(
+            "Accept a mail: stream its attachments into storage, record it, queue it. Answers 200 only "
+            "once the mail is recorded and the queue confirmed it."
+        ),
+        operation_class=send_operation(limits),
+        # the handler enforces settings.api.max_request_bytes itself, while streaming
+        request_max_body_size=None,
+        responses=error_responses(400, 401, 413, 415, 503),
+        tags=["email"],
+    )(_send_email)
+
+
+#: The send route with the default limits.
+send_email = send_route(APISettings())
 
 
 def _sent(mail_id: str) -> Response[SendReply]:

@@ -11,12 +11,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from litestar.enums import MediaType
+import email_validator
+from litestar.enums import MediaType, RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Parameter, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.openapi.spec.enums import OpenAPIFormat
 
-from mailqueue import Attempt, MailRecord
+from mailqueue import APISettings, Attempt, MailRecord
 
 __all__ = [
     "AttachmentView",
@@ -26,11 +35,11 @@ __all__ = [
     "HealthReply",
     "MailView",
     "RecipientView",
-    "SendOperation",
     "SendReply",
     "SentData",
     "StatusReply",
     "error_responses",
+    "send_operation",
 ]
 
 
@@ -174,7 +183,10 @@ _DESCRIPTIONS = {
     401: "Missing or wrong `Authorization: Bearer <token>`.",
     404: "No such mail.",
     413: "Over a size, count or recipient limit; nothing was kept.",
-    415: "The body is neither `multipart/form-data` nor `application/json`.",
+    415: (
+        "The body is neither `multipart/form-data`, `application/json` nor "
+        "`application/x-www-form-urlencoded`."
+    ),
     503: "The store or the queue could not confirm; the mail is not accepted (retry later).",
 }
 
@@ -189,84 +201,214 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
     }
 
 
-def _text(description: str, *, max_length: int | None = None, min_length: int | None = None) -> Schema:
+# --- the request body of POST /api/email/send ----------------------------------------------------
+#
+# The patterns say what the handler refuses (mailqueue.message and routes.py), in the regular
+# expressions of JSON Schema (ECMA-262; Python's re reads them the same way): text that goes into
+# a header has no control characters, the body none but TAB, CR and LF, every address is what
+# email-validator accepts without SMTPUTF8 (a dot-atom local part of at most 64 characters, a
+# domain of letter-digit-hyphen labels of at most 63, ending in a letter-only top-level domain
+# that is not a special-use name, 254 characters in all). The address pattern is the common form:
+# the API also takes internationalized domains (made Punycode). Lone surrogates, which only a JSON
+# escape can carry, are refused too but left out of the patterns: validators cannot compile them.
+
+#: Text without control characters, Unicode line separators or lone surrogates (headers, names).
+HEADER_TEXT = "[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]"
+#: Body text: no control characters but TAB, LF and CR, no lone surrogates.
+BODY_TEXT = "[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f]"
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" for c in word)
+
+
+# the names email-validator refuses as a domain or its last labels
+_SPECIAL_USE = "|".join(_any_case(name) for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
+_ATEXT = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = "(?![A-Za-z0-9]{2}--)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+#: One address as the API accepts it (surrounding spaces are dropped).
+ADDRESS = (
+    "(?![^,]{255})(?![^,@]{65})"
+    f"{_ATEXT}+(?:\\.{_ATEXT}+)*@"
+    "(?![^,]*[A-Za-z0-9-]{64})"
+    f"(?:{_LABEL}\\.)+(?!(?:{_SPECIAL_USE}) *(?:,|$))[A-Za-z]{{2,63}}"
+)
+_PADDED_ADDRESS = f" *{ADDRESS} *"
+_NAME = f"(?:(?!,){HEADER_TEXT}){{0,255}}"
+#: Longest ``receiver_name`` text: 100 names of up to 255 characters, and their commas.
+NAMES_MAX = 100 * 256
+#: Longest ``receiver`` text (the original's limit).
+RECEIVER_MAX = 2000
+#: A MIME type, as attachments declare it (empty: application/octet-stream).
+CONTENT_TYPE = "^(?:[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})?$"
+_BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+def _text(
+    description: str,
+    *,
+    max_length: int | None = None,
+    min_length: int | None = None,
+    pattern: str | None = None,
+) -> Schema:
     return Schema(
-        type=OpenAPIType.STRING, description=description, max_length=max_length, min_length=min_length
+        type=OpenAPIType.STRING,
+        description=description,
+        max_length=max_length,
+        min_length=min_length,
+        pattern=pattern,
     )
 
 
-_TEXT_FIELDS = {
-    "title": _text("Subject.", min_length=1, max_length=255),
-    "content": _text("Body; HTML allowed.", min_length=1, max_length=65535),
-    "sender_name": _text(
-        "Display name of the sender (the From address itself is configured).", min_length=1, max_length=50
-    ),
-}
+def _receiver_text(most: int) -> Schema:
+    return _text(
+        f"Recipient addresses, comma separated (at most {most}; spaces around them are dropped).",
+        min_length=1,
+        max_length=RECEIVER_MAX,
+        pattern=f"^{_PADDED_ADDRESS}(?:,{_PADDED_ADDRESS}){{0,{most - 1}}}$",
+    )
+
+
+def _names_text(most: int) -> Schema:
+    return _text(
+        "Optional display names, comma separated, each at most 255 characters without control "
+        "characters. When given, there are as many names as addresses in `receiver`.",
+        max_length=NAMES_MAX,
+        pattern=f"^{_NAME}(?:,{_NAME}){{0,{most - 1}}}$",
+    )
+
+
+def _text_fields() -> dict[str, Schema]:
+    return {
+        "title": _text(
+            "Subject, without control characters.",
+            min_length=1,
+            max_length=255,
+            pattern=f"^{HEADER_TEXT}*$",
+        ),
+        "content": _text(
+            "Body; HTML allowed. No control characters but TAB, LF and CR.",
+            min_length=1,
+            max_length=65535,
+            pattern=f"^{BODY_TEXT}*$",
+        ),
+        "sender_name": _text(
+            "Display name of the sender (the From address itself is configured), without control characters.",
+            min_length=1,
+            max_length=50,
+            pattern=f"^{HEADER_TEXT}*$",
+        ),
+    }
+
+
 _REQUIRED = ["title", "content", "sender_name", "receiver"]
 
-_FORM_SCHEMA = Schema(
-    type=OpenAPIType.OBJECT,
-    required=_REQUIRED,
-    properties={
-        **_TEXT_FIELDS,
-        "receiver": _text("Recipient addresses, comma separated.", min_length=1, max_length=2000),
-        "receiver_name": _text("Optional display names, comma separated: as many as addresses when given."),
-        "attachment[]": Schema(
-            type=OpenAPIType.ARRAY,
-            description="Files to attach, all under this field name (`attachment` is accepted too).",
-            items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
-        ),
-    },
-)
 
-_NAMES = Schema(
-    one_of=[
-        Schema(type=OpenAPIType.STRING, description="comma separated"),
-        Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING)),
-    ]
-)
-
-_JSON_SCHEMA = Schema(
-    type=OpenAPIType.OBJECT,
-    required=_REQUIRED,
-    properties={
-        **_TEXT_FIELDS,
-        "receiver": Schema(
-            one_of=[
-                Schema(type=OpenAPIType.STRING, description="comma separated", max_length=2000),
-                Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING)),
-            ],
-            description="Recipient addresses.",
-        ),
-        "receiver_name": Schema(one_of=_NAMES.one_of, description="Optional display names, one per address."),
-        "attachment": Schema(
+def _form_schema(limits: APISettings, *, files: bool) -> Schema:
+    properties: dict[str, Reference | Schema] = {
+        **_text_fields(),
+        "receiver": _receiver_text(limits.max_recipients),
+        "receiver_name": _names_text(limits.max_recipients),
+    }
+    if files:
+        properties["attachment[]"] = Schema(
             type=OpenAPIType.ARRAY,
-            items=Schema(
-                type=OpenAPIType.OBJECT,
-                required=["filename", "content"],
-                properties={
-                    "filename": _text("Display name of the file.", min_length=1),
-                    "content": Schema(
-                        type=OpenAPIType.STRING, content_encoding="base64", description="The file's bytes."
-                    ),
-                    "content_type": _text("MIME type; default application/octet-stream."),
-                },
+            description=(
+                f"Files to attach, all under this field name (`attachment` is accepted too): at most "
+                f"{limits.max_attachments}, each at most {limits.max_attachment_bytes} bytes."
             ),
-        ),
-    },
-)
+            max_items=limits.max_attachments,
+            items=Schema(
+                type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, max_length=limits.max_attachment_bytes
+            ),
+        )
+    return Schema(
+        type=OpenAPIType.OBJECT, required=_REQUIRED, properties=properties, additional_properties=False
+    )
 
-_SEND_BODY = RequestBody(
-    required=True,
-    description=(
-        "The original service's form (`multipart/form-data`), or the same fields as JSON with "
-        "attachments inline in base64. An `Idempotency-Key` header makes a repeat return the first mail."
-    ),
-    content={
-        "multipart/form-data": OpenAPIMediaType(schema=_FORM_SCHEMA),
-        MediaType.JSON.value: OpenAPIMediaType(schema=_JSON_SCHEMA),
-    },
-)
+
+def _json_schema(limits: APISettings) -> Schema:
+    most = limits.max_recipients
+    encoded_max = -(-limits.max_attachment_bytes // 3) * 4
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        required=_REQUIRED,
+        additional_properties=False,
+        properties={
+            **_text_fields(),
+            "receiver": Schema(
+                one_of=[
+                    _receiver_text(most),
+                    Schema(
+                        type=OpenAPIType.ARRAY,
+                        min_items=1,
+                        max_items=most,
+                        items=_text("An address.", pattern=f"^{_PADDED_ADDRESS}$"),
+                    ),
+                ],
+                description=(
+                    f"Recipient addresses (a list is joined with commas: {RECEIVER_MAX} characters at most)."
+                ),
+            ),
+            "receiver_name": Schema(
+                one_of=[
+                    _names_text(most),
+                    Schema(
+                        type=OpenAPIType.ARRAY,
+                        max_items=most,
+                        items=_text("A display name (no comma).", pattern=f"^{_NAME}$"),
+                    ),
+                ],
+                description="Optional display names: when given, one per address.",
+            ),
+            "attachment": Schema(
+                type=OpenAPIType.ARRAY,
+                description=(
+                    f"At most {limits.max_attachments} files, each at most "
+                    f"{limits.max_attachment_bytes} bytes."
+                ),
+                max_items=limits.max_attachments,
+                items=Schema(
+                    type=OpenAPIType.OBJECT,
+                    required=["filename", "content"],
+                    additional_properties=False,
+                    properties={
+                        "filename": _text(
+                            "Display name of the file, without control characters (path parts are dropped).",
+                            min_length=1,
+                            pattern=f"^{HEADER_TEXT}*$",
+                        ),
+                        "content": Schema(
+                            type=OpenAPIType.STRING,
+                            content_encoding="base64",
+                            description="The file's bytes, in base64.",
+                            max_length=encoded_max,
+                            pattern=_BASE64,
+                        ),
+                        "content_type": _text(
+                            "MIME type; default application/octet-stream.", pattern=CONTENT_TYPE
+                        ),
+                    },
+                ),
+            ),
+        },
+    )
+
+
+def _send_body(limits: APISettings) -> RequestBody:
+    return RequestBody(
+        required=True,
+        description=(
+            "The original service's form (`multipart/form-data`, or URL-encoded without files), or "
+            "the same fields as JSON with attachments inline in base64. An `Idempotency-Key` header "
+            "makes a repeat return the first mail."
+        ),
+        content={
+            "multipart/form-data": OpenAPIMediaType(schema=_form_schema(limits, files=True)),
+            MediaType.JSON.value: OpenAPIMediaType(schema=_json_schema(limits)),
+            RequestEncodingType.URL_ENCODED.value: OpenAPIMediaType(schema=_form_schema(limits, files=False)),
+        },
+    )
 
 
 _IDEMPOTENCY_KEY = Parameter(
@@ -277,15 +419,19 @@ _IDEMPOTENCY_KEY = Parameter(
         "Send the same key again (1-255 printable ASCII characters) to get the first mail's id back; "
         "nothing is sent twice."
     ),
-    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255, pattern="^[!-~]{1,255}$"),
 )
 
 
-@dataclass
-class SendOperation(Operation):
-    """The send operation with its body and ``Idempotency-Key`` header documented:
-    the handler reads both itself (the body while it streams), so Litestar cannot infer them."""
+def send_operation(limits: APISettings) -> type[Operation]:
+    """The send operation with its body and ``Idempotency-Key`` header documented, with these
+    limits: the handler reads both itself (the body while it streams), so Litestar cannot infer them."""
+    body = _send_body(limits)
 
-    def __post_init__(self) -> None:
-        self.request_body = _SEND_BODY
-        self.parameters = [*(self.parameters or []), _IDEMPOTENCY_KEY]
+    @dataclass
+    class SendOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+            self.parameters = [*(self.parameters or []), _IDEMPOTENCY_KEY]
+
+    return SendOperation
