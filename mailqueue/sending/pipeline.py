@@ -4,7 +4,7 @@ Between the rendered message and the socket sits a chain of Senders, each
 wrapping the next and each one concern (``docs/accounts-and-limits.md``)::
 
     worker: rate limit (before the claim)
-      -> [plugin steps, ``sending_steps``] -> [STEPS: suppression, DKIM]
+      -> [plugin steps, ``sending_steps``] -> [STEPS: suppression, DKIM, VERP]
       -> account router (failover / round robin, circuit breakers)
            -> per account: limit + adaptive throttle -> wire sender (SMTP/outbox)
 
@@ -26,7 +26,10 @@ What each link is:
   ``suppression.py`` (outermost built-in: a mail whose every recipient is
   suppressed should not reach the wire; the worker's rate-limit slot is
   taken before any Sender runs) and ``dkim.py`` (signs the bytes outside the
-  router, so that a failover re-sends the signed bytes).
+  router, so that a failover re-sends the signed bytes). The innermost
+  built-in step is :mod:`~mailqueue.sending.verp` (with ``bounces.domain``):
+  it gives each recipient its own return path and so its own transaction;
+  the router keeps that envelope sender whatever the account.
 - **account router**: :class:`~mailqueue.sending.accounts.AccountRouter`
   picks the account and moves a mail to the next one on an account failure
   (connection, auth, quota, throttle), with a circuit breaker per account.
@@ -59,6 +62,7 @@ from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
+from mailqueue.sending.verp import verp_step
 from mailqueue.settings import Settings
 
 __all__ = ["STEPS", "SendingChain", "SendingStep", "StepFactory", "build_sender", "find_link", "links"]
@@ -70,8 +74,9 @@ _S = TypeVar("_S")
 StepFactory = Callable[[Sender, Settings], Sender]
 
 #: The built-in steps around the router (or the one wire sender), outermost first.
-#: Empty today; suppression and DKIM signing go here (see the module docs).
-STEPS: tuple[StepFactory, ...] = ()
+#: Suppression and DKIM signing go before VERP (see the module docs). A step that
+#: its settings turn off returns the Sender it was given.
+STEPS: tuple[StepFactory, ...] = (verp_step,)
 
 
 class SendingChain(NamedTuple):

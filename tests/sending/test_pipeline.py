@@ -36,8 +36,10 @@ async def test_a_step_hands_the_changed_message_to_inner_and_opens_and_closes_it
     assert list(links(step)) == [step, wire]
 
 
-def test_no_step_is_configured_yet() -> None:
-    assert STEPS == ()
+def test_the_built_in_steps_are_off_without_their_settings() -> None:
+    wire = MemorySender(from_address="from@example.com")
+    settings = load_settings()
+    assert all(step(wire, settings) is wire for step in STEPS)
 
 
 def test_find_link_sees_the_accounts_through_a_step() -> None:
