@@ -10,8 +10,8 @@ Three shapes are understood:
 - **ARF** (RFC 5965): ``multipart/report; report-type=feedback-report``; a
   ``Feedback-Type`` other than ``not-spam`` is a complaint.
 - **anything else** sent with the null return path (``MAIL FROM:<>``) and not
-  an auto-reply (RFC 3834 ``Auto-Submitted: auto-replied``): a non-standard
-  bounce, identified by the VERP address it was sent to alone. The first
+  an out-of-office reply (``X-Autoreply``, ``Precedence: auto_reply``, a
+  subject such as "Out of office"): a non-standard bounce, identified by the VERP address it was sent to alone. The first
   RFC 3463 status found in its text decides hard (``5.x.x``) or soft
   (``4.x.x``, or none found: recorded, not acted on).
 
@@ -42,6 +42,7 @@ _STATUS_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 _STATUS_IN_TEXT_RE = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _SMTP_CODE_RE = re.compile(r"^([245]\d\d)[\s-]")
 _REPLY_CHARS = 900
+_VACATION_SUBJECT_RE = re.compile(r"(?i)^(auto(matic)?[ -]?(reply|response)|out of (the )?office|vacation)")
 
 
 class MalformedReportError(ValueError):
@@ -204,8 +205,8 @@ def _arf(message: email.message.Message) -> tuple[list[Notice], tuple[str, ...]]
 
 
 def _other(message: email.message.Message, mail_from: str) -> list[Notice]:
-    if mail_from.strip("<>") or "auto-replied" in _text(message.get("Auto-Submitted")).lower():
-        return []  # a bounce has the null return path; an auto-reply is not a bounce
+    if mail_from.strip("<>") or _vacation(message):
+        return []  # a bounce has the null return path; an out-of-office reply is not a bounce
     text = []
     for part in message.walk():
         if part.get_content_maintype() == "text":
@@ -218,6 +219,15 @@ def _other(message: email.message.Message, mail_from: str) -> list[Notice]:
     kind = Kind.HARD if status.startswith("5.") else Kind.SOFT
     line = _text(message.get("Subject")) or "non-standard bounce"
     return [Notice(kind, "", status, None, line)]
+
+
+def _vacation(message: email.message.Message) -> bool:
+    """An out-of-office reply (those are sent with the null return path too, RFC 3834)."""
+    if any(message.get(name) is not None for name in ("X-Autoreply", "X-Autorespond")):
+        return True
+    if _text(message.get("Precedence")).lower() == "auto_reply":
+        return True
+    return bool(_VACATION_SUBJECT_RE.match(_text(message.get("Subject"))))
 
 
 def parse_report(data: bytes, *, mail_from: str = "") -> Report:
