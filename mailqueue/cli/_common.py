@@ -91,6 +91,8 @@ def _configure_logging(settings: Settings, *, structured: bool = True) -> None:
         )
     # Alembic narrates every migration check at INFO; mailqueue logs what matters.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # aiosmtpd (the bounce listener) logs every SMTP command at INFO; its warnings are enough
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _run(
