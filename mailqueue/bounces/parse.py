@@ -12,8 +12,9 @@ Three shapes are understood:
 - **anything else** sent with the null return path (``MAIL FROM:<>``) and not
   an out-of-office reply (``X-Autoreply``, ``Precedence: auto_reply``, a
   subject such as "Out of office"): a non-standard bounce, identified by
-  the VERP address it was sent to alone. The first RFC 3463 status found in its text decides hard (``5.x.x``) or soft
-  (``4.x.x``, or none found: recorded, not acted on).
+  the VERP address it was sent to alone. The first RFC 3463 status found
+  in its text decides hard (``5.x.x``) or soft (``4.x.x``, or none found:
+  recorded, not acted on).
 
 The standard library's :mod:`email` parser does the MIME work. flufl.bounce
 (Mailman's, maintained, Python 3.11+) was considered: it finds *which
