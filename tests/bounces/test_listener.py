@@ -68,11 +68,13 @@ class Rig:
             return reply.code, reply.message
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+@pytest.fixture(params=["memory", "sqlite", "mysql", "postgres"])
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """The worker, the listener and a real SMTP server over one Store: in memory, or SQL."""
+    store = "memory://" if request.param == "memory" else request.getfixturevalue(f"{request.param}_url")
     async with SMTPTestServer() as smtpd:
         settings = load_settings(
-            store="memory://",
+            store=store,
             queue="memory://",
             attachments="memory://",
             sender=smtpd.url(from_address="news@example.com"),
