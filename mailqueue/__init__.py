@@ -11,8 +11,7 @@ Importing this package imports no broker or database driver.
 
 from __future__ import annotations
 
-import importlib.metadata as _metadata
-
+from mailqueue._version import __version__
 from mailqueue.client import MailQueue
 from mailqueue.errors import (
     AttachmentError,
@@ -66,11 +65,6 @@ from mailqueue.records import (
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.settings import APISettings, RetentionSettings, Settings, WorkerSettings, load_settings
 from mailqueue.worker import Worker
-
-try:
-    __version__ = _metadata.version("mailqueue")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "APISettings",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -27,15 +27,23 @@ from typing import BinaryIO, Literal, Self
 
 from mailqueue import metrics
 from mailqueue.batching import Batcher
-from mailqueue.errors import AttachmentError, BackendError, QueueError, StoreError, ValidationError
+from mailqueue.errors import (
+    AttachmentNotFoundError,
+    BackendError,
+    MailQueueError,
+    QueueError,
+    StoreError,
+    ValidationError,
+)
 from mailqueue.logs import bind_mail_id
 from mailqueue.maintenance import NOT_YET_PUBLISHED, AttachmentSweep, Maintenance, publish
 from mailqueue.maintenance import PUBLISH_PENDING as PUBLISH_PENDING
 from mailqueue.maintenance import SUBMIT_GRACE as SUBMIT_GRACE
-from mailqueue.message import Attachment, AttachmentRef, Mail
+from mailqueue.message import Attachment, AttachmentRef, Mail, allow_special_domains
 from mailqueue.mime import make_message_id
 from mailqueue.protocols import AttachmentStore, BackendContext, BatchStore, InspectableStore, Queue, Store
 from mailqueue.records import (
+    RESEND_DEFAULT,
     ActivityBucket,
     MailRecord,
     RecipientOutcome,
@@ -52,8 +60,6 @@ __all__ = ["MailQueue"]
 logger = logging.getLogger("mailqueue.client")
 
 _CHUNK = 256 * 1024
-#: Statuses ``resend`` picks when none are named.
-RESEND_DEFAULT = frozenset({Status.FAILED, Status.DEAD})
 
 
 #: Most records one group commit inserts, most marks one statement clears.
@@ -129,6 +135,7 @@ class MailQueue:
         from mailqueue import registry
 
         settings = settings or load_settings()
+        allow_special_domains(settings.allowed_special_domains)
         store = registry.create_store(settings.store.get_secret_value())
         context = BackendContext(store=store)
         return cls(
@@ -213,6 +220,73 @@ class MailQueue:
             await self.attachments.delete(stored.key)
             raise ValidationError([(f"attachment.{field}", reason) for field, reason in exc.errors]) from None
 
+    async def discard_attachments(self, refs: Iterable[AttachmentRef]) -> list[AttachmentRef]:
+        """Delete attachments that no mail will refer to, such as those stored with
+        :meth:`store_attachment` for a request that was then refused. Best effort: one that
+        cannot be deleted is logged, and :meth:`sweep_attachments` removes it later.
+
+        Returns:
+            The references that could not be deleted (empty if all went).
+        """
+        kept: list[AttachmentRef] = []
+        for ref in refs:
+            try:
+                await self.attachments.delete(ref.key)
+            except MailQueueError as exc:
+                logger.warning("could not delete attachment key=%s of a refused mail: %s", ref.key, exc)
+                kept.append(ref)
+        return kept
+
+    async def open_attachment(self, ref: AttachmentRef) -> AsyncGenerator[bytes, None]:
+        """Open a stored attachment (of a mail's ``attachments``) and return its bytes, chunk by chunk.
+
+        The attachment is opened by this call, not by the first chunk, so that a
+        caller learns that it is gone before it starts an answer. Read the
+        chunks to the end, or close them (``aclose()``).
+
+        Raises:
+            AttachmentNotFoundError: the bytes are no longer stored (deleted after
+                sending, or by retention).
+            AttachmentError: the AttachmentStore failed.
+        """
+        chunks = self._read_attachment(ref.key)
+        await anext(chunks)  # the opening marker; a missing attachment raises here
+        return chunks
+
+    async def has_attachment(self, ref: AttachmentRef) -> bool:
+        """True if the bytes of an attachment (of a mail's ``attachments``) are still stored.
+
+        Raises:
+            AttachmentError: the AttachmentStore failed.
+        """
+        try:
+            chunks = await self.open_attachment(ref)
+        except AttachmentNotFoundError:
+            return False
+        await chunks.aclose()
+        return True
+
+    async def _read_attachment(self, key: str) -> AsyncGenerator[bytes, None]:
+        """The AttachmentStore's chunks of ``key``, after a first ``b""`` that says it is open
+        (its first chunk read): :meth:`open_attachment` takes that one, so the generator has
+        started and closing it closes the store's reader too."""
+        reader = self.attachments.read(key)
+        chunks = aiter(reader)
+        try:
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = b""
+            yield b""
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            close = getattr(reader, "aclose", None)
+            if close is not None:
+                await close()
+
     async def find_by_idempotency_key(self, key: str) -> MailRecord | None:
         """The record submitted with this idempotency key, if any."""
         found = await self.store.find(RecordQuery(idempotency_key=key, include_deleted=True, limit=1))
@@ -282,11 +356,11 @@ class MailQueue:
             else:
                 record = await self.store.add(new)
         except BaseException:
-            await self._discard(stored)
+            await self.discard_attachments(stored)
             raise
         if record.id != mail.id:
             # Another submit with the same idempotency key won the race.
-            await self._discard(stored)
+            await self.discard_attachments(stored)
             return await self.ensure_queued(record)
         try:
             # In a task of its own: a confirmed publish waits several times (channel lock, write,
@@ -607,7 +681,7 @@ class MailQueue:
         Returns:
             The records selected (with ``dry_run``, nothing is changed).
         """
-        chosen = frozenset(statuses) if statuses is not None else (None if ids else RESEND_DEFAULT)
+        chosen = frozenset(statuses) if statuses is not None else (None if ids else frozenset(RESEND_DEFAULT))
         selected: list[MailRecord] = []
         async for record in self.select(
             ids=ids,
@@ -654,13 +728,6 @@ class MailQueue:
         if not changed:
             raise StoreError(f"mail {record.id} changed while being re-sent; nothing was queued for it")
         await self.publish(mail)
-
-    async def _discard(self, refs: Sequence[AttachmentRef]) -> None:
-        for ref in refs:
-            try:
-                await self.attachments.delete(ref.key)
-            except AttachmentError:
-                logger.warning("could not delete attachment key=%s after a failed submit", ref.key)
 
 
 def _domain_from_sender(settings: Settings) -> str:

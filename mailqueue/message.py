@@ -33,6 +33,7 @@ __all__ = [
     "AttachmentRef",
     "Mail",
     "Recipient",
+    "allow_special_domains",
     "new_id",
     "parse_recipients",
     "sanitize_filename",
@@ -96,6 +97,42 @@ def check_body_text(value: str) -> str:
     return value
 
 
+# Domains (and their subdomains) accepted although special-use, reserved or dotless:
+# the ``allowed_special_domains`` setting, process-wide (see allow_special_domains).
+_allowed_special: frozenset[str] = frozenset()
+_HOST_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def allow_special_domains(domains: Iterable[str]) -> None:
+    """Accept addresses at ``domains`` and their subdomains although ``email-validator``
+    refuses them as special-use or reserved (``test``, ``local``, ``localhost``...) or as
+    dotless, e.g. for an internal relay.
+
+    Process-wide and additive (the ``allowed_special_domains`` setting, applied by
+    :meth:`MailQueue.from_settings <mailqueue.MailQueue.from_settings>`): an address
+    accepted once must stay valid when a worker reads it back.
+    """
+    global _allowed_special
+    _allowed_special = _allowed_special | {d.strip().strip(".").lower() for d in domains if d.strip(".")}
+
+
+def _allowed_special_address(address: str) -> str | None:
+    """``address`` checked for an allowed special domain; ``None`` if its domain is not one."""
+    local, at, domain = address.rpartition("@")
+    domain = domain.lower()
+    if not at or not any(domain == d or domain.endswith("." + d) for d in _allowed_special):
+        return None
+    if len(domain) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in domain.split(".")):
+        raise ValueError(f"invalid address {address!r}: the part after the @-sign is not a valid host name")
+    try:  # the local part as for any address
+        email_validator.validate_email(
+            f"{local}@example.com", check_deliverability=False, allow_smtputf8=False
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"invalid address {address!r}: {exc}") from None
+    return f"{local}@{domain}"
+
+
 def check_address(value: str) -> str:
     """Validate one e-mail address with ``email-validator`` and return its
     ASCII form (internationalized domains become punycode).
@@ -109,6 +146,8 @@ def check_address(value: str) -> str:
     address = value.strip()
     if _plain_address(address):
         return address
+    if _allowed_special and (special := _allowed_special_address(address)) is not None:
+        return special
     try:
         result = email_validator.validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except email_validator.EmailNotValidError as exc:

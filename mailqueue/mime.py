@@ -38,6 +38,11 @@ Encoding decisions:
   (CPython's among them) then pick the exact name. ``message/*`` and
   ``multipart/*`` attachments are sent as ``application/octet-stream``
   because RFC 2046 forbids base64 for them.
+* **A plain-text alternative** is generated from the HTML (inscriptis:
+  Apache-2.0, maintained, follows CSS display rules; links are kept as
+  ``text <url>``) when the mail has no ``text`` and ``text_from_html`` is on:
+  mail with only an HTML part scores worse with spam filters and cannot be
+  read by text-only clients. The same HTML always gives the same text.
 * **Boundaries** are ``=_m.<id>`` (mixed) and ``=_a.<id>`` (alternative),
   the id cut to 60 characters.
   ``=_`` cannot occur in base64, and part header lines start with
@@ -55,7 +60,7 @@ from datetime import UTC
 
 from mailqueue.message import AttachmentRef, Mail, Recipient
 
-__all__ = ["make_message_id", "render"]
+__all__ = ["html_to_text", "make_message_id", "render"]
 
 _LINE_MAX = 78
 # A token (with its leading space) of this length still fits on the first line
@@ -105,8 +110,42 @@ def make_message_id(mail_id: str, domain: str) -> str:
     return f"<{mail_id}@{domain}>"
 
 
+# [text](url) as inscriptis writes a link, to turn into "text <url>" (or the url alone)
+_MARKDOWN_LINK_RE = re.compile(r"\[([^\[\]\n]*)\]\(([^()\s]+)\)")
+_TRAILING_SPACE_RE = re.compile(r"[ \t]+$", re.MULTILINE)
+_BLANK_RUN_RE = re.compile(r"\n{3,}")
+
+
+def _link(match: re.Match[str]) -> str:
+    text, url = match.group(1).strip(), match.group(2)
+    if not text or text == url or url.startswith("#"):
+        return text or url
+    return f"{text} <{url}>"
+
+
+def html_to_text(html: str) -> str:
+    """The plain-text alternative of ``html``: visible text as a browser lays it
+    out (blocks, list bullets, table cells), links as ``text <url>``, no script,
+    style or head content; trailing spaces and runs of blank lines removed; ``""``
+    when nothing is visible (an image alone)."""
+    import inscriptis
+    from inscriptis.css_profiles import CSS_PROFILES
+    from inscriptis.model.config import ParserConfig
+
+    config = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
+    text: str = inscriptis.get_text(html, config)
+    text = _MARKDOWN_LINK_RE.sub(_link, text)
+    text = _TRAILING_SPACE_RE.sub("", text)
+    text = _BLANK_RUN_RE.sub("\n\n", text).strip("\n")
+    return text + "\n" if text.strip() else ""
+
+
 def render(
-    mail: Mail, *, from_address: str, attachments: Sequence[tuple[AttachmentRef, bytes]] = ()
+    mail: Mail,
+    *,
+    from_address: str,
+    attachments: Sequence[tuple[AttachmentRef, bytes]] = (),
+    text_from_html: bool = False,
 ) -> bytes:
     """Render ``mail`` as the bytes of an RFC 5322 message, CRLF line endings.
 
@@ -118,11 +157,14 @@ def render(
         from_address: the configured From address (never the request's);
             ``mail.sender_name`` is its display name.
         attachments: the attachments whose bytes were found, in order.
+        text_from_html: when ``mail.text`` is empty, generate the text part
+            from the HTML (:func:`html_to_text`).
 
     Returns:
         The message, 7-bit ASCII: one ``text/html`` part;
-        ``multipart/alternative`` (text, then html) when ``mail.text`` is not
-        empty; wrapped in ``multipart/mixed`` when there are attachments.
+        ``multipart/alternative`` (text, then html) when there is a text
+        (``mail.text``, or generated); wrapped in ``multipart/mixed`` when
+        there are attachments.
 
     Raises:
         ValueError: ``mail.message_id`` is None, or a value cannot be put into
@@ -138,8 +180,9 @@ def render(
     # At most 60 characters of the id keep the boundary line within 78.
     tag = mail.id[:60]
     content = _text_part("html", mail.html)
-    if mail.text:
-        content = _multipart("alternative", f"=_a.{tag}", [_text_part("plain", mail.text), content])
+    text = mail.text or (html_to_text(mail.html) if text_from_html else "")
+    if text:
+        content = _multipart("alternative", f"=_a.{tag}", [_text_part("plain", text), content])
     if attachments:
         parts = [content] + [_attachment_part(ref, data) for ref, data in attachments]
         content = _multipart("mixed", f"=_m.{tag}", parts)

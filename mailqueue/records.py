@@ -13,6 +13,7 @@ from mailqueue.message import Mail
 __all__ = [
     "FINISHED",
     "IN_FLIGHT",
+    "RESEND_DEFAULT",
     "ActivityBucket",
     "Attempt",
     "MailRecord",
@@ -70,6 +71,9 @@ class Status(enum.StrEnum):
 FINISHED: Final = frozenset({Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN, Status.BOUNCED})
 #: States of a mail a worker is still busy with: never pruned or swept.
 IN_FLIGHT: Final = frozenset({Status.QUEUED, Status.SENDING, Status.RETRYING})
+#: States a re-send picks when none are named (``MailQueue.resend``, ``mailqueue resend``, the
+#: dashboard's bulk re-send): ``failed`` and ``dead``, in the order the dashboard shows them.
+RESEND_DEFAULT: Final[tuple[Status, ...]] = (Status.FAILED, Status.DEAD)
 
 
 class RecipientState(enum.StrEnum):

@@ -25,12 +25,14 @@ from pydantic_settings import (
 )
 
 from mailqueue.errors import ConfigurationError
+from mailqueue.message import check_address
 from mailqueue.sending.limits import parse_rate
 
 __all__ = [
     "APISettings",
     "AccountSettings",
     "BounceSettings",
+    "DKIMKeySettings",
     "RetentionSettings",
     "Settings",
     "ThrottleSettings",
@@ -92,6 +94,47 @@ class AccountSettings(BaseModel):
         return None if value is None else _check_rate(value)
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_LABELS = rf"{_LABEL}(?:\.{_LABEL})*"
+
+
+def _check_dkim_domain(value: str) -> str:
+    # the From domain as the worker renders it: ASCII (an IDN in its xn-- form), lower case
+    try:
+        address = check_address(f"postmaster@{value.strip().rstrip('.')}")
+    except ValueError:
+        raise ValueError(f"{value!r} is not a domain that mail can be sent from") from None
+    return address.rpartition("@")[2].lower()
+
+
+class DKIMKeySettings(BaseModel):
+    """One DKIM signing key of ``dkim`` (see docs/deliverability.md): mail whose From
+    address is at ``domain`` is signed with it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domain: str = Field(max_length=253)
+    """The signing domain (``d=``); mail is signed when its From domain is exactly this one
+    (case does not matter; an international domain may be written either way)."""
+    selector: str = Field(pattern=rf"^{_HOST_LABELS}$", max_length=63)
+    """The selector (``s=``): receivers find the public key in the TXT record
+    ``<selector>._domainkey.<domain>``."""
+    key_file: Path
+    """The private key: PEM, unencrypted (``openssl genrsa``, ``openssl genpkey -algorithm
+    ed25519``), or for Ed25519 also the base64 file ``dknewkey`` writes; a relative path is taken
+    from the directory the worker starts in. Read when the worker starts: a key that cannot be
+    used stops it."""
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+    """``rsa-sha256`` (an RSA key of at least 1024 bits, 2048 recommended) or ``ed25519-sha256``
+    (RFC 8463; not every receiver checks it yet, so give the domain an RSA key too: each key
+    listed for a domain adds its own signature)."""
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return _check_dkim_domain(value)
+
+
 class WorkerSettings(BaseModel):
     """How a worker consumes and sends."""
 
@@ -144,6 +187,9 @@ class WorkerSettings(BaseModel):
     """Seconds a mail may stay ``sending`` before a worker that meets another
     copy of it presumes the sending worker dead and sends it; must exceed the
     longest SMTP transaction (connect, TLS, all commands and the data)."""
+    text_from_html: bool = True
+    """Give a mail without ``text`` a ``text/plain`` alternative generated from its HTML
+    (spam filters score HTML-only mail worse; text-only clients can read it)."""
     stale_sending: Literal["unknown", "resend", "off"] = "unknown"
     """What the sweeper does with a mail left ``sending`` for twice ``sending_lease``
     (its worker died and its delivery never came back): ``unknown`` marks it
@@ -295,8 +341,13 @@ class Settings(BaseSettings):
     sending_steps: list[str] = []
     """Extra links of the sending chain, by entry-point name (group ``mailqueue.sending_steps``),
     outermost first; they wrap the built-in chain."""
+    dkim: list[DKIMKeySettings] = []
+    """DKIM signing keys, by From domain (see ``dkim`` below); empty: mail is not signed."""
     message_id_domain: str | None = None
     """Right-hand side of generated Message-IDs; default: the sender's From domain."""
+    allowed_special_domains: list[str] = []
+    """Recipient domains accepted (with their subdomains) although special-use, reserved or
+    dotless, e.g. ``[internal, test, localhost]`` for an internal relay; refused by default."""
     worker: WorkerSettings = WorkerSettings()
     """How workers consume and send (``worker`` below)."""
     retention: RetentionSettings = RetentionSettings()
@@ -309,6 +360,16 @@ class Settings(BaseSettings):
     """Python logging level (``DEBUG``, ``INFO``, ``WARNING``, ...)."""
     log_format: Literal["kv", "json"] = "kv"
     """``kv``: one line of ``key=value`` pairs per record; ``json``: one JSON object per line."""
+
+    @field_validator("dkim")
+    @classmethod
+    def _dkim(cls, value: list[DKIMKeySettings]) -> list[DKIMKeySettings]:
+        seen = set()
+        for key in value:
+            if (key.domain, key.selector.lower()) in seen:
+                raise ValueError(f"selector {key.selector!r} of {key.domain!r} is listed twice")
+            seen.add((key.domain, key.selector.lower()))
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -53,7 +53,7 @@ from mailqueue.errors import (
 )
 from mailqueue.logs import mail_id_var
 from mailqueue.maintenance import Maintenance
-from mailqueue.message import AttachmentRef, Mail
+from mailqueue.message import AttachmentRef, Mail, allow_special_domains
 from mailqueue.mime import render
 from mailqueue.protocols import (
     AttachmentStore,
@@ -161,8 +161,9 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: The mails this worker's deliveries are handling right now, each with an event set when done.
-        self._handling: dict[str, asyncio.Event] = {}
+        #: The mails this worker's deliveries are handling right now, each with the event set when
+        #: done, made only once another copy of the mail waits for it (rare: most have none).
+        self._handling: dict[str, asyncio.Event | None] = {}
         self._slots: asyncio.Semaphore | None = None
         self._consuming = False
         self._deps_ok = True
@@ -209,11 +210,12 @@ class Worker:
             before :meth:`run` and close it after.
 
         Raises:
-            ConfigurationError: a sender URL, a rate or the accounts cannot be used.
+            ConfigurationError: a sender URL, a rate, the accounts or a DKIM key cannot be used.
         """
         # imported here: the accounts' metrics are registered only where a chain is built
         from mailqueue.sending.pipeline import build_sender
 
+        allow_special_domains(settings.allowed_special_domains)  # it reads back what the API took
         if chain is None:
             chain = build_sender(settings, context=BackendContext(store=mailqueue.store))
         return cls(
@@ -482,22 +484,24 @@ class Worker:
             await self._dead_letter(delivery, exc)
             return
         mail_id_var.set(mail_id)  # each delivery runs in a task of its own: its log lines carry it
-        if (busy := self._handling.get(mail_id)) is not None:
+        if mail_id in self._handling:
             # Another copy of this mail is in this worker's hands right now, its outcome perhaps
             # not recorded yet (the broker handed the delivery out again after the connection
             # dropped while the Store was away, or the mail was published twice): sending this
             # one now could send the mail twice. Wait for that copy, then read the record.
             self.counts["deferred"] += 1
             logger.info("mail id=%s is being handled by this worker already; waiting for it", mail_id)
-            while busy is not None:
+            while mail_id in self._handling:
+                busy = self._handling[mail_id]
+                if busy is None:
+                    busy = self._handling[mail_id] = asyncio.Event()
                 await busy.wait()
-                busy = self._handling.get(mail_id)
-        done = self._handling[mail_id] = asyncio.Event()
+        self._handling[mail_id] = None
         try:
             await self._handle(delivery, mail_id)
         finally:
-            del self._handling[mail_id]
-            done.set()
+            if (done := self._handling.pop(mail_id)) is not None:
+                done.set()
 
     async def _handle(self, delivery: Delivery, mail_id: str) -> None:
         found = await self._until_stored(lambda: self._get(mail_id), "read the record", mail_id, "store_wait")
@@ -640,7 +644,12 @@ class Worker:
             return _Outcome(status, attempt, record.recipients, remark, "")
         message = OutgoingMessage(
             mail_id=mail.id,
-            data=render(mail, from_address=self.sender.from_address, attachments=found),
+            data=render(
+                mail,
+                from_address=self.sender.from_address,
+                attachments=found,
+                text_from_html=self.settings.text_from_html,
+            ),
             envelope_from=self.sender.from_address,
             recipients=pending,
         )

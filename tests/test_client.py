@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from mailqueue import Attachment, Mail, MailQueue, MailRecord, RecordQuery, StoreError, ValidationError
+from mailqueue import (
+    Attachment,
+    AttachmentNotFoundError,
+    AttachmentRef,
+    Mail,
+    MailQueue,
+    MailRecord,
+    RecordQuery,
+    StoreError,
+    ValidationError,
+)
 from mailqueue.backends.memory import MemoryQueue
 from mailqueue.protocols import ResourceMixin
 from mailqueue.records import RecordUpdate, utcnow
@@ -328,3 +340,72 @@ async def test_reads_for_a_dashboard_say_none_when_the_store_cannot_count() -> N
         assert await mq.count(RecordQuery()) is None
         assert await mq.count_by_status() is None
         assert await mq.activity(since=utcnow(), bucket=timedelta(hours=1)) is None
+
+
+@pytest.fixture(params=["memory", "file", "sql-sqlite"])
+def attachments_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An AttachmentStore URL: in memory, on disk, or in a SQLite database (the sql store)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "file":
+        return f"file://{tmp_path / 'attachments'}"
+    return "sql://"
+
+
+async def _client(attachments_url: str, tmp_path: Path) -> MailQueue:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'mailqueue.db'}" if attachments_url == "sql://" else "memory://"
+    return MailQueue.from_urls(store=store, queue="memory://", attachments=attachments_url)
+
+
+async def _stored(mq: MailQueue, ref: AttachmentRef) -> bytes:
+    return b"".join([chunk async for chunk in await mq.open_attachment(ref)])
+
+
+async def test_open_attachment_streams_the_bytes_of_a_mail_attachment(
+    attachments_url: str, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 4000  # 1 MB: several chunks
+    async with await _client(attachments_url, tmp_path) as mq:
+        record = await mq.submit(
+            Mail(subject="s", html="h", to=[{"address": "a@example.com"}]),
+            [Attachment("big.bin", data), Attachment("empty.txt", b"", "text/plain")],
+        )
+        big, empty = record.mail.attachments
+        assert await _stored(mq, big) == data
+        assert await _stored(mq, empty) == b""
+        assert await mq.has_attachment(big)
+        assert await mq.has_attachment(empty)
+        # closed after the first chunk: the store is left as it was, the bytes readable again
+        chunks = await mq.open_attachment(big)
+        assert len(await anext(chunks)) > 0
+        await chunks.aclose()
+        assert await _stored(mq, big) == data
+
+
+async def test_a_deleted_attachment_is_missing_when_opened_not_at_its_first_chunk(
+    attachments_url: str, tmp_path: Path
+) -> None:
+    async with await _client(attachments_url, tmp_path) as mq:
+        kept, gone = [await mq.store_attachment(Attachment(f"{n}.txt", b"text")) for n in "ab"]
+        assert await mq.discard_attachments([gone]) == []
+        with pytest.raises(AttachmentNotFoundError):
+            await mq.open_attachment(gone)
+        assert await mq.has_attachment(gone) is False
+        assert await mq.has_attachment(kept) is True
+        assert await mq.discard_attachments([gone, kept]) == []  # a missing one is no failure
+        assert await mq.has_attachment(kept) is False
+
+
+async def test_discard_attachments_keeps_going_and_returns_those_it_could_not_delete(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with MailQueue.from_urls(store="memory://", queue="memory://", attachments="memory://") as mq:
+        first, second = [await mq.store_attachment(Attachment(f"{n}.txt", b"text")) for n in "ab"]
+        await mq.attachments.close()  # a closed memory store refuses to delete, and keeps its data
+        assert await mq.discard_attachments([first, second]) == [first, second]
+        assert caplog.text.count("could not delete attachment key=") == 2
+        await mq.attachments.open()
+        assert await mq.has_attachment(first)
+        assert await mq.has_attachment(second)
+        assert await mq.discard_attachments([first, second]) == []
+        assert not await mq.has_attachment(first)

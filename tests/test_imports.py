@@ -45,6 +45,9 @@ OPTIONAL = [
     "jinja2",
     "uvloop",
     "httptools",
+    "dkim",
+    "dns",
+    "nacl",
 ]
 #: Modules that adapt one driver, and the driver that their import needs.
 NEEDS = {

@@ -3,6 +3,7 @@ original service's rules (REFERENCE.md), naming the field and the reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -892,3 +893,65 @@ def test_address_fast_path_follows_the_validators_settings(monkeypatch: pytest.M
     assert _fast_check("a@mail.example") is None
     monkeypatch.setattr(email_validator, "TEST_ENVIRONMENT", True)
     assert not _plain_address("a@mail.example.com")
+
+
+@pytest.fixture
+def no_special_domains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process-wide allow-list starts empty and is restored afterwards."""
+    import mailqueue.message
+
+    monkeypatch.setattr(mailqueue.message, "_allowed_special", frozenset())
+
+
+@pytest.mark.usefixtures("no_special_domains")
+def test_special_domains_are_refused_unless_allowed() -> None:
+    from mailqueue.message import allow_special_domains, check_address
+
+    for address in ("a@relay.test", "a@printer.local", "a@localhost", "a@corp"):
+        with pytest.raises(ValueError, match="invalid address"):
+            check_address(address)
+    allow_special_domains(["test", "localhost", "Corp."])
+    assert check_address("a@relay.test") == "a@relay.test"
+    assert check_address("Ops.Team@Mail.Relay.TEST") == "Ops.Team@mail.relay.test"
+    assert check_address("a@localhost") == "a@localhost"
+    assert check_address("a@corp") == "a@corp"
+    with pytest.raises(ValueError, match="special-use"):
+        check_address("a@printer.local")  # not allowed: still refused
+    for bad in ("a@-x.test", "a@x_y.test", "a..b@relay.test", "a b@relay.test", "@relay.test"):
+        with pytest.raises(ValueError, match="invalid address"):
+            check_address(bad)
+
+
+@pytest.mark.usefixtures("no_special_domains")
+async def test_allowed_special_domains_setting_lets_mail_to_an_internal_relay_through() -> None:
+    from mailqueue import Mail, MailQueue, Recipient, Status, Worker
+    from mailqueue.settings import load_settings
+    from mailqueue.testing.smtpd import SMTPTestServer
+
+    def mail() -> Mail:
+        return Mail(subject="s", html="<p>x</p>", to=[Recipient(address="ops@relay.test")])
+
+    with pytest.raises(ValidationError, match="special-use"):
+        mail()  # the default
+    async with SMTPTestServer() as server:
+        settings = load_settings(
+            store="memory://",
+            queue="memory://",
+            attachments="memory://",
+            sender=server.url(from_address="a@example.com"),
+            allowed_special_domains=["test"],
+            retention={"interval": 0},
+        )
+        mq = MailQueue.from_settings(settings)
+        worker = Worker.from_settings(settings, mq)
+        async with mq, worker.sender:
+            mail_id = (await mq.submit(mail())).id
+            run = asyncio.create_task(worker.run())
+            for _ in range(200):
+                record = await mq.status(mail_id)
+                if record is not None and record.status is Status.SENT:
+                    break
+                await asyncio.sleep(0.02)
+            worker.stop()
+            await run
+        assert [m.recipients for m in server.messages] == [("ops@relay.test",)]

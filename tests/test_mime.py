@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from mailqueue.errors import ValidationError
 from mailqueue.message import AttachmentRef, Mail, Recipient
-from mailqueue.mime import make_message_id, render
+from mailqueue.mime import html_to_text, make_message_id, render
 
 FROM = "noreply@example.com"
 CREATED = datetime(2024, 2, 29, 13, 5, 9, 123456, tzinfo=UTC)
@@ -570,3 +570,42 @@ def test_header_guard_refuses_unsafe_tokens() -> None:
     for token in [" a\r\nBcc: x@example.com", " a\nb", " é", "no-leading-space", "   "]:
         with pytest.raises(ValueError, match="unsafe Subject header token"):
             _fold("Subject", [token])
+
+
+# --- the generated text/plain alternative ---------------------------------------------------------
+
+INVOICE_HTML = (
+    "<html><head><title>Invoice</title><style>p { color: red }</style></head><body>"
+    "<script>track()</script><p>Hello <b>Ann</b>,</p>"
+    "<p>Your invoice <a href='https://billing.example.com/i/42'>#42</a> is attached.</p>"
+    "<ul><li>Widgets: 3</li><li>Total: 30 &euro;</li></ul>"
+    "<p>Questions? <a href='mailto:help@example.com'>help@example.com</a></p></body></html>"
+)
+
+
+def test_html_to_text_keeps_what_a_reader_sees_and_the_links() -> None:
+    assert html_to_text(INVOICE_HTML) == (
+        "Hello Ann,\n\nYour invoice #42 <https://billing.example.com/i/42> is attached.\n\n"
+        "  * Widgets: 3\n  * Total: 30 \u20ac\n\nQuestions? help@example.com <mailto:help@example.com>\n"
+    )
+    assert html_to_text("<p><img src='logo.png'></p>") == ""  # nothing visible: no text part
+    assert html_to_text("<a href='https://x.example'>https://x.example</a>") == "https://x.example\n"
+
+
+def test_a_mail_without_text_gets_one_generated_from_its_html() -> None:
+    mail = make_mail(html=INVOICE_HTML)
+    raw = render(mail, from_address=FROM, text_from_html=True)
+    assert raw == render(mail, from_address=FROM, text_from_html=True)  # every attempt, same bytes
+    message = parse(raw)
+    assert message.get_content_type() == "multipart/alternative"
+    plain, html = message.iter_parts()
+    assert plain.get_content_type() == "text/plain"
+    assert plain.get_content() == canonical(html_to_text(INVOICE_HTML))
+    assert html.get_content() == INVOICE_HTML
+    # the client's own text wins; switched off, the html part stays alone as before
+    own = parse(render(make_mail(html=INVOICE_HTML, text="Mine."), from_address=FROM, text_from_html=True))
+    assert next(own.iter_parts()).get_content() == "Mine."
+    alone = parse(render(mail, from_address=FROM))
+    assert alone.get_content_type() == "text/html"
+    only_image = parse(render(make_mail(html="<img src='x.png'>"), from_address=FROM, text_from_html=True))
+    assert only_image.get_content_type() == "text/html"

@@ -4,6 +4,7 @@ errors name the setting; secrets never show."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pydantic
@@ -226,6 +227,44 @@ def test_invalid_environment_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILQUEUE_WORKER", "{not json")
     with pytest.raises(ConfigurationError, match="worker"):
         load_settings()
+
+
+def test_dkim_keys_from_the_file_and_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "dkim:\n  - {domain: Bücher.Example., selector: mq2026, key_file: /etc/mq/dkim.pem}\n"
+    [key] = load_settings(write(tmp_path, text)).dkim
+    assert (key.domain, key.selector, key.key_file, key.algorithm) == (
+        "xn--bcher-kva.example",  # as the From domain is rendered
+        "mq2026",
+        Path("/etc/mq/dkim.pem"),
+        "rsa-sha256",
+    )
+    entries = '[{"domain": "example.com", "selector": "e1", "key_file": "k", "algorithm": "ed25519-sha256"}]'
+    monkeypatch.setenv("MAILQUEUE_DKIM", entries)
+    assert [(k.domain, k.algorithm) for k in load_settings().dkim] == [("example.com", "ed25519-sha256")]
+
+
+@pytest.mark.parametrize(
+    ("entries", "named"),
+    [
+        (
+            [{"domain": "example.com", "selector": "s", "key_file": "k", "algorithm": "rsa"}],
+            "dkim.0.algorithm",
+        ),
+        ([{"domain": "example.com", "selector": "a_b", "key_file": "k"}], "dkim.0.selector"),
+        ([{"domain": "not a domain", "selector": "s", "key_file": "k"}], "dkim.0.domain"),
+        ([{"domain": "example.com", "selector": "s"}], "dkim.0.key_file"),
+        (
+            [
+                {"domain": "example.com", "selector": "s1", "key_file": "a"},
+                {"domain": "EXAMPLE.com", "selector": "S1", "key_file": "b"},
+            ],
+            "selector 'S1' of 'example.com' is listed twice",
+        ),
+    ],
+)
+def test_invalid_dkim_entries_name_the_setting(entries: list[dict[str, str]], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(named)):
+        load_settings(dkim=entries)
 
 
 def test_settings_are_frozen() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,6 +35,7 @@ from mailqueue.backends.memory import MemoryDelivery, MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.envelope import encode_envelope
 from mailqueue.errors import StoreError
+from mailqueue.mime import html_to_text
 from mailqueue.protocols import AttachmentStore, Queue, Store
 from mailqueue.records import RecordUpdate
 from mailqueue.stores.memory import MemoryAttachmentStore, MemoryStore
@@ -176,6 +178,10 @@ async def test_delivers_with_attachments_and_records_everything(rig: Rig) -> Non
     assert parsed["From"].addresses[0].display_name == "Billing"
     parts = {p.get_filename(): p.get_content() for p in parsed.iter_attachments()}
     assert parts == {"invoice 42.pdf": pdf, "notes.txt": "hello"}
+    # the mail gave no text: a text/plain alternative was made from its HTML
+    plain = parsed.get_body(preferencelist=("plain",))
+    assert plain is not None
+    assert plain.get_content().replace("\r\n", "\n") == html_to_text(done.mail.html)
     # attachments are deleted once the mail is sent (just after it is recorded)
     for ref in done.mail.attachments:
         for _ in range(100):
@@ -470,6 +476,28 @@ async def test_copy_of_a_mail_whose_sender_died_is_sent_after_the_lease(rig: Rig
     assert done.status is Status.SENT
     assert len(rig.server.messages) == 1
     assert rig.worker.counts["deferred"] == 1
+
+
+async def test_copies_of_a_mail_in_the_workers_hands_wait_for_it_and_are_not_sent(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The mail published three times (publishes repeated after lost confirms): while one copy
+    # is being sent (a slow server), the two others wait for it in this worker, one after the
+    # other, then find the mail sent.
+    caplog.set_level(logging.INFO, logger="mailqueue.worker")
+    rig.server.faults.append(Fault("mail", stall=0.6))  # within the sender's timeout of 1 s
+    record = await rig.mq.submit(mail("ann@example.com"))
+    for _ in range(2):
+        await rig.mq.publish(record.mail)
+    assert (await rig.final(record.id)).status is Status.SENT
+
+    async def both_done() -> bool:
+        return rig.worker.counts["skipped"] == 2 and not rig.worker._handling
+
+    await eventually(both_done, "both copies to be skipped, and done with", within=10, every=0.02)
+    assert len(rig.server.messages) == 1
+    assert rig.worker.counts["deferred"] == 2
+    assert caplog.text.count("is being handled by this worker already") == 2
 
 
 # --- group commit (a Store that can change records in batches) ---------------------

@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from click.core import ParameterSource
 
+from mailqueue._version import __version__
 from mailqueue.errors import ConfigurationError, MailQueueError, ValidationError
 from mailqueue.logs import configure_logging, secrets_of_urls
 from mailqueue.settings import Settings, load_settings
@@ -111,7 +112,7 @@ def _run(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @_config_option
-@click.version_option(package_name="mailqueue")
+@click.version_option(__version__, prog_name="mailqueue")
 def main(config: Path | None) -> None:
     """mailqueue: send e-mail asynchronously and reliably."""
 

@@ -8,6 +8,7 @@ Senders that wrap Senders, each one concern, composed in one place:
 - :mod:`~mailqueue.sending.step`: the base of a link that wraps a Sender;
 - :mod:`~mailqueue.sending.account_limit`: one account's limit and adaptive throttle (a link);
 - :mod:`~mailqueue.sending.accounts`: several accounts behind one Sender, with failover (a link);
+- :mod:`~mailqueue.sending.dkim`: DKIM signing (a step);
 - :mod:`~mailqueue.sending.pipeline`: :func:`build_sender`, the one place that composes the chain.
 
 This package ``__init__`` imports nothing: :mod:`mailqueue.settings` reads

@@ -36,7 +36,7 @@ from mailqueue.sending.throttle import (
     retry_after,
 )
 
-__all__ = ["AccountLimit", "AccountLimiter", "LocalAccountLimiter", "throttle_reply"]
+__all__ = ["AccountLimit", "AccountLimiter", "LocalAccountLimiter", "WorkerPace", "throttle_reply"]
 
 
 class AccountLimiter(Protocol):
@@ -118,9 +118,62 @@ class LocalAccountLimiter:
         """Nothing to release."""
 
 
+class WorkerPace:
+    """:class:`AccountLimiter` of the one ``sender`` (no ``senders``, no ``rate_store``).
+
+    The slot is the worker's own :class:`~mailqueue.sending.limits.RateLimiter`
+    (``worker.rate``), taken before the mail is claimed, so :meth:`take` takes
+    nothing more; throttle replies lower that limiter's factor and pause it,
+    clean sends bring it back up (AIMD), as for an account.
+    """
+
+    def __init__(self, name: str, limiter: RateLimiter, params: AIMDParams | None = None) -> None:
+        self.name = name
+        self.limiter = limiter
+        self._aimd = AIMDState(params or AIMDParams())
+        self._publish()
+
+    @property
+    def factor(self) -> float:
+        """The current fraction of ``worker.rate``."""
+        return self._aimd.factor
+
+    def _publish(self) -> None:
+        self.limiter.factor = self._aimd.factor
+        if self.limiter.windows:
+            shortest = min(self.limiter.windows, key=lambda w: w.period)
+            ACCOUNT_RATE.labels(self.name).set(scaled_limit(shortest, self._aimd.factor) / shortest.period)
+
+    async def take(self) -> str:
+        """Nothing: the worker took its slot before the claim."""
+        return ""
+
+    async def done(self, token: str) -> None:
+        """Nothing to do."""
+
+    async def throttled(self, pause: float | None) -> None:
+        """Decrease the factor and pause the worker's limiter."""
+        self._aimd.throttled(pause)
+        left = self._aimd.pause_left()
+        self.limiter.pause(left)
+        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(left)
+        self._publish()
+
+    async def succeeded(self) -> None:
+        """Count a clean send towards recovery."""
+        self._aimd.succeeded()
+        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(0)
+        self._publish()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
 def throttle_reply(result: SendResult) -> str | None:
     """The first per-recipient reply of ``result`` that asks the account to slow down, or ``None``."""
     for reply in result.replies.values():
+        if reply.code is not None and reply.code < 400:
+            continue  # accepted: never a throttle reply (and the common case, kept cheap)
         if classify_reply(reply.code, reply.reply) is ErrorClass.THROTTLE:
             return reply.reply
     return None

@@ -91,16 +91,21 @@ class RateLimiter:
         self.waited = 0.0
         #: Adaptive factor (1.0: the configured rate), lowered by throttle replies.
         self.factor = 1.0
+        self._paused_until = 0.0
 
     @property
     def unlimited(self) -> bool:
         """True when no window is configured."""
         return not self.windows
 
+    def pause(self, seconds: float) -> None:
+        """Allow no send for ``seconds`` from now (a throttle reply asked for it)."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
     def delay(self) -> float:
         """Seconds until the next send would be allowed (0 if now)."""
         now = self._clock()
-        wait = 0.0
+        wait = max(0.0, self._paused_until - now)
         for window, log in zip(self.windows, self._logs, strict=True):
             limit = scaled_limit(window, self.factor)
             if len(log) >= limit:
@@ -108,8 +113,8 @@ class RateLimiter:
         return wait
 
     async def acquire(self) -> float:
-        """Wait for a slot in every window and take it; return the seconds waited."""
-        if not self.windows:
+        """Wait for a slot in every window (and any pause) and take it; return the seconds waited."""
+        if not self.windows and self._paused_until <= self._clock():
             return 0.0
         waited = 0.0
         async with self._lock:

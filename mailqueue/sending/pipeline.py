@@ -4,7 +4,7 @@ Between the rendered message and the socket sits a chain of Senders, each
 wrapping the next and each one concern (``docs/accounts-and-limits.md``)::
 
     worker: rate limit (before the claim)
-      -> [plugin steps, ``sending_steps``] -> [STEPS: suppression, DKIM, VERP]
+      -> [plugin steps, ``sending_steps``] -> [STEPS: (suppression), DKIM signing, VERP]
       -> account router (failover / round robin, circuit breakers)
            -> per account: limit + adaptive throttle -> wire sender (SMTP/outbox)
 
@@ -22,14 +22,19 @@ What each link is:
   are chosen by name in the ``sending_steps`` setting; they wrap the
   built-in ones. A step returns per-recipient outcomes like any Sender (a
   suppressed recipient is a recipient whose reply says so), so every
-  decision is recorded next to the mail. The next issues add
-  ``suppression.py`` (outermost built-in: a mail whose every recipient is
-  suppressed should not reach the wire; the worker's rate-limit slot is
-  taken before any Sender runs) and ``dkim.py`` (signs the bytes outside the
-  router, so that a failover re-sends the signed bytes). The innermost
-  built-in step is :mod:`~mailqueue.sending.verp` (with ``bounces.domain``):
-  it gives each recipient its own return path and so its own transaction;
-  the router keeps that envelope sender whatever the account.
+  decision is recorded next to the mail. :mod:`~mailqueue.sending.dkim`
+  (``dkim_step``) signs the bytes outside the router, so that a failover
+  re-sends the signed bytes, and inside every step that may change bytes,
+  so that nothing changes them after signing. Inside it is only
+  :mod:`~mailqueue.sending.verp` (``verp_step``, with ``bounces.domain``),
+  which changes the envelope and never the bytes: it gives each recipient
+  its own return path and so its own transaction (the mail is signed once
+  for all of them), and the router keeps that envelope sender whatever the
+  account. A step whose settings are empty returns ``inner`` itself and
+  adds no link.
+  The next issue adds ``suppression.py`` as the outermost built-in step (a
+  mail whose every recipient is suppressed should not reach the wire nor be
+  signed; the worker's rate-limit slot is taken before any Sender runs).
 - **account router**: :class:`~mailqueue.sending.accounts.AccountRouter`
   picks the account and moves a mail to the next one on an account failure
   (connection, auth, quota, throttle), with a circuit breaker per account.
@@ -45,9 +50,11 @@ What each link is:
 - **wire sender**: from the ``mailqueue.senders`` entry points
   (:mod:`mailqueue.backends.smtp`, :mod:`mailqueue.backends.outbox`, ...).
 
-With one ``sender`` and no ``worker.rate_store`` there is no router and no
-per-account limit: the steps wrap the wire sender, and the worker's limiter
-holds ``worker.rate``.
+With one ``sender`` and no ``worker.rate_store`` there is no router: the
+worker's limiter holds ``worker.rate`` (taken before the claim), and an
+``AccountLimit`` named ``default`` around the wire sender slows that limiter
+down and pauses it on throttle replies
+(:class:`~mailqueue.sending.account_limit.WorkerPace`).
 """
 
 from __future__ import annotations
@@ -57,8 +64,9 @@ from typing import NamedTuple, TypeVar, cast
 
 from mailqueue.errors import ConfigurationError
 from mailqueue.protocols import BackendContext, Sender
-from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter
+from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter, WorkerPace
 from mailqueue.sending.accounts import Account, AccountRouter
+from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
@@ -74,9 +82,10 @@ _S = TypeVar("_S")
 StepFactory = Callable[[Sender, Settings], Sender]
 
 #: The built-in steps around the router (or the one wire sender), outermost first.
-#: Suppression and DKIM signing go before VERP (see the module docs). A step that
-#: its settings turn off returns the Sender it was given.
-STEPS: tuple[StepFactory, ...] = (verp_step,)
+#: DKIM signing is the innermost step that may change bytes and must stay so: a step
+#: inside it would change the signed bytes; VERP, inside it, changes only the envelope.
+#: Suppression goes first (see the module docs).
+STEPS: tuple[StepFactory, ...] = (dkim_step, verp_step)
 
 
 class SendingChain(NamedTuple):
@@ -120,11 +129,12 @@ def _wire(settings: Settings, context: BackendContext | None) -> tuple[Sender, R
     from mailqueue import registry
 
     worker = settings.worker
-    if not settings.senders and not worker.rate_store:
-        sender = registry.create_sender(settings.sender.get_secret_value(), context=context)
-        return sender, RateLimiter(worker.rate)
     t = worker.throttle
     params = AIMDParams(t.decrease, t.floor, t.increase, t.increase_after, t.pause, t.max_pause)
+    if not settings.senders and not worker.rate_store:
+        wire = registry.create_sender(settings.sender.get_secret_value(), context=context)
+        limiter = RateLimiter(worker.rate)
+        return AccountLimit(wire, "default", WorkerPace("default", limiter, params)), limiter
     configured = settings.senders or []
     specs = [
         (a.name or f"account{i + 1}", a.url.get_secret_value(), a.rate) for i, a in enumerate(configured)
@@ -152,8 +162,10 @@ def _wire(settings: Settings, context: BackendContext | None) -> tuple[Sender, R
 def build_sender(settings: Settings, *, context: BackendContext | None = None) -> SendingChain:
     """The sending chain for ``settings`` (not opened) and the worker's limiter.
 
-    With one ``sender`` and no ``worker.rate_store`` the sender is exactly the
-    plain wire sender and the limiter an in-process one of ``worker.rate``.
+    With one ``sender`` and no ``worker.rate_store`` the sender is the wire
+    sender in an :class:`~mailqueue.sending.account_limit.AccountLimit`
+    (``default``) that throttles the worker's limiter, an in-process one of
+    ``worker.rate``.
     Otherwise an :class:`~mailqueue.sending.accounts.AccountRouter` over one
     :class:`~mailqueue.sending.account_limit.AccountLimit` per account does the
     limiting per account (in Redis when ``rate_store`` is set) and the
@@ -161,7 +173,7 @@ def build_sender(settings: Settings, *, context: BackendContext | None = None) -
     and the ``sending_steps`` named in the settings wrap those.
 
     Raises:
-        ConfigurationError: a sender URL, a rate or the accounts cannot be used.
+        ConfigurationError: a sender URL, a rate, the accounts or a DKIM key cannot be used.
     """
     sender, limiter = _wire(settings, context)
     for step in reversed(STEPS):

@@ -1,95 +1,26 @@
-"""URLs and engines of the SQL backends: check a store URL, create its async engine.
-
-The bare schemes ``sqlite:``, ``mysql:``, ``mariadb:`` and ``postgresql:``
-choose the asyncio drivers; mailqueue's own query options (``migrate``,
-``pool_size``, ``echo``) are taken out before SQLAlchemy sees the URL. The URL
-format is described in :mod:`mailqueue.sql.store`.
+"""Engines of the SQL backends: create the async engine of a store URL (checked
+by :mod:`mailqueue.sql.url`), and turn the database's errors into ours.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from mailqueue.backends._base import translate_errors
-from mailqueue.errors import ConfigurationError, MissingDependencyError, StoreError
+from mailqueue.errors import ConfigurationError, StoreError
+from mailqueue.sql.url import parse_url, split_options
 
-__all__ = ["make_engine", "parse_url"]
-
-#: Bare schemes and the async driver each one means.
-BARE_SCHEMES = {
-    "sqlite": "sqlite+aiosqlite",
-    "mysql": "mysql+asyncmy",
-    "mariadb": "mariadb+asyncmy",
-    "postgresql": "postgresql+asyncpg",
-}
-#: Optional drivers: the package to import and the extra that installs it.
-_DRIVER_EXTRAS = {"asyncmy": ("asyncmy", "mysql"), "asyncpg": ("asyncpg", "postgres")}
-#: Query options that mailqueue reads (and removes before SQLAlchemy sees the URL).
-OPTIONS = ("migrate", "pool_size", "echo")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _bool_option(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"store URL option {name!r} must be true or false, not {value!r}")
-
-
-def safe_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-def parse_url(url: str | URL) -> URL:
-    """Check an SQLAlchemy async URL and map a bare scheme to its driver.
-
-    Returns:
-        The URL to hand to SQLAlchemy, e.g. ``mysql+asyncmy://...`` for
-        ``mysql://...``.
-
-    Raises:
-        ConfigurationError: not a URL, an unknown dialect, a synchronous
-            driver, or an in-memory SQLite database.
-        MissingDependencyError: the driver (asyncmy, asyncpg) is not installed.
-    """
-    parsed = checked_url(url)
-    if parsed.drivername in BARE_SCHEMES:
-        parsed = parsed.set(drivername=BARE_SCHEMES[parsed.drivername])
-    try:
-        dialect = parsed.get_dialect()
-    except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError):
-        raise ConfigurationError(f"no SQLAlchemy dialect for store scheme {parsed.drivername!r}") from None
-    if dialect.driver in _DRIVER_EXTRAS:
-        package, extra = _DRIVER_EXTRAS[dialect.driver]
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            raise MissingDependencyError(package, extra) from None
-    if not getattr(dialect, "is_async", False):
-        raise ConfigurationError(
-            f"store scheme {parsed.drivername!r} is not an asyncio driver; use e.g. "
-            "sqlite+aiosqlite, mysql+asyncmy or postgresql+asyncpg"
-        )
-    if dialect.name == "sqlite" and (
-        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
-    ):
-        raise ConfigurationError("an in-memory SQLite database cannot be shared; use the memory:// store")
-    return parsed
+__all__ = ["engine_for", "make_engine", "translated"]
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
@@ -162,39 +93,13 @@ def translated(action: str) -> contextlib.AbstractContextManager[None]:
 
 @contextlib.asynccontextmanager
 async def engine_for(url_or_engine: str | URL | AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """The given engine, or a one-off engine for a store URL (mailqueue's options checked,
+    then left out), disposed at the end."""
     if isinstance(url_or_engine, AsyncEngine):
         yield url_or_engine
         return
-    engine = make_engine(strip_options(checked_url(url_or_engine))[0], single_use=True)
+    engine = make_engine(split_options(url_or_engine)[0], single_use=True)
     try:
         yield engine
     finally:
         await engine.dispose()
-
-
-def checked_url(url: str | URL) -> URL:
-    """:func:`sqlalchemy.engine.make_url` raising :class:`ConfigurationError`."""
-    try:
-        return make_url(url)
-    except (sa.exc.ArgumentError, ValueError):
-        raise ConfigurationError("the store URL is not a valid SQLAlchemy URL") from None
-
-
-def strip_options(url: URL) -> tuple[URL, dict[str, Any]]:
-    """Take mailqueue's own query options out of ``url``, as keyword arguments of :class:`SQLStore`."""
-    options: dict[str, Any] = {}
-    for name in OPTIONS:
-        if name not in url.query:
-            continue
-        value = url.query[name]
-        if not isinstance(value, str):
-            raise ConfigurationError(f"store URL option {name!r} is given more than once")
-        if name == "pool_size":
-            if not value.isdigit() or int(value) < 1:
-                raise ConfigurationError(
-                    f"store URL option 'pool_size' must be a positive integer, not {value!r}"
-                )
-            options[name] = int(value)
-        else:
-            options[name] = _bool_option(name, value)
-    return url.difference_update_query(list(options)), options

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailqueue.errors import StoreError
 from mailqueue.sql import schema
-from mailqueue.sql.engine import engine_for, safe_url, translated
+from mailqueue.sql.engine import engine_for, translated
+from mailqueue.sql.url import safe_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -176,7 +177,7 @@ async def upgrade(url_or_engine: str | URL | AsyncEngine, revision: str = "head"
     up to date.
 
     Args:
-        url_or_engine: a store URL (mailqueue's query options are ignored) or
+        url_or_engine: a store URL (mailqueue's query options are checked, then ignored) or
             an open engine.
         revision: the revision to reach.
 

@@ -1,5 +1,5 @@
 """Rows <-> records: a :class:`~mailqueue.records.MailRecord` from its ``email`` and
-``email_attempt`` rows, and the limits the columns put on what is written.
+``email_attempt`` rows and back, and the limits the columns put on what is written.
 
 Rows of the original service (no ``payload``) are read back leniently, as
 :mod:`mailqueue.sql.store` describes; recipient filters are checked here too.
@@ -17,6 +17,9 @@ from typing import Any
 from mailqueue.errors import MailQueueError
 from mailqueue.message import Mail, Recipient, check_body_text, check_header_text
 from mailqueue.records import Attempt, MailRecord, RecipientOutcome, RecipientState, Status, utcnow
+
+#: How a store turns a time into the value its columns keep (see ``Database.db_time``).
+ToColumn = Callable[[datetime | None], datetime | None]
 
 logger = logging.getLogger(__name__)
 
@@ -269,3 +272,47 @@ def recipient_matches(row: Mapping[Any, Any], needle: str) -> bool:
         addresses = [r.address for r in _legacy_recipients(row["receiver"], row["receiver_name"])]
     needle = needle.lower()
     return any(needle in address.lower() for address in addresses)
+
+
+def row_values(record: MailRecord, time: ToColumn) -> dict[str, Any]:
+    """The ``email`` row of ``record`` (its ``id`` aside), times converted by ``time``."""
+    mail = record.mail
+    names = [r.name for r in mail.to]
+    return {
+        "title": mail.subject,
+        "content": clip_bytes(mail.html, TEXT_BYTES),
+        "sender_name": mail.sender_name,
+        "receiver": clip_bytes(",".join(r.address for r in mail.to), TEXT_BYTES),
+        "receiver_name": clip_bytes(",".join(names), TEXT_BYTES) if any(names) else "",
+        "attachment": ",".join(a.filename for a in mail.attachments)[:ATTACHMENT_CHARS],
+        "remark": clip(record.remark, REMARK_CHARS),
+        "is_ok": 1 if record.status is Status.SENT else 0,
+        "is_deleted": 1 if record.is_deleted else 0,
+        "created_at": time(record.created_at),
+        "updated_at": time(record.updated_at),
+        "uid": mail.id,
+        "message_id": mail.message_id[:MESSAGE_ID_CHARS] if mail.message_id else None,
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "recipients": dump_outcomes(record.recipients),
+        "payload": mail.model_dump_json(),
+        "last_error": clip(record.last_error, ERROR_CHARS),
+        "last_code": record.last_code,
+        "idempotency_key": mail.idempotency_key,
+        "sent_at": time(record.sent_at),
+        "next_attempt_at": time(record.next_attempt_at),
+    }
+
+
+def attempt_values(email_id: int, attempt: Attempt, time: ToColumn) -> dict[str, Any]:
+    """The ``email_attempt`` row of ``attempt`` of the ``email`` row ``email_id``."""
+    return {
+        "email_id": email_id,
+        "number": attempt.number,
+        "started_at": time(attempt.started_at),
+        "finished_at": time(attempt.finished_at),
+        "outcome": attempt.outcome,
+        "code": attempt.code,
+        "reply": clip(attempt.reply, ERROR_CHARS),
+        "recipients": dump_outcomes(attempt.recipients) if attempt.recipients else None,
+    }

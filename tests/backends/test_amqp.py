@@ -455,7 +455,7 @@ async def test_quorum_mode(rabbitmq_url: str, name: str, admin: Admin) -> None:
     async with AMQPQueue.from_url(url, context=BackendContext()) as queue:
         channel = await admin()
         # Declaring again with different arguments fails, so these declares prove the types.
-        await channel.declare_queue(name, durable=True, arguments=queue._queue_arguments())
+        await channel.declare_queue(name, durable=True, arguments=queue._topology.queue_arguments())
         await channel.declare_queue(f"{name}.dead", durable=True, arguments={"x-queue-type": "quorum"})
         await queue.publish("q1", b"one")
         await queue.publish("q2", b"two", delay=0.3)
@@ -471,7 +471,7 @@ async def test_quorum_mode(rabbitmq_url: str, name: str, admin: Admin) -> None:
         third = await next_within(iterator)
         await third.dead("bad")
         await aclose(iterator)
-        tier_arguments = queue._tier_arguments(200)
+        tier_arguments = queue._topology.tier_arguments(200)
         assert tier_arguments["x-queue-type"] == "quorum"
         await channel.declare_queue(f"{name}.retry.200", durable=True, arguments=tier_arguments)
         (dead,) = await read_all(channel, f"{name}.dead")

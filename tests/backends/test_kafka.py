@@ -176,8 +176,8 @@ def test_from_url_reads_hosts_topic_and_options() -> None:
         "kafka://user:s%40cret@k1/q?sasl_mechanism=scram-sha-512", context=BackendContext()
     )
     assert sasl.options.security_protocol == "SASL_PLAINTEXT"
-    assert sasl._common()["sasl_plain_password"] == "s@cret"
-    assert sasl._common()["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert sasl._clients.common()["sasl_plain_password"] == "s@cret"
+    assert sasl._clients.common()["sasl_mechanism"] == "SCRAM-SHA-512"
     assert "s@cret" not in repr(sasl.options)
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
+import dkim
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mailqueue.backends.memory import MemorySender
 from mailqueue.errors import PermanentDeliveryError, TransientDeliveryError, UnknownDeliveryError
@@ -158,3 +164,44 @@ async def test_a_recipient_refused_at_rcpt_is_in_the_merged_result() -> None:
         550,
         "5.1.1 no such user",
     )
+
+
+async def test_with_dkim_each_recipients_transaction_carries_the_one_signature_and_verifies(
+    tmp_path: Path,
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    seed = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    (tmp_path / "ed1.key").write_bytes(base64.b64encode(seed))
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    record = b"v=DKIM1; k=ed25519; p=" + base64.b64encode(public)
+
+    def dns(name: bytes, timeout: float = 5) -> bytes | None:
+        return record if name.decode().rstrip(".").lower() == "ed1._domainkey.example.com" else None
+
+    async with SMTPTestServer() as smtpd:
+        settings = load_settings(
+            sender=smtpd.url(from_address="news@example.com"),
+            dkim=[
+                {
+                    "domain": "example.com",
+                    "selector": "ed1",
+                    "key_file": str(tmp_path / "ed1.key"),
+                    "algorithm": "ed25519-sha256",
+                }
+            ],
+            bounces={"domain": "bounces.example.com"},
+        )
+        chain = build_sender(settings)
+        data = b"From: news@example.com\r\nTo: a@example.net\r\nSubject: s\r\n\r\nbody\r\n"
+        async with chain.sender:
+            result = await chain.sender.send(
+                OutgoingMessage(MAIL_ID, data, "news@example.com", ["a@example.net", "b@example.net"])
+            )
+    assert sorted(result.accepted) == ["a@example.net", "b@example.net"]
+    first, second = smtpd.messages
+    assert first.envelope_from != second.envelope_from  # a return path each
+    assert first.data == second.data  # signed once, the same bytes to both
+    assert first.data.startswith(b"DKIM-Signature:")
+    assert dkim.DKIM(first.data).verify(dnsfunc=dns)

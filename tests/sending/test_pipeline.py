@@ -8,8 +8,11 @@ from dataclasses import replace
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker
 from mailqueue.backends.memory import MemorySender
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
+from mailqueue.sending.account_limit import AccountLimit
 from mailqueue.sending.accounts import AccountRouter
+from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
+from mailqueue.sending.verp import verp_step
 from mailqueue.settings import load_settings
 
 
@@ -36,10 +39,13 @@ async def test_a_step_hands_the_changed_message_to_inner_and_opens_and_closes_it
     assert list(links(step)) == [step, wire]
 
 
-def test_the_built_in_steps_are_off_without_their_settings() -> None:
-    wire = MemorySender(from_address="from@example.com")
-    settings = load_settings()
-    assert all(step(wire, settings) is wire for step in STEPS)
+def test_the_built_in_steps_add_no_link_when_not_configured() -> None:
+    # DKIM is the innermost step that changes bytes (nothing may change what it signed);
+    # only VERP, which changes the envelope alone, is inside it
+    assert STEPS[-2:] == (dkim_step, verp_step)
+    settings = load_settings(sender="memory://?from=a@example.com")
+    # the single sender's limit and throttle around the wire sender, and no step
+    assert [type(link) for link in links(build_sender(settings).sender)] == [AccountLimit, MemorySender]
 
 
 def test_find_link_sees_the_accounts_through_a_step() -> None:
@@ -63,7 +69,8 @@ async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_ba
     worker = Worker.from_settings(settings, mq)
     assert (worker.queue, worker.store, worker.attachments) == (mq.queue, mq.store, mq.attachments)
     assert (worker.settings, worker.retention) == (settings.worker, settings.retention)
-    assert isinstance(worker.sender, MemorySender)
+    assert isinstance(worker.sender, AccountLimit)
+    assert isinstance(worker.sender.inner, MemorySender)
     assert [str(w) for w in worker.limiter.windows] == ["7/1s"]
     chain = build_sender(settings)
     again = Worker.from_settings(settings, mq, chain=chain)
@@ -83,7 +90,7 @@ async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_ba
         await run
     assert record is not None
     assert record.status is Status.SENT
-    assert [list(m.recipients) for m in worker.sender.sent] == [["u@example.com"]]
+    assert [list(m.recipients) for m in worker.sender.inner.sent] == [["u@example.com"]]
 
 
 def test_the_dashboard_finds_the_accounts_in_the_chain() -> None:

@@ -25,7 +25,7 @@ from mailqueue.backends.memory import MemoryQueue
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.errors import PermanentDeliveryError, TransientDeliveryError
 from mailqueue.protocols import OutgoingMessage
-from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter
+from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter, WorkerPace
 from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.limits import parse_rate
 from mailqueue.sending.pipeline import build_sender
@@ -292,7 +292,10 @@ async def test_every_account_down_is_transient() -> None:
 async def test_build_sender_keeps_the_single_sender_as_it_was(primary: SMTPTestServer) -> None:
     url = primary.url(from_address="a@example.com")
     plain, limiter = build_sender(load_settings(sender=url, worker={"rate": "5/s"}))
-    assert isinstance(plain, SMTPSender)
+    assert isinstance(plain, AccountLimit)  # one sender: the worker's limit, throttled
+    assert isinstance(plain.inner, SMTPSender)
+    assert isinstance(plain.limiter, WorkerPace)
+    assert plain.limiter.limiter is limiter
     assert [str(w) for w in limiter.windows] == ["5/1s"]
     several, unlimited = build_sender(
         load_settings(
@@ -327,7 +330,8 @@ def test_serve_mode_worker_uses_the_accounts(primary: SMTPTestServer) -> None:
     assert isinstance(plugin.sender, AccountRouter)
     assert [a.name for a in plugin.sender.accounts] == ["serve-a", "serve-b"]
     plain = MailQueuePlugin(load_settings(**memory, sender=url), worker=True)
-    assert isinstance(plain.sender, SMTPSender)
+    assert isinstance(plain.sender, AccountLimit)
+    assert isinstance(plain.sender.inner, SMTPSender)
 
 
 async def test_account_limit_is_a_link_that_slows_its_account_and_passes_the_outcome_on(
@@ -370,3 +374,55 @@ async def test_a_single_account_does_not_promise_a_next_one(
     assert "only-one failed" in line
     assert line.endswith("no other account to try")
     assert "trying the next one" not in line
+
+
+async def test_a_single_sender_slows_down_and_pauses_on_throttle_replies(primary: SMTPTestServer) -> None:
+    """Without ``senders`` or a ``rate_store`` the worker's own ``worker.rate`` is throttled."""
+    storm = Fault("mail", reply="451 4.7.1 rate limited, try again in 0.3 seconds", times=3)
+    primary.faults.append(storm)
+    settings = load_settings(
+        store="memory://",
+        queue="memory://",
+        attachments="memory://",
+        sender=primary.url(from_address="a@example.com"),
+        message_id_domain="example.com",
+        worker={
+            "rate": "40/s",
+            "concurrency": 1,
+            "retry_base": 0.01,
+            "retry_max": 0.05,
+            "throttle": {"decrease": 0.5, "floor": 0.1, "increase": 0.5, "increase_after": 3, "pause": 0.05},
+        },
+        retention={"interval": 0},
+    )
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    assert isinstance(worker.sender, AccountLimit)
+    throttled_before = sample("mailqueue_account_throttled_total", "default") or 0
+    factors: list[float] = []
+    async with mq, worker.sender:
+        task = asyncio.create_task(worker.run())
+        ids = []
+        for n in range(12):
+            mail = Mail(subject=f"s{n}", html="<p>x</p>", to=[Recipient(address=f"u{n}@example.com")])
+            ids.append((await mq.submit(mail)).id)
+        started = time.monotonic()
+        for _ in range(600):
+            factors.append(worker.limiter.factor)
+            done = [await mq.status(i) for i in ids]
+            if all(r is not None and r.status is Status.SENT for r in done):
+                break
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - started
+        worker.stop()
+        await task
+    print(
+        f"single sender: factor lowest {min(factors)}, end {worker.limiter.factor}; 12 mails in {took:.2f} s"
+    )
+    assert len(primary.messages) == 12  # each delivered exactly once
+    assert min(factors) <= 0.25  # at least two decreases reached the worker's limiter
+    assert worker.limiter.factor == 1.0  # and it recovered
+    assert (
+        took >= 0.6
+    )  # the "try again in 0.3 seconds" pauses were honoured (three of them, some overlapping)
+    assert (sample("mailqueue_account_throttled_total", "default") or 0) - throttled_before == 3

@@ -66,9 +66,8 @@ class TestStoreConformance(StoreConformance):
             yield backend
 
     @pytest.fixture
-    def backend_url(self, store_url: str) -> str | None:
-        # The SQL store's URL query goes on to SQLAlchemy and its driver: not its own options.
-        return store_url if store_url == "memory://" else None
+    def backend_url(self, store_url: str) -> str:
+        return store_url
 
 
 @pytest.fixture
@@ -250,6 +249,35 @@ def test_bad_urls_are_configuration_errors(url: str, words: str) -> None:
         SQLStore.from_url(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "driver", "option"),
+    [
+        ("sqlite:///x.db", "aiosqlite", "cached_statements"),
+        ("mysql://u@h/db?charset=utf8mb4", "asyncmy", "read_timeout"),
+        ("postgresql://u@h/db", "asyncpg", "command_timeout"),
+    ],
+)
+def test_unknown_option_lists_mailqueues_and_the_drivers(url: str, driver: str, option: str) -> None:
+    SQLStore.from_url(f"{url}{'&' if '?' in url else '?'}{option}=5")  # the driver's: passed on
+    with pytest.raises(ConfigurationError) as info:
+        SQLStore.from_url(f"{url}{'&' if '?' in url else '?'}colour=blue")
+    message = str(info.value)
+    assert "'colour'" in message
+    assert "migrate, pool_size, echo" in message
+    assert f"the {driver} driver's: " in message
+    assert option in message
+
+
+def test_options_of_an_untested_driver_are_passed_on_unchecked() -> None:
+    store = SQLStore.from_url("mysql+aiomysql://u@h/db?colour=blue&pool_size=2")
+    assert store.url == "mysql+aiomysql://u@h/db?colour=blue"
+
+
+async def test_migrations_check_the_url_options_too(sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="colour"):
+        await upgrade(sqlite_url + "?colour=blue")
+
+
 def test_options_belong_to_from_url() -> None:
     with pytest.raises(ConfigurationError, match="migrate"):
         SQLStore(url="sqlite:///x.db?migrate=false")
@@ -303,7 +331,19 @@ async def test_wrong_database_name_is_store_error(postgres_url: str) -> None:
 @pytest.mark.mysql
 async def test_driver_refusing_an_option_is_configuration_error(mysql_url: str) -> None:
     with pytest.raises(ConfigurationError, match="bogus"):
-        await SQLStore.from_url(mysql_url + "&bogus=1").open()
+        SQLStore.from_url(mysql_url + "&bogus=1")
+    # the constructor's URL goes to SQLAlchemy as it is: the driver's connect() refuses it
+    with pytest.raises(ConfigurationError, match="bogus"):
+        await SQLStore(url=mysql_url + "&bogus=1").open()
+
+
+@pytest.mark.mysql
+async def test_driver_options_reach_the_driver(mysql_url: str) -> None:
+    url = sa.make_url(mysql_url).update_query_dict({"charset": "latin1"})
+    async with SQLStore.from_url(url.render_as_string(hide_password=False) + "&pool_size=2") as store:
+        async with store.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SELECT @@character_set_client")).scalar() == "latin1"
+        assert "Pool size: 2 " in store.engine.pool.status()
 
 
 async def test_sqlite_relative_path_and_missing_folder(

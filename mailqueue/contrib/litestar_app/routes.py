@@ -211,11 +211,7 @@ class _Submission:
     async def discard(self) -> None:
         """Delete every attachment stored for this request."""
         refs, self.refs = self.refs, []
-        for ref in refs:
-            try:
-                await self.mailqueue.attachments.delete(ref.key)
-            except MailQueueError as exc:
-                logger.warning("could not delete attachment key=%s of a refused request: %s", ref.key, exc)
+        await self.mailqueue.discard_attachments(refs)
 
 
 def _check_filename(field_name: str, filename: str) -> None:

@@ -10,12 +10,10 @@ from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
 from mailqueue import RecordQuery, Status
-from mailqueue.records import FINISHED
+from mailqueue.records import FINISHED, RESEND_DEFAULT
 
 __all__ = ["RESEND_DEFAULT", "Filters", "MultiValues", "input_time", "is_mail_id"]
 
-#: What a bulk re-send picks when no status is chosen, like ``mailqueue resend``.
-RESEND_DEFAULT: tuple[Status, ...] = (Status.FAILED, Status.DEAD)
 _TEXT_MAX = 255
 _ID = re.compile(r"^[0-9a-z][0-9a-z_-]{0,63}$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final, Literal
@@ -28,6 +28,7 @@ from prometheus_client import Counter
 
 from mailqueue import (
     AttachmentNotFoundError,
+    AttachmentRef,
     BackendError,
     MailQueue,
     MailQueueError,
@@ -462,21 +463,11 @@ class AttachmentView:
     stored: bool | None
 
 
-async def _is_stored(mailqueue: MailQueue, key: str) -> bool | None:
-    chunks = mailqueue.attachments.read(key)
+async def _is_stored(mailqueue: MailQueue, ref: AttachmentRef) -> bool | None:
     try:
-        await anext(aiter(chunks))
-    except StopAsyncIteration:
-        return True
-    except AttachmentNotFoundError:
-        return False
+        return await mailqueue.has_attachment(ref)
     except MailQueueError:
         return None
-    finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
-    return True
 
 
 def _error_class(outcome: str, code: int | None, reply: str) -> str | None:
@@ -499,7 +490,7 @@ async def message(
             filename=ref.filename,
             content_type=ref.content_type,
             size=ref.size,
-            stored=await _is_stored(mailqueue, ref.key),
+            stored=await _is_stored(mailqueue, ref),
         )
         for i, ref in enumerate(record.mail.attachments)
     ]
@@ -552,30 +543,14 @@ async def attachment(
     if not 0 <= index < len(refs):
         raise NotFoundException("No such attachment.")
     ref = refs[index]
-    chunks = mailqueue.attachments.read(ref.key)
-    iterator = aiter(chunks)
     try:
-        first = await anext(iterator)
-    except StopAsyncIteration:
-        first = b""
+        chunks = await mailqueue.open_attachment(ref)
     except AttachmentNotFoundError:
         raise NotFoundException(
             f"{ref.filename!r} is no longer in the attachment store (deleted after sending or by retention)."
         ) from None
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            if first:
-                yield first
-            async for chunk in iterator:
-                yield chunk
-        finally:
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                await close()
-
     return Stream(
-        body(),
+        chunks,
         media_type="application/octet-stream",
         headers={
             **_COMMON_HEADERS,
