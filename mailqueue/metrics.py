@@ -24,6 +24,7 @@ from mailqueue.protocols import Queue, Store
 from mailqueue.records import RecordQuery, Status, iter_records, utcnow
 
 __all__ = [
+    "BOUNCES",
     "CONTENT_TYPE",
     "DELIVERY_ERRORS",
     "DELIVERY_LATENCY",
@@ -98,6 +99,12 @@ WORKER_RESTARTS = Counter(
 )
 SWEPT = Counter(
     "mailqueue_swept", "Mails re-published by the sweeper because their publish was not confirmed."
+)
+BOUNCES = Counter(
+    "mailqueue_bounces",
+    "Bounce and complaint notices received by the bounce listener, by kind: hard, soft, complaint, "
+    "or unmatched (a report for no known mail or recipient, ignored).",
+    ["kind"],
 )
 DELIVERY_ERRORS = Counter(
     "mailqueue_delivery_errors",

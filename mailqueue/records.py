@@ -44,7 +44,11 @@ class Status(enum.StrEnum):
 
     ``queued`` -> ``sending`` -> ``sent`` | ``retrying`` -> ... |
     ``failed`` (refused for good) | ``dead`` (attempts or age exhausted) |
-    ``unknown`` (lost after the final dot: maybe delivered).
+    ``unknown`` (lost after the final dot: maybe delivered). A ``sent`` (or
+    ``unknown``) mail becomes ``bounced`` when bounce reports (DSNs, see
+    :mod:`mailqueue.bounces`) say that it reached none of its recipients:
+    every recipient is ``bounced`` or ``failed``. A mail that reached some
+    recipients stays ``sent``; its bounced ones are told by their outcome.
     """
 
     QUEUED = "queued"
@@ -54,6 +58,7 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     UNKNOWN = "unknown"
+    BOUNCED = "bounced"
 
     @property
     def final(self) -> bool:
@@ -62,8 +67,8 @@ class Status(enum.StrEnum):
 
 
 #: States a mail ends in (a worker never moves it out of them by itself): ``sent``,
-#: ``failed``, ``dead`` and ``unknown``. Their attachments and records may be swept.
-FINISHED: Final = frozenset({Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN})
+#: ``failed``, ``dead``, ``unknown`` and ``bounced``. Their attachments and records may be swept.
+FINISHED: Final = frozenset({Status.SENT, Status.FAILED, Status.DEAD, Status.UNKNOWN, Status.BOUNCED})
 #: States of a mail a worker is still busy with: never pruned or swept.
 IN_FLIGHT: Final = frozenset({Status.QUEUED, Status.SENDING, Status.RETRYING})
 #: States a re-send picks when none are named (``MailQueue.resend``, ``mailqueue resend``, the
@@ -72,11 +77,19 @@ RESEND_DEFAULT: Final[tuple[Status, ...]] = (Status.FAILED, Status.DEAD)
 
 
 class RecipientState(enum.StrEnum):
-    """Per-recipient outcome: still to send, accepted by the server, refused for good."""
+    """Per-recipient outcome: still to send, accepted by the server, refused for good.
+
+    After ``sent``, a bounce report can make it ``bounced`` (a hard bounce: the
+    server accepted the mail and later gave up on this mailbox) and a
+    complaint (an RFC 5965 feedback report) ``complained`` (delivered, and
+    the recipient marked it as spam); see :mod:`mailqueue.bounces`.
+    """
 
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,11 @@ class Attempt:
     ``transient``, ``permanent``, ``unknown``, ``skipped`` or ``error`` (the
     attempt raised what nothing classified, e.g. a mail that cannot be
     rendered: retried like ``transient``; ``reply`` holds the error).
+    Reports received after the mail was sent are attempts too (no delivery
+    was tried; ``code`` is the SMTP code the report quotes, if any, and
+    ``reply`` starts with its RFC 3463 status): ``bounced`` (a hard bounce),
+    ``delayed`` (a soft bounce or a delay warning: recorded only) and
+    ``complained``.
     """
 
     number: int

@@ -11,6 +11,7 @@ printing the settings never shows them.
 from __future__ import annotations
 
 import contextvars
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from mailqueue.sending.limits import parse_rate
 __all__ = [
     "APISettings",
     "AccountSettings",
+    "BounceSettings",
     "DKIMKeySettings",
     "RetentionSettings",
     "Settings",
@@ -37,6 +39,8 @@ __all__ = [
     "WorkerSettings",
     "load_settings",
 ]
+
+_DOMAIN_RE = re.compile(r"(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("mailqueue_config", default=None)
 
@@ -256,6 +260,62 @@ class APISettings(BaseModel):
     ``tokens`` are configured or the API listens on loopback only, off otherwise (see docs/dashboard.md)."""
 
 
+class BounceSettings(BaseModel):
+    """Bounce and complaint intake (see docs/deliverability.md): the VERP return path and the listener."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domain: str | None = Field(default=None, max_length=200)
+    """Domain of the VERP return path: mails go out with the envelope sender
+    ``<local>+<mail id>.<recipient tag>@<domain>`` (one SMTP transaction per recipient), so
+    that a bounce names its mail and recipient; its MX (or a transport map) must lead to the
+    listener. ``null`` (the default): the envelope sender is the From address, as without it."""
+    local: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,30}$")
+    """Left of the ``+`` in the return path; default: the From address's local part."""
+    secret: SecretStr | None = None
+    """Key of the recipient tag (an HMAC of mail id and recipient): with it, nobody who lacks
+    the key can make a bounce for another recipient of a mail. Workers and the listener must
+    share it. ``null``: the tag is a plain hash, which anyone who knows the mail id and the
+    address can compute."""
+    listen: str | None = None
+    """``host:port`` where the bounce listener (SMTP) accepts reports, e.g. ``127.0.0.1:2526``;
+    ``mailqueue serve`` runs it when set, ``mailqueue bounces`` always (default ``127.0.0.1:2526``)."""
+    max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest report accepted, in bytes (a bigger one is refused with 552)."""
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower().rstrip(".")
+        if not re.fullmatch(
+            r"(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]", value
+        ):
+            raise ValueError(f"{value!r} is not a domain name (ASCII; IDNA-encode it first)")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a host and a port.
+
+    Raises:
+        ValueError: not of that form, or the port is not 0-65535.
+    """
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     """Everything a mailqueue process needs. Build it with :func:`load_settings`."""
 
@@ -294,6 +354,8 @@ class Settings(BaseSettings):
     """What workers delete, and when (``retention`` below)."""
     api: APISettings = APISettings()
     """The HTTP service (``api`` below)."""
+    bounces: BounceSettings = BounceSettings()
+    """Bounce and complaint intake: VERP return path and listener (``bounces`` below)."""
     log_level: str = "INFO"
     """Python logging level (``DEBUG``, ``INFO``, ``WARNING``, ...)."""
     log_format: Literal["kv", "json"] = "kv"

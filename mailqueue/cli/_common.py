@@ -81,6 +81,8 @@ def _configure_logging(settings: Settings, *, structured: bool = True) -> None:
         urls += [account.url for account in settings.senders]
         secrets = secrets_of_urls([url.get_secret_value() for url in urls] + [settings.worker.rate_store])
         secrets += [token.get_secret_value() for token in settings.api.tokens]
+        if settings.bounces.secret is not None:
+            secrets.append(settings.bounces.secret.get_secret_value())
         configure_logging(settings.log_level, settings.log_format, secrets=secrets)
     else:
         logging.basicConfig(
@@ -90,6 +92,8 @@ def _configure_logging(settings: Settings, *, structured: bool = True) -> None:
         )
     # Alembic narrates every migration check at INFO; mailqueue logs what matters.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # aiosmtpd (the bounce listener) logs every SMTP command at INFO; its warnings are enough
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _run(

@@ -64,7 +64,9 @@ class AccountRouter:
     """Sends each message through one of several accounts (see the module docs).
 
     The message is rendered with the first account's From address; each
-    account sends with its own envelope sender.
+    account sends with its own envelope sender, unless a step before the router
+    set another one than that From address (a VERP return path,
+    :mod:`mailqueue.sending.verp`): that one is kept.
 
     Args:
         accounts: in failover order.
@@ -121,10 +123,12 @@ class AccountRouter:
             if last is not None:
                 ACCOUNT_FAILOVERS.labels(previous).inc()
             previous = account.name
+            if message.envelope_from == self.from_address:
+                routed = replace(message, envelope_from=account.sender.from_address)
+            else:
+                routed = message  # a return path set by a step (VERP): the same whatever the account
             try:
-                result = await account.sender.send(
-                    replace(message, envelope_from=account.sender.from_address)
-                )
+                result = await account.sender.send(routed)
             except UnknownDeliveryError:
                 account.breaker.release()
                 raise

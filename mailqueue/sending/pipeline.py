@@ -4,7 +4,7 @@ Between the rendered message and the socket sits a chain of Senders, each
 wrapping the next and each one concern (``docs/accounts-and-limits.md``)::
 
     worker: rate limit (before the claim)
-      -> [plugin steps, ``sending_steps``] -> [STEPS: (suppression), DKIM signing]
+      -> [plugin steps, ``sending_steps``] -> [STEPS: (suppression), DKIM signing, VERP]
       -> account router (failover / round robin, circuit breakers)
            -> per account: limit + adaptive throttle -> wire sender (SMTP/outbox)
 
@@ -23,10 +23,15 @@ What each link is:
   built-in ones. A step returns per-recipient outcomes like any Sender (a
   suppressed recipient is a recipient whose reply says so), so every
   decision is recorded next to the mail. :mod:`~mailqueue.sending.dkim`
-  (``dkim_step``) is the innermost built-in step: it signs the bytes
-  outside the router, so that a failover re-sends the signed bytes, and
-  inside every other step, so that nothing changes them after signing. A
-  step whose settings are empty returns ``inner`` itself and adds no link.
+  (``dkim_step``) signs the bytes outside the router, so that a failover
+  re-sends the signed bytes, and inside every step that may change bytes,
+  so that nothing changes them after signing. Inside it is only
+  :mod:`~mailqueue.sending.verp` (``verp_step``, with ``bounces.domain``),
+  which changes the envelope and never the bytes: it gives each recipient
+  its own return path and so its own transaction (the mail is signed once
+  for all of them), and the router keeps that envelope sender whatever the
+  account. A step whose settings are empty returns ``inner`` itself and
+  adds no link.
   The next issue adds ``suppression.py`` as the outermost built-in step (a
   mail whose every recipient is suppressed should not reach the wire nor be
   signed; the worker's rate-limit slot is taken before any Sender runs).
@@ -65,6 +70,7 @@ from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
+from mailqueue.sending.verp import verp_step
 from mailqueue.settings import Settings
 
 __all__ = ["STEPS", "SendingChain", "SendingStep", "StepFactory", "build_sender", "find_link", "links"]
@@ -76,9 +82,10 @@ _S = TypeVar("_S")
 StepFactory = Callable[[Sender, Settings], Sender]
 
 #: The built-in steps around the router (or the one wire sender), outermost first.
-#: DKIM signing is the innermost and must stay so: a step inside it would change the
-#: signed bytes. Suppression goes first (see the module docs).
-STEPS: tuple[StepFactory, ...] = (dkim_step,)
+#: DKIM signing is the innermost step that may change bytes and must stay so: a step
+#: inside it would change the signed bytes; VERP, inside it, changes only the envelope.
+#: Suppression goes first (see the module docs).
+STEPS: tuple[StepFactory, ...] = (dkim_step, verp_step)
 
 
 class SendingChain(NamedTuple):

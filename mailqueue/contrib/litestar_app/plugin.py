@@ -4,7 +4,9 @@ It registers the ``mailqueue`` and ``mailqueue_settings`` dependencies and a
 lifespan that opens the backends at startup and closes them at shutdown;
 with ``worker=True`` the lifespan also runs a :class:`mailqueue.Worker` in
 the background and stops it gracefully (in-flight sends finish or are
-released for redelivery) before the backends close.
+released for redelivery) before the backends close, and, when
+``bounces.listen`` is set, the bounce listener
+(:mod:`mailqueue.bounces.listener`) next to it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from litestar.plugins import InitPluginProtocol
 from mailqueue import BackendContext, MailQueue, Sender, Settings, Worker, health
 
 if TYPE_CHECKING:
+    from mailqueue.bounces.listener import BounceListener
     from mailqueue.sending.pipeline import SendingChain
 
 __all__ = ["MailQueuePlugin"]
@@ -39,10 +42,12 @@ class MailQueuePlugin(InitPluginProtocol):
             The app opens it at startup if it is not open yet, and leaves it
             open at shutdown: whoever built it closes it. One built from the
             settings is opened and closed by the app.
-        worker: also run a Worker, sending through ``settings.sender``.
+        worker: also run a Worker, sending through ``settings.sender``, and the bounce
+            listener when ``bounces.listen`` is set.
 
     Raises:
-        ConfigurationError: a backend URL in ``settings`` cannot be used.
+        ConfigurationError: a backend URL in ``settings`` cannot be used, or
+            ``bounces.listen`` is set without ``bounces.domain``.
     """
 
     def __init__(
@@ -58,6 +63,11 @@ class MailQueuePlugin(InitPluginProtocol):
 
             self._chain = build_sender(settings, context=BackendContext(store=self.mailqueue.store))
             self.sender = self._chain.sender
+        self.bounce_listener: BounceListener | None = None
+        if worker and settings.bounces.listen:
+            from mailqueue.bounces.listener import listener_from_settings
+
+            self.bounce_listener = listener_from_settings(settings, self.mailqueue.store)
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
 
@@ -88,7 +98,13 @@ class MailQueuePlugin(InitPluginProtocol):
             try:
                 self._start_worker()
                 try:
-                    yield
+                    if self.bounce_listener is not None:
+                        await self.bounce_listener.start()
+                    try:
+                        yield
+                    finally:
+                        if self.bounce_listener is not None:
+                            await self.bounce_listener.stop()
                 finally:
                     await self._stop_worker()
             finally:

@@ -70,7 +70,8 @@ class SendReply:
 
 @dataclass(frozen=True, slots=True)
 class RecipientView:
-    """One envelope recipient: ``pending``, ``sent`` or ``failed``, with the server's last reply."""
+    """One envelope recipient: ``pending``, ``sent`` or ``failed`` (after a bounce report ``bounced``
+    or ``complained``), with the server's last reply (or the report's status and text)."""
 
     address: str
     state: str
