@@ -79,7 +79,7 @@ async def test_a_sending_step_from_an_entry_point_wraps_the_chain() -> None:
         sender="memory://?from=a@example.com", message_id_domain="tags.example", sending_steps=["demo-tag"]
     )
     chain = build_sender(settings)
-    step, wire = list(links(chain.sender))
+    step, _limit, wire = list(links(chain.sender))  # outermost: the plugin's step
     assert type(step).__name__ == "TagStep"
     assert isinstance(wire, MemorySender)
     async with chain.sender:
