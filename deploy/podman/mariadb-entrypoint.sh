@@ -18,4 +18,5 @@ ALTER USER '${MARIADB_USER}'@'%' IDENTIFIED BY '${MARIADB_PASSWORD}';
 GRANT ALL ON \`${MARIADB_DATABASE}\`.* TO '${MARIADB_USER}'@'%';
 SQL
 chown mysql:mysql /run/mysqld/init.sql
-exec "$@" --user=mysql --bind-address=0.0.0.0 --init-file=/run/mysqld/init.sql
+# (no reverse DNS for clients, as the official image: lookups of container addresses time out)
+exec "$@" --user=mysql --bind-address=0.0.0.0 --skip-name-resolve --init-file=/run/mysqld/init.sql
