@@ -141,6 +141,7 @@ def test_status_prints_counts_oldest_depth_and_failures(seeded: Seeded) -> None:
         "failed": 2,
         "dead": 1,
         "unknown": 1,
+        "bounced": 0,
     }
     printed = {m[1]: int(m[2]) for m in re.finditer(r"^  (\w+)\s+(\d+)$", result.stdout, re.M)}
     assert printed == expected
@@ -174,6 +175,7 @@ def test_status_json_is_one_document_with_stable_keys(seeded: Seeded) -> None:
         "failed": 2,
         "dead": 1,
         "unknown": 1,
+        "bounced": 0,
     }
     oldest = doc["oldest_waiting"]
     assert set(oldest) == {"id", "status", "created_at", "age_seconds", "attempts"}
