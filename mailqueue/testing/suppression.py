@@ -33,7 +33,9 @@ from mailqueue.testing.store import assert_same_time
 __all__ = ["SuppressionConformance"]
 
 
-def _entry(address: str, reason: SuppressionReason = SuppressionReason.MANUAL, **changes: object) -> Suppression:
+def _entry(
+    address: str, reason: SuppressionReason = SuppressionReason.MANUAL, **changes: object
+) -> Suppression:
     return Suppression(address=address, reason=reason, **changes)  # type: ignore[arg-type]
 
 
@@ -189,7 +191,9 @@ class SuppressionConformance:
         page = await suppressions.list_suppressions(SuppressionQuery())
         assert [e.address for e in page] == ["a@example.com", "b@example.com", "c@example.com"]
 
-    async def test_expired_entries_are_listed_unless_active_only(self, suppressions: SuppressionStore) -> None:
+    async def test_expired_entries_are_listed_unless_active_only(
+        self, suppressions: SuppressionStore
+    ) -> None:
         now = utcnow()
         await suppressions.add_suppression(_entry("old@example.com", expires_at=now - timedelta(minutes=5)))
         await suppressions.add_suppression(_entry("new@example.com"))
@@ -208,7 +212,9 @@ class SuppressionConformance:
         found = await suppressions.get_suppressions(["long@example.com"], now=utcnow())
         assert found["long@example.com"].text == text
 
-    async def test_a_closed_store_raises_store_error(self, store: Store, suppressions: SuppressionStore) -> None:
+    async def test_a_closed_store_raises_store_error(
+        self, store: Store, suppressions: SuppressionStore
+    ) -> None:
         await store.close()
         with pytest.raises(StoreError):
             await suppressions.add_suppression(_entry("a@example.com"))
