@@ -207,10 +207,16 @@ class OutgoingMessage:
 
 @dataclass(frozen=True, slots=True)
 class RecipientReply:
-    """The server's answer about one recipient."""
+    """The server's answer about one recipient.
+
+    ``suppressed`` is set (to the reason) by the suppression step of the sending
+    chain for a recipient it did not hand on because the address is on the
+    suppression list; such a reply is a permanent 550 that no server gave.
+    """
 
     code: int
     reply: str
+    suppressed: str = ""
 
     @property
     def accepted(self) -> bool:
