@@ -89,7 +89,13 @@ def create_app(
     plugin = MailQueuePlugin(settings, mailqueue=mailqueue, worker=worker)
     api = Router(
         path="/api",
-        route_handlers=[send_route(settings.api), get_mail, list_suppressions, add_suppression, remove_suppression],
+        route_handlers=[
+            send_route(settings.api),
+            get_mail,
+            list_suppressions,
+            add_suppression,
+            remove_suppression,
+        ],
         # without tokens there is nothing to check: no guard, no per-request cost
         guards=[bearer_guard(settings.api.tokens)] if configured_tokens(settings.api.tokens) else [],
         security=[{_SECURITY_SCHEME: []}],

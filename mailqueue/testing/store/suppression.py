@@ -1,16 +1,7 @@
 """Conformance suite of the :class:`~mailqueue.protocols.SuppressionStore` capability.
 
-Subclass :class:`SuppressionConformance` in a test module and provide a
-``store`` fixture that yields an OPENED store, empty at the start of each
-test (the same fixture as for :class:`~mailqueue.testing.store.StoreConformance`)::
-
-    class TestMySuppressions(SuppressionConformance):
-        @pytest.fixture
-        async def store(self) -> AsyncIterator[Store]:
-            async with MyStore(...) as store:
-                yield store
-
-A store without the capability skips every test. Times may be kept to the
+Part of :class:`~mailqueue.testing.store.StoreConformance` (it needs the same
+opened ``store`` fixture); a store without the capability skips every test. Times may be kept to the
 second only, cut (compared with :func:`~mailqueue.testing.store.assert_same_time`);
 everything else is compared exactly. Points the suite pins down beyond the
 docstrings: a closed store raises :class:`~mailqueue.errors.StoreError`;
@@ -28,7 +19,7 @@ from mailqueue.errors import StoreError
 from mailqueue.protocols import Store, SuppressionStore
 from mailqueue.records import utcnow
 from mailqueue.suppression import Suppression, SuppressionQuery, SuppressionReason
-from mailqueue.testing.store import assert_same_time
+from mailqueue.testing.store.data import assert_same_time
 
 __all__ = ["SuppressionConformance"]
 
@@ -63,7 +54,7 @@ class SuppressionConformance:
         else:
             assert_same_time(got.expires_at, expected.expires_at)
 
-    async def test_add_then_get_returns_every_field(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_add_then_get_returns_every_field(self, suppressions: SuppressionStore) -> None:
         entry = _entry(
             "gone@example.com",
             SuppressionReason.HARD_BOUNCE,
@@ -77,13 +68,15 @@ class SuppressionConformance:
         assert list(found) == ["gone@example.com"]
         self.assert_same_entry(found["gone@example.com"], entry)
 
-    async def test_an_entry_without_mail_or_text_or_expiry(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_an_entry_without_mail_or_text_or_expiry(
+        self, suppressions: SuppressionStore
+    ) -> None:
         entry = _entry("manual@example.com")
         await suppressions.add_suppression(entry)
         found = await suppressions.get_suppressions(["manual@example.com"], now=utcnow())
         self.assert_same_entry(found.get("manual@example.com"), entry)
 
-    async def test_adding_again_replaces_the_entry(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_adding_again_replaces_the_entry(self, suppressions: SuppressionStore) -> None:
         await suppressions.add_suppression(
             _entry("x@example.com", SuppressionReason.HARD_BOUNCE, mail_id="m1", text="550 5.1.1 gone")
         )
@@ -105,7 +98,7 @@ class SuppressionConformance:
         found = await suppressions.get_suppressions(["x@example.com"], now=utcnow())
         self.assert_same_entry(found.get("x@example.com"), plain)
 
-    async def test_remove(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_remove(self, suppressions: SuppressionStore) -> None:
         await suppressions.add_suppression(_entry("a@example.com"))
         await suppressions.add_suppression(_entry("b@example.com"))
         assert await suppressions.remove_suppression("a@example.com") is True
@@ -114,7 +107,9 @@ class SuppressionConformance:
         found = await suppressions.get_suppressions(["a@example.com", "b@example.com"], now=utcnow())
         assert list(found) == ["b@example.com"]
 
-    async def test_get_many_leaves_out_unknown_and_expired(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_get_many_leaves_out_unknown_and_expired(
+        self, suppressions: SuppressionStore
+    ) -> None:
         now = utcnow()
         await suppressions.add_suppression(_entry("forever@example.com"))
         await suppressions.add_suppression(_entry("later@example.com", expires_at=now + timedelta(hours=1)))
@@ -133,14 +128,16 @@ class SuppressionConformance:
         assert sorted(found) == ["forever@example.com"]
         assert await suppressions.get_suppressions([], now=now) == {}
 
-    async def test_get_many_takes_hundreds_of_addresses(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_get_many_takes_hundreds_of_addresses(
+        self, suppressions: SuppressionStore
+    ) -> None:
         for n in range(0, 1200, 100):
             await suppressions.add_suppression(_entry(f"user{n}@example.com"))
         asked = [f"user{n}@example.com" for n in range(1200)]
         found = await suppressions.get_suppressions(asked, now=utcnow())
         assert sorted(found) == sorted(f"user{n}@example.com" for n in range(0, 1200, 100))
 
-    async def test_list_filters_orders_and_pages(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_list_filters_orders_and_pages(self, suppressions: SuppressionStore) -> None:
         start = utcnow() - timedelta(hours=1)
         reasons = list(SuppressionReason)
         for n in range(10):
@@ -184,14 +181,14 @@ class SuppressionConformance:
         ]
         assert await suppressions.count_suppressions(SuppressionQuery(limit=1, offset=3)) == 10
 
-    async def test_same_time_is_ordered_by_address(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_same_time_is_ordered_by_address(self, suppressions: SuppressionStore) -> None:
         when = utcnow().replace(microsecond=0)
         for address in ("c@example.com", "a@example.com", "b@example.com"):
             await suppressions.add_suppression(_entry(address, created_at=when))
         page = await suppressions.list_suppressions(SuppressionQuery())
         assert [e.address for e in page] == ["a@example.com", "b@example.com", "c@example.com"]
 
-    async def test_expired_entries_are_listed_unless_active_only(
+    async def test_suppression_expired_entries_are_listed_unless_active_only(
         self, suppressions: SuppressionStore
     ) -> None:
         now = utcnow()
@@ -206,13 +203,13 @@ class SuppressionConformance:
         found = await suppressions.get_suppressions(["old@example.com"], now=utcnow())
         assert found["old@example.com"].reason is SuppressionReason.HARD_BOUNCE
 
-    async def test_long_text_is_kept(self, suppressions: SuppressionStore) -> None:
+    async def test_suppression_long_text_is_kept(self, suppressions: SuppressionStore) -> None:
         text = "550 5.1.1 " + "ü" * 990
         await suppressions.add_suppression(_entry("long@example.com", text=text))
         found = await suppressions.get_suppressions(["long@example.com"], now=utcnow())
         assert found["long@example.com"].text == text
 
-    async def test_a_closed_store_raises_store_error(
+    async def test_suppression_a_closed_store_raises_store_error(
         self, store: Store, suppressions: SuppressionStore
     ) -> None:
         await store.close()
