@@ -72,7 +72,8 @@ from mailqueue.settings import (
     WorkerSettings,
     load_settings,
 )
-from mailqueue.suppression import Suppression, SuppressionQuery, SuppressionReason, Suppressions
+from mailqueue.suppression import Suppression, SuppressionQuery, SuppressionReason
+from mailqueue.suppression_list import Suppressions
 from mailqueue.worker import Worker
 
 __all__ = [

@@ -54,7 +54,8 @@ from mailqueue.records import (
     iter_records,
 )
 from mailqueue.settings import RetentionSettings, Settings, SuppressionSettings, load_settings
-from mailqueue.suppression import Suppression, Suppressions
+from mailqueue.suppression import Suppression
+from mailqueue.suppression_list import Suppressions
 
 __all__ = ["MailQueue"]
 

@@ -1,7 +1,7 @@
 """The suppression step: the outermost built-in link of the sending chain.
 
 Before the wire, the message's recipients are looked up on the suppression
-list (:class:`~mailqueue.suppression.Suppressions`, one query, shared with the
+list (:class:`~mailqueue.suppression_list.Suppressions`, one query, shared with the
 lookups of concurrent sends). A suppressed recipient is not handed on: its
 reply is a 550 that says so, with ``suppressed`` set to the reason, which
 the worker records as the recipient's ``suppressed`` state. When every
@@ -24,7 +24,8 @@ from mailqueue.errors import StoreError, TransientDeliveryError
 from mailqueue.protocols import BackendContext, OutgoingMessage, RecipientReply, Sender, SendResult
 from mailqueue.sending.step import SendingStep
 from mailqueue.settings import Settings
-from mailqueue.suppression import Suppressions, is_hard_bounce
+from mailqueue.suppression import is_hard_bounce
+from mailqueue.suppression_list import Suppressions
 
 __all__ = ["SuppressionStep", "suppression_step"]
 

@@ -21,11 +21,11 @@ from mailqueue.suppression import (
     HARD_BOUNCE_CODES,
     SuppressionQuery,
     SuppressionReason,
-    Suppressions,
     is_hard_bounce,
     make_entry,
     normalize_address,
 )
+from mailqueue.suppression_list import Suppressions
 from mailqueue.testing.smtpd import Fault, SMTPTestServer
 
 # --- the code table: each row --------------------------------------------------------
