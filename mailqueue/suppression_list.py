@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
+from mailqueue import metrics
 from mailqueue.batching import Batcher
 from mailqueue.errors import ConfigurationError
 from mailqueue.protocols import Store, SuppressionStore
@@ -109,7 +110,9 @@ class Suppressions:
             StoreError: the store failed.
         """
         entry = make_entry(address, reason, mail_id=mail_id, text=text, expires_at=expires_at)
-        return await self._checked_store().add_suppression(entry)
+        stored = await self._checked_store().add_suppression(entry)
+        metrics.SUPPRESSIONS_ADDED.labels(reason=stored.reason.value).inc()
+        return stored
 
     async def add_many(self, entries: Sequence[Suppression]) -> int:
         """Store entries made (and so checked) with :func:`make_entry`, one after another.
@@ -121,6 +124,7 @@ class Suppressions:
         store = self._checked_store()
         for entry in entries:
             await store.add_suppression(entry)
+            metrics.SUPPRESSIONS_ADDED.labels(reason=entry.reason.value).inc()
         return len(entries)
 
     async def record_hard_bounce(self, address: str, mail_id: str | None, text: str) -> Suppression | None:
@@ -148,6 +152,7 @@ class Suppressions:
             logger.warning("not suppressing %r after a hard bounce: %s", address, exc)
             return None
         stored = await self._store.add_suppression(entry)
+        metrics.SUPPRESSIONS_ADDED.labels(reason=stored.reason.value).inc()
         logger.warning("suppressed %s: hard bounce of mail id=%s: %s", stored.address, mail_id, stored.text)
         return stored
 

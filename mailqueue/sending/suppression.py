@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from mailqueue import metrics
 from mailqueue.errors import StoreError, TransientDeliveryError
 from mailqueue.protocols import BackendContext, OutgoingMessage, RecipientReply, Sender, SendResult
 from mailqueue.sending.step import SendingStep
@@ -69,6 +70,8 @@ class SuppressionStep(SendingStep):
             raise TransientDeliveryError(f"the suppression list could not be read: {exc}") from exc
         replies = {address: suppressed_reply(entry.reason.value) for address, entry in found.items()}
         rest = [address for address in message.recipients if address not in found]
+        for entry in found.values():
+            metrics.RECIPIENTS_SUPPRESSED.labels(reason=entry.reason.value).inc()
         if found:
             logger.info(
                 "mail id=%s: %d recipient(s) suppressed, %d left", message.mail_id, len(found), len(rest)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from mailqueue import Mail, MailQueue, Recipient, Status, Worker
 from mailqueue.backends.memory import MemorySender
@@ -205,6 +206,10 @@ async def test_concurrent_lookups_share_one_query(store: MemoryStore) -> None:
 # --- end to end: a worker, the chain, a real SMTP server -------------------------------
 
 
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"reason": "hard_bounce"}) or 0.0
+
+
 def settings_for(server: SMTPTestServer, **suppression: object) -> Settings:
     return load_settings(
         store="memory://",
@@ -241,6 +246,8 @@ async def test_a_hard_bounce_suppresses_and_the_next_mail_is_not_sent() -> None:
             )
         )
         settings = settings_for(server, hard_bounce_ttl=3600)
+        left_out = sample("mailqueue_recipients_suppressed_total")
+        added = sample("mailqueue_suppressions_added_total")
         mq = MailQueue.from_settings(settings)
         worker = Worker.from_settings(settings, mq)
         async with mq, worker.sender:
@@ -289,6 +296,8 @@ async def test_a_hard_bounce_suppresses_and_the_next_mail_is_not_sent() -> None:
                 await run
     rcpts = [m.recipients for m in server.messages]
     assert rcpts == [("ok@example.com",), ("ok@example.com",)]
+    assert sample("mailqueue_recipients_suppressed_total") - left_out == 2
+    assert sample("mailqueue_suppressions_added_total") - added == 1
 
 
 async def test_policy_refusals_do_not_suppress() -> None:
