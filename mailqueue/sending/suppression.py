@@ -21,7 +21,7 @@ import logging
 from dataclasses import replace
 
 from mailqueue import metrics
-from mailqueue.errors import StoreError, TransientDeliveryError
+from mailqueue.errors import PermanentDeliveryError, StoreError, TransientDeliveryError
 from mailqueue.protocols import BackendContext, OutgoingMessage, RecipientReply, Sender, SendResult
 from mailqueue.sending.step import SendingStep
 from mailqueue.settings import Settings
@@ -60,6 +60,10 @@ class SuppressionStep(SendingStep):
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Send to the recipients not suppressed; report the others as suppressed.
 
+        A :class:`~mailqueue.errors.PermanentDeliveryError` of the wrapped sender (5xx to
+        MAIL or DATA) when some recipients were suppressed becomes that reply for each
+        of the others, so that the suppressed ones are still recorded as such.
+
         Raises:
             TransientDeliveryError: the list could not be read (the mail is retried), or
                 what the wrapped sender raises.
@@ -78,7 +82,15 @@ class SuppressionStep(SendingStep):
             )
         if not rest:
             return SendResult(replies)
-        result = await self.inner.send(replace(message, recipients=rest) if found else message)
+        if not found:
+            result = await self.inner.send(message)
+        else:
+            try:
+                result = await self.inner.send(replace(message, recipients=rest))
+            except PermanentDeliveryError as exc:
+                # refused as a whole: the others failed with that reply, the suppressed stay suppressed
+                refused = RecipientReply(exc.code or SUPPRESSED_CODE, exc.reply)
+                return SendResult({**dict.fromkeys(rest, refused), **replies})
         if self.on_hard_bounce:
             await self._record_hard_bounces(message.mail_id, result)
         if not found:

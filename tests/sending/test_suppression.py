@@ -336,3 +336,57 @@ async def test_off_suppresses_nothing_and_adds_nothing() -> None:
             assert [r.state for r in record.recipients] == [RecipientState.SENT, RecipientState.FAILED]
             assert await mq.suppressions.count(SuppressionQuery()) == 1
     assert [m.recipients for m in server.messages] == [("listed@example.com",)]
+
+
+async def test_removing_an_address_sends_later_mails_and_resend_sends_the_old_one() -> None:
+    async with SMTPTestServer() as server:
+        settings = settings_for(server)
+        mq = MailQueue.from_settings(settings)
+        worker = Worker.from_settings(settings, mq)
+        async with mq, worker.sender:
+            await mq.suppressions.add("ann@example.com", "unsubscribe")
+            run = asyncio.create_task(worker.run())
+            try:
+                old = await finished(mq, (await mq.submit(mail("ann@example.com"))).id)
+                assert old.status is Status.FAILED
+                assert await mq.suppressions.remove("Ann@Example.com")
+                later = await finished(mq, (await mq.submit(mail("ann@example.com"))).id)
+                assert later.status is Status.SENT
+                # the old mail stays failed until it is re-sent
+                assert (await finished(mq, old.id)).status is Status.FAILED
+                assert [r.id for r in await mq.resend(ids=[old.id])] == [old.id]
+                for _ in range(200):
+                    record = await mq.status(old.id)
+                    if record is not None and record.status is Status.SENT:
+                        break
+                    await asyncio.sleep(0.05)
+                assert record is not None
+                assert [r.state for r in record.recipients] == [RecipientState.SENT]
+            finally:
+                worker.stop()
+                await run
+    assert [m.recipients for m in server.messages] == [("ann@example.com",), ("ann@example.com",)]
+
+
+async def test_a_refused_transaction_keeps_the_suppressed_recipients_suppressed() -> None:
+    async with SMTPTestServer() as server:
+        server.faults.append(Fault("data", reply="554 5.7.1 message rejected", times=None))
+        settings = settings_for(server)
+        mq = MailQueue.from_settings(settings)
+        worker = Worker.from_settings(settings, mq)
+        async with mq, worker.sender:
+            await mq.suppressions.add("gone@example.com", "complaint")
+            run = asyncio.create_task(worker.run())
+            try:
+                record = await finished(mq, (await mq.submit(mail("gone@example.com", "ok@example.com"))).id)
+            finally:
+                worker.stop()
+                await run
+            assert record.status is Status.FAILED
+            assert [(r.state, r.code) for r in record.recipients] == [
+                (RecipientState.SUPPRESSED, None),
+                (RecipientState.FAILED, 554),
+            ]
+            assert record.last_code == 554
+            # a policy refusal of the whole mail suppresses nobody
+            assert await mq.suppressions.count(SuppressionQuery()) == 1
