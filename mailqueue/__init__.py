@@ -51,6 +51,7 @@ from mailqueue.protocols import (
     SendResult,
     Store,
     StoredAttachment,
+    SuppressionStore,
 )
 from mailqueue.records import (
     ActivityBucket,
@@ -63,7 +64,16 @@ from mailqueue.records import (
     Status,
 )
 from mailqueue.sending.limits import RateLimiter, parse_rate
-from mailqueue.settings import APISettings, RetentionSettings, Settings, WorkerSettings, load_settings
+from mailqueue.settings import (
+    APISettings,
+    RetentionSettings,
+    Settings,
+    SuppressionSettings,
+    WorkerSettings,
+    load_settings,
+)
+from mailqueue.suppression import Suppression, SuppressionQuery, SuppressionReason
+from mailqueue.suppression_list import Suppressions
 from mailqueue.worker import Worker
 
 __all__ = [
@@ -113,6 +123,12 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredAttachment",
+    "Suppression",
+    "SuppressionQuery",
+    "SuppressionReason",
+    "SuppressionSettings",
+    "SuppressionStore",
+    "Suppressions",
     "TransientDeliveryError",
     "UnknownDeliveryError",
     "UnknownSchemeError",

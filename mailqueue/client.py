@@ -53,7 +53,9 @@ from mailqueue.records import (
     Status,
     iter_records,
 )
-from mailqueue.settings import RetentionSettings, Settings, load_settings
+from mailqueue.settings import RetentionSettings, Settings, SuppressionSettings, load_settings
+from mailqueue.suppression import Suppression
+from mailqueue.suppression_list import Suppressions
 
 __all__ = ["MailQueue"]
 
@@ -103,6 +105,8 @@ class MailQueue:
         attachments: where attachment bytes are kept.
         message_id_domain: right-hand side of generated Message-IDs.
         max_attachment_bytes: largest attachment :meth:`submit` accepts.
+        suppression: the suppression list's settings (default: on, accept mail with
+            suppressed recipients, keep hard bounces for ever).
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class MailQueue:
         attachments: AttachmentStore,
         message_id_domain: str = "mailqueue.local",
         max_attachment_bytes: int | None = None,
+        suppression: SuppressionSettings | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -121,6 +126,13 @@ class MailQueue:
         self.max_attachment_bytes = max_attachment_bytes
         #: The sweeps and retention this instance's methods of the same names delegate to.
         self.maintenance = Maintenance(store, queue, attachments)
+        suppression = suppression or SuppressionSettings()
+        #: The suppression list (of the Store, when it keeps one): add, remove, list, check.
+        self.suppressions = Suppressions(
+            store, enabled=suppression.enabled, hard_bounce_ttl=suppression.hard_bounce_ttl
+        )
+        #: :meth:`submit` refuses a mail with a suppressed recipient (``suppression.reject_on_submit``).
+        self.reject_suppressed = suppression.reject_on_submit
         self._opened: list[Store | Queue | AttachmentStore] = []
         self._adds: Batcher[MailRecord, MailRecord] | None = None
         self._clears: Batcher[str, None] | None = None
@@ -146,6 +158,7 @@ class MailQueue:
             ),
             message_id_domain=settings.message_id_domain or _domain_from_sender(settings),
             max_attachment_bytes=settings.api.max_attachment_bytes,
+            suppression=settings.suppression,
         )
 
     @classmethod
@@ -181,6 +194,7 @@ class MailQueue:
         for batcher in (self._adds, self._clears):
             if batcher is not None:
                 await batcher.drain()
+        await self.suppressions.drain()
         while self._opened:
             backend = self._opened.pop()
             try:
@@ -307,10 +321,13 @@ class MailQueue:
         existing record is returned and nothing new is stored or sent.
 
         Returns:
-            The Store's record (status ``queued`` for a new mail).
+            The Store's record (status ``queued`` for a new mail). Recipients on the
+            suppression list are recorded too and left out when the mail is sent
+            (:meth:`suppressed` tells which).
 
         Raises:
-            ValidationError: bad input; nothing kept.
+            ValidationError: bad input, or (with ``reject_suppressed``) a recipient is
+                suppressed, naming its field (``to[0]``, ``cc[1]``, ...); nothing kept.
             AttachmentError: an attachment could not be stored; nothing kept.
             StoreError: the record could not be written; nothing kept.
             QueueError: the queue did not confirm. The record exists (``queued``)
@@ -327,6 +344,8 @@ class MailQueue:
             existing = await self.find_by_idempotency_key(key)
             if existing is not None:
                 return await self.ensure_queued(existing)
+        if self.reject_suppressed:
+            await self._refuse_suppressed(mail)
         stored: list[AttachmentRef] = []
         try:
             for attachment in attachments:
@@ -385,6 +404,27 @@ class MailQueue:
                 logger.warning("mail id=%s is queued but its mark could not be cleared: %s", mail.id, exc)
         metrics.MAILS_ACCEPTED.inc()
         return record.evolve(last_error="")
+
+    async def suppressed(self, mail: Mail) -> dict[str, Suppression]:
+        """The suppression list's entries for the mail's recipients (to, cc, bcc) that
+        suppress now, by address as the mail gives it; empty if the list is off.
+
+        Raises:
+            StoreError: the store failed.
+        """
+        return await self.suppressions.check(r.address for r in mail.recipients)
+
+    async def _refuse_suppressed(self, mail: Mail) -> None:
+        found = await self.suppressed(mail)
+        if not found:
+            return
+        errors = [
+            (f"{kind}[{index}]", f"{r.address} is on the suppression list ({found[r.address].reason})")
+            for kind, recipients in (("to", mail.to), ("cc", mail.cc), ("bcc", mail.bcc))
+            for index, r in enumerate(recipients)
+            if r.address in found
+        ]
+        raise ValidationError(errors)
 
     async def ensure_queued(self, record: MailRecord) -> MailRecord:
         """Publish again a record whose first publish was not confirmed.

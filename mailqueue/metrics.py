@@ -33,11 +33,13 @@ __all__ = [
     "MAILS_FINISHED",
     "QUEUE_DEPTH",
     "QUEUE_OLDEST_AGE",
+    "RECIPIENTS_SUPPRESSED",
     "RETRIES",
     "SEND_DURATION",
     "SMTP_CONNECTIONS",
     "SMTP_RECONNECTS",
     "STORE_BATCH_SIZE",
+    "SUPPRESSIONS_ADDED",
     "SWEPT",
     "WORKER_READY",
     "WORKER_RESTARTS",
@@ -109,6 +111,16 @@ BOUNCES = Counter(
 DELIVERY_ERRORS = Counter(
     "mailqueue_delivery_errors",
     "Deliveries whose handling raised an unexpected exception (they are retried).",
+)
+RECIPIENTS_SUPPRESSED = Counter(
+    "mailqueue_recipients_suppressed",
+    "Recipients left out when sending because they are on the suppression list, by reason.",
+    ["reason"],
+)
+SUPPRESSIONS_ADDED = Counter(
+    "mailqueue_suppressions_added",
+    "Entries added to (or replaced on) the suppression list, by reason.",
+    ["reason"],
 )
 
 for _status in (s for s in Status if s.final):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol, Self, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from mailqueue.records import ActivityBucket, MailRecord, RecordQuery, RecordUpdate, Status
+    from mailqueue.suppression import Suppression, SuppressionQuery
 
 __all__ = [
     "AttachmentStore",
@@ -53,6 +54,7 @@ __all__ = [
     "Sender",
     "Store",
     "StoredAttachment",
+    "SuppressionStore",
 ]
 
 
@@ -205,10 +207,16 @@ class OutgoingMessage:
 
 @dataclass(frozen=True, slots=True)
 class RecipientReply:
-    """The server's answer about one recipient."""
+    """The server's answer about one recipient.
+
+    ``suppressed`` is set (to the reason) by the suppression step of the sending
+    chain for a recipient it did not hand on because the address is on the
+    suppression list; such a reply is a permanent 550 that no server gave.
+    """
 
     code: int
     reply: str
+    suppressed: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -354,6 +362,35 @@ class InspectableStore(Protocol):
         ``since`` floored to a multiple of ``bucket`` since the Unix epoch up to
         the bucket holding now, empty ones included; ``ValueError`` for a bad
         ``bucket`` or more than 10,000 buckets."""
+
+
+@runtime_checkable
+class SuppressionStore(Protocol):
+    """Optional Store capability: the suppression list (:mod:`mailqueue.suppression`).
+
+    Addresses given and returned are normalised
+    (:func:`~mailqueue.suppression.normalize_address`); there is at most one entry
+    per address. A Store without it has no suppression list: nothing is suppressed,
+    and the API and CLI say the list is not available.
+    """
+
+    async def add_suppression(self, entry: Suppression) -> Suppression:
+        """Insert ``entry``, or replace every field of the address's entry with its
+        (the last add wins, expired or not); return it as stored."""
+
+    async def remove_suppression(self, address: str) -> bool:
+        """Delete the address's entry; ``False`` if there was none."""
+
+    async def get_suppressions(self, addresses: Sequence[str], *, now: datetime) -> dict[str, Suppression]:
+        """The entries of those of ``addresses`` that suppress at ``now`` (not expired),
+        by address, in one query."""
+
+    async def list_suppressions(self, query: SuppressionQuery) -> list[Suppression]:
+        """At most ``query.limit`` entries matching ``query``, newest first then by
+        address, after skipping ``query.offset``."""
+
+    async def count_suppressions(self, query: SuppressionQuery) -> int:
+        """How many entries match ``query`` (its ``limit`` and ``offset`` ignored)."""
 
 
 # --- AttachmentStore --------------------------------------------------------

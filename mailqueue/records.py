@@ -77,7 +77,8 @@ RESEND_DEFAULT: Final[tuple[Status, ...]] = (Status.FAILED, Status.DEAD)
 
 
 class RecipientState(enum.StrEnum):
-    """Per-recipient outcome: still to send, accepted by the server, refused for good.
+    """Per-recipient outcome: still to send, accepted by the server, refused for good,
+    or ``suppressed`` (not sent: the address is on the suppression list, ``reply`` says why).
 
     After ``sent``, a bounce report can make it ``bounced`` (a hard bounce: the
     server accepted the mail and later gave up on this mailbox) and a
@@ -90,6 +91,7 @@ class RecipientState(enum.StrEnum):
     FAILED = "failed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +109,11 @@ class Attempt:
     """One delivery attempt.
 
     ``outcome`` is ``sent``, ``partial`` (some recipients deferred),
-    ``transient``, ``permanent``, ``unknown``, ``skipped`` or ``error`` (the
-    attempt raised what nothing classified, e.g. a mail that cannot be
-    rendered: retried like ``transient``; ``reply`` holds the error).
+    ``transient``, ``permanent``, ``unknown``, ``skipped``, ``suppressed``
+    (every recipient left was on the suppression list: nothing went on the
+    wire) or ``error`` (the attempt raised what nothing classified, e.g. a
+    mail that cannot be rendered: retried like ``transient``; ``reply`` holds
+    the error).
     Reports received after the mail was sent are attempts too (no delivery
     was tried; ``code`` is the SMTP code the report quotes, if any, and
     ``reply`` starts with its RFC 3463 status): ``bounced`` (a hard bounce),

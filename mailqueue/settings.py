@@ -35,6 +35,7 @@ __all__ = [
     "DKIMKeySettings",
     "RetentionSettings",
     "Settings",
+    "SuppressionSettings",
     "ThrottleSettings",
     "WorkerSettings",
     "load_settings",
@@ -230,6 +231,32 @@ class RetentionSettings(BaseModel):
         return value
 
 
+class SuppressionSettings(BaseModel):
+    """The suppression list (see docs/deliverability.md): addresses not sent to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    """Check recipients against the list when a mail is sent and when it is submitted;
+    ``false`` keeps the list (and its management) but suppresses nothing."""
+    reject_on_submit: bool = False
+    """Refuse a submitted mail with a suppressed recipient (400 naming the field) instead of
+    accepting it for the others and listing the suppressed ones in the answer."""
+    on_hard_bounce: bool = True
+    """Add a recipient to the list when the server refuses it for good because the mailbox
+    does not exist (RFC 3463 x.1.1, x.1.2, x.1.3, x.1.10 and the usual provider texts)."""
+    hard_bounce_ttl: float | None = Field(default=None, gt=0)
+    """Seconds an address added on a hard bounce stays suppressed; ``null`` (default): for ever."""
+
+    @field_validator("hard_bounce_ttl", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        # an environment variable cannot say null: take "off" (or "none", "null", "") for it
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "null"):
+            return None
+        return value
+
+
 class APISettings(BaseModel):
     """The HTTP service (see the Litestar app)."""
 
@@ -352,6 +379,8 @@ class Settings(BaseSettings):
     """How workers consume and send (``worker`` below)."""
     retention: RetentionSettings = RetentionSettings()
     """What workers delete, and when (``retention`` below)."""
+    suppression: SuppressionSettings = SuppressionSettings()
+    """The suppression list (``suppression`` below)."""
     api: APISettings = APISettings()
     """The HTTP service (``api`` below)."""
     bounces: BounceSettings = BounceSettings()

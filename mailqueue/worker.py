@@ -682,6 +682,15 @@ class Worker:
         if any(r.state is RecipientState.SENT for r in recipients):
             attempt = Attempt(number, started, utcnow(), "sent", 250, "", recipients)
             return _Outcome(Status.SENT, attempt, recipients, remark, "")
+        if result.replies and all(reply.suppressed for reply in result.replies.values()):
+            # nothing went on the wire: no server reply to record as the mail's last code
+            reason = _truncate(
+                "every recipient is suppressed: "
+                + ", ".join(f"{address} ({reply.suppressed})" for address, reply in result.replies.items()),
+                _ERROR_MAX,
+            )
+            attempt = Attempt(number, started, utcnow(), "suppressed", None, reason, recipients)
+            return _Outcome(Status.FAILED, attempt, recipients, remark, reason)
         first_reply = next(iter(result.replies.values()), None)
         code = first_reply.code if first_reply else None
         reply = first_reply.reply if first_reply else "no recipient accepted"
@@ -842,6 +851,12 @@ def _apply_result(
         reply = result.replies.get(outcome.address)
         if outcome.state is not RecipientState.PENDING or reply is None:
             updated.append(outcome)
+        elif reply.suppressed:
+            updated.append(
+                RecipientOutcome(
+                    outcome.address, RecipientState.SUPPRESSED, None, f"suppressed: {reply.suppressed}"
+                )
+            )
         elif reply.accepted:
             updated.append(RecipientOutcome(outcome.address, RecipientState.SENT, reply.code, reply.reply))
         elif reply.permanent:

@@ -11,7 +11,13 @@ and records, in one compare-and-set update of the Store:
 - a **complaint**: the recipient becomes ``complained``;
 
 each with an attempt row (``bounced``, ``delayed``, ``complained``), a log
-line on ``mailqueue.bounces`` and ``mailqueue_bounces_total{kind}``.
+line on ``mailqueue.bounces`` and ``mailqueue_bounces_total{kind}``. With a
+suppression list (:class:`~mailqueue.suppression_list.Suppressions`), a hard
+bounce also suppresses the recipient (reason ``hard_bounce``, unless its
+status is a ``5.7.x`` policy refusal or ``suppression.on_hard_bounce`` is
+off) and a complaint does (reason ``complaint``), with the mail id and the
+report's status and text; a report delivered again suppresses again (the
+entry is replaced), so a Store failure there is safe to retry.
 
 The mail is found by the VERP return path the report was sent to
 (:mod:`mailqueue.sending.verp`), else by one the report quotes (ARF
@@ -45,6 +51,8 @@ from mailqueue.records import (
     utcnow,
 )
 from mailqueue.sending.verp import VERPAddress, parse_verp
+from mailqueue.suppression import SuppressionReason
+from mailqueue.suppression_list import Suppressions
 
 __all__ = ["BounceIntake", "NotYetSentError", "Recorded"]
 
@@ -82,10 +90,20 @@ class BounceIntake:
         secret: ``bounces.secret`` as bytes (``b""``: none).
     """
 
-    def __init__(self, store: Store, *, domain: str, secret: bytes = b"") -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        domain: str,
+        secret: bytes = b"",
+        suppressions: Suppressions | None = None,
+        suppress_hard_bounces: bool = True,
+    ) -> None:
         self.store = store
         self.domain = domain
         self.secret = secret
+        self.suppressions = suppressions
+        self.suppress_hard_bounces = suppress_hard_bounces
 
     async def receive(self, report: Report, *, rcpt_tos: list[str]) -> list[Recorded]:
         """Record ``report``, received for the envelope recipients ``rcpt_tos``.
@@ -152,6 +170,7 @@ class BounceIntake:
             change = self._change(record, address, notice)
             if change is None:
                 logger.info("mail id=%s recipient=%s: this %s was recorded already", mail_id, address, kind)
+                await self._suppress(mail_id, address, notice)
                 return Recorded(kind, mail_id, address, notice.reply)
             if await self.store.update(mail_id, change):
                 break
@@ -169,7 +188,23 @@ class BounceIntake:
             notice.text,
             f" mail_status={change.status}" if change.status is not None else "",
         )
+        await self._suppress(mail_id, address, notice)
         return Recorded(kind, mail_id, address, notice.reply, changed=True)
+
+    async def _suppress(self, mail_id: str, address: str, notice: Notice) -> None:
+        """Put the recipient of a hard bounce (not a 5.7.x policy refusal) or complaint on the list."""
+        suppressions = self.suppressions
+        if suppressions is None or not suppressions.available or not suppressions.enabled:
+            return
+        if notice.kind is Kind.HARD and self.suppress_hard_bounces and not notice.status.startswith("5.7."):
+            await suppressions.record_hard_bounce(address, mail_id, notice.reply)
+        elif notice.kind is Kind.COMPLAINT:
+            try:
+                await suppressions.add(
+                    address, SuppressionReason.COMPLAINT, mail_id=mail_id, text=notice.reply
+                )
+            except ValueError as exc:
+                logger.warning("not suppressing %r after a complaint: %s", address, exc)
 
     def _gone(self, mail_id: str) -> Recorded:
         metrics.BOUNCES.labels(kind="unmatched").inc()

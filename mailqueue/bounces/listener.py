@@ -34,6 +34,7 @@ from mailqueue.bounces.parse import MalformedReportError, parse_report
 from mailqueue.errors import ConfigurationError, MissingDependencyError, StoreError
 from mailqueue.protocols import Store
 from mailqueue.settings import Settings, parse_listen
+from mailqueue.suppression_list import Suppressions
 
 try:
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -209,5 +210,14 @@ def listener_from_settings(settings: Settings, store: Store, *, listen: str | No
     except ValueError as exc:
         raise ConfigurationError(f"bounces.listen: {exc}") from None
     secret = bounces.secret.get_secret_value().encode() if bounces.secret is not None else b""
-    intake = BounceIntake(store, domain=bounces.domain, secret=secret)
+    suppression = settings.suppression
+    intake = BounceIntake(
+        store,
+        domain=bounces.domain,
+        secret=secret,
+        suppressions=Suppressions(
+            store, enabled=suppression.enabled, hard_bounce_ttl=suppression.hard_bounce_ttl
+        ),
+        suppress_hard_bounces=suppression.on_hard_bounce,
+    )
     return BounceListener(intake, host=host, port=port, max_bytes=bounces.max_bytes)

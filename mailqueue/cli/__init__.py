@@ -13,14 +13,15 @@ The group and what the commands share are in :mod:`mailqueue.cli._common`;
 the commands are in :mod:`~mailqueue.cli.serve` (``worker``, ``serve``,
 ``api``), :mod:`~mailqueue.cli.operations` (``send``, ``show``, ``resend``,
 ``sweep``, ``prune``, ``plugins``), :mod:`~mailqueue.cli.status`,
-:mod:`~mailqueue.cli.bounces` and :mod:`~mailqueue.cli.db`. Importing them here registers their commands on
-:func:`main`; they import ``_common``, never this package.
+:mod:`~mailqueue.cli.bounces`, :mod:`~mailqueue.cli.suppress` (the suppression list) and
+:mod:`~mailqueue.cli.db`. Importing them here registers their commands on :func:`main`;
+they import ``_common``, never this package.
 """
 
 from __future__ import annotations
 
 # importing the command modules registers their commands on `main`
-from mailqueue.cli import bounces, db, operations, serve, status  # noqa: F401
+from mailqueue.cli import bounces, db, operations, serve, status, suppress  # noqa: F401
 from mailqueue.cli._common import _configure_logging as _configure_logging
 from mailqueue.cli._common import main
 from mailqueue.cli.serve import _bind as _bind

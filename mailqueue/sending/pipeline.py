@@ -21,8 +21,9 @@ What each link is:
   (group ``mailqueue.sending_steps``, each naming a :data:`StepFactory`) and
   are chosen by name in the ``sending_steps`` setting; they wrap the
   built-in ones. A step returns per-recipient outcomes like any Sender (a
-  suppressed recipient is a recipient whose reply says so), so every
-  decision is recorded next to the mail. :mod:`~mailqueue.sending.dkim`
+  suppressed recipient is a recipient whose reply says so,
+  :attr:`RecipientReply.suppressed <mailqueue.protocols.RecipientReply.suppressed>`),
+  so every decision is recorded next to the mail. :mod:`~mailqueue.sending.dkim`
   (``dkim_step``) signs the bytes outside the router, so that a failover
   re-sends the signed bytes, and inside every step that may change bytes,
   so that nothing changes them after signing. Inside it is only
@@ -32,9 +33,12 @@ What each link is:
   for all of them), and the router keeps that envelope sender whatever the
   account. A step whose settings are empty returns ``inner`` itself and
   adds no link.
-  The next issue adds ``suppression.py`` as the outermost built-in step (a
-  mail whose every recipient is suppressed should not reach the wire nor be
-  signed; the worker's rate-limit slot is taken before any Sender runs).
+  :mod:`~mailqueue.sending.suppression` is the outermost built-in step: a
+  mail whose every recipient is suppressed does not reach the wire nor is
+  signed (the worker's rate-limit slot is taken before any Sender runs). It
+  needs the Store, so :func:`build_sender` adds it around :data:`STEPS` with
+  the :class:`~mailqueue.protocols.BackendContext` (a :data:`StepFactory`
+  gets the settings only).
 - **account router**: :class:`~mailqueue.sending.accounts.AccountRouter`
   picks the account and moves a mail to the next one on an account failure
   (connection, auth, quota, throttle), with a circuit breaker per account.
@@ -69,6 +73,7 @@ from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
+from mailqueue.sending.suppression import suppression_step
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
 from mailqueue.sending.verp import verp_step
 from mailqueue.settings import Settings
@@ -169,8 +174,10 @@ def build_sender(settings: Settings, *, context: BackendContext | None = None) -
     Otherwise an :class:`~mailqueue.sending.accounts.AccountRouter` over one
     :class:`~mailqueue.sending.account_limit.AccountLimit` per account does the
     limiting per account (in Redis when ``rate_store`` is set) and the
-    worker's own limiter is unlimited. The :data:`STEPS` wrap the result,
-    and the ``sending_steps`` named in the settings wrap those.
+    worker's own limiter is unlimited. The :data:`STEPS` wrap the result, the
+    suppression step (when ``context`` has a Store that keeps a suppression list and
+    ``suppression.enabled``) wraps those, and the ``sending_steps`` named in the
+    settings wrap that.
 
     Raises:
         ConfigurationError: a sender URL, a rate, the accounts or a DKIM key cannot be used.
@@ -178,6 +185,8 @@ def build_sender(settings: Settings, *, context: BackendContext | None = None) -
     sender, limiter = _wire(settings, context)
     for step in reversed(STEPS):
         sender = step(sender, settings)
+    # the outermost built-in step: it reads (and adds to) the suppression list of the Store
+    sender = suppression_step(sender, settings, context)
     for factory in reversed([_plugin_step(name) for name in settings.sending_steps]):
         sender = factory(sender, settings)
     return SendingChain(sender, limiter)

@@ -3,7 +3,8 @@
 ``email`` keeps every column of the original service's table with the same
 name and meaning and adds mailqueue's own; ``email_attempt`` has a row per
 delivery attempt; ``mailqueue_queue`` is the ``sql`` queue; the two
-``mailqueue_attachment*`` tables are the ``sql`` attachment store.
+``mailqueue_attachment*`` tables are the ``sql`` attachment store;
+``mailqueue_suppression`` is the suppression list.
 
 The Alembic migrations in ``mailqueue/sql/migrations`` create exactly
 this; a test compares the migrated database with this metadata.
@@ -22,6 +23,7 @@ __all__ = [
     "email_attempt",
     "metadata",
     "queue",
+    "suppression",
 ]
 
 #: Alembic's version table, named so as not to clash with an application's own.
@@ -131,4 +133,21 @@ attachment_chunks = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("data", Blob, nullable=False),
+)
+
+suppression = sa.Table(
+    "mailqueue_suppression",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    # normalised (lower-cased); 254 characters is the longest valid address
+    sa.Column("address", sa.String(254), nullable=False),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("mail_id", sa.String(64), nullable=True),
+    sa.Column("text", sa.String(1000), nullable=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("expires_at", sa.DateTime(), nullable=True),
+    sa.Index("uq_mailqueue_suppression_address", "address", unique=True),
+    # the list's pages, newest first, all or of one reason
+    sa.Index("ix_mailqueue_suppression_created_at", "created_at"),
+    sa.Index("ix_mailqueue_suppression_reason_created_at", "reason", "created_at"),
 )

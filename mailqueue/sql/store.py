@@ -86,11 +86,12 @@ from mailqueue.errors import ConfigurationError, StoreError
 from mailqueue.protocols import BackendContext, ResourceMixin
 from mailqueue.records import ActivityBucket, MailRecord, RecordQuery, RecordUpdate, Status
 from mailqueue.sql import changes as _changes
-from mailqueue.sql import reads, writes
+from mailqueue.sql import reads, suppression, writes
 from mailqueue.sql.database import Database
 from mailqueue.sql.engine import make_engine, translated
 from mailqueue.sql.migrate import current, head_revision, known_revision, upgrade
 from mailqueue.sql.url import OPTION_NAMES, SQLStoreOptions, parse_url, safe_url, split_options
+from mailqueue.suppression import Suppression, SuppressionQuery
 
 __all__ = ["SQLStore"]
 
@@ -431,3 +432,25 @@ class SQLStore(ResourceMixin):
             StoreError: the database failed.
         """
         return await writes.delete_records(self._db, mail_ids, statuses, soft)
+
+    # --- the suppression list (SuppressionStore): mailqueue.sql.suppression ----------
+
+    async def add_suppression(self, entry: Suppression) -> Suppression:
+        """Insert ``entry`` or replace the address's entry (one upsert). Raises :class:`StoreError`."""
+        return await suppression.add(self._db, entry)
+
+    async def remove_suppression(self, address: str) -> bool:
+        """Delete the address's entry; ``False`` if none. Raises :class:`StoreError`."""
+        return await suppression.remove(self._db, address)
+
+    async def get_suppressions(self, addresses: Sequence[str], *, now: datetime) -> dict[str, Suppression]:
+        """The entries of ``addresses`` not expired at ``now``. Raises :class:`StoreError`."""
+        return await suppression.lookup(self._db, addresses, now=now)
+
+    async def list_suppressions(self, query: SuppressionQuery) -> list[Suppression]:
+        """A page of the entries matching ``query``. Raises :class:`StoreError`."""
+        return await suppression.list_entries(self._db, query)
+
+    async def count_suppressions(self, query: SuppressionQuery) -> int:
+        """How many entries match ``query``. Raises :class:`StoreError`."""
+        return await suppression.count(self._db, query)

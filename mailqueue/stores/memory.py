@@ -38,6 +38,7 @@ from mailqueue.records import (
     activity_range,
     utcnow,
 )
+from mailqueue.suppression import Suppression, SuppressionQuery
 
 __all__ = ["MemoryAttachmentStore", "MemoryOptions", "MemoryStore"]
 
@@ -109,6 +110,7 @@ class MemoryStore(_InMemory):
         self._records: dict[str, MailRecord] = {}
         self._history: dict[str, list[Attempt]] = {}
         self._keys: dict[str, str] = {}
+        self._suppressions: dict[str, Suppression] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(records={len(self._records)})"
@@ -310,6 +312,67 @@ class MemoryStore(_InMemory):
     async def ping(self) -> None:
         """Raise :class:`StoreError` if the store is not open."""
         self._check_open()
+
+    # --- the suppression list (SuppressionStore) ------------------------------------
+
+    async def add_suppression(self, entry: Suppression) -> Suppression:
+        """Insert ``entry`` or replace the address's entry with it.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        self._suppressions[entry.address] = entry
+        return entry
+
+    async def remove_suppression(self, address: str) -> bool:
+        """Delete the address's entry; ``False`` if there was none.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        return self._suppressions.pop(address, None) is not None
+
+    async def get_suppressions(self, addresses: Sequence[str], *, now: datetime) -> dict[str, Suppression]:
+        """The entries of ``addresses`` not expired at ``now``.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        found = (self._suppressions.get(address) for address in set(addresses))
+        return {entry.address: entry for entry in found if entry is not None and entry.active(now)}
+
+    async def list_suppressions(self, query: SuppressionQuery) -> list[Suppression]:
+        """A page of the entries matching ``query``, newest first then by address.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        matching = sorted(self._matching(query), key=lambda e: e.address)
+        matching.sort(key=lambda e: e.created_at, reverse=True)
+        return matching[query.offset : query.offset + query.limit]
+
+    async def count_suppressions(self, query: SuppressionQuery) -> int:
+        """How many entries match ``query``.
+
+        Raises:
+            StoreError: the store is not open.
+        """
+        self._check_open()
+        return len(self._matching(query))
+
+    def _matching(self, query: SuppressionQuery) -> list[Suppression]:
+        now = utcnow()
+        return [
+            entry
+            for entry in self._suppressions.values()
+            if (query.address is None or _contains(entry.address, query.address))
+            and (query.reason is None or entry.reason is query.reason)
+            and (not query.active_only or entry.active(now))
+        ]
 
 
 def _contains(haystack: str, needle: str) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from proc_helpers import eventually
 from reports import arf, dsn
 
-from mailqueue import Mail, MailQueue, Recipient, Status, Worker, metrics
+from mailqueue import Mail, MailQueue, Recipient, Status, SuppressionQuery, SuppressionReason, Worker, metrics
 from mailqueue.bounces.listener import BounceListener, listener_from_settings
 from mailqueue.records import RecipientState, RecordQuery
 from mailqueue.sending.verp import parse_verp, verp_address
@@ -128,6 +128,18 @@ async def test_a_hard_bounce_marks_its_recipient_bounced_and_keeps_the_mail_sent
     assert last.reply.startswith("5.1.1 ")
     assert bounces("hard") == before + 1
     assert [r.id for r in await rig.mq.find(RecordQuery(recipient="gone@example.net"))] == [mail_id]
+    # the address is suppressed, with the mail and the report's text; the other one is not
+    listed = await rig.mq.suppressions.list(SuppressionQuery())
+    assert [(e.address, e.reason, e.mail_id) for e in listed] == [
+        ("gone@example.net", SuppressionReason.HARD_BOUNCE, mail_id)
+    ]
+    assert listed[0].text.startswith("5.1.1 550 5.1.1 <gone@example.net>")
+    # and the next mail to it is not sent
+    next_id = await rig.send("gone@example.net")
+    record = await rig.mq.status(next_id)
+    assert record is not None
+    assert record.status is Status.FAILED
+    assert [r.state for r in record.recipients] == [RecipientState.SUPPRESSED]
 
 
 async def test_a_mail_whose_every_recipient_bounced_becomes_bounced_once(rig: Rig) -> None:
@@ -180,6 +192,10 @@ async def test_a_complaint_marks_its_recipient_complained(rig: Rig) -> None:
     assert record.history[-1].outcome == "complained"
     assert record.history[-1].reply == "feedback-type abuse"
     assert bounces("complaint") == before + 1
+    listed = await rig.mq.suppressions.list(SuppressionQuery())
+    assert [(e.address, e.reason, e.mail_id, e.text) for e in listed] == [
+        ("angry@example.net", SuppressionReason.COMPLAINT, mail_id, "feedback-type abuse")
+    ]
 
 
 async def test_a_report_for_another_domain_is_refused_at_rcpt(rig: Rig) -> None:

@@ -12,6 +12,7 @@ from mailqueue.sending.account_limit import AccountLimit
 from mailqueue.sending.accounts import AccountRouter
 from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
+from mailqueue.sending.suppression import SuppressionStep
 from mailqueue.sending.verp import verp_step
 from mailqueue.settings import load_settings
 
@@ -48,6 +49,19 @@ def test_the_built_in_steps_add_no_link_when_not_configured() -> None:
     assert [type(link) for link in links(build_sender(settings).sender)] == [AccountLimit, MemorySender]
 
 
+def test_the_suppression_step_wraps_the_built_in_chain_when_the_store_keeps_a_list() -> None:
+    from mailqueue.protocols import BackendContext
+    from mailqueue.stores.memory import MemoryStore
+
+    settings = load_settings(sender="memory://?from=a@example.com")
+    chain = build_sender(settings, context=BackendContext(store=MemoryStore()))
+    assert [type(link) for link in links(chain.sender)] == [SuppressionStep, AccountLimit, MemorySender]
+    # the list switched off: no step
+    off = load_settings(sender="memory://?from=a@example.com", suppression={"enabled": False})
+    chain = build_sender(off, context=BackendContext(store=MemoryStore()))
+    assert [type(link) for link in links(chain.sender)] == [AccountLimit, MemorySender]
+
+
 def test_find_link_sees_the_accounts_through_a_step() -> None:
     settings = load_settings(senders=[{"url": "memory://?from=a@example.com", "name": "one"}])
     chain = build_sender(settings)
@@ -69,8 +83,10 @@ async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_ba
     worker = Worker.from_settings(settings, mq)
     assert (worker.queue, worker.store, worker.attachments) == (mq.queue, mq.store, mq.attachments)
     assert (worker.settings, worker.retention) == (settings.worker, settings.retention)
-    assert isinstance(worker.sender, AccountLimit)
-    assert isinstance(worker.sender.inner, MemorySender)
+    # the memory store keeps a suppression list: the step is the outermost link
+    assert isinstance(worker.sender, SuppressionStep)
+    assert isinstance(worker.sender.inner, AccountLimit)
+    assert isinstance(worker.sender.inner.inner, MemorySender)
     assert [str(w) for w in worker.limiter.windows] == ["7/1s"]
     chain = build_sender(settings)
     again = Worker.from_settings(settings, mq, chain=chain)
@@ -90,7 +106,7 @@ async def test_worker_from_settings_sends_through_the_chain_on_the_mailqueues_ba
         await run
     assert record is not None
     assert record.status is Status.SENT
-    assert [list(m.recipients) for m in worker.sender.inner.sent] == [["u@example.com"]]
+    assert [list(m.recipients) for m in worker.sender.inner.inner.sent] == [["u@example.com"]]
 
 
 def test_the_dashboard_finds_the_accounts_in_the_chain() -> None:

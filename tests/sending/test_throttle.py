@@ -28,7 +28,7 @@ from mailqueue.protocols import OutgoingMessage
 from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter, WorkerPace
 from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.limits import parse_rate
-from mailqueue.sending.pipeline import build_sender
+from mailqueue.sending.pipeline import build_sender, find_link
 from mailqueue.sending.throttle import (
     AIMDParams,
     CircuitBreaker,
@@ -327,11 +327,14 @@ def test_serve_mode_worker_uses_the_accounts(primary: SMTPTestServer) -> None:
         load_settings(**memory, senders=[{"url": url, "name": "serve-a"}, {"url": url, "name": "serve-b"}]),
         worker=True,
     )
-    assert isinstance(plugin.sender, AccountRouter)
-    assert [a.name for a in plugin.sender.accounts] == ["serve-a", "serve-b"]
+    # (inside the suppression step, the outermost link: the memory store keeps a list)
+    router = find_link(plugin.sender, AccountRouter)
+    assert router is not None
+    assert [a.name for a in router.accounts] == ["serve-a", "serve-b"]
     plain = MailQueuePlugin(load_settings(**memory, sender=url), worker=True)
-    assert isinstance(plain.sender, AccountLimit)
-    assert isinstance(plain.sender.inner, SMTPSender)
+    limit = find_link(plain.sender, AccountLimit)
+    assert limit is not None
+    assert isinstance(limit.inner, SMTPSender)
 
 
 async def test_account_limit_is_a_link_that_slows_its_account_and_passes_the_outcome_on(
@@ -397,7 +400,7 @@ async def test_a_single_sender_slows_down_and_pauses_on_throttle_replies(primary
     )
     mq = MailQueue.from_settings(settings)
     worker = Worker.from_settings(settings, mq)
-    assert isinstance(worker.sender, AccountLimit)
+    assert find_link(worker.sender, AccountLimit) is not None
     throttled_before = sample("mailqueue_account_throttled_total", "default") or 0
     factors: list[float] = []
     async with mq, worker.sender:

@@ -30,6 +30,7 @@ from mailqueue import MailQueue, Settings, __version__
 from mailqueue.contrib.litestar_app.auth import bearer_guard, configured_tokens
 from mailqueue.contrib.litestar_app.plugin import MailQueuePlugin
 from mailqueue.contrib.litestar_app.routes import get_mail, live, metrics_endpoint, ready, send_route
+from mailqueue.contrib.litestar_app.suppressions import add_suppression, list_suppressions, remove_suppression
 from mailqueue.contrib.litestar_app.ui import template_config as ui_template_config
 from mailqueue.contrib.litestar_app.ui import ui_enabled, ui_handlers
 
@@ -88,7 +89,13 @@ def create_app(
     plugin = MailQueuePlugin(settings, mailqueue=mailqueue, worker=worker)
     api = Router(
         path="/api",
-        route_handlers=[send_route(settings.api), get_mail],
+        route_handlers=[
+            send_route(settings.api),
+            get_mail,
+            list_suppressions,
+            add_suppression,
+            remove_suppression,
+        ],
         # without tokens there is nothing to check: no guard, no per-request cost
         guards=[bearer_guard(settings.api.tokens)] if configured_tokens(settings.api.tokens) else [],
         security=[{_SECURITY_SCHEME: []}],

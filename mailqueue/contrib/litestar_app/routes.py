@@ -56,6 +56,7 @@ from mailqueue.contrib.litestar_app.schemas import (
     SendReply,
     SentData,
     StatusReply,
+    SuppressedRecipient,
     error_responses,
     send_operation,
 )
@@ -446,6 +447,8 @@ async def _send_email(request: Request[Any, Any, Any]) -> Response[SendReply]:
             else:
                 await _read_urlencoded(submission, body)
                 mail = submission.build(key)
+            # with reject_suppressed, submit refuses them (400); else the answer lists them
+            suppressed = {} if mailqueue.reject_suppressed else await mailqueue.suppressed(mail)
             record = await mailqueue.submit(mail, idempotency_key=key)
         except FormTooLarge as exc:
             raise too_large(str(exc), exc.limit) from None
@@ -477,7 +480,7 @@ async def _send_email(request: Request[Any, Any, Any]) -> Response[SendReply]:
     if record.id != mail.id:
         # an earlier request with the same Idempotency-Key won: keep nothing of this one
         await submission.discard()
-    return _sent(record.id)
+    return _sent(record.id, [SuppressedRecipient(a, e.reason.value) for a, e in suppressed.items()])
 
 
 def send_route(limits: APISettings) -> HTTPRouteHandler:
@@ -503,8 +506,8 @@ def send_route(limits: APISettings) -> HTTPRouteHandler:
 send_email = send_route(APISettings())
 
 
-def _sent(mail_id: str) -> Response[SendReply]:
-    return Response(SendReply(data=SentData(id=mail_id)), status_code=200)
+def _sent(mail_id: str, suppressed: list[SuppressedRecipient] | None = None) -> Response[SendReply]:
+    return Response(SendReply(data=SentData(id=mail_id, suppressed=suppressed or [])), status_code=200)
 
 
 async def _existing(mailqueue: MailQueue, key: str) -> str | None:

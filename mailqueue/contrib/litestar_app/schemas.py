@@ -38,6 +38,7 @@ __all__ = [
     "SendReply",
     "SentData",
     "StatusReply",
+    "SuppressedRecipient",
     "error_responses",
     "send_operation",
 ]
@@ -54,9 +55,19 @@ class ErrorReply:
 
 @dataclass(frozen=True, slots=True)
 class SentData:
-    """The accepted mail's id, for ``GET /api/email/{id}``."""
+    """The accepted mail's id, for ``GET /api/email/{id}``, and its recipients on the
+    suppression list (recorded, not sent to: their outcome will be ``suppressed``)."""
 
     id: str
+    suppressed: list[SuppressedRecipient] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressedRecipient:
+    """A recipient of an accepted mail that is on the suppression list, and why."""
+
+    address: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,8 +81,9 @@ class SendReply:
 
 @dataclass(frozen=True, slots=True)
 class RecipientView:
-    """One envelope recipient: ``pending``, ``sent`` or ``failed`` (after a bounce report ``bounced``
-    or ``complained``), with the server's last reply (or the report's status and text)."""
+    """One envelope recipient: ``pending``, ``sent``, ``failed`` or ``suppressed`` (on the
+    suppression list, not sent to; after a bounce report ``bounced`` or ``complained``), with
+    the server's last reply (or why it was suppressed, or the report's status and text)."""
 
     address: str
     state: str
@@ -91,7 +103,8 @@ class AttachmentView:
 @dataclass(frozen=True, slots=True)
 class AttemptView:
     """One delivery attempt; ``outcome`` is ``sent``, ``partial``, ``transient``,
-    ``permanent``, ``unknown``, ``skipped`` or ``error`` (an unexpected failure)."""
+    ``permanent``, ``unknown``, ``skipped``, ``suppressed`` (every recipient left was on
+    the suppression list) or ``error`` (an unexpected failure)."""
 
     number: int
     started_at: datetime

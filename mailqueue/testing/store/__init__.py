@@ -32,8 +32,8 @@ added; a closed store raises :class:`~mailqueue.errors.StoreError`.
 
 The optional capabilities (:class:`~mailqueue.protocols.PrunableStore`,
 :class:`~mailqueue.protocols.InspectableStore`, :class:`~mailqueue.protocols.BatchStore`,
-:class:`~mailqueue.protocols.BatchUpdateStore`) are tested when the store has
-them and skipped otherwise.
+:class:`~mailqueue.protocols.BatchUpdateStore`, :class:`~mailqueue.protocols.SuppressionStore`)
+are tested when the store has them and skipped otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from mailqueue.testing.store.data import assert_same_time, make_mail, make_recor
 from mailqueue.testing.store.inspection import InspectionConformance
 from mailqueue.testing.store.queries import QueriesConformance
 from mailqueue.testing.store.records import RecordsConformance
+from mailqueue.testing.store.suppression import SuppressionConformance
 from mailqueue.testing.store.updates import UpdatesConformance
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "QueriesConformance",
     "RecordsConformance",
     "StoreConformance",
+    "SuppressionConformance",
     "UpdatesConformance",
     "assert_same_time",
     "make_mail",
@@ -60,7 +62,12 @@ __all__ = [
 
 
 class StoreConformance(
-    RecordsConformance, UpdatesConformance, BatchesConformance, QueriesConformance, InspectionConformance
+    RecordsConformance,
+    UpdatesConformance,
+    BatchesConformance,
+    QueriesConformance,
+    InspectionConformance,
+    SuppressionConformance,
 ):
     """The Store contract, one test per point. Needs an opened ``store`` fixture.
 

@@ -40,6 +40,7 @@ from litestar.types import ControllerRouterHandler
 from mailqueue import MailQueueError, Settings
 from mailqueue.contrib.litestar_app.auth import configured_tokens, is_loopback
 from mailqueue.contrib.litestar_app.ui.session import SessionManager
+from mailqueue.contrib.litestar_app.ui.suppressions import handlers as suppression_handlers
 from mailqueue.contrib.litestar_app.ui.views import (
     PAGE_HEADERS,
     LoginRequired,
@@ -142,7 +143,7 @@ def ui_handlers(settings: Settings) -> list[ControllerRouterHandler]:
     sessions = SessionManager(settings)
     pages = Router(
         path="/ui",
-        route_handlers=handlers,
+        route_handlers=[*handlers, *suppression_handlers],
         guards=[make_guard(sessions)],
         exception_handlers={Exception: _error_page},
         include_in_schema=False,
