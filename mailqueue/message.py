@@ -515,6 +515,10 @@ class Mail(_Model):
     SUBJECT_MAX: ClassVar[int] = 255
     BODY_MAX: ClassVar[int] = 65535
     SENDER_NAME_MAX: ClassVar[int] = 50
+    #: Most extra ``headers``, the longest value of one, the longest List-Unsubscribe URI.
+    HEADERS_MAX: ClassVar[int] = MAX_HEADERS
+    HEADER_VALUE_MAX: ClassVar[int] = HEADER_VALUE_MAX
+    UNSUBSCRIBE_URI_MAX: ClassVar[int] = UNSUBSCRIBE_URI_MAX
 
     id: str = Field(default_factory=new_id, pattern=r"^[0-9a-z][0-9a-z_-]{0,63}$")
     message_id: str | None = None
