@@ -35,6 +35,7 @@ __all__ = [
     "Mail",
     "Recipient",
     "allow_special_domains",
+    "check_header",
     "check_headers",
     "list_unsubscribe_headers",
     "new_id",
@@ -338,8 +339,7 @@ def check_header(name: str, value: str) -> tuple[str, str]:
     """
     canonical = _NAMED.get(name.lower())
     if canonical is None and not _X_NAME_RE.fullmatch(name):
-        shown = name if name.isprintable() and len(name) <= 80 else repr(name[:80])
-        raise ValueError(f"header {shown!r} is not allowed (allowed: X-*, {', '.join(NAMED_HEADERS)})")
+        raise ValueError(f"header {name[:80]!r} is not allowed (allowed: X-*, {', '.join(NAMED_HEADERS)})")
     header = canonical or name
     try:
         check_header_text(value)
