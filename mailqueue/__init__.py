@@ -32,7 +32,16 @@ from mailqueue.errors import (
     ValidationError,
 )
 from mailqueue.maintenance import Maintenance
-from mailqueue.message import Attachment, AttachmentRef, Mail, Recipient, parse_recipients, sanitize_filename
+from mailqueue.message import (
+    Attachment,
+    AttachmentRef,
+    Mail,
+    Recipient,
+    check_headers,
+    list_unsubscribe_headers,
+    parse_recipients,
+    sanitize_filename,
+)
 from mailqueue.mime import render
 from mailqueue.protocols import (
     AttachmentStore,
@@ -136,6 +145,8 @@ __all__ = [
     "Worker",
     "WorkerSettings",
     "__version__",
+    "check_headers",
+    "list_unsubscribe_headers",
     "load_settings",
     "parse_rate",
     "parse_recipients",

@@ -33,7 +33,7 @@ class _Envelope(BaseModel):
 
 def encode_envelope(mail: Mail) -> bytes:
     """The bytes to publish for ``mail``."""
-    return b'{"v":1,"mail":' + mail.model_dump_json().encode() + b"}"
+    return b'{"v":1,"mail":' + mail.dump_json().encode() + b"}"
 
 
 def decode_envelope(body: bytes) -> Mail:

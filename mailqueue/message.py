@@ -28,12 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mailqueue.errors import ValidationError
 
 __all__ = [
+    "MAX_HEADERS",
     "MAX_RECIPIENTS",
     "Attachment",
     "AttachmentRef",
     "Mail",
     "Recipient",
     "allow_special_domains",
+    "check_header",
+    "check_headers",
+    "list_unsubscribe_headers",
     "new_id",
     "parse_recipients",
     "sanitize_filename",
@@ -217,6 +221,171 @@ def sanitize_filename(name: str) -> str:
     return name or "attachment"
 
 
+# --- extra headers -------------------------------------------------------------------
+#
+# A mail may carry a few headers of the client's own, from an allow-list: never one that the
+# renderer writes itself (From, To, Subject, Date, Message-ID, MIME-Version, Content-*...), so a
+# client cannot forge or override them. Values are checked per header here and encoded by the
+# renderer (RFC 2047 for non-ASCII X-* text).
+
+#: Most extra headers one mail may carry.
+MAX_HEADERS = 20
+#: Longest value of an extra header, in characters (folded by the renderer).
+HEADER_VALUE_MAX = 998
+#: Longest URI in ``List-Unsubscribe``, in characters: with ``<>`` it fits one header line.
+UNSUBSCRIBE_URI_MAX = 900
+#: The named headers a mail may carry, in the order they are rendered; then any ``X-*`` header.
+NAMED_HEADERS = ("In-Reply-To", "References", "List-Unsubscribe", "List-Unsubscribe-Post")
+#: The one value of ``List-Unsubscribe-Post`` (RFC 8058).
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+_NAMED = {name.lower(): name for name in NAMED_HEADERS}
+_X_NAME_RE = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]{0,61}")
+_MESSAGE_IDS_RE = re.compile(r"\S+")
+# An https URL or a mailto URI as List-Unsubscribe carries it: printable ASCII without space,
+# quotes, angle brackets or commas (RFC 2369: a comma separates URIs, one inside must be %2C).
+_URI_CHARS_RE = re.compile(r"[!#-+\--;=?-~]+")
+_HTTPS_RE = re.compile(r"https://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?(?:[/?#].*)?")
+_UNSUBSCRIBE_RE = re.compile(r"<([^<>]*)>")
+
+
+def _unsubscribe_uri(value: str) -> str:
+    """One ``List-Unsubscribe`` URI: an https URL or a mailto URI (whose address is checked)."""
+    if len(value) > UNSUBSCRIBE_URI_MAX:
+        raise ValueError(f"a URI must be at most {UNSUBSCRIBE_URI_MAX} characters")
+    if not _URI_CHARS_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a URI of printable ASCII without spaces, quotes, '<', '>' or ',' "
+            "(percent-encode them)"
+        )
+    scheme = value.partition(":")[0].lower()
+    if scheme == "https":
+        if not _HTTPS_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an https URL with a host name")
+        return value
+    if scheme == "mailto":
+        address = value[len("mailto:") :].partition("?")[0]
+        try:
+            check_address(address)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a mailto URI: {exc}") from None
+        return value
+    raise ValueError(f"{value!r} must be an https URL or a mailto URI (one-click unsubscribe needs https)")
+
+
+def list_unsubscribe_headers(*uris: str) -> tuple[tuple[str, str], ...]:
+    """The ``List-Unsubscribe`` headers for these URIs (an https URL and/or a mailto URI),
+    for :attr:`Mail.headers`.
+
+    With an https URL, ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` is added
+    (RFC 8058 one-click unsubscribe: the receiver POSTs to the URL); the URL comes first.
+
+    Raises:
+        ValidationError: with field ``list_unsubscribe``: no URI, more than one of a
+            kind, a URL that is not https, a bad mailto address, unsafe characters.
+    """
+    try:
+        if not uris:
+            raise ValueError("give an https URL and/or a mailto URI")
+        value = _unsubscribe_value(", ".join(f"<{_unsubscribe_uri(uri.strip())}>" for uri in uris))
+    except ValueError as exc:
+        raise ValidationError([("list_unsubscribe", str(exc))]) from None
+    headers = [("List-Unsubscribe", value)]
+    if value.startswith("<https:"):
+        headers.append(("List-Unsubscribe-Post", ONE_CLICK))
+    return tuple(headers)
+
+
+def _unsubscribe_value(value: str) -> str:
+    """A ``List-Unsubscribe`` value normalized: ``<https://...>, <mailto:...>``."""
+    items = [item.strip() for item in value.split(",")]
+    uris: dict[str, str] = {}
+    for item in items:
+        match = _UNSUBSCRIBE_RE.fullmatch(item)
+        if match is None:
+            raise ValueError(
+                "must be one or two URIs in angle brackets, comma separated: <https://...>, <mailto:...>"
+            )
+        uri = _unsubscribe_uri(match.group(1))
+        scheme = uri.partition(":")[0].lower()
+        if scheme in uris:
+            raise ValueError(f"has more than one {scheme} URI")
+        uris[scheme] = uri
+    return ", ".join(f"<{uris[scheme]}>" for scheme in ("https", "mailto") if scheme in uris)
+
+
+def _message_ids(value: str) -> str:
+    ids = _MESSAGE_IDS_RE.findall(value)
+    if not ids:
+        raise ValueError("must be one or more message ids <local@domain>")
+    for item in ids:
+        if not _MESSAGE_ID_RE.fullmatch(item):
+            raise ValueError(f"{item!r} is not a message id <local@domain> in printable ASCII")
+    return " ".join(ids)
+
+
+def check_header(name: str, value: str) -> tuple[str, str]:
+    """One extra header, checked and normalized: the name from the allow-list (its usual
+    spelling for a named one), the value checked for that header.
+
+    Allowed: ``X-*`` (unstructured text; non-ASCII is RFC 2047-encoded when rendered),
+    ``In-Reply-To`` and ``References`` (message ids ``<local@domain>``, space separated),
+    ``List-Unsubscribe`` (``<https://...>`` and/or ``<mailto:...>``) and
+    ``List-Unsubscribe-Post`` (exactly ``List-Unsubscribe=One-Click``).
+
+    Raises:
+        ValueError: the name is not allowed, or the value is not valid for it; the
+            message names the header.
+    """
+    canonical = _NAMED.get(name.lower())
+    if canonical is None and not _X_NAME_RE.fullmatch(name):
+        raise ValueError(f"header {name[:80]!r} is not allowed (allowed: X-*, {', '.join(NAMED_HEADERS)})")
+    header = canonical or name
+    try:
+        check_header_text(value)
+        value = value.strip()
+        if not value:
+            raise ValueError("is empty")
+        if len(value) > HEADER_VALUE_MAX:
+            raise ValueError(f"must be at most {HEADER_VALUE_MAX} characters")
+        if header in ("In-Reply-To", "References"):
+            value = _message_ids(value)
+        elif header == "List-Unsubscribe":
+            value = _unsubscribe_value(value)
+        elif header == "List-Unsubscribe-Post" and value != ONE_CLICK:
+            raise ValueError(f"must be {ONE_CLICK!r} (RFC 8058)")
+    except ValueError as exc:
+        raise ValueError(f"header {header}: {exc}") from None
+    return header, value
+
+
+def _header_rank(header: tuple[str, str]) -> int:
+    name = header[0]
+    return NAMED_HEADERS.index(name) if name in NAMED_HEADERS else len(NAMED_HEADERS)
+
+
+def check_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Extra headers checked (:func:`check_header`) and in rendering order: the named ones
+    in :data:`NAMED_HEADERS` order, then the ``X-*`` ones as given (an ``X-*`` header may
+    repeat, a named one may not). ``List-Unsubscribe-Post`` needs a ``List-Unsubscribe``
+    with an https URL.
+
+    Raises:
+        ValueError: a header is not allowed or not valid, a named header repeats, or
+            ``List-Unsubscribe-Post`` has no https ``List-Unsubscribe``.
+    """
+    checked = [check_header(name, value) for name, value in headers]
+    seen: dict[str, str] = {}
+    for name, value in checked:
+        if name in NAMED_HEADERS:
+            if name in seen:
+                raise ValueError(f"header {name} is given more than once")
+            seen[name] = value
+    if "List-Unsubscribe-Post" in seen and not seen.get("List-Unsubscribe", "").startswith("<https:"):
+        raise ValueError("header List-Unsubscribe-Post needs a List-Unsubscribe with an https URL (RFC 8058)")
+    return tuple(sorted(checked, key=_header_rank))
+
+
 def _join_field(prefix: str, part: str | int) -> str:
     if isinstance(part, int):
         return f"{prefix}[{part}]"
@@ -334,6 +503,9 @@ class Mail(_Model):
     fixed once when the mail is accepted and reused on every attempt so that
     receivers can recognise a repeat. Both are generated when not given
     (``message_id`` by :meth:`MailQueue.submit`, from the configured domain).
+    ``headers`` are extra headers from an allow-list (``X-*``, ``In-Reply-To``,
+    ``References``, ``List-Unsubscribe``, ``List-Unsubscribe-Post``; see
+    :func:`check_headers` and :func:`list_unsubscribe_headers`), kept in rendering order.
 
     Raises:
         ValidationError: on construction, naming each bad field.
@@ -343,6 +515,10 @@ class Mail(_Model):
     SUBJECT_MAX: ClassVar[int] = 255
     BODY_MAX: ClassVar[int] = 65535
     SENDER_NAME_MAX: ClassVar[int] = 50
+    #: Most extra ``headers``, the longest value of one, the longest List-Unsubscribe URI.
+    HEADERS_MAX: ClassVar[int] = MAX_HEADERS
+    HEADER_VALUE_MAX: ClassVar[int] = HEADER_VALUE_MAX
+    UNSUBSCRIBE_URI_MAX: ClassVar[int] = UNSUBSCRIBE_URI_MAX
 
     id: str = Field(default_factory=new_id, pattern=r"^[0-9a-z][0-9a-z_-]{0,63}$")
     message_id: str | None = None
@@ -354,6 +530,7 @@ class Mail(_Model):
     cc: tuple[Recipient, ...] = ()
     bcc: tuple[Recipient, ...] = ()
     reply_to: tuple[Recipient, ...] = Field(default=(), max_length=10)
+    headers: tuple[tuple[str, str], ...] = Field(default=(), max_length=MAX_HEADERS)
     attachments: tuple[AttachmentRef, ...] = Field(default=(), max_length=100)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
@@ -367,6 +544,11 @@ class Mail(_Model):
     @classmethod
     def _body(cls, value: str | None) -> str | None:
         return None if value is None else check_body_text(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        return check_headers(value)
 
     @field_validator("message_id")
     @classmethod
@@ -393,51 +575,61 @@ class Mail(_Model):
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients (to + cc + bcc) are allowed")
         return self
 
+    def dump_json(self) -> str:
+        """The mail as JSON, as queues and stores keep it; ``headers`` is left out when
+        empty, so that a version without the field still reads such a mail."""
+        return self.model_dump_json(exclude=None if self.headers else {"headers"})
+
     @property
     def recipients(self) -> tuple[Recipient, ...]:
         """Every envelope recipient: to, then cc, then bcc."""
         return self.to + self.cc + self.bcc
 
 
-def parse_recipients(receiver: str, receiver_name: str = "") -> tuple[Recipient, ...]:
+def parse_recipients(
+    receiver: str, receiver_name: str = "", *, field: str = "receiver", names_field: str = "receiver_name"
+) -> tuple[Recipient, ...]:
     """Parse the original service's comma-separated ``receiver`` and
-    ``receiver_name`` fields.
+    ``receiver_name`` fields (or another address field and its names, e.g. ``cc``
+    and ``cc_name``, named by ``field`` and ``names_field``).
 
     Raises:
-        ValidationError: with field ``receiver`` or ``receiver_name``, using
+        ValidationError: with field ``field`` or ``names_field``, using
             the original's rules (1-2000 characters, every address valid,
             as many names as addresses when names are given).
     """
     if not receiver.strip():
-        raise ValidationError([("receiver", "is empty")])
+        raise ValidationError([(field, "is empty")])
     if len(receiver) > 2000:
-        raise ValidationError([("receiver", "must be at most 2000 characters")])
+        raise ValidationError([(field, "must be at most 2000 characters")])
     addresses = [part.strip() for part in receiver.split(",")]
     if any(not part for part in addresses):
-        raise ValidationError([("receiver", "has an empty entry")])
+        raise ValidationError([(field, "has an empty entry")])
     names = [part.strip() for part in receiver_name.split(",")] if receiver_name.strip() else []
+    # the original's wording for its own field
+    noun = "receivers" if field == "receiver" else f"addresses in {field}"
     if names and len(names) != len(addresses):
         raise ValidationError(
             [
                 (
-                    "receiver_name",
-                    f"has {len(names)} names for {len(addresses)} receivers; the counts must be equal",
+                    names_field,
+                    f"has {len(names)} names for {len(addresses)} {noun}; the counts must be equal",
                 )
             ]
         )
     if len(addresses) > MAX_RECIPIENTS:
-        raise ValidationError([("receiver", f"at most {MAX_RECIPIENTS} receivers are allowed")])
+        raise ValidationError([(field, f"at most {MAX_RECIPIENTS} {noun} are allowed")])
     result = []
     for index, address in enumerate(addresses):
         name = names[index] if names else ""
         try:
             address = check_address(address)
         except ValueError as exc:
-            raise ValidationError([("receiver", str(exc))]) from None
+            raise ValidationError([(field, str(exc))]) from None
         try:
             result.append(Recipient(address=address, name=name))
         except ValidationError as exc:
-            raise ValidationError([("receiver_name", exc.reason)]) from None
+            raise ValidationError([(names_field, exc.reason)]) from None
     return tuple(result)
 
 

@@ -31,6 +31,12 @@ Encoding decisions:
   be folded and are bounded well below 998 octets. Every header is checked
   to be printable ASCII before it is folded. A CR or LF in any input can
   only leave as an encoded-word or a ``%0D``/``%0A`` escape.
+* **Extra headers** (``mail.headers``: ``X-*``, ``In-Reply-To``,
+  ``References``, ``List-Unsubscribe``, ``List-Unsubscribe-Post``, an
+  allow-list) come after Message-ID, in the mail's order (named ones first),
+  checked again here: they can never replace a header the renderer writes.
+  ``X-*`` values are header text as above; the others are ASCII by their
+  checks and folded between their message ids or URIs.
 * **Attachment names** use RFC 2231 ``name*``/``filename*`` (UTF-8,
   continued as ``*0*``, ``*1*``... when long) followed by an ASCII
   ``name=``/``filename=`` fallback of at most 50 characters. The extended
@@ -58,7 +64,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import UTC
 
-from mailqueue.message import AttachmentRef, Mail, Recipient
+from mailqueue.message import AttachmentRef, Mail, Recipient, check_header
 
 __all__ = ["html_to_text", "make_message_id", "render"]
 
@@ -198,18 +204,32 @@ def render(
         headers.append(_fold("Reply-To", _address_list_tokens(mail.reply_to)))
     headers.append(_fold("Subject", _text_tokens(mail.subject)))
     headers.append(_fold("Message-ID", [" " + mail.message_id]))
+    headers.extend(_extra_header(name, value) for name, value in mail.headers)
     headers.append("MIME-Version: 1.0\r\n")
     return b"".join(["".join(headers).encode("ascii"), *content, b"\r\n"])
 
 
-def _fold(name: str, tokens: Sequence[str]) -> str:
-    """One header, folded before tokens (each starts with whitespace) as needed."""
+def _extra_header(name: str, value: str) -> str:
+    """One of ``mail.headers``, checked again (the renderer never trusts a Mail built
+    without validation to keep to the allow-list)."""
+    name, value = check_header(name, value)
+    if name in ("In-Reply-To", "References", "List-Unsubscribe"):
+        # message ids or <URI>s, ASCII by their checks: folded between them
+        return _fold(name, [" " + item for item in value.split(" ")], fold_first=True)
+    if name == "List-Unsubscribe-Post":
+        return _fold(name, [" " + value])
+    return _fold(name, _text_tokens(value), fold_first=True)
+
+
+def _fold(name: str, tokens: Sequence[str], *, fold_first: bool = False) -> str:
+    """One header, folded before tokens (each starts with whitespace) as needed; before
+    the first one too with ``fold_first`` (for a long header name)."""
     lines: list[str] = []
     line = name + ":"
     for index, token in enumerate(tokens):
         if not token.startswith(" ") or not token.strip(" ") or _UNSAFE_RE.search(token):
             raise ValueError(f"unsafe {name} header token {token!r}")
-        if index and len(line) + len(token) > _LINE_MAX:
+        if (index or fold_first) and len(line) + len(token) > _LINE_MAX:
             lines.append(line)
             line = token
         else:

@@ -276,7 +276,8 @@ class APISettings(BaseModel):
     max_request_bytes: int = Field(default=35 * 1024 * 1024, ge=0)
     """Largest request body, in bytes (413 above it)."""
     max_recipients: int = Field(default=100, ge=1, le=100)
-    """Most receivers in one request (413 above it); 100 at most, as a mail holds no more."""
+    """Most recipients in one request, receiver, cc and bcc together (413 above it); 100 at most, as a
+    mail holds no more."""
     keep_alive_timeout: int = Field(default=100, ge=1, le=3600)
     """Seconds an idle HTTP keep-alive connection stays open. Keep it longer than the idle timeout
     of the clients and of any load balancer in front (Go's ``http.Transport`` keeps idle

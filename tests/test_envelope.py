@@ -26,6 +26,7 @@ def rich_mail() -> Mail:
         cc=[{"address": "a@bücher.de", "name": "Ärger, Anna"}],
         bcc=[{"address": "b@example.com"}],
         reply_to=[{"address": "r@example.com", "name": "Replies"}],
+        headers=[("X-Kampagne", "Frühling"), ("In-Reply-To", "<p1@mail.example.com>")],
         attachments=[
             {"key": "k-1", "filename": "Übersicht.xlsx", "content_type": "application/vnd.ms-excel",
              "size": 1234, "sha256": SHA},
@@ -60,6 +61,17 @@ def test_round_trip() -> None:
 def test_round_trip_of_a_minimal_mail() -> None:
     mail = Mail(subject="s", html="h", to=[{"address": "a@example.com"}])
     assert decode_envelope(encode_envelope(mail)) == mail
+
+
+def test_headers_round_trip_and_are_left_out_when_empty() -> None:
+    mail = rich_mail()
+    decoded = decode_envelope(encode_envelope(mail))
+    assert decoded.headers == (("In-Reply-To", "<p1@mail.example.com>"), ("X-Kampagne", "Frühling"))
+    # without headers the envelope is what a version before the field wrote and reads
+    plain = mail.model_copy(update={"headers": ()})
+    data = json.loads(encode_envelope(plain))
+    assert "headers" not in data["mail"]
+    assert decode_envelope(encode_envelope(plain)) == plain
 
 
 def test_encoded_form_is_versioned_json_with_attachments_by_key() -> None:

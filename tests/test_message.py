@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from mailqueue.errors import ValidationError
 from mailqueue.message import (
     MAX_FILENAME_CHARS,
+    MAX_HEADERS,
     MAX_RECIPIENTS,
     AttachmentRef,
     Mail,
@@ -27,6 +28,8 @@ from mailqueue.message import (
     _plain_address,
     check_address,
     check_header_text,
+    check_headers,
+    list_unsubscribe_headers,
     new_id,
     parse_recipients,
     sanitize_filename,
@@ -120,6 +123,8 @@ HEADER_PLACES: list[tuple[str, Callable[[str], dict[str, Any]], str]] = [
     ),
     ("idempotency_key", lambda bad: {"idempotency_key": f"key{bad}1"}, "idempotency_key"),
     ("message_id", lambda bad: {"message_id": f"<a{bad}b@example.com>"}, "message_id"),
+    ("x-header", lambda bad: {"headers": [("X-Campaign", f"spring{bad}Bcc: x")]}, "headers"),
+    ("references", lambda bad: {"headers": [("References", f"<a@example.com>{bad}")]}, "headers"),
 ]
 
 
@@ -955,3 +960,135 @@ async def test_allowed_special_domains_setting_lets_mail_to_an_internal_relay_th
             worker.stop()
             await run
         assert [m.recipients for m in server.messages] == [("ops@relay.test",)]
+
+
+# --- extra headers -----------------------------------------------------------------------------
+
+
+def test_extra_headers_are_normalized_and_kept_in_rendering_order() -> None:
+    mail = make_mail(
+        headers=[
+            ("x-campaign", "  spring sale "),
+            ("references", "<a@example.com>   <b@example.com>"),
+            ("X-Kampagne", "Frühling"),
+            ("IN-REPLY-TO", "<b@example.com>"),
+            *list_unsubscribe_headers("mailto:unsubscribe@example.com", "https://example.com/u?id=42"),
+        ]
+    )
+    assert mail.headers == (
+        ("In-Reply-To", "<b@example.com>"),
+        ("References", "<a@example.com> <b@example.com>"),
+        ("List-Unsubscribe", "<https://example.com/u?id=42>, <mailto:unsubscribe@example.com>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ("x-campaign", "spring sale"),
+        ("X-Kampagne", "Frühling"),
+    )
+    # what a store or queue reads back is the same mail
+    assert Mail.model_validate_json(mail.dump_json()) == mail
+    assert Mail.parse(json.loads(mail.dump_json())) == mail
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
+        "Content-Transfer-Encoding", "Reply-To", "Return-Path", "Received", "DKIM-Signature",
+        "Sender", "X-", "X-a b", "X-a:b", "X_under", "List-Id", "Xfoo", "x-" + "a" * 63,
+    ],
+)  # fmt: skip
+def test_headers_outside_the_allow_list_are_refused(name: str) -> None:
+    error = refused(lambda: make_mail(headers=[(name, "value")]))
+    assert error.field == "headers"
+    assert "is not allowed (allowed: X-*, In-Reply-To, References, List-Unsubscribe" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (("X-Empty", "   "), "header X-Empty: is empty"),
+        (("X-Long", "a" * 999), "header X-Long: must be at most 998 characters"),
+        (("In-Reply-To", "abc"), "header In-Reply-To: 'abc' is not a message id"),
+        (("References", "<a@example.com> b@example.com"), "'b@example.com' is not a message id"),
+        (("List-Unsubscribe", "https://example.com/u"), "header List-Unsubscribe: must be one or two URIs"),
+        (("List-Unsubscribe", "<http://example.com/u>"), "must be an https URL or a mailto URI"),
+        (("List-Unsubscribe", "<javascript:alert(1)>"), "must be an https URL or a mailto URI"),
+        (("List-Unsubscribe", "<https://a.example/u>, <https://b.example/u>"), "has more than one https URI"),
+        (("List-Unsubscribe", "<mailto:nobody>"), "is not a mailto URI: invalid address"),
+        (("List-Unsubscribe-Post", "List-Unsubscribe=Yes"), "must be 'List-Unsubscribe=One-Click'"),
+    ],
+)  # fmt: skip
+def test_header_values_are_checked_per_header(header: tuple[str, str], reason: str) -> None:
+    error = refused(lambda: make_mail(headers=[header]))
+    assert error.field == "headers"
+    assert reason in error.reason
+
+
+def test_named_headers_may_not_repeat_but_x_headers_may() -> None:
+    error = refused(
+        lambda: make_mail(headers=[("In-Reply-To", "<a@example.com>"), ("in-reply-to", "<b@x.com>")])
+    )
+    assert error.reason == "header In-Reply-To is given more than once"
+    assert make_mail(headers=[("X-Tag", "a"), ("X-Tag", "b")]).headers == (("X-Tag", "a"), ("X-Tag", "b"))
+
+
+def test_one_click_needs_an_https_list_unsubscribe() -> None:
+    post = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+    for others in ([], [("List-Unsubscribe", "<mailto:u@example.com>")]):
+        error = refused(lambda others=others: make_mail(headers=[*others, post]))  # type: ignore[misc]
+        assert "needs a List-Unsubscribe with an https URL (RFC 8058)" in error.reason
+    assert make_mail(headers=[post, ("List-Unsubscribe", "<https://example.com/u>")]).headers[1] == post
+
+
+def test_header_count_limit() -> None:
+    headers = [(f"X-H{i}", "v") for i in range(MAX_HEADERS)]
+    assert len(make_mail(headers=headers).headers) == MAX_HEADERS
+    error = refused(lambda: make_mail(headers=[*headers, ("X-One-More", "v")]))
+    assert error.field == "headers"
+
+
+def test_check_headers_alone() -> None:
+    assert check_headers([("x-a", " b ")]) == (("x-a", "b"),)
+    with pytest.raises(ValueError, match="'Bcc' is not allowed"):
+        check_headers([("Bcc", "evil@example.com")])
+
+
+def test_list_unsubscribe_headers() -> None:
+    assert list_unsubscribe_headers("mailto:u@example.com?subject=unsubscribe") == (
+        ("List-Unsubscribe", "<mailto:u@example.com?subject=unsubscribe>"),
+    )
+    assert list_unsubscribe_headers(" https://example.com/u/1 ") == (
+        ("List-Unsubscribe", "<https://example.com/u/1>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("uris", "reason"),
+    [
+        ((), "give an https URL and/or a mailto URI"),
+        (("http://example.com/u",), "(one-click unsubscribe needs https)"),
+        (("ftp://example.com/u",), "must be an https URL or a mailto URI"),
+        (("https://",), "is not an https URL with a host name"),
+        (("https://example.com/u\r\nBcc: x",), "is not a URI of printable ASCII"),
+        (("https://example.com/a,b",), "is not a URI of printable ASCII without spaces"),
+        (("https://example.com/ü",), "is not a URI of printable ASCII"),
+        (("https://example.com/u>",), "is not a URI of printable ASCII"),
+        (("mailto:",), "is not a mailto URI"),
+        (("mailto:a@example.com", "mailto:b@example.com"), "has more than one mailto URI"),
+        (("https://example.com/" + "a" * 900,), "a URI must be at most 900 characters"),
+    ],
+)  # fmt: skip
+def test_list_unsubscribe_headers_refuse(uris: tuple[str, ...], reason: str) -> None:
+    error = refused(lambda: list_unsubscribe_headers(*uris))
+    assert error.field == "list_unsubscribe"
+    assert reason in error.reason
+
+
+def test_parse_recipients_names_its_fields() -> None:
+    error = refused(lambda: parse_recipients("a@example.com,b@", field="cc", names_field="cc_name"))
+    assert error.field == "cc"
+    error = refused(lambda: parse_recipients("a@example.com", "A,B", field="cc", names_field="cc_name"))
+    assert (error.field, error.reason) == (
+        "cc_name",
+        "has 2 names for 1 addresses in cc; the counts must be equal",
+    )

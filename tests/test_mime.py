@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mailqueue.errors import ValidationError
-from mailqueue.message import AttachmentRef, Mail, Recipient
+from mailqueue.message import AttachmentRef, Mail, Recipient, list_unsubscribe_headers
 from mailqueue.mime import html_to_text, make_message_id, render
 
 FROM = "noreply@example.com"
@@ -146,7 +146,7 @@ def check_message(
     names = ["Date", "From", "To"]
     names += ["Cc"] if mail.cc else []
     names += ["Reply-To"] if mail.reply_to else []
-    names += ["Subject", "Message-ID", "MIME-Version", "Content-Type"]
+    names += ["Subject", "Message-ID", *(name for name, _ in mail.headers), "MIME-Version", "Content-Type"]
     single = not mail.text and not attachments
     names += ["Content-Transfer-Encoding"] if single else []
     assert list(message.keys()) == names
@@ -161,6 +161,10 @@ def check_message(
     check_mailboxes(raw, message, "To", [(r.name, r.address) for r in mail.to])
     check_mailboxes(raw, message, "Cc", [(r.name, r.address) for r in mail.cc])
     check_mailboxes(raw, message, "Reply-To", [(r.name, r.address) for r in mail.reply_to])
+    for (name, value), got in zip(
+        mail.headers, [v for n, v in message.items() if n in dict(mail.headers)], strict=True
+    ):
+        assert str(make_header(decode_header(re.sub(r"\r\n(?=[ \t])", "", got).strip()))) == value, name
     header_block = raw.split(b"\r\n\r\n", 1)[0]
     for bcc in mail.bcc:
         assert bcc.address.encode() not in header_block
@@ -609,3 +613,56 @@ def test_a_mail_without_text_gets_one_generated_from_its_html() -> None:
     assert alone.get_content_type() == "text/html"
     only_image = parse(render(make_mail(html="<img src='x.png'>"), from_address=FROM, text_from_html=True))
     assert only_image.get_content_type() == "text/html"
+
+
+# -- extra headers ----------------------------------------------------------------------------------
+
+
+def test_extra_headers_come_after_message_id_in_the_mails_order() -> None:
+    mail = make_mail(
+        cc=(Recipient(address="carol@example.com"),),
+        bcc=(Recipient(address="hidden@example.com", name="Hidden"),),
+        headers=(
+            ("X-Campaign", "spring-2026"),
+            ("X-Kampagne", "Frühlingsgrüße an alle Kundinnen und Kunden — 春 " * 3),
+            ("In-Reply-To", "<parent@mail.example.com>"),
+            ("References", "<root@mail.example.com> <parent@mail.example.com>"),
+            *list_unsubscribe_headers("https://example.com/unsubscribe?u=42", "mailto:unsub@example.com"),
+        ),
+    )
+    raw = render(mail, from_address=FROM)
+    message = check_message(mail, raw)
+    names = list(message.keys())
+    assert names[names.index("Message-ID") :][:8] == [
+        "Message-ID", "In-Reply-To", "References", "List-Unsubscribe", "List-Unsubscribe-Post",
+        "X-Campaign", "X-Kampagne", "MIME-Version",
+    ]  # fmt: skip
+    assert (
+        b"\r\nList-Unsubscribe: <https://example.com/unsubscribe?u=42>,\r\n <mailto:unsub@example.com>\r\n"
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
+    )
+    assert b"\r\nX-Campaign: spring-2026\r\n" in raw
+    assert b"=?utf-8?" in raw.split(b"X-Kampagne:", 1)[1].split(b"\r\nMIME", 1)[0]
+    assert b"hidden@example.com" not in raw
+    assert b"Bcc" not in raw
+
+
+def test_a_long_x_header_name_starts_its_value_on_the_next_line() -> None:
+    name = "X-" + "Long-Header-Name-" * 3 + "End"
+    mail = make_mail(headers=((name, "Grüße aus Köln " * 8),))
+    raw = render(mail, from_address=FROM)
+    check_message(mail, raw)  # every line within 78 characters
+    assert f"\r\n{name}:\r\n =?utf-8?B?".encode() in raw
+
+
+def test_unvalidated_mail_cannot_smuggle_headers() -> None:
+    base = make_mail().__dict__
+    for headers, match in [
+        ((("From", "evil@example.com"),), "'From' is not allowed"),
+        ((("Content-Type", "text/plain"),), "'Content-Type' is not allowed"),
+        ((("X-A", "b\r\nBcc: evil@example.com"),), "control characters"),
+        ((("X-A: b\r\nBcc", "evil@example.com"),), "is not allowed"),
+        ((("List-Unsubscribe", "<https://e.example/u>\r\nBcc: x"),), "control characters"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            render(Mail.model_construct(**{**base, "headers": headers}), from_address=FROM)

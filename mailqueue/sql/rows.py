@@ -295,7 +295,7 @@ def row_values(record: MailRecord, time: ToColumn) -> dict[str, Any]:
         "status": record.status.value,
         "attempts": record.attempts,
         "recipients": dump_outcomes(record.recipients),
-        "payload": mail.model_dump_json(),
+        "payload": mail.dump_json(),
         "last_error": clip(record.last_error, ERROR_CHARS),
         "last_code": record.last_code,
         "idempotency_key": mail.idempotency_key,

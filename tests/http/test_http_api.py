@@ -162,14 +162,18 @@ StartService = Callable[..., contextlib.AbstractAsyncContextManager[Service]]
 def service_starter(backends: Backends, tmp_path: Path) -> StartService:
     @contextlib.asynccontextmanager
     async def start(
-        api: APISettings | None = None, *, run_worker: bool = False, **settings: Any
+        api: APISettings | None = None,
+        *,
+        run_worker: bool = False,
+        sender: str | None = None,
+        **settings: Any,
     ) -> AsyncIterator[Service]:
         outbox = tmp_path / "outbox"
         config = Settings(
             store=backends.store,
             queue="sql://?poll=0.05",
             attachments=backends.attachments,
-            sender=f"outbox://{outbox}?from=noreply@example.com",
+            sender=sender or f"outbox://{outbox}?from=noreply@example.com",
             api=api or APISettings(),
             **settings,
         )

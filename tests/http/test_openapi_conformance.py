@@ -3,8 +3,10 @@
 Schemathesis generates request bodies from the served schema (positive data only: valid by the
 schema) for each of the three media types, and sends them to a uvicorn server running the app on
 the in-memory backends with small limits (so that the limits in the schema are the app's own). Every
-one must be answered 200. The one rule a JSON Schema cannot state, that ``receiver_name`` has as
-many names as ``receiver`` has addresses, is applied to the generated bodies before they are sent.
+one must be answered 200. The rules a JSON Schema cannot state are applied to the generated bodies
+before they are sent: a names field (``receiver_name``, ``cc_name``, ``reply_to_name``) has as many
+names as its address field has addresses and is given only with it; receiver, cc and bcc hold at most
+``max_recipients`` addresses together; a form's ``In-Reply-To`` and ``References`` come once each.
 """
 
 from __future__ import annotations
@@ -51,18 +53,50 @@ def base_url() -> Iterator[str]:
         sock.close()
 
 
-def _names_for_each_address(case: Any) -> Any:
-    """Give ``receiver_name``, when generated, as many names as there are addresses."""
+def _items(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else value.split(",")
+
+
+def _like(value: str | list[str], items: list[str]) -> str | list[str]:
+    return items if isinstance(value, list) else ",".join(items)
+
+
+def _cross_field_rules(case: Any) -> Any:
+    """Apply the rules the schema cannot state (see the module docstring) to a generated body."""
     body = case.body
-    if isinstance(body, dict) and "receiver_name" in body:
-        receiver = body["receiver"]
-        count = len(receiver) if isinstance(receiver, list) else len(receiver.split(","))
-        names = body["receiver_name"]
-        if isinstance(names, list):
-            body["receiver_name"] = (names * count)[:count]
-        else:
-            parts = names.split(",")
-            body["receiver_name"] = ",".join((parts * count)[:count])
+    if not isinstance(body, dict):
+        return case
+    room = LIMITS.max_recipients - len(_items(body["receiver"]))
+    for field in ("cc", "bcc"):
+        if field in body:
+            kept = _items(body[field])[:room]
+            room -= len(kept)
+            if kept:
+                body[field] = _like(body[field], kept)
+            else:
+                del body[field]
+    for field in ("receiver", "cc", "reply_to"):
+        names_field = "receiver_name" if field == "receiver" else f"{field}_name"
+        if names_field not in body:
+            continue
+        if field not in body:
+            del body[names_field]
+            continue
+        count = len(_items(body[field]))
+        names = _items(body[names_field])
+        body[names_field] = _like(body[names_field], (names * count)[:count])
+    headers = body.get("headers")
+    if isinstance(headers, list):
+        seen: set[str] = set()
+        kept_headers = []
+        for line in headers:
+            name = line.partition(":")[0]
+            if name in ("In-Reply-To", "References"):
+                if name in seen:
+                    continue
+                seen.add(name)
+            kept_headers.append(line)
+        body["headers"] = kept_headers
     return case
 
 
@@ -74,7 +108,7 @@ def test_every_body_valid_by_the_schema_is_accepted(base_url: str, media_type: s
     # one media type per run (schemathesis draws among those the operation lists)
     raw["paths"][SEND]["post"]["requestBody"]["content"] = {media_type: content[media_type]}
     operation = schemathesis.openapi.from_dict(raw)[SEND]["POST"]
-    cases = operation.as_strategy(schemathesis.GenerationMode.POSITIVE).map(_names_for_each_address)
+    cases = operation.as_strategy(schemathesis.GenerationMode.POSITIVE).map(_cross_field_rules)
     refused: list[tuple[int, str, Any]] = []
 
     @settings(

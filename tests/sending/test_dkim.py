@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from proc_helpers import free_port, run_program
 
-from mailqueue import Attachment, Mail, MailQueue, Recipient, Status, Worker
+from mailqueue import (
+    Attachment,
+    Mail,
+    MailQueue,
+    Recipient,
+    Status,
+    Worker,
+    check_headers,
+    list_unsubscribe_headers,
+)
 from mailqueue.backends.memory import MemorySender
 from mailqueue.backends.smtp import SMTPSender
 from mailqueue.errors import ConfigurationError, PermanentDeliveryError
@@ -207,6 +216,28 @@ async def test_mails_received_by_the_server_verify(
         assert verified(second_from, keys) == [False] * len(algorithms)
         new_subject = head + b"\r\nSubject: act now\r\n\r\n" + body
         assert verified(new_subject, keys) == [False] * len(algorithms)
+
+
+async def test_one_click_unsubscribe_and_extra_headers_are_signed(smtpd: SMTPTestServer, keys: Keys) -> None:
+    settings = memory(smtpd.url(from_address="noreply@example.com"), dkim=[keys.entry("rsa-sha256")])
+    mail, attachments = international()
+    headers = (
+        *list_unsubscribe_headers("https://example.com/unsubscribe/t0k3n", "mailto:unsubscribe@example.com"),
+        ("X-Kampagne", "Frühling 🌷"),
+    )
+    await send_all(settings, [(mail.model_copy(update={"headers": check_headers(headers)}), attachments)])
+    [received] = smtpd.messages
+    data = received.data
+    assert verified(data, keys) == [True]
+    signed = signature_tags(data)[0]["h"].lower().split(":")
+    # RFC 8058 §4: both one-click headers signed (and oversigned: one added later breaks it)
+    assert signed.count("list-unsubscribe") == 2
+    assert signed.count("list-unsubscribe-post") == 2
+    assert parse(data)["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # negative control: a receiver-side change of the unsubscribe URL breaks the signature
+    changed = data.replace(b"unsubscribe/t0k3n", b"unsubscribe/other", 1)
+    assert changed != data
+    assert verified(changed, keys) == [False]
 
 
 async def test_a_from_domain_without_a_key_goes_out_unsigned(

@@ -199,6 +199,20 @@ async def test_receiver_name_empty_without_names(sql_store: SQLStore) -> None:
     assert row["receiver"] == "a@example.com,b@example.com"
 
 
+async def test_payload_has_headers_only_when_the_mail_has_some(sql_store: SQLStore) -> None:
+    # a row of a mail without extra headers stays readable by the version before the field
+    plain = make_mail()
+    with_headers = make_mail(headers=(("X-Campaign", "spring"),))
+    for mail in (plain, with_headers):
+        await sql_store.add(MailRecord.new(mail))
+    assert "headers" not in json.loads(str((await email_row(sql_store, plain.id))["payload"]))
+    stored = json.loads(str((await email_row(sql_store, with_headers.id))["payload"]))
+    assert stored["headers"] == [["X-Campaign", "spring"]]
+    got = await sql_store.get(with_headers.id)
+    assert got is not None
+    assert got.mail.headers == (("X-Campaign", "spring"),)
+
+
 async def test_unreadable_payload_falls_back_to_columns(sql_store: SQLStore) -> None:
     mail = make_mail(subject="Kept", html="<p>body</p>", to=(Recipient(address="x@example.com", name="X"),))
     await sql_store.add(MailRecord.new(mail))

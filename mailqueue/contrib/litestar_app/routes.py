@@ -38,6 +38,7 @@ from mailqueue import (
     MailQueueError,
     QueueError,
     ValidationError,
+    list_unsubscribe_headers,
     metrics,
     parse_recipients,
 )
@@ -65,7 +66,7 @@ __all__ = ["ApiError", "get_mail", "live", "ready", "send_email", "send_route"]
 
 logger = logging.getLogger("mailqueue.api")
 
-#: The text fields of the original form and the most characters each may hold.
+#: The text fields (the original form's, then mailqueue's) and the most characters each may hold.
 TEXT_FIELDS: Mapping[str, int] = {
     "title": Mail.SUBJECT_MAX,
     "content": Mail.BODY_MAX,
@@ -73,11 +74,25 @@ TEXT_FIELDS: Mapping[str, int] = {
     "receiver": 2000,
     # up to 100 names of up to 255 characters, and their commas
     "receiver_name": 100 * 256,
+    "text": Mail.BODY_MAX,
+    "cc": 2000,
+    "cc_name": 100 * 256,
+    "bcc": 2000,
+    "reply_to": 2000,
+    "reply_to_name": 10 * 256,
+    # an https URL and a mailto URI
+    "list_unsubscribe": 2 * Mail.UNSUBSCRIBE_URI_MAX + 2,
 }
 REQUIRED_FIELDS = ("title", "content", "sender_name", "receiver")
+#: Address fields besides ``receiver``, each with its display-name field (none for bcc: never shown).
+ADDRESS_FIELDS: Mapping[str, str | None] = {"cc": "cc_name", "bcc": None, "reply_to": "reply_to_name"}
+#: The repeatable form field of extra headers, one ``Name: value`` each.
+HEADERS_FIELD = "headers"
+#: Most characters of one ``headers`` form field: the longest name, ": " and the longest value.
+HEADER_FIELD_MAX = 64 + 2 + Mail.HEADER_VALUE_MAX
 FILE_FIELDS = frozenset({"attachment[]", "attachment"})
-#: Parts a multipart body may have besides its files (text fields, ignored extras).
-EXTRA_PARTS = 32
+#: Parts a multipart body may have besides its files (text fields, headers, ignored extras).
+EXTRA_PARTS = 32 + Mail.HEADERS_MAX
 #: Most bytes of an ``application/x-www-form-urlencoded`` body (text only).
 MAX_URLENCODED_BYTES = 2 * 1024 * 1024
 #: Longest Idempotency-Key, in characters.
@@ -91,6 +106,11 @@ _FORM_NAMES = {
     "to": "receiver",
     "receiver": "receiver",
     "receiver_name": "receiver_name",
+    "text": "text",
+    "cc": "cc",
+    "bcc": "bcc",
+    "reply_to": "reply_to",
+    "headers": "headers",
     "attachments": "attachment[]",
     "attachment": "attachment[]",
     "idempotency_key": "Idempotency-Key",
@@ -158,6 +178,7 @@ class _Submission:
     mailqueue: MailQueue
     limits: APISettings
     fields: dict[str, str] = field(default_factory=dict)
+    headers: list[tuple[str, str]] = field(default_factory=list)
     refs: list[AttachmentRef] = field(default_factory=list)
     files: int = 0
 
@@ -167,6 +188,21 @@ class _Submission:
         if len(value) > TEXT_FIELDS[name]:
             raise invalid(name, f"must be at most {TEXT_FIELDS[name]} characters")
         self.fields[name] = value
+
+    def add_header(self, name: str, value: str) -> None:
+        """One extra header (checked with the others when the mail is built)."""
+        if len(self.headers) == Mail.HEADERS_MAX:
+            raise invalid(HEADERS_FIELD, f"at most {Mail.HEADERS_MAX} headers are allowed")
+        self.headers.append((name, value))
+
+    def add_form_header(self, line: str) -> None:
+        """One ``headers`` form field: ``Name: value``."""
+        if len(line) > HEADER_FIELD_MAX:
+            raise invalid(HEADERS_FIELD, f"each must be at most {HEADER_FIELD_MAX} characters")
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise invalid(HEADERS_FIELD, "each must be 'Name: value'")
+        self.add_header(name.strip(), value)
 
     def count_file(self) -> None:
         self.files += 1
@@ -191,24 +227,51 @@ class _Submission:
         for name in REQUIRED_FIELDS:
             if not self.fields.get(name):
                 raise missing(name)
-        receiver = self.fields["receiver"]
+        fields = self.fields
+        for name, names in ADDRESS_FIELDS.items():
+            if names is not None and fields.get(names, "").strip() and not fields.get(name, "").strip():
+                raise invalid(names, f"is given without {name}")
+        receiver = fields["receiver"]
         count = receiver.count(",") + 1
-        if count > self.limits.max_recipients:
-            raise too_large(
-                f"{count} receivers; at most {self.limits.max_recipients} are allowed",
-                self.limits.max_recipients,
-            )
+        total = count + sum(
+            fields[name].count(",") + 1 for name in ("cc", "bcc") if fields.get(name, "").strip()
+        )
+        most = self.limits.max_recipients
+        if count > most:
+            raise too_large(f"{count} receivers; at most {most} are allowed", most)
+        if total > most:
+            raise too_large(f"{total} recipients (receiver, cc and bcc); at most {most} are allowed", most)
         try:
+            recipients = {
+                name: parse_recipients(
+                    fields[name], fields.get(names or "", ""), field=name, names_field=names or ""
+                )
+                if fields.get(name, "").strip()
+                else ()
+                for name, names in ADDRESS_FIELDS.items()
+            }
             return Mail(
-                subject=self.fields["title"],
-                html=self.fields["content"],
-                sender_name=self.fields["sender_name"],
-                to=parse_recipients(receiver, self.fields.get("receiver_name", "")),
+                subject=fields["title"],
+                html=fields["content"],
+                text=fields.get("text") or None,
+                sender_name=fields["sender_name"],
+                to=parse_recipients(receiver, fields.get("receiver_name", "")),
+                **recipients,
+                headers=self._headers(),
                 attachments=tuple(self.refs),
                 idempotency_key=idempotency_key,
             )
         except ValidationError as exc:
             raise from_validation(exc) from None
+
+    def _headers(self) -> list[tuple[str, str]]:
+        """The extra headers, with those of ``list_unsubscribe``."""
+        uris = self.fields.get("list_unsubscribe", "")
+        if not uris.strip():
+            return self.headers
+        if any(name.lower().startswith("list-unsubscribe") for name, _ in self.headers):
+            raise invalid("list_unsubscribe", "give it here or as List-Unsubscribe headers, not both")
+        return [*self.headers, *list_unsubscribe_headers(*uris.split(","))]
 
     async def discard(self) -> None:
         """Delete every attachment stored for this request."""
@@ -246,6 +309,11 @@ async def _read_multipart(
     while (part := await reader.next_part()) is not None:
         if part.name in TEXT_FIELDS:
             await _read_text_part(submission, part)
+        elif part.name == HEADERS_FIELD and part.filename is None:
+            data = await part.read(4 * HEADER_FIELD_MAX)
+            if data is None:
+                raise invalid(HEADERS_FIELD, f"each must be at most {HEADER_FIELD_MAX} characters")
+            submission.add_form_header(_decode_text(HEADERS_FIELD, data))
         elif part.name in FILE_FIELDS:
             await _read_file_part(submission, part)
         elif part.filename is not None:
@@ -317,16 +385,18 @@ def _json_names(name: str, value: Any) -> str:
 async def _read_json(submission: _Submission, body: LimitedStream, idempotency_key: str | None) -> Mail:
     document = _loads_object(await body.read())
     for name, value in document.items():
-        if name in ("title", "content", "sender_name"):
+        if name in ("title", "content", "sender_name", "text"):
             if value is not None and not isinstance(value, str):
                 raise invalid(name, "must be a string")
             if value:
                 submission.add_text(name, value)
-        elif name in ("receiver", "receiver_name"):
+        elif name in TEXT_FIELDS:  # the address and name fields, list_unsubscribe
             if value is not None and value != []:
                 text = _json_names(name, value)
                 if text:
                     submission.add_text(name, text)
+        elif name == HEADERS_FIELD:
+            _json_headers(submission, value)
         elif name != "attachment":
             raise invalid(name, "unknown field")
     attachments = document.get("attachment") or []
@@ -341,6 +411,19 @@ async def _read_json(submission: _Submission, body: LimitedStream, idempotency_k
     for filename, content, content_type in decoded:
         await submission.store(filename, content, content_type)
     return mail.model_copy(update={"attachments": tuple(submission.refs)})
+
+
+def _json_headers(submission: _Submission, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise invalid(HEADERS_FIELD, "must be an object of header names and values")
+    for name, text in value.items():
+        if not isinstance(text, str):
+            raise invalid(HEADERS_FIELD, f"the value of {name!r} must be a string")
+        if len(name) > 64 or len(text) > Mail.HEADER_VALUE_MAX + 64:
+            raise invalid(HEADERS_FIELD, f"the header {name[:64]!r} is too long")
+        submission.add_header(name, text)
 
 
 def _json_attachment(index: int, item: Any, limits: APISettings) -> tuple[str, bytes, str]:
@@ -389,6 +472,8 @@ async def _read_urlencoded(submission: _Submission, body: LimitedStream) -> None
     for name, value in pairs:
         if name in TEXT_FIELDS:
             submission.add_text(name, value)
+        elif name == HEADERS_FIELD:
+            submission.add_form_header(value)
         elif name in FILE_FIELDS:
             raise invalid("attachment[]", "files need a multipart/form-data body")
 

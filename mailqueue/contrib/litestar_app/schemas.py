@@ -25,7 +25,7 @@ from litestar.openapi.spec import (
 )
 from litestar.openapi.spec.enums import OpenAPIFormat
 
-from mailqueue import APISettings, Attempt, MailRecord
+from mailqueue import APISettings, Attempt, Mail, MailRecord
 
 __all__ = [
     "AttachmentView",
@@ -257,6 +257,31 @@ RECEIVER_MAX = 2000
 CONTENT_TYPE = "^(?:[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})?$"
 _BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
+# Extra headers and list_unsubscribe (mailqueue.message.check_headers). The schema states a part of
+# what is accepted: X-* headers, In-Reply-To and References (at most five message ids each);
+# List-Unsubscribe and List-Unsubscribe-Post are accepted in `headers` too but left out here
+# (`list_unsubscribe` makes them), as is a mailto URI with a query.
+#: Header text that is not only whitespace (the value is stripped).
+_NON_SPACE = "[^\\s\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]"
+_X_NAME = "[Xx]-[A-Za-z0-9][A-Za-z0-9-]{0,61}"
+_X_VALUE = f"{HEADER_TEXT}{{0,400}}{_NON_SPACE}{HEADER_TEXT}{{0,400}}"
+_MESSAGE_ID = "<[\\x21-\\x3b\\x3d\\x3f-\\x7e]{1,64}@[A-Za-z0-9.-]{1,100}>"
+_MESSAGE_IDS = f" *{_MESSAGE_ID}(?: +{_MESSAGE_ID}){{0,4}} *"
+_URI_CHARS = "[!#-+\\--;=?-~]"
+_HTTPS = f"https://[A-Za-z0-9](?:[A-Za-z0-9.-]{{0,61}}[A-Za-z0-9])?(?::[0-9]{{1,5}})?(?:[/?#]{_URI_CHARS}{{0,800}})?"
+# RFC 6068: a "?" starts the query, so the address has none
+_MAILTO = f"mailto:(?![^,]*\\?){ADDRESS}"
+#: ``list_unsubscribe``: an https URL and/or a mailto URI, comma separated.
+UNSUBSCRIBE = f"^ *(?:{_HTTPS}(?: *, *{_MAILTO})?|{_MAILTO}(?: *, *{_HTTPS})?) *$"
+#: One ``headers`` form field.
+HEADER_LINE = f"^(?:{_X_NAME}: *{_X_VALUE}|In-Reply-To: *{_MESSAGE_IDS}|References: *{_MESSAGE_IDS})$"
+_HEADERS_DESCRIPTION = (
+    "Extra headers from an allow-list: `X-*`, `In-Reply-To` and `References` (message ids `<local@domain>`, "
+    "space separated), `List-Unsubscribe` and `List-Unsubscribe-Post` (prefer `list_unsubscribe`); any "
+    f"other name is refused. At most {Mail.HEADERS_MAX}; a value at most {Mail.HEADER_VALUE_MAX} characters "
+    "without control characters (non-ASCII text is RFC 2047-encoded)."
+)
+
 
 def _text(
     description: str,
@@ -292,6 +317,111 @@ def _names_text(most: int) -> Schema:
     )
 
 
+def _address_text(name: str, description: str, most: int) -> Schema:
+    return _text(
+        f"{description}: addresses, comma separated, as in `receiver` (at most {most}).",
+        min_length=1,
+        max_length=RECEIVER_MAX,
+        pattern=f"^{_PADDED_ADDRESS}(?:,{_PADDED_ADDRESS}){{0,{most - 1}}}$",
+    )
+
+
+def _address_fields(limits: APISettings, *, json: bool) -> dict[str, Reference | Schema]:
+    """cc, cc_name, bcc, reply_to, reply_to_name: as receiver and receiver_name (JSON: or lists)."""
+    most = limits.max_recipients
+    fields: dict[str, Reference | Schema] = {}
+    for name, description, count, names in (
+        ("cc", "Cc recipients", most, "cc_name"),
+        ("bcc", "Bcc recipients, never shown in the message", most, None),
+        ("reply_to", "Reply-To addresses", 10, "reply_to_name"),
+    ):
+        text = _address_text(name, description, count)
+        fields[name] = (
+            Schema(
+                one_of=[
+                    text,
+                    Schema(
+                        type=OpenAPIType.ARRAY,
+                        min_items=1,
+                        max_items=count,
+                        items=_text("An address.", pattern=f"^{_PADDED_ADDRESS}$"),
+                    ),
+                ],
+                description=text.description,
+            )
+            if json
+            else text
+        )
+        if names is not None:
+            names_text = _text(
+                f"Optional display names of `{name}`, comma separated; when given, one per address.",
+                max_length=count * 256,
+                pattern=f"^{_NAME}(?:,{_NAME}){{0,{count - 1}}}$",
+            )
+            fields[names] = (
+                Schema(
+                    one_of=[
+                        names_text,
+                        Schema(
+                            type=OpenAPIType.ARRAY,
+                            max_items=count,
+                            items=_text("A display name (no comma).", pattern=f"^{_NAME}$"),
+                        ),
+                    ],
+                    description=names_text.description,
+                )
+                if json
+                else names_text
+            )
+    unsubscribe = _text(
+        "List-Unsubscribe URIs: an https URL and/or a mailto URI, comma separated (http is refused: "
+        "one-click unsubscribe needs https). An https URL adds `List-Unsubscribe-Post: "
+        "List-Unsubscribe=One-Click` (RFC 8058).",
+        min_length=1,
+        max_length=2 * Mail.UNSUBSCRIBE_URI_MAX + 2,
+        pattern=UNSUBSCRIBE,
+    )
+    fields["list_unsubscribe"] = (
+        Schema(
+            one_of=[
+                unsubscribe,
+                Schema(
+                    type=OpenAPIType.ARRAY,
+                    min_items=1,
+                    max_items=1,
+                    items=_text("An https URL or a mailto URI.", pattern=f"^(?:{_HTTPS}|{_MAILTO})$"),
+                ),
+            ],
+            description=unsubscribe.description,
+        )
+        if json
+        else unsubscribe
+    )
+    return fields
+
+
+def _headers_schema(*, json: bool) -> Schema:
+    if json:
+        value = f"^{_MESSAGE_IDS}$"
+        return Schema(
+            type=OpenAPIType.OBJECT,
+            description=f"{_HEADERS_DESCRIPTION} An object of names and values.",
+            max_properties=Mail.HEADERS_MAX,
+            properties={
+                "In-Reply-To": _text("Message ids.", pattern=value),
+                "References": _text("Message ids.", pattern=value),
+            },
+            pattern_properties={f"^{_X_NAME}$": _text("Header text.", pattern=f"^{_X_VALUE}$")},
+            additional_properties=False,
+        )
+    return Schema(
+        type=OpenAPIType.ARRAY,
+        description=f"{_HEADERS_DESCRIPTION} Repeat the field, one `Name: value` each.",
+        max_items=Mail.HEADERS_MAX,
+        items=_text("`Name: value`", max_length=64 + 2 + Mail.HEADER_VALUE_MAX, pattern=HEADER_LINE),
+    )
+
+
 def _text_fields() -> dict[str, Schema]:
     return {
         "title": _text(
@@ -312,6 +442,12 @@ def _text_fields() -> dict[str, Schema]:
             max_length=50,
             pattern=f"^{HEADER_TEXT}*$",
         ),
+        "text": _text(
+            "The plain-text alternative of `content`; when not given, the worker makes one from the HTML. "
+            "No control characters but TAB, LF and CR.",
+            max_length=65535,
+            pattern=f"^{BODY_TEXT}*$",
+        ),
     }
 
 
@@ -323,6 +459,8 @@ def _form_schema(limits: APISettings, *, files: bool) -> Schema:
         **_text_fields(),
         "receiver": _receiver_text(limits.max_recipients),
         "receiver_name": _names_text(limits.max_recipients),
+        **_address_fields(limits, json=False),
+        "headers": _headers_schema(json=False),
     }
     if files:
         properties["attachment[]"] = Schema(
@@ -375,6 +513,8 @@ def _json_schema(limits: APISettings) -> Schema:
                 ],
                 description="Optional display names: when given, one per address.",
             ),
+            **_address_fields(limits, json=True),
+            "headers": _headers_schema(json=True),
             "attachment": Schema(
                 type=OpenAPIType.ARRAY,
                 description=(

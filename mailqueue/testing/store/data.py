@@ -51,7 +51,7 @@ def make_record(**changes: Any) -> MailRecord:
 
 
 def rich_mail() -> Mail:
-    """A mail using every field: cc, bcc, reply-to, attachments, non-ASCII text."""
+    """A mail using every field: cc, bcc, reply-to, extra headers, attachments, non-ASCII text."""
     return Mail(
         message_id="<abc.123@mail.example.com>",
         subject="Grüße aus Köln — 你好 📨",
@@ -62,6 +62,12 @@ def rich_mail() -> Mail:
         cc=(Recipient(address="carol@example.net", name="Carol, C."),),
         bcc=(Recipient(address="dave@example.com", name="Dave"),),
         reply_to=(Recipient(address="help@example.com", name="Help Desk"),),
+        headers=(
+            ("In-Reply-To", "<parent.1@mail.example.com>"),
+            ("List-Unsubscribe", "<https://example.com/u?id=1>, <mailto:unsubscribe@example.com>"),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ("X-Kampagne", "Frühling 🌷"),
+        ),
         attachments=(
             AttachmentRef(
                 key="k1-abc_DEF",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from mailqueue.errors import StoreError
-from mailqueue.message import Mail, Recipient, new_id
+from mailqueue.message import MAX_HEADERS, Mail, Recipient, new_id
 from mailqueue.protocols import BackendContext, Store
 from mailqueue.records import MailRecord, RecipientOutcome, RecipientState, RecordQuery, RecordUpdate, Status
 from mailqueue.testing.options import URLOptionsCheck
@@ -61,6 +61,28 @@ class RecordsConformance(URLOptionsCheck):
         assert got.history == ()
         assert_same_time(got.created_at, record.created_at)
         assert_same_time(got.updated_at, record.updated_at)
+
+    async def test_extra_headers_round_trip(self, store: Store) -> None:
+        headers = (
+            ("References", " ".join(f"<msg.{i}@mail.example.com>" for i in range(30))),
+            *(
+                (f"X-Tag-{i % 3}", f'Wert {i}: Grüße, "quoted" =?not-encoded?= 😀' * 10)
+                for i in range(MAX_HEADERS - 1)
+            ),
+        )
+        mail = make_mail(headers=headers)
+        await store.add(MailRecord.new(mail))
+        got = await store.get(mail.id)
+        assert got is not None
+        assert got.mail.headers == headers
+        assert got.mail == mail
+        (found,) = await store.find(RecordQuery(ids=(mail.id,)))
+        assert found.mail.headers == headers
+        plain = make_mail()
+        await store.add(MailRecord.new(plain))
+        got = await store.get(plain.id)
+        assert got is not None
+        assert got.mail.headers == ()
 
     async def test_add_returns_what_get_returns(self, store: Store) -> None:
         record = make_record(sender_name="Ops")
