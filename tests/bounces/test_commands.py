@@ -70,9 +70,10 @@ async def test_mailqueue_bounces_without_a_domain_is_a_usage_error(tmp_path: Pat
 
 
 async def test_serve_with_bounces_listen_records_a_bounce_the_api_then_shows(tmp_path: Path) -> None:
-    port, listen = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}"
     async with SMTPTestServer() as smtp:
+        # ports picked once the SMTP server has its own (it could take a port picked before)
+        port, listen = free_port(), free_port()
+        base = f"http://127.0.0.1:{port}"
         env = {
             **FAST,
             "MAILQUEUE_SENDER": smtp.url(from_address="news@example.com"),

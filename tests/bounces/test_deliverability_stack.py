@@ -56,10 +56,11 @@ async def test_signed_verp_mail_suppression_and_bounces_on_mariadb_and_rabbitmq(
     def dns(name: bytes, timeout: float = 5) -> bytes | None:
         return txt.get(name.decode().rstrip(".").lower())
 
-    port, listen = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}"
     refused = Fault("rcpt", reply="550 5.1.1 <gone@example.net>: user unknown", address="gone@example.net")
     async with SMTPTestServer(faults=[refused]) as smtp:
+        # ports picked once the SMTP server has its own (it could take a port picked before)
+        port, listen = free_port(), free_port()
+        base = f"http://127.0.0.1:{port}"
         env = {
             "MAILQUEUE_STORE": mysql_url,
             "MAILQUEUE_QUEUE": amqp_queue,

@@ -255,8 +255,10 @@ async def _walk_through(d: Dashboard, browser: Browser, remote_port: int, remote
     assert await asyncio.to_thread(saved.read_bytes) == b"%PDF-1.4 quarterly numbers"
     await shoot(page, d.screens, "message-failed")
 
-    # re-send it, now that the server accepts the address, and watch it become sent
+    # re-send it, now that the server accepts the address, and watch it become sent; first take
+    # the address off the suppression list, where its 550 5.1.1 put it
     d.smtp.faults.clear()
+    assert await d.mq.suppressions.remove(BOUNCE)
     await page.get_by_role("button", name="Re-send").click()
     await page.get_by_text("Queued again").wait_for()
     loop = asyncio.get_running_loop()
