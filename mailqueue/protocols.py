@@ -205,10 +205,18 @@ class OutgoingMessage:
 
 @dataclass(frozen=True, slots=True)
 class RecipientReply:
-    """The server's answer about one recipient."""
+    """The server's answer about one recipient.
+
+    ``retry_after`` is set only by a link of the sending chain that did not send to the
+    recipient because a limit of its own has no slot free now (a recipient domain's rate,
+    :mod:`mailqueue.sending.domains`): ``code`` is then a 4xx, and the worker keeps the
+    recipient pending and tries it again after that many seconds *without counting a failed
+    attempt* (no server refused anything).
+    """
 
     code: int
     reply: str
+    retry_after: float | None = None
 
     @property
     def accepted(self) -> bool:

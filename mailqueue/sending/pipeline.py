@@ -67,6 +67,7 @@ from mailqueue.protocols import BackendContext, Sender
 from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter, WorkerPace
 from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.dkim import dkim_step
+from mailqueue.sending.domains import domain_step
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
@@ -85,7 +86,7 @@ StepFactory = Callable[[Sender, Settings], Sender]
 #: DKIM signing is the innermost step that may change bytes and must stay so: a step
 #: inside it would change the signed bytes; VERP, inside it, changes only the envelope.
 #: Suppression goes first (see the module docs).
-STEPS: tuple[StepFactory, ...] = (dkim_step, verp_step)
+STEPS: tuple[StepFactory, ...] = (dkim_step, domain_step, verp_step)
 
 
 class SendingChain(NamedTuple):

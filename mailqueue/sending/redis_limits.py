@@ -85,6 +85,55 @@ end
 return 0
 """
 
+# KEYS: aimd hash, then one sorted set per window.
+# ARGV: member (the mail id), within (ms), then limit and period (ms) per window.
+# Returns milliseconds until the member's slot. A slot at most `within` away is the caller's
+# (it sleeps until it); a later one is reserved for the member, at the earliest time every
+# window allows it counting the reservations made before (the sets hold future times too),
+# and the member asks again then.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local within = tonumber(ARGV[2])
+if #KEYS > 1 then
+  local at = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if at then
+    at = tonumber(at)
+    if at - now > within then return at - now end
+    -- its reserved slot has come: counted from when it is used, under a name no call matches
+    local used = math.max(at, now)
+    for i = 2, #KEYS do
+      redis.call('ZREM', KEYS[i], ARGV[1])
+      redis.call('ZADD', KEYS[i], used, ARGV[1] .. ':' .. now)
+    end
+    return used - now
+  end
+end
+local factor = tonumber(redis.call('HGET', KEYS[1], 'factor') or '1')
+local paused = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+local wait = 0
+if paused > now then wait = paused - now end
+for i = 2, #KEYS do
+  local limit = math.max(1, math.floor(tonumber(ARGV[2 * i - 1]) * factor))
+  local period = tonumber(ARGV[2 * i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - period)
+  local n = redis.call('ZCARD', KEYS[i])
+  if n >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[i], n - limit, n - limit, 'WITHSCORES')
+    local w = tonumber(oldest[2]) + period - now
+    if w > wait then wait = w end
+  end
+end
+local member = ARGV[1]
+if wait <= within then member = member .. ':' .. now end
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], now + wait, member)
+  local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[i], tonumber(last[2]) - now + tonumber(ARGV[2 * i]) + 1000)
+end
+return wait
+"""
+
 # KEYS: aimd hash. ARGV: decrease, floor, pause ms. Returns {factor, pause-left ms}.
 _THROTTLED = """
 local t = redis.call('TIME')
@@ -119,6 +168,8 @@ class RedisRateLimiter:
         windows: the configured limits.
         params: AIMD parameters.
         prefix: key prefix (tests use their own).
+        account_metrics: publish the ``mailqueue_account_*`` gauges under ``account``
+            (``False`` for a recipient-domain group, which has metrics of its own).
     """
 
     def __init__(
@@ -129,17 +180,20 @@ class RedisRateLimiter:
         params: AIMDParams | None = None,
         *,
         prefix: str = "mq:rl",
+        account_metrics: bool = True,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(f"rate_store must be a redis:// URL, not {url.split(':')[0]!r}")
         self.name = account
         self.windows = windows
         self.params = params or AIMDParams()
+        self._account_metrics = account_metrics
         self._client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._throttled = self._client.register_script(_THROTTLED)
         self._succeeded = self._client.register_script(_SUCCEEDED)
         self._done = self._client.register_script(_DONE)
+        self._reserve = self._client.register_script(_RESERVE)
         base = f"{prefix}:{account}"
         self._aimd_key = f"{base}:aimd"
         self._window_keys = [f"{base}:{w.limit}/{w.period:g}" for w in windows]
@@ -150,7 +204,7 @@ class RedisRateLimiter:
         self._publish()
 
     def _publish(self) -> None:
-        if self.windows:
+        if self.windows and self._account_metrics:
             shortest = min(self.windows, key=lambda w: w.period)
             ACCOUNT_RATE.labels(self.name).set(scaled_limit(shortest, self.factor) / shortest.period)
 
@@ -191,6 +245,14 @@ class RedisRateLimiter:
         RATE_LIMIT_WAIT.observe(waited)
         return member
 
+    async def reserve(self, member: str, within: float) -> float:
+        """The shared slot of ``member`` (a mail id), without waiting: see
+        :meth:`mailqueue.sending.domains.DomainLimiter.reserve`."""
+        keys = [self._aimd_key, *self._window_keys]
+        args = [member, int(within * 1000), *self._window_args]
+        wait_ms = int(str(await self._call(self._reserve, keys, args)))
+        return max(0, wait_ms) / 1000.0
+
     async def done(self, token: str) -> None:
         """The send of slot ``token`` has ended: count it at this time.
 
@@ -215,7 +277,8 @@ class RedisRateLimiter:
         raw = await self._call(self._throttled, [self._aimd_key], [p.decrease, p.floor, int(wait * 1000)])
         assert isinstance(raw, list)
         self.factor = float(raw[0].decode() if isinstance(raw[0], bytes) else raw[0])
-        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(int(raw[1]) / 1000.0)
+        if self._account_metrics:
+            ACCOUNT_PAUSED_SECONDS.labels(self.name).set(int(raw[1]) / 1000.0)
         self._publish()
 
     async def succeeded(self) -> None:
@@ -223,5 +286,6 @@ class RedisRateLimiter:
         p = self.params
         raw = await self._call(self._succeeded, [self._aimd_key], [p.increase, p.increase_after])
         self.factor = float(raw.decode() if isinstance(raw, bytes) else str(raw))
-        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(0)
+        if self._account_metrics:
+            ACCOUNT_PAUSED_SECONDS.labels(self.name).set(0)
         self._publish()

@@ -1,0 +1,344 @@
+"""Limits per recipient domain, against the real SMTP test server.
+
+A mail spanning two groups goes as two transactions; a group's slot that is not
+free defers its recipients without holding a worker slot nor counting an
+attempt; a group's 421 slows that group only; the limit is shared through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from mailqueue import Mail, MailQueue, Recipient, Status, Worker
+from mailqueue.errors import ConfigurationError
+from mailqueue.protocols import OutgoingMessage
+from mailqueue.records import RecipientState
+from mailqueue.sending.account_limit import AccountLimit
+from mailqueue.sending.domains import DomainLimitStep, LocalDomainLimiter
+from mailqueue.sending.limits import parse_rate
+from mailqueue.sending.pipeline import build_sender, find_link, links
+from mailqueue.settings import Settings, load_settings
+from mailqueue.testing.smtpd import Fault, ReceivedMessage, SMTPTestServer
+
+
+def sample(name: str, group: str) -> float:
+    return REGISTRY.get_sample_value(name, {"group": group}) or 0.0
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[SMTPTestServer]:
+    async with SMTPTestServer() as smtpd:
+        yield smtpd
+
+
+def settings_for(server: SMTPTestServer, domain_limits: dict[str, Any], **worker: Any) -> Settings:
+    return load_settings(
+        store="memory://",
+        queue="memory://",
+        attachments="memory://",
+        sender=server.url(from_address="a@example.com", timeout="5"),
+        message_id_domain="example.com",
+        domain_limits=domain_limits,
+        worker={"concurrency": 8, "retry_base": 0.05, "retry_max": 0.2, "shutdown_timeout": 5, **worker},
+        retention={"interval": 0},
+    )
+
+
+async def submit(mq: MailQueue, *addresses: str) -> str:
+    mail = Mail(subject="s", html="<p>x</p>", to=[Recipient(address=a) for a in addresses])
+    return (await mq.submit(mail)).id
+
+
+async def wait_sent(mq: MailQueue, ids: list[str], longest: float) -> float:
+    """Seconds until every mail of ``ids`` is ``sent`` (fails after ``longest``)."""
+    started = time.monotonic()
+    left = set(ids)
+    while left:
+        assert time.monotonic() - started < longest, f"{len(left)} mail(s) not sent in {longest} s"
+        for mail_id in list(left):
+            record = await mq.status(mail_id)
+            if record is not None and record.status is Status.SENT:
+                left.discard(mail_id)
+        if left:
+            await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_the_setting_names_groups_and_refuses_what_cannot_be_used() -> None:
+    settings = load_settings(
+        domain_limits={
+            "google": {"domains": ["Gmail.com.", "googlemail.com"], "rate": "20/s;3000/h"},
+            "default": {"rate": "50/s"},
+        }
+    )
+    assert settings.domain_limits["google"].domains == ["gmail.com", "googlemail.com"]
+    assert settings.domain_limits["default"].domains == []
+    for bad, says in [
+        ({"google": {"rate": "1/s"}}, "lists no domains"),
+        ({"Google": {"domains": ["gmail.com"]}}, "group name 'Google'"),
+        ({"a": {"domains": ["x.com"]}, "b": {"domains": ["X.com"]}}, "in groups 'a' and 'b'"),
+        ({"a": {"domains": ["not a domain"]}}, "is not a domain"),
+        ({"a": {"domains": ["x.com"], "rate": "fast"}}, "N/unit"),
+        ({"a": {"domains": ["x.com"], "speed": "1/s"}}, "speed"),
+    ]:
+        with pytest.raises(ConfigurationError, match=says):
+            load_settings(domain_limits=bad)
+
+
+async def test_slots_not_free_now_are_reserved_one_after_another() -> None:
+    """Mails told to come back are spread over the coming slots, not all sent back at the next one."""
+    now = [100.0]
+    limiter = LocalDomainLimiter("unit", parse_rate("2/s"), clock=lambda: now[0])
+    assert [await limiter.reserve(f"m{n}", 0.1) for n in range(6)] == [0, 0, 1.0, 1.0, 2.0, 2.0]
+    assert await limiter.reserve("m4", 0.1) == 2.0  # asking again early keeps the reservation
+    now[0] = 101.0
+    assert await limiter.reserve("m2", 0.1) == 0  # its slot has come
+    assert await limiter.reserve("m3", 0.1) == 0
+    assert await limiter.reserve("new", 0.1) == 2.0  # behind m4 and m5, not before them
+    now[0] = 101.95
+    assert await limiter.reserve("m4", 0.1) == pytest.approx(0.05)  # close enough: slept in place
+    assert await limiter.reserve("m4", 0.1) == pytest.approx(1.05)  # used up: a new slot, beside "new"
+
+
+def test_without_domain_limits_there_is_no_link_and_with_them_it_sits_between_dkim_and_verp() -> None:
+    plain = load_settings(sender="memory://?from=a@example.com")
+    assert find_link(build_sender(plain).sender, DomainLimitStep) is None
+    limited = load_settings(
+        sender="memory://?from=a@example.com",
+        domain_limits={"google": {"domains": ["gmail.com"], "rate": "1/s"}},
+        bounces={"domain": "bounces.example.com"},
+    )
+    chain = [type(link).__name__ for link in links(build_sender(limited).sender)]
+    assert chain == ["DomainLimitStep", "VERPStep", "AccountLimit", "MemorySender"]
+
+
+async def test_a_mail_to_two_groups_goes_as_two_transactions(server: SMTPTestServer) -> None:
+    settings = settings_for(
+        server, {"google": {"domains": ["gmail.com", "googlemail.com"], "rate": "10/s"}, "default": {}}
+    )
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    async with mq, worker.sender:
+        task = asyncio.create_task(worker.run())
+        mail_id = await submit(mq, "ann@gmail.com", "bob@example.org", "cy@sub.googlemail.com")
+        await wait_sent(mq, [mail_id], 10)
+        worker.stop()
+        await task
+        record = await mq.status(mail_id)
+    assert record is not None
+    assert [r.state for r in record.recipients] == [RecipientState.SENT] * 3
+    assert record.attempts == 1
+    assert sorted(m.recipients for m in server.messages) == [
+        ("ann@gmail.com", "cy@sub.googlemail.com"),
+        ("bob@example.org",),
+    ]
+
+
+async def test_a_deferred_group_is_not_a_failed_attempt_and_its_mail_comes_back(
+    server: SMTPTestServer,
+) -> None:
+    settings = settings_for(server, {"slow": {"domains": ["slow.com"], "rate": "1/2s"}}, max_attempts=1)
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    deferred_before = sample("mailqueue_domain_deferred_total", "slow")
+    async with mq, worker.sender:
+        task = asyncio.create_task(worker.run())
+        first = await submit(mq, "a@slow.com")
+        await wait_sent(mq, [first], 5)
+        both = await submit(mq, "b@slow.com", "c@fast.com")
+        only_slow = await submit(mq, "d@slow.com")
+        await asyncio.sleep(0.5)
+        waiting = await mq.status(both)
+        took = await wait_sent(mq, [both, only_slow], 10)
+        worker.stop()
+        await task
+        records = {i: await mq.status(i) for i in (first, both, only_slow)}
+    assert waiting is not None
+    assert waiting.status is Status.RETRYING
+    by_address = {r.address: r for r in waiting.recipients}
+    assert by_address["c@fast.com"].state is RecipientState.SENT  # not held back by slow.com
+    assert by_address["b@slow.com"].state is RecipientState.PENDING
+    assert by_address["b@slow.com"].code == 451
+    assert "domain limit slow: next slot in" in by_address["b@slow.com"].reply
+    assert waiting.attempts == 1  # the attempt that sent to fast.com
+    assert waiting.next_attempt_at is not None
+    # max_attempts=1, yet nothing died: waiting for a slot is not a failed attempt
+    assert {r.status for r in records.values() if r is not None} == {Status.SENT}
+    assert [h.outcome for h in records[both].history] == ["partial", "sent"]  # type: ignore[union-attr]
+    assert [h.outcome for h in records[only_slow].history] == ["sent"]  # type: ignore[union-attr]
+    assert sample("mailqueue_domain_deferred_total", "slow") - deferred_before >= 2
+    assert worker.counts["slot_wait"] >= 2
+    assert took >= 2.0  # b and d each waited for a slot of 1/2s
+    arrivals = [m.recipients for m in server.messages]
+    assert sorted(arrivals) == [("a@slow.com",), ("b@slow.com",), ("c@fast.com",), ("d@slow.com",)]
+
+
+async def test_a_groups_421_slows_that_group_only(server: SMTPTestServer) -> None:
+    server.faults.append(Fault("rcpt", address="ann@gmail.com", reply="421 4.7.28 unusual rate, try later"))
+    settings = settings_for(
+        server,
+        {
+            "google": {"domains": ["gmail.com"], "rate": "50/s"},
+            "other": {"domains": ["other.org"], "rate": "50/s"},
+        },
+        rate="100/s",
+        throttle={"pause": 0.05, "increase_after": 1000},
+    )
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    step = find_link(worker.sender, DomainLimitStep)
+    account = find_link(worker.sender, AccountLimit)
+    assert step is not None
+    assert account is not None
+    google, other = step.groups["google"], step.groups["other"]
+    throttled_before = sample("mailqueue_domain_throttled_total", "google")
+    async with mq, worker.sender:
+        task = asyncio.create_task(worker.run())
+        ids = [await submit(mq, "ann@gmail.com", "bob@fast.com")]
+        await wait_sent(mq, ids, 10)
+        ids.append(await submit(mq, "zed@other.org"))
+        await wait_sent(mq, ids, 10)
+        worker.stop()
+        await task
+    print(f"after a 421 from gmail.com: google factor {google.factor}, other {other.factor}")
+    assert google.factor == 0.5  # slowed down
+    assert sample("mailqueue_domain_rate_per_second", "google") == 25.0
+    assert other.factor == 1.0  # the other group is not
+    assert sample("mailqueue_domain_rate_per_second", "other") == 50.0
+    assert account.factor == 1.0  # nor the account
+    assert worker.limiter.factor == 1.0  # (the worker's pace, with one sender)
+    assert sample("mailqueue_domain_throttled_total", "google") - throttled_before == 1
+    assert sorted(r for m in server.messages for r in m.recipients) == [
+        "ann@gmail.com",
+        "bob@fast.com",
+        "zed@other.org",
+    ]
+
+
+async def run_mails(settings: Settings, batches: dict[str, int], longest: float) -> dict[str, float]:
+    """Submit ``count`` mails to each domain of ``batches`` and run a worker; seconds until
+    each domain's mails are all sent."""
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    async with mq, worker.sender:
+        ids = {
+            domain: [await submit(mq, f"u{n}@{domain}") for n in range(count)]
+            for domain, count in batches.items()
+        }
+        task = asyncio.create_task(worker.run())
+        took = dict(
+            zip(ids, await asyncio.gather(*(wait_sent(mq, i, longest) for i in ids.values())), strict=True)
+        )
+        worker.stop()
+        await task
+        records = [await mq.status(i) for group in ids.values() for i in group]
+    assert all(r is not None and r.attempts == 1 for r in records)  # deferrals were no attempts
+    return took
+
+
+@pytest.mark.slow
+async def test_a_throttled_domain_does_not_hold_back_the_others(server: SMTPTestServer) -> None:
+    """200 mails to a domain limited to 20/s and 200 to another: the others go at full speed."""
+    groups = {"slow": {"domains": ["slow.com"], "rate": "20/s"}, "fast": {"domains": ["fast.com"]}}
+    alone = await run_mails(settings_for(server, groups), {"fast.com": 200}, 20)
+    server.messages.clear()
+    arrivals: list[float] = []
+
+    class Stamped(list[ReceivedMessage]):
+        def append(self, item: ReceivedMessage) -> None:
+            if item.recipients[0].endswith("@slow.com"):
+                arrivals.append(time.monotonic())
+            super().append(item)
+
+    server.messages = Stamped()
+    mixed = await run_mails(
+        settings_for(server, groups, max_attempts=1), {"slow.com": 200, "fast.com": 200}, 30
+    )
+    span = max(arrivals) - min(arrivals)
+    print(
+        f"200 to fast.com alone: {alone['fast.com']:.2f} s; with 200 to slow.com (20/s) at concurrency 8: "
+        f"fast.com {mixed['fast.com']:.2f} s, slow.com {mixed['slow.com']:.2f} s (arrivals over {span:.2f} s)"
+    )
+    received = collections.Counter(r for m in server.messages for r in m.recipients)
+    assert len(received) == 400
+    assert set(received.values()) == {1}  # each delivered exactly once
+    assert span >= (200 - 20) / 20 - 0.5  # slow.com kept to 20/s
+    assert mixed["fast.com"] < mixed["slow.com"] / 3  # not behind the slow ones
+    assert mixed["fast.com"] < alone["fast.com"] * 2 + 1.0  # near full speed
+
+
+@pytest.mark.redis
+async def test_workers_share_a_groups_limit_through_redis(server: SMTPTestServer, redis_url: str) -> None:
+    """Two workers with their own chains, one group limit of 10/s between them."""
+    name = f"test-{secrets.token_hex(4)}"
+    settings = settings_for(
+        server, {name: {"domains": ["shared.com"], "rate": "10/s"}}, rate_store=redis_url, concurrency=4
+    )
+    mq = MailQueue.from_settings(settings)
+    workers = [Worker.from_settings(settings, mq) for _ in range(2)]
+    steps = [find_link(w.sender, DomainLimitStep) for w in workers]
+    assert steps[0] is not None
+    assert steps[1] is not None
+    arrivals: list[float] = []
+
+    class Stamped(list[ReceivedMessage]):
+        def append(self, item: ReceivedMessage) -> None:
+            arrivals.append(time.monotonic())
+            super().append(item)
+
+    server.messages = Stamped()
+    try:
+        async with mq, workers[0].sender, workers[1].sender:
+            ids = [await submit(mq, f"u{n}@shared.com") for n in range(30)]
+            tasks = [asyncio.create_task(w.run()) for w in workers]
+            await wait_sent(mq, ids, 20)
+            for w in workers:
+                w.stop()
+            await asyncio.gather(*tasks)
+            # one worker's throttle slows the other's view of the group too
+            await steps[0].groups[name].limiter.throttled(0.0)
+            wait = await steps[1].groups[name].limiter.reserve("after-throttle", 0.0)
+    finally:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(redis_url)
+        async for key in client.scan_iter(f"mq:rl:domain:{name}:*"):
+            await client.delete(key)
+        await client.aclose()
+    span = max(arrivals) - min(arrivals)
+    print(
+        f"30 mails to one group at 10/s by two workers: {span:.2f} s; "
+        f"sent by each {[w.counts['sent'] for w in workers]}"
+    )
+    assert all(w.counts["sent"] > 0 for w in workers)  # both sent
+    assert span >= 1.8  # 10 at once, then 10/s for both together (not 10/s each)
+    assert wait > 0  # the factor halved in Redis: the slots of the last second are used up
+
+
+async def test_a_step_without_groups_for_the_recipients_passes_the_message_on(server: SMTPTestServer) -> None:
+    settings = settings_for(server, {"google": {"domains": ["gmail.com"], "rate": "1/s"}})
+    step = find_link(build_sender(settings).sender, DomainLimitStep)
+    assert step is not None
+    assert step.group_of("x@GMAIL.com") == "google"
+    assert step.group_of("x@mail.gmail.com") == "google"
+    assert step.group_of("x@notgmail.com") is None
+    message = OutgoingMessage("m-pass", b"Subject: s\r\n\r\nb\r\n", "a@example.com", ["x@a.org", "y@b.org"])
+    async with step:
+        result = await step.send(message)
+        again = await step.send(OutgoingMessage("m-2", message.data, "a@example.com", ["z@gmail.com"]))
+        deferred = await step.send(OutgoingMessage("m-3", message.data, "a@example.com", ["w@gmail.com"]))
+    assert result.accepted == ["x@a.org", "y@b.org"]
+    assert again.accepted == ["z@gmail.com"]
+    assert [m.recipients for m in server.messages] == [("x@a.org", "y@b.org"), ("z@gmail.com",)]
+    reply = deferred.replies["w@gmail.com"]
+    assert reply.code == 451
+    assert reply.retry_after is not None
+    assert 0.5 < reply.retry_after <= 1.0
