@@ -145,7 +145,14 @@ async def test_a_mail_to_two_groups_goes_as_two_transactions(server: SMTPTestSer
 async def test_a_deferred_group_is_not_a_failed_attempt_and_its_mail_comes_back(
     server: SMTPTestServer,
 ) -> None:
-    settings = settings_for(server, {"slow": {"domains": ["slow.com"], "rate": "1/2s"}}, max_attempts=1)
+    # max_attempts=1: a failed attempt would end the mail; a 30 s backoff would outlast the test
+    settings = settings_for(
+        server,
+        {"slow": {"domains": ["slow.com"], "rate": "1/2s"}},
+        max_attempts=1,
+        retry_base=30,
+        retry_max=60,
+    )
     mq = MailQueue.from_settings(settings)
     worker = Worker.from_settings(settings, mq)
     deferred_before = sample("mailqueue_domain_deferred_total", "slow")
@@ -176,9 +183,34 @@ async def test_a_deferred_group_is_not_a_failed_attempt_and_its_mail_comes_back(
     assert [h.outcome for h in records[only_slow].history] == ["sent"]  # type: ignore[union-attr]
     assert sample("mailqueue_domain_deferred_total", "slow") - deferred_before >= 2
     assert worker.counts["slot_wait"] >= 2
-    assert took >= 2.0  # b and d each waited for a slot of 1/2s
+    assert 2.0 <= took < 8  # b and d each waited for a slot of 1/2s, and not for a backoff
     arrivals = [m.recipients for m in server.messages]
     assert sorted(arrivals) == [("a@slow.com",), ("b@slow.com",), ("c@fast.com",), ("d@slow.com",)]
+
+
+async def test_a_mail_that_would_wait_beyond_max_age_ends_dead(server: SMTPTestServer) -> None:
+    settings = settings_for(server, {"slow": {"domains": ["slow.com"], "rate": "1/h"}}, max_age=60)
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    async with mq, worker.sender:
+        task = asyncio.create_task(worker.run())
+        first = await submit(mq, "a@slow.com")
+        await wait_sent(mq, [first], 5)
+        late = await submit(mq, "b@slow.com")
+        for _ in range(250):
+            record = await mq.status(late)
+            if record is not None and record.status.final:
+                break
+            await asyncio.sleep(0.02)
+        worker.stop()
+        await task
+        sent = await mq.status(first)
+    assert sent is not None
+    assert sent.status is Status.SENT
+    assert record is not None
+    assert record.status is Status.DEAD  # its slot is an hour away, its max_age a minute
+    assert "domain limit slow: next slot in" in record.last_error
+    assert [m.recipients for m in server.messages] == [("a@slow.com",)]
 
 
 async def test_a_groups_421_slows_that_group_only(server: SMTPTestServer) -> None:
