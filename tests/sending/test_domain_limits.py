@@ -39,7 +39,9 @@ async def server() -> AsyncIterator[SMTPTestServer]:
         yield smtpd
 
 
-def settings_for(server: SMTPTestServer, domain_limits: dict[str, Any], **worker: Any) -> Settings:
+def settings_for(
+    server: SMTPTestServer, domain_limits: dict[str, Any], top: dict[str, Any] | None = None, **worker: Any
+) -> Settings:
     return load_settings(
         store="memory://",
         queue="memory://",
@@ -49,6 +51,7 @@ def settings_for(server: SMTPTestServer, domain_limits: dict[str, Any], **worker
         domain_limits=domain_limits,
         worker={"concurrency": 8, "retry_base": 0.05, "retry_max": 0.2, "shutdown_timeout": 5, **worker},
         retention={"interval": 0},
+        **(top or {}),
     )
 
 
@@ -353,6 +356,87 @@ async def test_workers_share_a_groups_limit_through_redis(server: SMTPTestServer
     assert all(w.counts["sent"] > 0 for w in workers)  # both sent
     assert span >= 1.8  # 10 at once, then 10/s for both together (not 10/s each)
     assert wait > 0  # the factor halved in Redis: the slots of the last second are used up
+
+
+@pytest.mark.redis
+async def test_reservations_are_shared_and_spread_through_redis(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from mailqueue.sending.redis_limits import RedisRateLimiter
+
+    name = f"domain:test-{secrets.token_hex(4)}"
+    one, two = (RedisRateLimiter(redis_url, name, parse_rate("2/s"), account_metrics=False) for _ in range(2))
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        waits = [await (one if n % 2 else two).reserve(f"m{n}", 0.1) for n in range(6)]
+        early = await two.reserve("m4", 0.1)  # asked of the other process: the same reservation
+        ttl = await client.pttl(f"mq:rl:{name}:2/1")
+    finally:
+        async for key in client.scan_iter(f"mq:rl:{name}:*"):
+            await client.delete(key)
+        await client.aclose()
+        await one.close()
+        await two.close()
+    assert waits[:2] == [0, 0]
+    assert [round(w) for w in waits[2:]] == [1, 1, 2, 2]  # one slot each, one after another
+    assert 1.5 < early <= 2.0
+    assert ttl > 2500  # kept until the last reservation's window is over
+
+
+async def test_a_server_refusal_beside_a_deferral_is_a_failed_attempt(server: SMTPTestServer) -> None:
+    server.faults.append(Fault("rcpt", address="b@other.org", reply="450 4.2.0 mailbox busy", times=None))
+    settings = settings_for(server, {"slow": {"domains": ["slow.com"], "rate": "1/h"}}, max_attempts=1)
+    mq = MailQueue.from_settings(settings)
+    worker = Worker.from_settings(settings, mq)
+    async with mq, worker.sender:
+        task = asyncio.create_task(worker.run())
+        first = await submit(mq, "a@slow.com")
+        await wait_sent(mq, [first], 5)
+        mixed = await submit(mq, "c@slow.com", "b@other.org")
+        for _ in range(250):
+            record = await mq.status(mixed)
+            if record is not None and record.status.final:
+                break
+            await asyncio.sleep(0.02)
+        worker.stop()
+        await task
+    assert record is not None
+    assert record.status is Status.DEAD  # b's 450 was a real refusal: the one attempt allowed is spent
+    assert record.attempts == 1
+
+
+async def test_a_groups_throttle_neither_fails_over_nor_opens_the_accounts_circuit(
+    server: SMTPTestServer,
+) -> None:
+    from mailqueue.sending.accounts import AccountRouter
+
+    server.faults.append(Fault("rcpt", address="ann@gmail.com", reply="421 4.7.28 unusual rate", times=1))
+    async with SMTPTestServer() as backup:
+        accounts = [
+            {"url": server.url(from_address="a@example.com"), "name": "primary"},
+            {"url": backup.url(from_address="a@example.com"), "name": "backup"},
+        ]
+        settings = settings_for(
+            server,
+            {"google": {"domains": ["gmail.com"], "rate": "50/s"}},
+            {"senders": accounts},
+            throttle={"pause": 0.05, "breaker_failures": 1},
+        )
+        mq = MailQueue.from_settings(settings)
+        worker = Worker.from_settings(settings, mq)
+        router = find_link(worker.sender, AccountRouter)
+        assert router is not None
+        async with mq, worker.sender:
+            task = asyncio.create_task(worker.run())
+            mail_id = await submit(mq, "ann@gmail.com")
+            await wait_sent(mq, [mail_id], 10)
+            worker.stop()
+            await task
+        assert backup.messages == []  # not moved to the other account
+    primary = router.accounts[0]
+    assert primary.breaker.state.name == "CLOSED"  # one account failure would have opened it
+    assert primary.factor == 1.0
+    assert [m.recipients for m in server.messages] == [("ann@gmail.com",)]
 
 
 async def test_a_step_without_groups_for_the_recipients_passes_the_message_on(server: SMTPTestServer) -> None:
