@@ -21,6 +21,12 @@ cannot be rendered) is an attempt too: outcome ``error``, the error kept as
 the mail's ``last_error``, retried after a backoff like a transient failure
 and ``dead`` (dead-lettered) after ``max_attempts``.
 
+Recipients the sending chain itself holds back until a slot of one of its
+limits is free (a recipient domain's, :mod:`mailqueue.sending.domains`: their
+reply carries ``retry_after``) are not a failed attempt: when no other
+recipient is left waiting for a server, the mail goes back to the queue for
+that long, ``retrying``, without charging ``max_attempts`` or backing off.
+
 Shutdown (:meth:`Worker.stop`) stops taking deliveries, lets in-flight sends
 finish for ``shutdown_timeout`` seconds and releases the rest for
 redelivery: nothing is dead-lettered or lost by stopping.

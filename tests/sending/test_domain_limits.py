@@ -12,6 +12,7 @@ import collections
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,16 +43,14 @@ async def server() -> AsyncIterator[SMTPTestServer]:
 def settings_for(
     server: SMTPTestServer, domain_limits: dict[str, Any], top: dict[str, Any] | None = None, **worker: Any
 ) -> Settings:
+    top = {"store": "memory://", "queue": "memory://", "attachments": "memory://", **(top or {})}
     return load_settings(
-        store="memory://",
-        queue="memory://",
-        attachments="memory://",
         sender=server.url(from_address="a@example.com", timeout="5"),
         message_id_domain="example.com",
         domain_limits=domain_limits,
         worker={"concurrency": 8, "retry_base": 0.05, "retry_max": 0.2, "shutdown_timeout": 5, **worker},
         retention={"interval": 0},
-        **(top or {}),
+        **top,
     )
 
 
@@ -75,7 +74,10 @@ async def wait_sent(mq: MailQueue, ids: list[str], longest: float) -> float:
     return time.monotonic() - started
 
 
-def test_the_setting_names_groups_and_refuses_what_cannot_be_used() -> None:
+def test_the_setting_names_groups_and_refuses_what_cannot_be_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILQUEUE_DOMAIN_LIMITS", '{"yahoo": {"domains": ["yahoo.com"], "rate": "5/s"}}')
+    assert load_settings().domain_limits["yahoo"].rate == "5/s"
+    monkeypatch.delenv("MAILQUEUE_DOMAIN_LIMITS")
     settings = load_settings(
         domain_limits={
             "google": {"domains": ["Gmail.com.", "googlemail.com"], "rate": "20/s;3000/h"},
@@ -145,13 +147,22 @@ async def test_a_mail_to_two_groups_goes_as_two_transactions(server: SMTPTestSer
     ]
 
 
+@pytest.mark.parametrize("backends", ["memory", "embedded"])
 async def test_a_deferred_group_is_not_a_failed_attempt_and_its_mail_comes_back(
-    server: SMTPTestServer,
+    server: SMTPTestServer, backends: str, tmp_path: Path
 ) -> None:
+    top = {}
+    if backends == "embedded":  # the default: SQLite store, sql queue
+        top = {
+            "store": f"sqlite+aiosqlite:///{tmp_path}/mq.db",
+            "queue": "sql://?poll=0.05",
+            "attachments": f"file://{tmp_path}/attachments",
+        }
     # max_attempts=1: a failed attempt would end the mail; a 30 s backoff would outlast the test
     settings = settings_for(
         server,
         {"slow": {"domains": ["slow.com"], "rate": "1/2s"}},
+        top,
         max_attempts=1,
         retry_base=30,
         retry_max=60,
