@@ -26,8 +26,10 @@ after the reservations made before) and its recipients come back as deferred,
 them pending and hands the mail back to the queue for that many seconds
 without counting a failed attempt; its slot (``worker.concurrency``) is free
 for mail to other domains meanwhile. When the mail comes back its reserved
-slot has come and it is sent. Only a wait of at most :data:`INLINE_WAIT` is
-slept through in place.
+slot has come: the sends made meanwhile (each counted from when it ended, as
+the server counts) are checked again, and it is sent, or reserved again at
+the time they allow. Only a wait of at most :data:`INLINE_WAIT` is slept
+through in place.
 
 **Adaptive throttle per group.** A throttle reply (421, ``4.7.x``, "rate",
 :func:`~mailqueue.sending.throttle.classify`) in a group's transaction slows
@@ -112,14 +114,21 @@ class DomainLimiter(Protocol):
     def factor(self) -> float:
         """The current fraction of the configured rate."""
 
-    async def reserve(self, member: str, within: float) -> float:
-        """The seconds until ``member``'s (a mail id's) slot; never waits.
+    async def reserve(self, member: str, within: float) -> tuple[float, str]:
+        """The seconds until ``member``'s (a mail id's) slot, and a token for :meth:`done`
+        when the slot is the caller's; never waits.
 
-        A slot at most ``within`` seconds away is the caller's: it is counted and the caller
-        sleeps until it. A later one is reserved for ``member`` (the earliest time every
-        window allows, after the reservations made before) and ``member`` asks again then:
-        its slot is then at most ``within`` away, and counted from when it is used.
+        A slot at most ``within`` seconds away is the caller's: it is counted, the caller
+        sleeps until it, sends, then calls :meth:`done`. A later one is *reserved* for
+        ``member`` (token ``""``): the earliest time every window allows after the
+        reservations made before, so that mails told to come back are spread over the coming
+        slots. When ``member`` comes back the sends made since are checked again (a send
+        counts from when it ended, and may have ended later than its slot): its slot is then
+        at most ``within`` away, or a new one is reserved.
         """
+
+    async def done(self, token: str) -> None:
+        """The send of the slot ``token`` has ended: count it from now, as the server does."""
 
     async def throttled(self, pause: float | None) -> None:
         """A throttle reply: slow down and pause (``None``: the default pause)."""
@@ -134,7 +143,9 @@ class DomainLimiter(Protocol):
 class LocalDomainLimiter:
     """:class:`DomainLimiter` within this process (``worker.rate_store`` empty).
 
-    Each window is a sorted log of send times, future ones being reservations.
+    Each window has two sorted logs of times: the sends (counted from when they ended,
+    :meth:`done`) and the sends with the reservations (future times), where new mails are
+    placed.
     """
 
     #: Reservations kept this long after their time for a mail that never came back.
@@ -152,41 +163,70 @@ class LocalDomainLimiter:
         self.windows = windows
         self._clock = clock or time.monotonic
         self._aimd = AIMDState(params or AIMDParams(), clock=self._clock)
-        self._logs: list[list[float]] = [[] for _ in windows]
+        self._logs: list[list[float]] = [[] for _ in windows]  # sends and reservations
+        self._sent: list[list[float]] = [[] for _ in windows]  # sends only
         self._reserved: dict[str, float] = {}
+        self._sending: dict[str, float] = {}
+        self._tokens = 0
 
     @property
     def factor(self) -> float:
         """The current fraction of the configured rate."""
         return self._aimd.factor
 
-    async def reserve(self, member: str, within: float) -> float:
+    async def reserve(self, member: str, within: float) -> tuple[float, str]:
         """See :meth:`DomainLimiter.reserve`."""
         now = self._clock()
+        for window, log, sent in zip(self.windows, self._logs, self._sent, strict=True):
+            del log[: bisect.bisect_right(log, now - window.period)]
+            del sent[: bisect.bisect_right(sent, now - window.period)]
         at = self._reserved.pop(member, None)
         if at is not None:
             if at - now > within:
                 self._reserved[member] = at
-                return at - now
-            used = max(at, now)
+                return at - now, ""
             for log in self._logs:
                 with contextlib.suppress(ValueError):  # gone if the mail came back very late
                     log.remove(at)
-                bisect.insort(log, used)
-            return used - now
+            wait = self._wait(self._sent, now)  # the sends alone, as they ended
+        else:
+            wait = self._wait(self._logs, now)  # after the reservations too
+        if wait <= within:
+            return wait, self._count(now + wait)
+        if len(self._reserved) > 10_000:
+            self._reserved = {m: t for m, t in self._reserved.items() if t > now - self._FORGET_AFTER}
+        for log in self._logs:
+            bisect.insort(log, now + wait)
+        self._reserved[member] = now + wait
+        return wait, ""
+
+    def _wait(self, logs: list[list[float]], now: float) -> float:
+        """Seconds until one more entry fits every window of ``logs`` (and the pause is over)."""
         wait = self._aimd.pause_left()
-        for window, log in zip(self.windows, self._logs, strict=True):
-            del log[: bisect.bisect_right(log, now - window.period)]
+        for window, log in zip(self.windows, logs, strict=True):
             limit = scaled_limit(window, self._aimd.factor)
             if len(log) >= limit:
                 wait = max(wait, log[-limit] + window.period - now)
-        for log in self._logs:
-            bisect.insort(log, now + wait)
-        if wait > within:
-            if len(self._reserved) > 10_000:
-                self._reserved = {m: t for m, t in self._reserved.items() if t > now - self._FORGET_AFTER}
-            self._reserved[member] = now + wait
         return wait
+
+    def _count(self, at: float) -> str:
+        for log in (*self._logs, *self._sent):
+            bisect.insort(log, at)
+        self._tokens += 1
+        token = str(self._tokens)
+        self._sending[token] = at
+        return token
+
+    async def done(self, token: str) -> None:
+        """The send of ``token`` has ended: count it from now (when the server got it)."""
+        at = self._sending.pop(token, None)
+        if at is None:
+            return
+        now = self._clock()
+        for log in (*self._logs, *self._sent):
+            with contextlib.suppress(ValueError):
+                log.remove(at)
+            bisect.insort(log, max(at, now))
 
     async def throttled(self, pause: float | None) -> None:
         """Decrease the factor and pause."""
@@ -304,8 +344,8 @@ class DomainLimitStep(SendingStep):
         if name is None:
             return await self.inner.send(message)
         group = self.groups[name]
-        wait = await group.limiter.reserve(message.mail_id, INLINE_WAIT)
-        if wait > INLINE_WAIT:
+        wait, token = await group.limiter.reserve(message.mail_id, INLINE_WAIT)
+        if not token:
             DOMAIN_DEFERRED.labels(name).inc()
             deferred = RecipientReply(451, f"4.7.0 domain limit {name}: next slot in {wait:.1f} s", wait)
             return SendResult(dict.fromkeys(message.recipients, deferred))
@@ -322,6 +362,7 @@ class DomainLimitStep(SendingStep):
             raise
         finally:
             THROTTLE_OWNER.reset(owner)
+            await group.limiter.done(token)
         reply = throttle_reply(result)
         if reply is not None:
             await self._throttled(group, reply)

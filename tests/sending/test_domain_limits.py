@@ -8,6 +8,7 @@ attempt; a group's 421 slows that group only; the limit is shared through Redis.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import secrets
 import time
@@ -99,18 +100,27 @@ def test_the_setting_names_groups_and_refuses_what_cannot_be_used(monkeypatch: p
 
 
 async def test_slots_not_free_now_are_reserved_one_after_another() -> None:
-    """Mails told to come back are spread over the coming slots, not all sent back at the next one."""
+    """Mails told to come back are spread over the coming slots, not all sent back at the next one;
+    when one comes back, the sends so far are checked again as they ended."""
     now = [100.0]
     limiter = LocalDomainLimiter("unit", parse_rate("2/s"), clock=lambda: now[0])
-    assert [await limiter.reserve(f"m{n}", 0.1) for n in range(6)] == [0, 0, 1.0, 1.0, 2.0, 2.0]
-    assert await limiter.reserve("m4", 0.1) == 2.0  # asking again early keeps the reservation
+    first = [await limiter.reserve(f"m{n}", 0.1) for n in range(6)]
+    assert [wait for wait, _ in first] == [0, 0, 1.0, 1.0, 2.0, 2.0]
+    assert [bool(token) for _, token in first] == [True, True, False, False, False, False]  # 2 to send now
+    assert await limiter.reserve("m4", 0.1) == (2.0, "")  # asking again early keeps the reservation
+    now[0] = 100.3
+    await limiter.done(first[0][1])  # m0's send ended late: it counts from 100.3
     now[0] = 101.0
-    assert await limiter.reserve("m2", 0.1) == 0  # its slot has come
-    assert await limiter.reserve("m3", 0.1) == 0
-    assert await limiter.reserve("new", 0.1) == 2.0  # behind m4 and m5, not before them
-    now[0] = 101.95
-    assert await limiter.reserve("m4", 0.1) == pytest.approx(0.05)  # close enough: slept in place
-    assert await limiter.reserve("m4", 0.1) == pytest.approx(1.05)  # used up: a new slot, beside "new"
+    wait, token = await limiter.reserve("m2", 0.1)  # its slot has come
+    assert wait == 0
+    assert token
+    # m3's slot has come too, but m0 ended at 100.3: the sends allow the next one at 101.3 only
+    assert await limiter.reserve("m3", 0.1) == (pytest.approx(0.3), "")
+    assert await limiter.reserve("new", 0.1) == (2.0, "")  # behind m4 and m5, not before them
+    now[0] = 101.3
+    wait, token = await limiter.reserve("m3", 0.1)
+    assert wait == 0
+    assert token
 
 
 def test_without_domain_limits_there_is_no_link_and_with_them_it_sits_between_dkim_and_verp() -> None:
@@ -309,7 +319,10 @@ async def test_a_throttled_domain_does_not_hold_back_the_others(server: SMTPTest
         settings_for(server, groups, max_attempts=1), {"slow.com": 200, "fast.com": 200}, 30
     )
     span = max(arrivals) - min(arrivals)
+    ordered = sorted(arrivals)
+    densest = max(bisect.bisect_right(ordered, t + 1.0) - i for i, t in enumerate(ordered))
     print(
+        f"most slow.com arrivals in any 1 s: {densest}; "
         f"200 to fast.com alone: {alone['fast.com']:.2f} s; with 200 to slow.com (20/s) at concurrency 8: "
         f"fast.com {mixed['fast.com']:.2f} s, slow.com {mixed['slow.com']:.2f} s (arrivals over {span:.2f} s)"
     )
@@ -317,6 +330,7 @@ async def test_a_throttled_domain_does_not_hold_back_the_others(server: SMTPTest
     assert len(received) == 400
     assert set(received.values()) == {1}  # each delivered exactly once
     assert span >= (200 - 20) / 20 - 0.5  # slow.com kept to 20/s
+    assert densest <= 20  # as the server counts: by arrival (a slot counts from when its send ended)
     assert mixed["fast.com"] < mixed["slow.com"] / 3  # not behind the slow ones
     assert mixed["fast.com"] < alone["fast.com"] * 2 + 1.0  # near full speed
 
@@ -351,7 +365,7 @@ async def test_workers_share_a_groups_limit_through_redis(server: SMTPTestServer
             await asyncio.gather(*tasks)
             # one worker's throttle slows the other's view of the group too
             await steps[0].groups[name].limiter.throttled(0.0)
-            wait = await steps[1].groups[name].limiter.reserve("after-throttle", 0.0)
+            wait, _ = await steps[1].groups[name].limiter.reserve("after-throttle", 0.0)
     finally:
         import redis.asyncio as aioredis
 
@@ -360,10 +374,13 @@ async def test_workers_share_a_groups_limit_through_redis(server: SMTPTestServer
             await client.delete(key)
         await client.aclose()
     span = max(arrivals) - min(arrivals)
+    ordered = sorted(arrivals)
+    densest = max(bisect.bisect_right(ordered, t + 1.0) - i for i, t in enumerate(ordered))
     print(
-        f"30 mails to one group at 10/s by two workers: {span:.2f} s; "
+        f"30 mails to one group at 10/s by two workers: {span:.2f} s, most in any 1 s {densest}; "
         f"sent by each {[w.counts['sent'] for w in workers]}"
     )
+    assert densest <= 10
     assert all(w.counts["sent"] > 0 for w in workers)  # both sent
     assert span >= 1.8  # 10 at once, then 10/s for both together (not 10/s each)
     assert wait > 0  # the factor halved in Redis: the slots of the last second are used up
@@ -379,19 +396,23 @@ async def test_reservations_are_shared_and_spread_through_redis(redis_url: str) 
     one, two = (RedisRateLimiter(redis_url, name, parse_rate("2/s"), account_metrics=False) for _ in range(2))
     client = aioredis.Redis.from_url(redis_url)
     try:
-        waits = [await (one if n % 2 else two).reserve(f"m{n}", 0.1) for n in range(6)]
+        first = [await (one if n % 2 else two).reserve(f"m{n}", 0.1) for n in range(6)]
         early = await two.reserve("m4", 0.1)  # asked of the other process: the same reservation
         ttl = await client.pttl(f"mq:rl:{name}:2/1")
+        await one.done(first[1][1])
+        sent = await client.zrange(f"mq:rl:{name}:2/1:sent", 0, -1)
     finally:
         async for key in client.scan_iter(f"mq:rl:{name}:*"):
             await client.delete(key)
         await client.aclose()
         await one.close()
         await two.close()
-    assert waits[:2] == [0, 0]
-    assert [round(w) for w in waits[2:]] == [1, 1, 2, 2]  # one slot each, one after another
-    assert 1.5 < early <= 2.0
+    assert [bool(token) for _, token in first] == [True, True, False, False, False, False]
+    assert [round(wait) for wait, _ in first] == [0, 0, 1, 1, 2, 2]  # one slot each, one after another
+    assert 1.5 < early[0] <= 2.0
+    assert early[1] == ""
     assert ttl > 2500  # kept until the last reservation's window is over
+    assert sorted(s.decode() for s in sent) == sorted(token for _, token in first[:2])  # sends only
 
 
 async def test_a_server_refusal_beside_a_deferral_is_a_failed_attempt(server: SMTPTestServer) -> None:
