@@ -157,17 +157,40 @@ async def test_a_mail_to_two_groups_goes_as_two_transactions(server: SMTPTestSer
     ]
 
 
-@pytest.mark.parametrize("backends", ["memory", "embedded"])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backends",
+    ["memory", "embedded", pytest.param("mariadb+rabbitmq", marks=[pytest.mark.mysql, pytest.mark.rabbitmq])],
+)
 async def test_a_deferred_group_is_not_a_failed_attempt_and_its_mail_comes_back(
-    server: SMTPTestServer, backends: str, tmp_path: Path
+    server: SMTPTestServer, backends: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     top = {}
+    queue_name = ""
     if backends == "embedded":  # the default: SQLite store, sql queue
         top = {
             "store": f"sqlite+aiosqlite:///{tmp_path}/mq.db",
             "queue": "sql://?poll=0.05",
             "attachments": f"file://{tmp_path}/attachments",
         }
+    elif backends == "mariadb+rabbitmq":
+        queue_name = f"mq_domains_{secrets.token_hex(4)}"
+        rabbitmq = request.getfixturevalue("rabbitmq_url")
+        top = {
+            "store": request.getfixturevalue("mysql_url"),
+            "queue": f"{rabbitmq}?queue={queue_name}&exchange={queue_name}",
+            "attachments": "sql://",
+        }
+    try:
+        await _deferral_is_no_failed_attempt(server, top)
+    finally:
+        if queue_name:
+            from brokers import delete_amqp_objects
+
+            await delete_amqp_objects(request.getfixturevalue("rabbitmq_url"), queue_name)
+
+
+async def _deferral_is_no_failed_attempt(server: SMTPTestServer, top: dict[str, Any]) -> None:
     # max_attempts=1: a failed attempt would end the mail; a 30 s backoff would outlast the test
     settings = settings_for(
         server,
