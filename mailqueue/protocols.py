@@ -212,11 +212,18 @@ class RecipientReply:
     ``suppressed`` is set (to the reason) by the suppression step of the sending
     chain for a recipient it did not hand on because the address is on the
     suppression list; such a reply is a permanent 550 that no server gave.
+
+    ``retry_after`` is set only by a link of the sending chain that did not send to the
+    recipient because a limit of its own has no slot free now (a recipient domain's rate,
+    :mod:`mailqueue.sending.domains`): ``code`` is then a 4xx, and the worker keeps the
+    recipient pending and tries it again after that many seconds *without counting a failed
+    attempt* (no server refused anything).
     """
 
     code: int
     reply: str
     suppressed: str = ""
+    retry_after: float | None = None
 
     @property
     def accepted(self) -> bool:

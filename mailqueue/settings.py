@@ -33,6 +33,7 @@ __all__ = [
     "AccountSettings",
     "BounceSettings",
     "DKIMKeySettings",
+    "DomainGroupSettings",
     "RetentionSettings",
     "Settings",
     "SuppressionSettings",
@@ -134,6 +135,42 @@ class DKIMKeySettings(BaseModel):
     @classmethod
     def _domain(cls, value: str) -> str:
         return _check_dkim_domain(value)
+
+
+def _check_limit_domain(value: str) -> str:
+    # as recipients' addresses carry it once validated: ASCII (an IDN in its xn-- form), lower case
+    domain = value.strip().rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{value!r} is not a domain") from None
+    if not _DOMAIN_RE.fullmatch(domain):
+        raise ValueError(f"{value!r} is not a domain")
+    return domain
+
+
+class DomainGroupSettings(BaseModel):
+    """One group of ``domain_limits``: recipient domains that one provider receives, and the
+    rate mailqueue sends to them at (see docs/accounts-and-limits.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domains: list[str] = []
+    """The recipient domains of the group; each also covers its subdomains. The group named
+    ``default`` may list none: it then holds every domain no other group lists."""
+    rate: str = ""
+    """The group's limits over all its domains, e.g. ``20/s;3000/h`` (empty: unlimited, but
+    the group still has its own transactions and its own adaptive throttle)."""
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [_check_limit_domain(domain) for domain in value]
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        return _check_rate(value)
 
 
 class WorkerSettings(BaseModel):
@@ -376,6 +413,12 @@ class Settings(BaseSettings):
     allowed_special_domains: list[str] = []
     """Recipient domains accepted (with their subdomains) although special-use, reserved or
     dotless, e.g. ``[internal, test, localhost]`` for an internal relay; refused by default."""
+    domain_limits: dict[str, DomainGroupSettings] = {}
+    """Rates per recipient domain or provider group, by group name (``[a-z0-9_-]``, used in
+    metrics and Redis keys), e.g. ``{google: {domains: [gmail.com, googlemail.com], rate:
+    20/s;3000/h}, default: {rate: 50/s}}``; shared by all workers through ``worker.rate_store``
+    when set. ``default`` holds the domains no group lists; without it they are not limited
+    by domain."""
     worker: WorkerSettings = WorkerSettings()
     """How workers consume and send (``worker`` below)."""
     retention: RetentionSettings = RetentionSettings()
@@ -399,6 +442,21 @@ class Settings(BaseSettings):
             if (key.domain, key.selector.lower()) in seen:
                 raise ValueError(f"selector {key.selector!r} of {key.domain!r} is listed twice")
             seen.add((key.domain, key.selector.lower()))
+        return value
+
+    @field_validator("domain_limits")
+    @classmethod
+    def _domain_limits(cls, value: dict[str, DomainGroupSettings]) -> dict[str, DomainGroupSettings]:
+        owner: dict[str, str] = {}
+        for name, group in value.items():
+            if not re.fullmatch(r"[a-z0-9_-]{1,64}", name):
+                raise ValueError(f"group name {name!r} must be 1-64 of a-z, 0-9, _ and -")
+            if not group.domains and name != "default":
+                raise ValueError(f"group {name!r} lists no domains (only 'default' may)")
+            for domain in group.domains:
+                if domain in owner:
+                    raise ValueError(f"domain {domain!r} is in groups {owner[domain]!r} and {name!r}")
+                owner[domain] = name
         return value
 
     @classmethod

@@ -21,6 +21,12 @@ cannot be rendered) is an attempt too: outcome ``error``, the error kept as
 the mail's ``last_error``, retried after a backoff like a transient failure
 and ``dead`` (dead-lettered) after ``max_attempts``.
 
+Recipients the sending chain itself holds back until a slot of one of its
+limits is free (a recipient domain's, :mod:`mailqueue.sending.domains`: their
+reply carries ``retry_after``) are not a failed attempt: when no other
+recipient is left waiting for a server, the mail goes back to the queue for
+that long, ``retrying``, without charging ``max_attempts`` or backing off.
+
 Shutdown (:meth:`Worker.stop`) stops taking deliveries, lets in-flight sends
 finish for ``shutdown_timeout`` seconds and releases the rest for
 redelivery: nothing is dead-lettered or lost by stopping.
@@ -103,7 +109,9 @@ _BATCH_MAX: Final = 200
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     """What an attempt came to, before it is recorded: the status to record (``retry``:
-    retried after a backoff, or ``dead`` once attempts or age are exhausted)."""
+    retried after a backoff, or ``dead`` once attempts or age are exhausted; ``defer``:
+    every recipient left waits for a slot of a limit of the chain, tried again after
+    that many seconds without counting a failed attempt)."""
 
     status: Status
     attempt: Attempt
@@ -112,6 +120,7 @@ class _Outcome:
     error: str
     retry: bool = False
     exc: DeliveryError | None = None
+    defer: float | None = None
 
 
 def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -578,7 +587,9 @@ class Worker:
             outcome = await self._attempt(mail, record, started)
         except Exception as exc:
             outcome = self._unexpected(mail, record, started, exc)
-        if outcome.retry:
+        if outcome.defer is not None:
+            await self._defer(delivery, record, outcome, outcome.defer)
+        elif outcome.retry:
             await self._retry_or_die(
                 delivery,
                 record,
@@ -676,6 +687,10 @@ class Worker:
         still = [r for r in recipients if r.state is RecipientState.PENDING]
         if still:
             first = next(result.replies[r.address] for r in still if r.address in result.replies)
+            if (wait := _slot_wait(still, result)) is not None:
+                attempt = Attempt(number, started, utcnow(), "partial", first.code, first.reply, recipients)
+                error = f"{len(still)} recipient(s) waiting for a slot: {first.code} {first.reply}"
+                return _Outcome(Status.RETRYING, attempt, recipients, remark, error, retry=True, defer=wait)
             attempt = Attempt(number, started, utcnow(), "partial", first.code, first.reply, recipients)
             error = f"{len(still)} recipient(s) deferred: {first.code} {first.reply}"
             return _Outcome(Status.RETRYING, attempt, recipients, remark, error, retry=True)
@@ -724,6 +739,58 @@ class Worker:
         await self._finish(
             delivery, record, Status.RETRYING, attempt, recipients, remark, error, delay=delay, due=due
         )
+
+    async def _defer(self, delivery: Delivery, record: MailRecord, outcome: _Outcome, delay: float) -> None:
+        """Hand back a mail whose recipients left all wait for a slot of a limit of the chain
+        (a recipient domain's, :mod:`mailqueue.sending.domains`) for ``delay`` seconds.
+
+        No server refused anything, so it is not a failed attempt: ``max_attempts`` is not
+        charged (only ``max_age`` ends it) and the delay is the slot's, not the backoff. The
+        attempt is recorded only if it settled some recipient (another domain's).
+        """
+        age = (utcnow() - record.mail.created_at).total_seconds()
+        if age + delay > self.settings.max_age:
+            await self._finish(
+                delivery,
+                record,
+                Status.DEAD,
+                outcome.attempt,
+                outcome.recipients,
+                outcome.remark,
+                outcome.error,
+                dead_reason="age",
+            )
+            return
+        due = utcnow() + timedelta(seconds=delay)
+        self.counts["slot_wait"] += 1
+        if any(
+            new.state is not old.state for new, old in zip(outcome.recipients, record.recipients, strict=True)
+        ):
+            await self._finish(
+                delivery,
+                record,
+                Status.RETRYING,
+                outcome.attempt,
+                outcome.recipients,
+                outcome.remark,
+                outcome.error,
+                delay=delay,
+                due=due,
+            )
+            return
+        change = RecordUpdate(
+            status=Status.RETRYING,
+            recipients=outcome.recipients,
+            remark=outcome.remark,
+            last_error=outcome.error,
+            last_code=outcome.attempt.code,
+            next_attempt_at=due,
+            expect=frozenset({Status.SENDING}),
+        )
+        if not await self._record(record.id, change):
+            logger.warning("mail id=%s changed while it was being sent; recorded nothing", record.id)
+        logger.info("mail id=%s waits %.1f s for a slot: %s", record.id, delay, outcome.error)
+        await delivery.retry(delay)
 
     async def _finish(
         self,
@@ -864,6 +931,15 @@ def _apply_result(
         else:
             updated.append(RecipientOutcome(outcome.address, RecipientState.PENDING, reply.code, reply.reply))
     return tuple(updated)
+
+
+def _slot_wait(still: Sequence[RecipientOutcome], result: SendResult) -> float | None:
+    """The seconds until the first slot, if every recipient in ``still`` waits for one (its
+    reply has ``retry_after``); ``None`` if any was refused by a server."""
+    waits = [result.replies[r.address].retry_after if r.address in result.replies else None for r in still]
+    if not waits or any(wait is None for wait in waits):
+        return None
+    return min(wait for wait in waits if wait is not None)
 
 
 def _fail_pending(

@@ -66,8 +66,9 @@ def walk(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, type[B
         yield prefix.rstrip("."), model, key, info
         nested = _nested_model(info.annotation)
         if nested is not None:
-            list_of = typing.get_origin(info.annotation) is list
-            yield from walk(nested, f"{key}[]." if list_of else f"{key}.")
+            origin = typing.get_origin(info.annotation)
+            inner = f"{key}[]." if origin is list else f"{key}.<name>." if origin is dict else f"{key}."
+            yield from walk(nested, inner)
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -76,6 +77,8 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
         return _nested_model(item)
+    if typing.get_origin(annotation) is dict:
+        return _nested_model(typing.get_args(annotation)[1])
     return None
 
 
@@ -89,6 +92,8 @@ def _type(annotation: Any) -> str:
         return " \\| ".join(parts) + (" \\| `null`" if type(None) in args else "")
     if origin is list:
         return f"list of {_type(args[0])}"
+    if origin is dict:
+        return f"{_type(args[1])} by name"
     if annotation is SecretStr:
         return "string (secret)"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -149,7 +154,7 @@ def _meaning(doc: str) -> str:
 
 
 def _env(key: str) -> str:
-    if "[]" in key:
+    if "[]" in key or "<name>" in key:
         return "—"
     return "`MAILQUEUE_" + key.upper().replace(".", "__") + "`"
 

@@ -50,6 +50,10 @@ def _keys(model: type[BaseModel], prefix: str = "") -> list[tuple[type[BaseModel
             (item,) = typing.get_args(annotation)
             if isinstance(item, type) and issubclass(item, BaseModel):
                 found.extend(_keys(item, key + "[]."))
+        elif typing.get_origin(annotation) is dict:
+            item = typing.get_args(annotation)[1]
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                found.extend(_keys(item, key + ".<name>."))
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             found.extend(_keys(annotation, key + "."))
     return found

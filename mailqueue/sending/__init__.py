@@ -9,6 +9,8 @@ Senders that wrap Senders, each one concern, composed in one place:
 - :mod:`~mailqueue.sending.account_limit`: one account's limit and adaptive throttle (a link);
 - :mod:`~mailqueue.sending.accounts`: several accounts behind one Sender, with failover (a link);
 - :mod:`~mailqueue.sending.dkim`: DKIM signing (a step);
+- :mod:`~mailqueue.sending.domains`: limits and throttle per recipient-domain group (a step);
+- :mod:`~mailqueue.sending.verp`: a return path per recipient (a step);
 - :mod:`~mailqueue.sending.pipeline`: :func:`build_sender`, the one place that composes the chain.
 
 This package ``__init__`` imports nothing: :mod:`mailqueue.settings` reads

@@ -10,6 +10,11 @@ it back up. Limit and throttle are one link because the throttle *is* a
 change of the limit: the AIMD factor scales every window of the account, and
 in Redis both live behind one atomic script.
 
+A throttle reply in a transaction to a recipient-domain group
+(:data:`~mailqueue.sending.throttle.THROTTLE_OWNER` set,
+:mod:`~mailqueue.sending.domains`) is the group's: it slows that group, not
+the account.
+
 What the link does not do: decide that the mail should go to another account
 (that is :class:`~mailqueue.sending.accounts.AccountRouter`, outside it), or
 change the outcome: whatever ``inner`` returns or raises passes through.
@@ -28,6 +33,7 @@ from mailqueue.sending.throttle import (
     ACCOUNT_PAUSED_SECONDS,
     ACCOUNT_RATE,
     ACCOUNT_THROTTLED,
+    THROTTLE_OWNER,
     AIMDParams,
     AIMDState,
     ErrorClass,
@@ -220,7 +226,7 @@ class AccountLimit(SendingStep):
             raise
         except DeliveryError as exc:
             await self.limiter.done(token)
-            if classify(exc) is ErrorClass.THROTTLE:
+            if classify(exc) is ErrorClass.THROTTLE and THROTTLE_OWNER.get() is None:
                 await self._throttled(exc.reply)
             raise
         except BaseException:
@@ -228,10 +234,10 @@ class AccountLimit(SendingStep):
             raise
         await self.limiter.done(token)
         reply = throttle_reply(result)
-        if reply is not None:
-            await self._throttled(reply)
-        else:
+        if reply is None:
             await self.limiter.succeeded()
+        elif THROTTLE_OWNER.get() is None:
+            await self._throttled(reply)
         return result
 
     async def _throttled(self, reply: str) -> None:

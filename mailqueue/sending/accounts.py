@@ -9,7 +9,9 @@
   moves the message to the next account. Anything else (a content 5xx on
   DATA, a generic 4xx, a loss after the final dot) is the message's outcome
   and is raised as is; a recipient refused at RCPT is in the result and never
-  moves the message.
+  moves the message. A throttle reply in a transaction to a recipient-domain
+  group (:data:`~mailqueue.sending.throttle.THROTTLE_OWNER`) is the group's,
+  not the account's: another account would meet the same provider.
 
 Each account's sender is its own chain, usually an
 :class:`~mailqueue.sending.account_limit.AccountLimit` (the account's rate
@@ -33,7 +35,7 @@ from mailqueue.errors import (
 )
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
 from mailqueue.sending.account_limit import AccountLimit, throttle_reply
-from mailqueue.sending.throttle import ACCOUNT_FAILOVERS, CircuitBreaker, classify
+from mailqueue.sending.throttle import ACCOUNT_FAILOVERS, THROTTLE_OWNER, CircuitBreaker, ErrorClass, classify
 
 __all__ = ["Account", "AccountRouter"]
 
@@ -134,7 +136,7 @@ class AccountRouter:
                 raise
             except DeliveryError as exc:
                 kind = classify(exc)
-                if not kind.account_fault:
+                if not kind.account_fault or (kind is ErrorClass.THROTTLE and THROTTLE_OWNER.get()):
                     account.breaker.release()
                     raise
                 account.breaker.failure()
@@ -146,7 +148,10 @@ class AccountRouter:
                 account.breaker.release()
                 raise
             if throttle_reply(result) is not None and not result.accepted:
-                account.breaker.failure()
+                if THROTTLE_OWNER.get() is None:
+                    account.breaker.failure()
+                else:
+                    account.breaker.release()
             else:
                 account.breaker.success()
             return result

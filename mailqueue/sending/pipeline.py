@@ -4,7 +4,8 @@ Between the rendered message and the socket sits a chain of Senders, each
 wrapping the next and each one concern (``docs/accounts-and-limits.md``)::
 
     worker: rate limit (before the claim)
-      -> [plugin steps, ``sending_steps``] -> [STEPS: (suppression), DKIM signing, VERP]
+      -> [plugin steps, ``sending_steps``]
+      -> suppression -> [STEPS: DKIM signing, domain limits, VERP]
       -> account router (failover / round robin, circuit breakers)
            -> per account: limit + adaptive throttle -> wire sender (SMTP/outbox)
 
@@ -26,13 +27,17 @@ What each link is:
   so every decision is recorded next to the mail. :mod:`~mailqueue.sending.dkim`
   (``dkim_step``) signs the bytes outside the router, so that a failover
   re-sends the signed bytes, and inside every step that may change bytes,
-  so that nothing changes them after signing. Inside it is only
-  :mod:`~mailqueue.sending.verp` (``verp_step``, with ``bounces.domain``),
-  which changes the envelope and never the bytes: it gives each recipient
-  its own return path and so its own transaction (the mail is signed once
-  for all of them), and the router keeps that envelope sender whatever the
-  account. A step whose settings are empty returns ``inner`` itself and
-  adds no link.
+  so that nothing changes them after signing. Inside it are only steps
+  that change the envelope and never the bytes (the mail is signed once for
+  all their transactions): :mod:`~mailqueue.sending.domains`
+  (``domain_step``, with ``domain_limits``) sends one transaction per
+  recipient-domain group within that group's limit, defers a group whose
+  slot is not free (the worker hands the mail back without counting an
+  attempt) and owns the group's throttle replies; inside it
+  :mod:`~mailqueue.sending.verp` (``verp_step``, with ``bounces.domain``)
+  gives each recipient its own return path and so its own transaction, and
+  the router keeps that envelope sender whatever the account. A step whose
+  settings are empty returns ``inner`` itself and adds no link.
   :mod:`~mailqueue.sending.suppression` is the outermost built-in step: a
   mail whose every recipient is suppressed does not reach the wire nor is
   signed (the worker's rate-limit slot is taken before any Sender runs). It
@@ -71,6 +76,7 @@ from mailqueue.protocols import BackendContext, Sender
 from mailqueue.sending.account_limit import AccountLimit, AccountLimiter, LocalAccountLimiter, WorkerPace
 from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.dkim import dkim_step
+from mailqueue.sending.domains import domain_step
 from mailqueue.sending.limits import RateLimiter, parse_rate
 from mailqueue.sending.step import SendingStep
 from mailqueue.sending.suppression import suppression_step
@@ -88,9 +94,10 @@ StepFactory = Callable[[Sender, Settings], Sender]
 
 #: The built-in steps around the router (or the one wire sender), outermost first.
 #: DKIM signing is the innermost step that may change bytes and must stay so: a step
-#: inside it would change the signed bytes; VERP, inside it, changes only the envelope.
+#: inside it would change the signed bytes; the domain limits and VERP, inside it,
+#: change only the envelope (domains first: its slot is per group, VERP's split per recipient).
 #: Suppression goes first (see the module docs).
-STEPS: tuple[StepFactory, ...] = (dkim_step, verp_step)
+STEPS: tuple[StepFactory, ...] = (dkim_step, domain_step, verp_step)
 
 
 class SendingChain(NamedTuple):

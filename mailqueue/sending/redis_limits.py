@@ -85,6 +85,82 @@ end
 return 0
 """
 
+# KEYS: aimd hash, then per window the set of sends and reservations, then per window the
+# set of sends only. ARGV: member (the mail id), within (ms), then limit and period (ms) per window.
+# Returns {milliseconds until the member's slot, the slot's name ('' when only reserved)}.
+# A slot at most `within` away is the caller's (it sleeps until it, sends, then calls _DONE
+# with the name). A later one is reserved for the member at the earliest time every window
+# allows after the sends *and the reservations* made before (the sets hold future times too),
+# so that mails told to come back are spread over the coming slots. When the member comes
+# back its reservation is dropped and the sends alone are checked: its slot is then at most
+# `within` away, or it is reserved again at the time the sends allow.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local within = tonumber(ARGV[2])
+local k = (#KEYS - 1) / 2
+local factor = tonumber(redis.call('HGET', KEYS[1], 'factor') or '1')
+local paused = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+local function period(j) return tonumber(ARGV[2 + 2 * j]) end
+local function wait_for(offset)
+  local wait = 0
+  if paused > now then wait = paused - now end
+  for j = 1, k do
+    local key = KEYS[offset + j]
+    local limit = math.max(1, math.floor(tonumber(ARGV[1 + 2 * j]) * factor))
+    local n = redis.call('ZCARD', key)
+    if n >= limit then
+      local oldest = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
+      local w = tonumber(oldest[2]) + period(j) - now
+      if w > wait then wait = w end
+    end
+  end
+  return wait
+end
+local function add(key, j, at, name)
+  redis.call('ZADD', key, at, name)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', key, tonumber(last[2]) - now + period(j) + 1000)
+end
+local function count(at, name)
+  for j = 1, k do
+    add(KEYS[1 + j], j, at, name)
+    add(KEYS[1 + k + j], j, at, name)
+  end
+end
+local function reserve(at)
+  for j = 1, k do add(KEYS[1 + j], j, at, ARGV[1]) end
+end
+for j = 1, k do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1 + j], '-inf', now - period(j))
+  redis.call('ZREMRANGEBYSCORE', KEYS[1 + k + j], '-inf', now - period(j))
+end
+local name = ARGV[1] .. ':' .. now
+local wait
+if k > 0 then
+  local at = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if at then
+    at = tonumber(at)
+    if at - now > within then return {at - now, ''} end
+    for j = 1, k do redis.call('ZREM', KEYS[1 + j], ARGV[1]) end
+    wait = wait_for(1 + k)
+    if wait <= within then
+      count(now + wait, name)
+      return {wait, name}
+    end
+    reserve(now + wait)
+    return {wait, ''}
+  end
+end
+wait = wait_for(1)
+if wait <= within then
+  count(now + wait, name)
+  return {wait, name}
+end
+reserve(now + wait)
+return {wait, ''}
+"""
+
 # KEYS: aimd hash. ARGV: decrease, floor, pause ms. Returns {factor, pause-left ms}.
 _THROTTLED = """
 local t = redis.call('TIME')
@@ -119,6 +195,8 @@ class RedisRateLimiter:
         windows: the configured limits.
         params: AIMD parameters.
         prefix: key prefix (tests use their own).
+        account_metrics: publish the ``mailqueue_account_*`` gauges under ``account``
+            (``False`` for a recipient-domain group, which has metrics of its own).
     """
 
     def __init__(
@@ -129,20 +207,25 @@ class RedisRateLimiter:
         params: AIMDParams | None = None,
         *,
         prefix: str = "mq:rl",
+        account_metrics: bool = True,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(f"rate_store must be a redis:// URL, not {url.split(':')[0]!r}")
         self.name = account
         self.windows = windows
         self.params = params or AIMDParams()
+        self._account_metrics = account_metrics
         self._client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._throttled = self._client.register_script(_THROTTLED)
         self._succeeded = self._client.register_script(_SUCCEEDED)
         self._done = self._client.register_script(_DONE)
+        self._reserve = self._client.register_script(_RESERVE)
         base = f"{prefix}:{account}"
         self._aimd_key = f"{base}:aimd"
         self._window_keys = [f"{base}:{w.limit}/{w.period:g}" for w in windows]
+        self._sent_keys = [f"{key}:sent" for key in self._window_keys]  # only with reserve()
+        self._reserving = False
         self._window_args: list[int] = []
         for w in windows:
             self._window_args += [w.limit, int(w.period * 1000)]
@@ -150,7 +233,7 @@ class RedisRateLimiter:
         self._publish()
 
     def _publish(self) -> None:
-        if self.windows:
+        if self.windows and self._account_metrics:
             shortest = min(self.windows, key=lambda w: w.period)
             ACCOUNT_RATE.labels(self.name).set(scaled_limit(shortest, self.factor) / shortest.period)
 
@@ -191,6 +274,18 @@ class RedisRateLimiter:
         RATE_LIMIT_WAIT.observe(waited)
         return member
 
+    async def reserve(self, member: str, within: float) -> tuple[float, str]:
+        """The shared slot of ``member`` (a mail id), without waiting: see
+        :meth:`mailqueue.sending.domains.DomainLimiter.reserve` (:meth:`done` counts the
+        slot from the end of its send, as for an account)."""
+        self._reserving = True
+        keys = [self._aimd_key, *self._window_keys, *self._sent_keys]
+        args = [member, int(within * 1000), *self._window_args]
+        raw = await self._call(self._reserve, keys, args)
+        assert isinstance(raw, list)
+        token = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
+        return max(0, int(raw[0])) / 1000.0, token
+
     async def done(self, token: str) -> None:
         """The send of slot ``token`` has ended: count it at this time.
 
@@ -202,8 +297,9 @@ class RedisRateLimiter:
         """
         if not token or not self._window_keys:
             return
+        keys = [*self._window_keys, *self._sent_keys] if self._reserving else self._window_keys
         try:  # one try only: this also runs while a worker shuts down
-            await self._done(keys=self._window_keys, args=[token])
+            await self._done(keys=keys, args=[token])
         except (RedisError, OSError) as exc:
             RATE_STORE_ERRORS.inc()
             logger.warning("rate store unreachable (%s); the slot stays counted from its start", exc)
@@ -215,7 +311,8 @@ class RedisRateLimiter:
         raw = await self._call(self._throttled, [self._aimd_key], [p.decrease, p.floor, int(wait * 1000)])
         assert isinstance(raw, list)
         self.factor = float(raw[0].decode() if isinstance(raw[0], bytes) else raw[0])
-        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(int(raw[1]) / 1000.0)
+        if self._account_metrics:
+            ACCOUNT_PAUSED_SECONDS.labels(self.name).set(int(raw[1]) / 1000.0)
         self._publish()
 
     async def succeeded(self) -> None:
@@ -223,5 +320,6 @@ class RedisRateLimiter:
         p = self.params
         raw = await self._call(self._succeeded, [self._aimd_key], [p.increase, p.increase_after])
         self.factor = float(raw.decode() if isinstance(raw, bytes) else str(raw))
-        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(0)
+        if self._account_metrics:
+            ACCOUNT_PAUSED_SECONDS.labels(self.name).set(0)
         self._publish()

@@ -26,6 +26,7 @@ import enum
 import re
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
@@ -38,6 +39,7 @@ __all__ = [
     "ACCOUNT_PAUSED_SECONDS",
     "ACCOUNT_RATE",
     "ACCOUNT_THROTTLED",
+    "THROTTLE_OWNER",
     "AIMDParams",
     "AIMDState",
     "CircuitBreaker",
@@ -65,6 +67,12 @@ ACCOUNT_CIRCUIT_STATE = Gauge(
 ACCOUNT_FAILOVERS = Counter(
     "mailqueue_account_failovers_total", "Mails moved from this account to the next one", ["account"]
 )
+
+#: The recipient-domain group whose transaction is being sent, set around it by
+#: :class:`~mailqueue.sending.domains.DomainLimitStep`: a throttle reply in it is that
+#: group's (the receiving provider slows the group down), so the account's limit and
+#: circuit breaker leave it alone. ``None`` (the default): throttle replies are the account's.
+THROTTLE_OWNER: ContextVar[str | None] = ContextVar("mailqueue_throttle_owner", default=None)
 
 
 class ErrorClass(enum.StrEnum):

@@ -410,6 +410,46 @@ async def test_the_overview_names_the_oldest_waiting_mail(service: Service) -> N
     assert f'<a href="/ui/messages/{third}">' in (await service.client.get("/ui")).text
 
 
+async def test_the_overview_shows_each_recipient_domain_groups_rate() -> None:
+    from mailqueue.contrib.litestar_app import MailQueuePlugin
+    from mailqueue.sending.domains import DomainLimitStep
+    from mailqueue.sending.pipeline import find_link
+
+    config = load_settings(
+        store="memory://",
+        queue="memory://",
+        attachments="memory://",
+        sender="memory://?from=a@example.com",
+        domain_limits={
+            "google": {"domains": ["googlemail.com", "gmail.com"], "rate": "20/s;3000/h"},
+            "default": {"rate": "50/s"},
+        },
+        api={"tokens": [TOKEN]},
+    )
+    mq = MailQueue.from_settings(config)
+    app = create_app(config, mailqueue=mq, worker=True)
+    plugin = app.plugins.get(MailQueuePlugin)
+    async with mq, serve(app) as client:
+        service = Service(client, mq)
+        await service.login()
+        page = (await client.get("/ui")).text
+        assert "<tr><td>google</td><td>gmail.com, googlemail.com</td><td>20/s</td><td>100%</td></tr>" in page
+        assert "<tr><td>default</td><td>every other domain</td><td>50/s</td><td>100%</td></tr>" in page
+        assert plugin.sender is not None
+        step = find_link(plugin.sender, DomainLimitStep)
+        assert step is not None
+        await step.groups["google"].limiter.throttled(0.0)  # as a 421 from Gmail does
+        step.groups["google"].publish()
+        page = (await client.get("/ui")).text
+    assert "<tr><td>google</td><td>gmail.com, googlemail.com</td><td>10/s</td><td>50%</td></tr>" in page
+    assert "<tr><td>default</td><td>every other domain</td><td>50/s</td><td>100%</td></tr>" in page
+
+
+async def test_without_domain_limits_the_overview_has_no_groups_table(service: Service) -> None:
+    await service.login()
+    assert "domain-groups" not in (await service.client.get("/ui")).text
+
+
 async def test_the_list_counts_up_to_a_thousand(service: Service) -> None:
     await service.login()
     for i in range(1000):

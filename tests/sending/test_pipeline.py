@@ -11,6 +11,7 @@ from mailqueue.protocols import OutgoingMessage, Sender, SendResult
 from mailqueue.sending.account_limit import AccountLimit
 from mailqueue.sending.accounts import AccountRouter
 from mailqueue.sending.dkim import dkim_step
+from mailqueue.sending.domains import domain_step
 from mailqueue.sending.pipeline import STEPS, SendingStep, build_sender, find_link, links
 from mailqueue.sending.suppression import SuppressionStep
 from mailqueue.sending.verp import verp_step
@@ -42,8 +43,8 @@ async def test_a_step_hands_the_changed_message_to_inner_and_opens_and_closes_it
 
 def test_the_built_in_steps_add_no_link_when_not_configured() -> None:
     # DKIM is the innermost step that changes bytes (nothing may change what it signed);
-    # only VERP, which changes the envelope alone, is inside it
-    assert STEPS[-2:] == (dkim_step, verp_step)
+    # only the domain limits and VERP, which change the envelope alone, are inside it
+    assert STEPS[-3:] == (dkim_step, domain_step, verp_step)
     settings = load_settings(sender="memory://?from=a@example.com")
     # the single sender's limit and throttle around the wire sender, and no step
     assert [type(link) for link in links(build_sender(settings).sender)] == [AccountLimit, MemorySender]

@@ -324,6 +324,43 @@ def _accounts(plugin: MailQueuePlugin) -> tuple[list[AccountView] | None, str]:
     return rows, "As seen by the worker of this process."
 
 
+@dataclass(frozen=True, slots=True)
+class DomainGroupView:
+    """One recipient-domain group's pace, as this process's worker sees it."""
+
+    name: str
+    domains: str
+    rate: str
+    factor: str
+
+
+def _domain_groups(plugin: MailQueuePlugin) -> list[DomainGroupView] | None:
+    from mailqueue.sending.domains import DomainLimitStep
+    from mailqueue.sending.pipeline import find_link
+
+    step = None if plugin.sender is None else find_link(plugin.sender, DomainLimitStep)
+    if step is None:
+        return None
+    listed: dict[str, list[str]] = {}
+    for domain, name in step.domains.items():
+        listed.setdefault(name, []).append(domain)
+    rows = []
+    for name, group in step.groups.items():
+        domains = ", ".join(sorted(listed.get(name, [])))
+        if name == step.default:
+            domains = f"{domains}, every other domain" if domains else "every other domain"
+        rate = group.rate
+        rows.append(
+            DomainGroupView(
+                name=name,
+                domains=domains,
+                rate="unlimited" if rate is None else f"{rate:g}/s",
+                factor=f"{group.factor:.0%}",
+            )
+        )
+    return rows
+
+
 @get("/", name="ui:overview")
 async def overview(
     request: Request[Any, Any, Any],
@@ -331,7 +368,7 @@ async def overview(
     mailqueue_plugin: NamedDependency[MailQueuePlugin],
     window: FromQuery[Literal["hour", "day"]] = "hour",
 ) -> Template:
-    """Counts by status, the activity chart, the queue and the accounts."""
+    """Counts by status, the activity chart, the queue, the accounts and the recipient-domain groups."""
     now = utcnow()
     bucket, number, label, caption = _WINDOWS[window]
     since = window_start(now, bucket, number)
@@ -358,6 +395,7 @@ async def overview(
     )
     oldest_age = (now - oldest.created_at).total_seconds() if oldest is not None else None
     accounts, accounts_note = _accounts(mailqueue_plugin)
+    domain_groups = _domain_groups(mailqueue_plugin)
     return page(
         request,
         "overview.html",
@@ -373,6 +411,7 @@ async def overview(
             "oldest_id": oldest.id if oldest is not None else None,
             "accounts": accounts,
             "accounts_note": accounts_note,
+            "domain_groups": domain_groups,
             "worker_running": mailqueue_plugin.worker_running,
             "now": now,
         },
