@@ -22,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
+from mailqueue import metrics
 from mailqueue.envelope import encode_envelope
 from mailqueue.errors import AttachmentError, BackendError, ConfigurationError, QueueError
 from mailqueue.message import Mail
@@ -49,7 +52,7 @@ from mailqueue.records import (
     iter_records,
     utcnow,
 )
-from mailqueue.settings import RetentionSettings
+from mailqueue.settings import RetentionSettings, WorkerSettings
 
 __all__ = [
     "CLOCK_SLACK",
@@ -58,6 +61,7 @@ __all__ = [
     "SUBMIT_GRACE",
     "AttachmentSweep",
     "Maintenance",
+    "Sweeper",
     "publish",
 ]
 
@@ -468,3 +472,86 @@ def _prunable(statuses: Iterable[Status] | None) -> frozenset[Status]:
 
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+#: A worker's sweeps log as the worker (operators read them among its lines).
+_worker_logger = logging.getLogger("mailqueue.worker")
+
+
+class Sweeper:
+    """A worker's periodic maintenance (:meth:`run`, one task of the worker): every
+    ``sweep_interval`` seconds publish again the mails whose publish was not confirmed
+    (:meth:`Maintenance.sweep`), then settle mails stuck ``sending``
+    (:meth:`Maintenance.sweep_stale`) and, every ``retention.interval``, apply the
+    retention rules (:meth:`Maintenance.apply_retention`). Failures are logged, never raised,
+    and tried again at the next sweep; what was done is added to ``counts`` (``swept``,
+    ``stale``).
+    """
+
+    def __init__(
+        self,
+        maintenance: Maintenance,
+        settings: WorkerSettings,
+        retention: RetentionSettings | None,
+        counts: Counter[str],
+    ) -> None:
+        self.maintenance = maintenance
+        self.settings = settings
+        self.retention = retention
+        self.counts = counts
+        self._retained_at: float | None = None
+        self._swept_since: float | None = None
+
+    async def run(self) -> None:
+        """Sweep every ``sweep_interval`` seconds (never, if it is 0)."""
+        interval = self.settings.sweep_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # workers spread out
+            try:
+                published = await self.maintenance.sweep(older_than=self.settings.sweep_after)
+            except BackendError as exc:
+                _worker_logger.warning("sweeping for unpublished mail failed (%s); trying again later", exc)
+                continue
+            self.counts["swept"] += published
+            metrics.SWEPT.inc(published)
+            if published:
+                _worker_logger.warning(
+                    "the sweeper published %d mail(s) whose publish was not confirmed", published
+                )
+            await self._recover_and_retain()
+
+    async def _recover_and_retain(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._swept_since is None:
+            self._swept_since = now - self.settings.sweep_interval
+        stale_after = 2 * self.settings.sending_lease
+        # Only once this worker has run that long itself: after an outage of every
+        # worker, deliveries handed back now get their chance before a verdict.
+        if self.settings.stale_sending != "off" and now - self._swept_since >= stale_after:
+            stale = self.maintenance.sweep_stale(older_than=stale_after, action=self.settings.stale_sending)
+            self.counts["stale"] += await _sweep_step("stale sending", stale)
+        keep = self.retention
+        if (
+            keep
+            and keep.interval > 0
+            and (self._retained_at is None or now - self._retained_at >= keep.interval)
+        ):
+            self._retained_at = now
+            await _sweep_step("retention", self.maintenance.apply_retention(keep))
+
+
+async def _sweep_step(what: str, step: Awaitable[int]) -> int:
+    """Run one sweep; log (never raise) a failure, which the next sweep tries again."""
+    try:
+        done = await step
+    except BackendError as exc:
+        _worker_logger.warning("sweep (%s) failed (%s); trying again later", what, exc)
+        return 0
+    except Exception:
+        _worker_logger.exception("sweep (%s) failed unexpectedly; trying again later", what)
+        return 0
+    if done:
+        _worker_logger.warning("sweep (%s) handled %d mail(s)", what, done)
+    return done

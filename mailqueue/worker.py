@@ -37,11 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -58,9 +57,10 @@ from mailqueue.errors import (
     UnknownDeliveryError,
 )
 from mailqueue.logs import mail_id_var
-from mailqueue.maintenance import Maintenance
+from mailqueue.maintenance import Maintenance, Sweeper
 from mailqueue.message import AttachmentRef, Mail, allow_special_domains
 from mailqueue.mime import render
+from mailqueue.outcomes import Outcome, apply_result, backoff, fail_pending, slot_wait, truncate
 from mailqueue.protocols import (
     AttachmentStore,
     BackendContext,
@@ -69,7 +69,6 @@ from mailqueue.protocols import (
     OutgoingMessage,
     Queue,
     Sender,
-    SendResult,
     Store,
 )
 from mailqueue.records import (
@@ -106,31 +105,6 @@ _RECORD_PAUSE_MAX: Final = 5.0
 _BATCH_MAX: Final = 200
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """What an attempt came to, before it is recorded: the status to record (``retry``:
-    retried after a backoff, or ``dead`` once attempts or age are exhausted; ``defer``:
-    every recipient left waits for a slot of a limit of the chain, tried again after
-    that many seconds without counting a failed attempt)."""
-
-    status: Status
-    attempt: Attempt
-    recipients: tuple[RecipientOutcome, ...]
-    remark: str
-    error: str
-    retry: bool = False
-    exc: DeliveryError | None = None
-    defer: float | None = None
-
-
-def backoff(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number ``attempt`` (1-based): ``base * 2**(attempt-1)``,
-    capped at ``cap``, then a random amount between half and all of it."""
-    delay = min(cap, base * 2.0 ** min(attempt - 1, 62))
-    fraction = rng.random() if rng is not None else random.random()
-    return delay * (0.5 + 0.5 * fraction)
-
-
 class Worker:
     """Delivers queued mail within a concurrency and rate limits.
 
@@ -162,12 +136,11 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.limiter = limiter or RateLimiter(self.settings.rate)
         self.retention = retention
-        self._retained_at: float | None = None
-        self._swept_since: float | None = None
         #: Outcomes counted since start: sent, failed, dead, unknown, retried, skipped, deferred,
         #: invalid, error, record_retried (a Store write of an outcome tried again), store_wait
         #: (a read or claim before sending tried again while the Store failed).
         self.counts: Counter[str] = Counter()
+        self._sweeper = Sweeper(Maintenance(store, queue, attachments), self.settings, retention, self.counts)
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         #: The mails this worker's deliveries are handling right now, each with the event set when
@@ -289,7 +262,7 @@ class Worker:
         slots = self._slots = asyncio.Semaphore(concurrency)
         stop_wait = asyncio.ensure_future(self._stopping.wait())
         sweeper = asyncio.create_task(
-            self._supervise("sweeper", self._sweep_loop, longest=60.0), name="mailqueue-sweeper"
+            self._supervise("sweeper", self._sweeper.run, longest=60.0), name="mailqueue-sweeper"
         )
         health = asyncio.create_task(self._health_loop(), name="mailqueue-health")
         logger.info("worker started concurrency=%d rate=%r", concurrency, self.settings.rate)
@@ -394,47 +367,6 @@ class Worker:
         while True:
             await self.check_ready()
             await asyncio.sleep(self.settings.health_interval)
-
-    async def _sweep_loop(self) -> None:
-        """Every ``sweep_interval`` seconds, publish again the mails whose publish was not confirmed."""
-        interval = self.settings.sweep_interval
-        if interval <= 0:
-            return
-        maintenance = Maintenance(self.store, self.queue, self.attachments)
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # workers spread out
-            try:
-                published = await maintenance.sweep(older_than=self.settings.sweep_after)
-            except BackendError as exc:
-                logger.warning("sweeping for unpublished mail failed (%s); trying again later", exc)
-                continue
-            self.counts["swept"] += published
-            metrics.SWEPT.inc(published)
-            if published:
-                logger.warning("the sweeper published %d mail(s) whose publish was not confirmed", published)
-            await self._recover_and_retain(maintenance)
-
-    async def _recover_and_retain(self, maintenance: Maintenance) -> None:
-        """After each sweep: settle mails stuck ``sending`` for 2 x ``sending_lease``
-        (see :meth:`Maintenance.sweep_stale`); every ``retention.interval``, apply the
-        retention rules (see :meth:`Maintenance.apply_retention`). Failures are logged only."""
-        now = asyncio.get_running_loop().time()
-        if self._swept_since is None:
-            self._swept_since = now - self.settings.sweep_interval
-        stale_after = 2 * self.settings.sending_lease
-        # Only once this worker has run that long itself: after an outage of every
-        # worker, deliveries handed back now get their chance before a verdict.
-        if self.settings.stale_sending != "off" and now - self._swept_since >= stale_after:
-            stale = maintenance.sweep_stale(older_than=stale_after, action=self.settings.stale_sending)
-            self.counts["stale"] += await _sweep_step("stale sending", stale)
-        keep = self.retention
-        if (
-            keep
-            and keep.interval > 0
-            and (self._retained_at is None or now - self._retained_at >= keep.interval)
-        ):
-            self._retained_at = now
-            await _sweep_step("retention", maintenance.apply_retention(keep))
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -612,7 +544,7 @@ class Worker:
         if outcome.attempt.outcome == "sent" and self.settings.delete_attachments:
             await self._delete_attachments(mail.attachments)
 
-    def _unexpected(self, mail: Mail, record: MailRecord, started: datetime, exc: Exception) -> _Outcome:
+    def _unexpected(self, mail: Mail, record: MailRecord, started: datetime, exc: Exception) -> Outcome:
         """The outcome of an attempt that raised what no Sender or step classified."""
         self.counts["error"] += 1
         metrics.DELIVERY_ERRORS.inc()
@@ -622,23 +554,23 @@ class Worker:
             record.attempts + 1,
             exc_info=exc,
         )
-        reason = _truncate(f"unexpected error: {type(exc).__name__}: {exc}", _ERROR_MAX)
+        reason = truncate(f"unexpected error: {type(exc).__name__}: {exc}", _ERROR_MAX)
         attempt = Attempt(record.attempts + 1, started, utcnow(), "error", None, reason)
-        return _Outcome(Status.RETRYING, attempt, record.recipients, record.remark, reason, retry=True)
+        return Outcome(Status.RETRYING, attempt, record.recipients, record.remark, reason, retry=True)
 
-    async def _attempt(self, mail: Mail, record: MailRecord, started: datetime) -> _Outcome:
+    async def _attempt(self, mail: Mail, record: MailRecord, started: datetime) -> Outcome:
         """Load, render and send a claimed mail; the outcome to record (nothing recorded yet)."""
         number = record.attempts + 1
         remark = record.remark
         found, missing = await self._load_attachments(mail.attachments)
         if missing:
-            remark = _truncate("; ".join(f"Not Found: {ref.filename}" for ref in missing), _REMARK_MAX)
+            remark = truncate("; ".join(f"Not Found: {ref.filename}" for ref in missing), _REMARK_MAX)
             if self.settings.missing_attachment == "fail":
                 reason = f"attachment missing: {', '.join(ref.filename for ref in missing)}"
-                return _Outcome(
+                return Outcome(
                     Status.FAILED,
                     Attempt(number, started, utcnow(), "permanent", None, reason),
-                    _fail_pending(record.recipients, None, reason),
+                    fail_pending(record.recipients, None, reason),
                     remark,
                     reason,
                 )
@@ -652,7 +584,7 @@ class Worker:
             )
             now = utcnow()
             attempt = Attempt(number, now, now, "skipped", None, "no recipient left to send to")
-            return _Outcome(status, attempt, record.recipients, remark, "")
+            return Outcome(status, attempt, record.recipients, remark, "")
         message = OutgoingMessage(
             mail_id=mail.id,
             data=render(
@@ -673,44 +605,42 @@ class Worker:
         except UnknownDeliveryError as exc:
             attempt = Attempt(number, started, utcnow(), "unknown", exc.code, exc.reply)
             logger.warning("mail id=%s outcome unknown (maybe delivered): %s", mail.id, exc)
-            return _Outcome(Status.UNKNOWN, attempt, record.recipients, remark, str(exc))
+            return Outcome(Status.UNKNOWN, attempt, record.recipients, remark, str(exc))
         except PermanentDeliveryError as exc:
             attempt = Attempt(number, started, utcnow(), "permanent", exc.code, exc.reply)
-            recipients = _fail_pending(record.recipients, exc.code, exc.reply)
-            return _Outcome(Status.FAILED, attempt, recipients, remark, str(exc))
+            recipients = fail_pending(record.recipients, exc.code, exc.reply)
+            return Outcome(Status.FAILED, attempt, recipients, remark, str(exc))
         except TransientDeliveryError as exc:
             attempt = Attempt(number, started, utcnow(), "transient", exc.code, exc.reply)
-            return _Outcome(
-                Status.RETRYING, attempt, record.recipients, remark, str(exc), retry=True, exc=exc
-            )
-        recipients = _apply_result(record.recipients, result)
+            return Outcome(Status.RETRYING, attempt, record.recipients, remark, str(exc), retry=True, exc=exc)
+        recipients = apply_result(record.recipients, result)
         still = [r for r in recipients if r.state is RecipientState.PENDING]
         if still:
             first = next(result.replies[r.address] for r in still if r.address in result.replies)
-            if (wait := _slot_wait(still, result)) is not None:
+            if (wait := slot_wait(still, result)) is not None:
                 attempt = Attempt(number, started, utcnow(), "partial", first.code, first.reply, recipients)
                 error = f"{len(still)} recipient(s) waiting for a slot: {first.code} {first.reply}"
-                return _Outcome(Status.RETRYING, attempt, recipients, remark, error, retry=True, defer=wait)
+                return Outcome(Status.RETRYING, attempt, recipients, remark, error, retry=True, defer=wait)
             attempt = Attempt(number, started, utcnow(), "partial", first.code, first.reply, recipients)
             error = f"{len(still)} recipient(s) deferred: {first.code} {first.reply}"
-            return _Outcome(Status.RETRYING, attempt, recipients, remark, error, retry=True)
+            return Outcome(Status.RETRYING, attempt, recipients, remark, error, retry=True)
         if any(r.state is RecipientState.SENT for r in recipients):
             attempt = Attempt(number, started, utcnow(), "sent", 250, "", recipients)
-            return _Outcome(Status.SENT, attempt, recipients, remark, "")
+            return Outcome(Status.SENT, attempt, recipients, remark, "")
         if result.replies and all(reply.suppressed for reply in result.replies.values()):
             # nothing went on the wire: no server reply to record as the mail's last code
-            reason = _truncate(
+            reason = truncate(
                 "every recipient is suppressed: "
                 + ", ".join(f"{address} ({reply.suppressed})" for address, reply in result.replies.items()),
                 _ERROR_MAX,
             )
             attempt = Attempt(number, started, utcnow(), "suppressed", None, reason, recipients)
-            return _Outcome(Status.FAILED, attempt, recipients, remark, reason)
+            return Outcome(Status.FAILED, attempt, recipients, remark, reason)
         first_reply = next(iter(result.replies.values()), None)
         code = first_reply.code if first_reply else None
         reply = first_reply.reply if first_reply else "no recipient accepted"
         attempt = Attempt(number, started, utcnow(), "permanent", code, reply, recipients)
-        return _Outcome(Status.FAILED, attempt, recipients, remark, f"{code} {reply}")
+        return Outcome(Status.FAILED, attempt, recipients, remark, f"{code} {reply}")
 
     async def _retry_or_die(
         self,
@@ -740,7 +670,7 @@ class Worker:
             delivery, record, Status.RETRYING, attempt, recipients, remark, error, delay=delay, due=due
         )
 
-    async def _defer(self, delivery: Delivery, record: MailRecord, outcome: _Outcome, delay: float) -> None:
+    async def _defer(self, delivery: Delivery, record: MailRecord, outcome: Outcome, delay: float) -> None:
         """Hand back a mail whose recipients left all wait for a slot of a limit of the chain
         (a recipient domain's, :mod:`mailqueue.sending.domains`) for ``delay`` seconds.
 
@@ -908,68 +838,6 @@ class Worker:
                 await self.attachments.delete(ref.key)
             except Exception:
                 logger.warning("could not delete attachment key=%s of a sent mail", ref.key)
-
-
-def _apply_result(
-    recipients: tuple[RecipientOutcome, ...], result: SendResult
-) -> tuple[RecipientOutcome, ...]:
-    updated = []
-    for outcome in recipients:
-        reply = result.replies.get(outcome.address)
-        if outcome.state is not RecipientState.PENDING or reply is None:
-            updated.append(outcome)
-        elif reply.suppressed:
-            updated.append(
-                RecipientOutcome(
-                    outcome.address, RecipientState.SUPPRESSED, None, f"suppressed: {reply.suppressed}"
-                )
-            )
-        elif reply.accepted:
-            updated.append(RecipientOutcome(outcome.address, RecipientState.SENT, reply.code, reply.reply))
-        elif reply.permanent:
-            updated.append(RecipientOutcome(outcome.address, RecipientState.FAILED, reply.code, reply.reply))
-        else:
-            updated.append(RecipientOutcome(outcome.address, RecipientState.PENDING, reply.code, reply.reply))
-    return tuple(updated)
-
-
-def _slot_wait(still: Sequence[RecipientOutcome], result: SendResult) -> float | None:
-    """The seconds until the first slot, if every recipient in ``still`` waits for one (its
-    reply has ``retry_after``); ``None`` if any was refused by a server."""
-    waits = [result.replies[r.address].retry_after if r.address in result.replies else None for r in still]
-    if not waits or any(wait is None for wait in waits):
-        return None
-    return min(wait for wait in waits if wait is not None)
-
-
-def _fail_pending(
-    recipients: tuple[RecipientOutcome, ...], code: int | None, reply: str
-) -> tuple[RecipientOutcome, ...]:
-    return tuple(
-        RecipientOutcome(r.address, RecipientState.FAILED, code, reply)
-        if r.state is RecipientState.PENDING
-        else r
-        for r in recipients
-    )
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-async def _sweep_step(what: str, step: Awaitable[int]) -> int:
-    """Run one sweep; log (never raise) a failure, which the next sweep tries again."""
-    try:
-        done = await step
-    except BackendError as exc:
-        logger.warning("sweep (%s) failed (%s); trying again later", what, exc)
-        return 0
-    except Exception:
-        logger.exception("sweep (%s) failed unexpectedly; trying again later", what)
-        return 0
-    if done:
-        logger.warning("sweep (%s) handled %d mail(s)", what, done)
-    return done
 
 
 async def _settle_quietly(settle: Awaitable[None]) -> None:
