@@ -138,7 +138,10 @@ async def main(args: argparse.Namespace) -> None:
                         attachments=attachments,
                         sender=sender,
                         settings=WorkerSettings(
-                            concurrency=args.concurrency, sweep_interval=0, prefetch=args.prefetch or None
+                            concurrency=args.concurrency,
+                            sweep_interval=0,
+                            prefetch=args.prefetch or None,
+                            text_from_html=args.text_part,
                         ),
                     )
                     profiler = None
@@ -190,6 +193,12 @@ if __name__ == "__main__":
     parser.add_argument("--log-level", default="INFO", help="WARNING drops the per-mail INFO line")
     parser.add_argument("--profile", help="py-spy collapsed stacks of the delivery phase to this file")
     parser.add_argument("--asyncio", action="store_true", help="the stdlib event loop instead of uvloop")
+    parser.add_argument(
+        "--text-part",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="worker.text_from_html: a text/plain part generated from the HTML (the default)",
+    )
     arguments = parser.parse_args()
     if arguments.asyncio:
         asyncio.run(main(arguments))
