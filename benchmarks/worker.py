@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import secrets
@@ -60,7 +61,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from sink import Sink
@@ -255,9 +256,19 @@ def cpu_seconds(pid: int) -> float:
 class WorkerProcess:
     """``python -m mailqueue worker --config <file>`` in ``tmp``, output to ``tmp/worker.log``."""
 
+    #: ``--set`` overrides (dotted setting path, YAML value) applied to every run's config.
+    overrides: ClassVar[list[tuple[str, Any]]] = []
+
     def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
         self.tmp = tmp
         self.path = tmp / "mailqueue.yaml"
+        config = copy.deepcopy(config)
+        for path, value in self.overrides:
+            *parents, leaf = path.split(".")
+            target = config
+            for key in parents:
+                target = target.setdefault(key, {})
+            target[leaf] = value
         self.path.write_text(yaml.safe_dump(config))
         self.log = tmp / "worker.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -807,6 +818,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--concurrency", type=int, default=8, help="worker concurrency = SMTP pool = ceiling connections"
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per backend x variant (median, range)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="a worker setting for every run, e.g. worker.text_from_html=false (repeatable)",
+    )
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--sweep-mails", type=int, default=1000)
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
@@ -825,6 +843,9 @@ if __name__ == "__main__":
     arguments = parse(sys.argv[1:])
     PROFILE = arguments.profile
     SAVE = not arguments.no_save
+    for item in arguments.set:
+        setting, _, value = item.partition("=")
+        WorkerProcess.overrides.append((setting, yaml.safe_load(value)))
     outcome = asyncio.run(main(arguments))
     print(json.dumps(outcome))
     checks = [*outcome.get("runs", []), *outcome.get("ceilings", []), *outcome.get("sweep", [])]
