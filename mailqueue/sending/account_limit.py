@@ -22,12 +22,11 @@ change the outcome: whatever ``inner`` returns or raises passes through.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from mailqueue.errors import DeliveryError, UnknownDeliveryError
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
-from mailqueue.sending.limits import RATE_LIMIT_WAIT, RateLimiter, RateWindow, scaled_limit
+from mailqueue.sending.limits import RateLimiter, RateWindow, scaled_limit
 from mailqueue.sending.step import SendingStep
 from mailqueue.sending.throttle import (
     ACCOUNT_PAUSED_SECONDS,
@@ -69,12 +68,27 @@ class AccountLimiter(Protocol):
 
 
 class LocalAccountLimiter:
-    """:class:`AccountLimiter` within this process (``worker.rate_store`` empty)."""
+    """:class:`AccountLimiter` within this process (``worker.rate_store`` empty).
 
-    def __init__(self, name: str, windows: tuple[RateWindow, ...], params: AIMDParams | None = None) -> None:
+    Args:
+        name: the account (metric label).
+        windows: its limits.
+        params: how it slows down and recovers.
+        limiter: the :class:`~mailqueue.sending.limits.RateLimiter` to scale and pause
+            (default: one of its own, of ``windows``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        windows: tuple[RateWindow, ...],
+        params: AIMDParams | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.name = name
-        self.windows = windows
-        self._limiter = RateLimiter(windows)
+        self._limiter = limiter or RateLimiter(windows)
+        self.windows = self._limiter.windows
         self._aimd = AIMDState(params or AIMDParams())
         self._publish()
 
@@ -90,15 +104,8 @@ class LocalAccountLimiter:
             ACCOUNT_RATE.labels(self.name).set(scaled_limit(shortest, self._aimd.factor) / shortest.period)
 
     async def acquire(self) -> float:
-        """Wait out a pause, then take a slot of every window."""
-        waited = 0.0
-        while (pause := self._aimd.pause_left()) > 0:
-            await asyncio.sleep(pause)
-            waited += pause
-        waited += await self._limiter.acquire()
-        if waited and not self.windows:
-            RATE_LIMIT_WAIT.observe(waited)
-        return waited
+        """Wait out a pause, then take a slot of every window; return the seconds waited."""
+        return await self._limiter.acquire()
 
     async def take(self) -> str:
         """:meth:`acquire`; the in-process log counts a send when it starts."""
@@ -111,57 +118,8 @@ class LocalAccountLimiter:
     async def throttled(self, pause: float | None) -> None:
         """Decrease the factor and pause."""
         self._aimd.throttled(pause)
-        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(self._aimd.pause_left())
-        self._publish()
-
-    async def succeeded(self) -> None:
-        """Count a clean send towards recovery."""
-        self._aimd.succeeded()
-        ACCOUNT_PAUSED_SECONDS.labels(self.name).set(0)
-        self._publish()
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
-class WorkerPace:
-    """:class:`AccountLimiter` of the one ``sender`` (no ``senders``, no ``rate_store``).
-
-    The slot is the worker's own :class:`~mailqueue.sending.limits.RateLimiter`
-    (``worker.rate``), taken before the mail is claimed, so :meth:`take` takes
-    nothing more; throttle replies lower that limiter's factor and pause it,
-    clean sends bring it back up (AIMD), as for an account.
-    """
-
-    def __init__(self, name: str, limiter: RateLimiter, params: AIMDParams | None = None) -> None:
-        self.name = name
-        self.limiter = limiter
-        self._aimd = AIMDState(params or AIMDParams())
-        self._publish()
-
-    @property
-    def factor(self) -> float:
-        """The current fraction of ``worker.rate``."""
-        return self._aimd.factor
-
-    def _publish(self) -> None:
-        self.limiter.factor = self._aimd.factor
-        if self.limiter.windows:
-            shortest = min(self.limiter.windows, key=lambda w: w.period)
-            ACCOUNT_RATE.labels(self.name).set(scaled_limit(shortest, self._aimd.factor) / shortest.period)
-
-    async def take(self) -> str:
-        """Nothing: the worker took its slot before the claim."""
-        return ""
-
-    async def done(self, token: str) -> None:
-        """Nothing to do."""
-
-    async def throttled(self, pause: float | None) -> None:
-        """Decrease the factor and pause the worker's limiter."""
-        self._aimd.throttled(pause)
         left = self._aimd.pause_left()
-        self.limiter.pause(left)
+        self._limiter.pause(left)
         ACCOUNT_PAUSED_SECONDS.labels(self.name).set(left)
         self._publish()
 
@@ -173,6 +131,28 @@ class WorkerPace:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+class WorkerPace(LocalAccountLimiter):
+    """:class:`AccountLimiter` of the one ``sender`` (no ``senders``, no ``rate_store``).
+
+    The slot is the worker's own :class:`~mailqueue.sending.limits.RateLimiter`
+    (``worker.rate``), taken before the mail is claimed, so :meth:`take` takes
+    nothing more; throttle replies lower that limiter's factor and pause it,
+    clean sends bring it back up (AIMD), as for an account.
+    """
+
+    def __init__(self, name: str, limiter: RateLimiter, params: AIMDParams | None = None) -> None:
+        super().__init__(name, limiter.windows, params, limiter=limiter)
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The worker's limiter."""
+        return self._limiter
+
+    async def take(self) -> str:
+        """Nothing: the worker took its slot before the claim."""
+        return ""
 
 
 def throttle_reply(result: SendResult) -> str | None:
