@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Self
-
-from mailqueue.protocols import OutgoingMessage, Sender, SendResult
+from mailqueue.protocols import OutgoingMessage, ResourceMixin, Sender, SendResult
 
 __all__ = ["SendingStep"]
 
 
-class SendingStep:
+class SendingStep(ResourceMixin):
     """A Sender that wraps a Sender (``inner``): it looks at, changes or decides about a
     message, then hands it on, and returns per-recipient outcomes like any Sender.
 
@@ -34,18 +31,6 @@ class SendingStep:
     async def close(self) -> None:
         """Close ``inner``."""
         await self.inner.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Hand ``message`` to ``inner`` unchanged (a step overrides this)."""
