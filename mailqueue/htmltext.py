@@ -60,6 +60,19 @@ _BLOCKS = {
         2,
     ),
 }  # fmt: skip
+#: Elements that need more than their text and line breaks.
+_LIST_ITEM, _LIST, _QUOTE, _CELL, _BREAK, _PRE, _LINK, _IMAGE = range(8)
+_ROLES = {
+    "li": _LIST_ITEM,
+    **dict.fromkeys(["ul", "ol", "menu", "dir"], _LIST),
+    "blockquote": _QUOTE,
+    "td": _CELL,
+    "th": _CELL,
+    "br": _BREAK,
+    "pre": _PRE,
+    "a": _LINK,
+    "img": _IMAGE,
+}
 # Whitespace is what str.split() splits on (HTML's, the no-break space and Unicode's spaces);
 # the zero-width characters and the soft hyphen vanish.
 _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u034f\u180e\u200b\u200c\u200d\u2060\ufeff"))
@@ -90,19 +103,22 @@ class _Writer:
         self.links: list[tuple[str, list[str]]] = []  # open links: url, their text so far
 
     def text(self, text: str) -> None:
-        text = text.translate(_INVISIBLE)
+        if not text.isascii():  # the invisible characters are not ASCII: skip the scan when none can be
+            text = text.translate(_INVISIBLE)
         words = " ".join(text.split())
-        if not words:
+        if not words:  # whitespace (the indentation between tags), or nothing
             if text and not self.at_space:
                 self.line.append(" ")
                 self.at_space = True
             return
-        if text[0].isspace() and not self.at_space:
+        if not self.at_space and text[0].isspace():
             words = " " + words
         if text[-1].isspace():
             words += " "
+            self.at_space = True
+        else:
+            self.at_space = False
         self.line.append(words)
-        self.at_space = words[-1] == " "
         for _, parts in self.links:
             parts.append(words)
 
@@ -186,79 +202,85 @@ def html_to_text(html: str) -> str:
     etree.strip_elements(root, *_HIDDEN_TAGS, with_tail=False)
 
     out = _Writer()
+    write = out.text
     pre = 0  # depth of open pre elements
     list_counters: list[int | None] = []  # per open ul/ol: the next number (None: bullets)
     hidden = set()  # the elements not shown: at their end only their tail counts
+    blocks, roles = _BLOCKS, _ROLES
     walker = etree.iterwalk(root, events=("start", "end"))
     for event, element in walker:
         tag = element.tag
-        if not isinstance(tag, str):  # an entity reference or similar: only its tail counts
-            if event == "end" and element.tail:
-                (out.preformatted if pre else out.text)(element.tail)
-            continue
         if event == "start":
             style = element.get("style")
-            if element.get("hidden") is not None or (style is not None and _DISPLAY_NONE_RE.search(style)):
+            if (style is not None and _DISPLAY_NONE_RE.search(style)) or element.get("hidden") is not None:
                 walker.skip_subtree()
                 hidden.add(element)
                 continue
-            breaks = _BLOCKS.get(tag)
+            breaks = blocks.get(tag)
             if breaks is not None:
                 out.block(breaks)
-            if tag == "li":
-                counters = list_counters[-1] if list_counters else None
-                if counters is None:
+            role = roles.get(tag)
+            if role is None:
+                pass
+            elif role == _LIST_ITEM:
+                number = list_counters[-1] if list_counters else None
+                if number is None:
                     out.prefixes.append(_Prefix("  * ", "    "))
                 else:
-                    bullet = f"  {counters}. "
-                    list_counters[-1] = counters + 1
+                    bullet = f"  {number}. "
+                    list_counters[-1] = number + 1
                     out.prefixes.append(_Prefix(bullet, " " * len(bullet)))
-            elif tag in ("ul", "ol", "menu", "dir"):
+            elif role == _LIST:
                 out.block(1 if list_counters or out.prefixes else 2)
                 start = 1
                 if tag == "ol":
                     with contextlib.suppress(ValueError):  # not a number, or 4,300 digits
                         start = int(element.get("start", "1"))
                 list_counters.append(start if tag == "ol" else None)
-            elif tag == "blockquote":
+            elif role == _QUOTE:
                 out.prefixes.append(_Prefix("> ", "> "))
-            elif tag in ("td", "th"):
+            elif role == _CELL:
                 out.separator()
-            elif tag == "br":
+            elif role == _BREAK:
                 out.line_break()
-            elif tag == "pre":
+            elif role == _PRE:
                 pre += 1
-            elif tag == "a":
+                write = out.preformatted
+            elif role == _LINK:
                 href = element.get("href")
                 if href is not None:
                     out.links.append((href, []))
-            elif tag == "img":
+            elif role == _IMAGE:
                 alt = element.get("alt")
                 if alt:
-                    out.text(alt)
-            if element.text:
-                if pre:
-                    # a newline right after <pre> is not content (HTML's parsing rule)
-                    text = element.text[1:] if tag == "pre" and element.text[0] == "\n" else element.text
-                    out.preformatted(text)
-                else:
-                    out.text(element.text)
+                    write(alt)
+            content = element.text
+            if content:
+                # a newline right after <pre> is not content (HTML's parsing rule)
+                write(content[1:] if role == _PRE and content[0] == "\n" else content)
         else:
             if element not in hidden:
-                breaks = _BLOCKS.get(tag)
-                if tag == "a" and element.get("href") is not None:
-                    out.end_link(*out.links.pop())
-                elif tag in ("ul", "ol", "menu", "dir"):
+                role = roles.get(tag)
+                if role is None:
+                    pass
+                elif role == _LINK:
+                    if element.get("href") is not None:
+                        out.end_link(*out.links.pop())
+                elif role == _LIST:
                     list_counters.pop()
                     out.block(1 if list_counters or out.prefixes else 2)
-                elif tag == "pre":
+                elif role == _PRE:
                     pre -= 1
+                    if not pre:
+                        write = out.text
+                breaks = blocks.get(tag)
                 if breaks is not None:
                     out.block(breaks)
-                if tag in ("li", "blockquote"):
+                if role in (_LIST_ITEM, _QUOTE):
                     out.prefixes.pop()
-            if element.tail:
-                (out.preformatted if pre else out.text)(element.tail)
+            content = element.tail
+            if content:
+                write(content)
     out.flush()
     # no line ends with a space, no two blank lines follow each other
     text = "\n".join(out.lines).strip("\n")
