@@ -160,8 +160,10 @@ class _Writer:
         self.pending = 0
 
     def block(self, breaks: int) -> None:
-        self.flush()
-        self.pending = max(self.pending, breaks)
+        if self.line:
+            self.flush()
+        if breaks > self.pending:
+            self.pending = breaks
 
     def line_break(self) -> None:
         for _, parts in self.links:
@@ -280,7 +282,11 @@ def html_to_text(html: str) -> str:
                     out.prefixes.pop()
             content = element.tail
             if content:
-                write(content)
+                if pre or not content.isspace():
+                    write(content)
+                elif not out.at_space:  # the indentation between tags: one space at most
+                    out.line.append(" ")
+                    out.at_space = True
     out.flush()
     # no line ends with a space, no two blank lines follow each other
     text = "\n".join(out.lines).strip("\n")
