@@ -1,8 +1,10 @@
 """The plain-text alternative of an HTML body, as a reader of the HTML sees it.
 
 One pass over the tree that lxml (libxml2, in C) parses; no CSS engine. It was
-inscriptis before: its per-character Python layout cost ~0.3 ms of worker CPU
-per mail, more than everything else the worker does for a mail together.
+inscriptis before, whose per-character Python layout engine made the text part
+the largest CPU cost of the worker (~0.3 ms per mail). This takes ~25 µs for a
+2 KB mail and ~1.2 ms for 20 KB of newsletter markup, a quarter and a third of
+inscriptis' time (``benchmarks/html_to_text.py --inscriptis``).
 
 What is kept, and how:
 
