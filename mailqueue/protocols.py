@@ -364,7 +364,7 @@ class InspectableStore(Protocol):
 
     async def activity(self, *, since: datetime, bucket: timedelta) -> list[ActivityBucket]:
         """Mails accepted (``created_at``), sent (``sent_at``) and failed (now
-        ``failed``/``dead``, by ``updated_at``; soft-deleted ones count too) per
+        ``failed``/``dead``/``bounced``, by ``updated_at``; soft-deleted ones count too) per
         ``bucket`` (a positive whole number of seconds), oldest first, from
         ``since`` floored to a multiple of ``bucket`` since the Unix epoch up to
         the bucket holding now, empty ones included; ``ValueError`` for a bad

@@ -257,8 +257,8 @@ class ActivityBucket:
     ``start`` is the slice's beginning (timezone-aware UTC); it lasts the
     ``bucket`` asked of :meth:`~mailqueue.protocols.InspectableStore.activity`.
     ``accepted`` counts records created in it, ``sent`` those whose
-    ``sent_at`` falls in it, ``failed`` those now ``failed`` or ``dead``
-    whose ``updated_at`` falls in it.
+    ``sent_at`` falls in it, ``failed`` those now ``failed``, ``dead`` or
+    ``bounced`` whose ``updated_at`` falls in it.
     """
 
     start: datetime

@@ -588,6 +588,7 @@ def test_systemd_units_and_supervisor_programs() -> None:
     for name, command, config in [
         ("mailqueue-api.service", "api", "api.yaml"),
         ("mailqueue-worker.service", "worker", "worker.yaml"),
+        ("mailqueue-bounces.service", "bounces", "worker.yaml"),
     ]:
         service = unit(name)["Service"]
         assert service["Restart"] == "always"

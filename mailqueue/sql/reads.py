@@ -291,7 +291,7 @@ async def activity(db: Database, since: datetime, bucket: timedelta) -> list[Act
     seconds = int(bucket.total_seconds())
     low = naive_utc(start)
     high = naive_utc(start + slots * bucket)
-    failed = (email.c.status.in_([Status.DEAD.value, Status.FAILED.value]),)
+    failed = (email.c.status.in_([Status.DEAD.value, Status.FAILED.value, Status.BOUNCED.value]),)
     dialect = db.dialect_name
 
     def tally(column: sa.ColumnElement[datetime], *extra: sa.ColumnElement[bool]) -> sa.Select[Any]:

@@ -220,7 +220,7 @@ class MemoryStore(_InMemory):
         for record in self._records.values():
             tally(accepted, record.created_at)
             tally(sent, record.sent_at)
-            if record.status in (Status.FAILED, Status.DEAD):
+            if record.status in (Status.FAILED, Status.DEAD, Status.BOUNCED):
                 tally(failed, record.updated_at)
         return [
             ActivityBucket(start=start + i * bucket, accepted=accepted[i], sent=sent[i], failed=failed[i])

@@ -86,6 +86,8 @@ class InspectionConformance:
         await add(Status.DEAD, base - 30 * minute, updated_at=later)
         await add(Status.RETRYING, later, updated_at=later + timedelta(seconds=3))
         await add(Status.SENT, base - 30 * minute, sent_at=base - 20 * minute)
+        # sent, then bounced: counted when it was sent and when the bounce came back
+        await add(Status.BOUNCED, base - 30 * minute, sent_at=base - 20 * minute, updated_at=later)
         deleted = make_record().evolve(status=Status.QUEUED, created_at=later, is_deleted=True)
         await store.add(deleted)
 
@@ -94,15 +96,15 @@ class InspectionConformance:
         assert [b.start for b in buckets] == [base + i * minute for i in range(len(buckets))]
         assert all(b.start.utcoffset() == timedelta(0) for b in buckets)
         got = [(b.accepted, b.sent, b.failed) for b in buckets]
-        assert got[:4] == [(3, 0, 0), (0, 1, 0), (2, 1, 2), (0, 0, 0)]
+        assert got[:4] == [(3, 0, 0), (0, 1, 0), (2, 1, 3), (0, 0, 0)]
         assert all(counts == (0, 0, 0) for counts in got[4:])
 
         hourly = await inspectable.activity(since=now - timedelta(days=1), bucket=timedelta(hours=1))
         assert len(hourly) in (25, 26)
         assert hourly[0].start == (now - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
-        assert sum(b.accepted for b in hourly) == 7
-        assert sum(b.sent for b in hourly) == 3
-        assert sum(b.failed for b in hourly) == 2
+        assert sum(b.accepted for b in hourly) == 8
+        assert sum(b.sent for b in hourly) == 4
+        assert sum(b.failed for b in hourly) == 3
 
     async def test_activity_refuses_bad_buckets(self, store: Store) -> None:
         inspectable = as_inspectable(store)

@@ -108,7 +108,7 @@ def build_chart(
     series = (
         Series("accepted", "accepted", points(accepted), sum(accepted)),
         Series("sent", "sent", points(sent), sum(sent)),
-        Series("failed", "failed or dead", points(failed), sum(failed)),
+        Series("failed", "failed, dead or bounced", points(failed), sum(failed)),
     )
     y_ticks = tuple((y(v), v) for v in (0, top_value // 2, top_value))
     every = max(1, count // 4)
