@@ -26,9 +26,10 @@ by the VERP tag: a report without one (a provider's complaint about a mail
 sent before ``bounces.domain`` was set) names no mail. A report that names no existing mail
 and recipient (a forged VERP, a bounce of a pruned mail) is *unmatched*:
 logged, counted, and nothing changes. A report for a mail still being sent
-raises :class:`NotYetSentError` (the listener answers 451: the reporting MTA
-tries again later). The same notice twice (a report delivered again) is
-recorded once.
+(``queued``, ``sending``, or ``retrying`` for other recipients) raises
+:class:`NotYetSentError` (the listener answers 451: the reporting MTA tries
+again later, for days, while the mail's ``max_age`` is three by default).
+The same notice twice (a report delivered again) is recorded once.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ logger = logging.getLogger("mailqueue.bounces")
 
 _OUTCOME = {Kind.HARD: "bounced", Kind.SOFT: "delayed", Kind.COMPLAINT: "complained"}
 _STATE = {Kind.HARD: RecipientState.BOUNCED, Kind.COMPLAINT: RecipientState.COMPLAINED}
-#: Statuses in which the worker may still write the recipients: a report then waits.
-_BUSY = frozenset({Status.QUEUED, Status.SENDING})
+#: Statuses in which the worker may still write the recipients: a report then waits. A
+#: ``retrying`` mail is among them: its next attempt writes every recipient from the copy it
+#: read before the claim, which would undo a recipient's ``bounced`` recorded meanwhile.
+_BUSY = frozenset({Status.QUEUED, Status.SENDING, Status.RETRYING})
 _CAS_TRIES = 5
 
 

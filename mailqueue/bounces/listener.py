@@ -8,7 +8,7 @@ RCPT to an address outside ``bounces.domain``       ``550 5.7.1`` (never relayed
 more than 50 RCPTs in one transaction               ``452 4.5.3``
 a message over ``bounces.max_bytes``                ``552`` (aiosmtpd's size limit); nothing read
 a report that claims DSN/ARF form and is not one    ``550 5.6.0`` (refused; nothing changed)
-the mail is still being sent, or the Store fails    ``451 4.3.0`` (the MTA tries again later)
+mail queued/sending/retrying, or Store fails        ``451 4.3.0`` (the MTA tries again later)
 anything else                                       ``250``: recorded, or ignored and logged
 ==================================================  ==========================================
 

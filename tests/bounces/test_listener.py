@@ -15,7 +15,7 @@ from reports import arf, dsn
 
 from mailqueue import Mail, MailQueue, Recipient, Status, SuppressionQuery, SuppressionReason, Worker, metrics
 from mailqueue.bounces.listener import BounceListener, listener_from_settings
-from mailqueue.records import RecipientState, RecordQuery
+from mailqueue.records import RecipientState, RecordQuery, RecordUpdate
 from mailqueue.sending.verp import parse_verp, verp_address
 from mailqueue.settings import Settings, load_settings
 from mailqueue.testing.smtpd import SMTPTestServer
@@ -309,3 +309,13 @@ async def test_a_report_for_a_mail_still_being_sent_is_deferred(rig: Rig) -> Non
     record = await rig.mq.status(mail_id)
     assert record is not None
     assert (record.status, len(record.history)) == (Status.QUEUED, 0)
+    # retrying (another recipient waits for its next attempt): that attempt would write every
+    # recipient from the copy it read before, so the report waits too
+    await rig.mq.store.update(mail_id, RecordUpdate(status=Status.RETRYING))
+    assert await rig.report([path], dsn(path, "a@example.net")) == (
+        451,
+        "4.3.0 the mail is still being sent; try again later",
+    )
+    record = await rig.mq.status(mail_id)
+    assert record is not None
+    assert (record.status, len(record.history)) == (Status.RETRYING, 0)
