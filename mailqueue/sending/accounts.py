@@ -35,6 +35,7 @@ from mailqueue.errors import (
 )
 from mailqueue.protocols import OutgoingMessage, Sender, SendResult
 from mailqueue.sending.account_limit import AccountLimit, throttle_reply
+from mailqueue.sending.step import find_link
 from mailqueue.sending.throttle import ACCOUNT_FAILOVERS, THROTTLE_OWNER, CircuitBreaker, ErrorClass, classify
 
 __all__ = ["Account", "AccountRouter"]
@@ -54,12 +55,8 @@ class Account:
     def factor(self) -> float | None:
         """The fraction of its rate the account may use now, when its chain has a limit
         (:class:`~mailqueue.sending.account_limit.AccountLimit`), else ``None``."""
-        current: Sender | None = self.sender
-        while current is not None:
-            if isinstance(current, AccountLimit):
-                return current.factor
-            current = getattr(current, "inner", None)
-        return None
+        limit = find_link(self.sender, AccountLimit)
+        return None if limit is None else limit.factor
 
 
 class AccountRouter:

@@ -63,7 +63,7 @@ from mailqueue.errors import (
 from mailqueue.protocols import OutgoingMessage, RecipientReply, Sender, SendResult
 from mailqueue.sending.account_limit import throttle_reply
 from mailqueue.sending.limits import RateWindow, parse_rate, scaled_limit
-from mailqueue.sending.step import SendingStep
+from mailqueue.sending.step import SendingStep, failure_reply
 from mailqueue.sending.throttle import (
     THROTTLE_OWNER,
     AIMDParams,
@@ -333,7 +333,7 @@ class DomainLimitStep(SendingStep):
                 result = await self._send_part(name, replace(message, recipients=addresses))
             except (TransientDeliveryError, PermanentDeliveryError) as exc:
                 errors.append(exc)
-                replies.update(dict.fromkeys(addresses, _reply_of(exc)))
+                replies.update(dict.fromkeys(addresses, failure_reply(exc)))
                 continue
             replies.update(result.replies)
         if len(errors) == len(parts):
@@ -377,12 +377,6 @@ class DomainLimitStep(SendingStep):
         DOMAIN_THROTTLED.labels(group.name).inc()
         await group.limiter.throttled(retry_after(reply))
         group.publish()
-
-
-def _reply_of(exc: DeliveryError) -> RecipientReply:
-    default = 554 if isinstance(exc, PermanentDeliveryError) else 451
-    code = exc.code if exc.code is not None and 400 <= exc.code < 600 else default
-    return RecipientReply(code, exc.reply or str(exc))
 
 
 def domain_step(inner: Sender, settings: Settings) -> Sender:

@@ -68,8 +68,8 @@ down and pauses it on throttle replies
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import NamedTuple, TypeVar, cast
+from collections.abc import Callable
+from typing import NamedTuple, cast
 
 from mailqueue.errors import ConfigurationError
 from mailqueue.protocols import BackendContext, Sender
@@ -78,15 +78,13 @@ from mailqueue.sending.accounts import Account, AccountRouter
 from mailqueue.sending.dkim import dkim_step
 from mailqueue.sending.domains import domain_step
 from mailqueue.sending.limits import RateLimiter, parse_rate
-from mailqueue.sending.step import SendingStep
+from mailqueue.sending.step import SendingStep, find_link, links
 from mailqueue.sending.suppression import suppression_step
 from mailqueue.sending.throttle import AIMDParams, CircuitBreaker
 from mailqueue.sending.verp import verp_step
 from mailqueue.settings import Settings
 
 __all__ = ["STEPS", "SendingChain", "SendingStep", "StepFactory", "build_sender", "find_link", "links"]
-
-_S = TypeVar("_S")
 
 
 #: Makes a step around ``inner`` from the settings.
@@ -107,22 +105,6 @@ class SendingChain(NamedTuple):
     sender: Sender
     #: The rate limit the worker takes a slot of before claiming a mail.
     limiter: RateLimiter
-
-
-def links(sender: Sender) -> Iterator[Sender]:
-    """``sender`` and every Sender it wraps (through ``inner``), outermost first."""
-    current: Sender | None = sender
-    while current is not None:
-        yield current
-        current = getattr(current, "inner", None)
-
-
-def find_link(sender: Sender, kind: type[_S]) -> _S | None:
-    """The first link of the chain that is a ``kind`` (e.g. the :class:`AccountRouter`), or ``None``."""
-    for link in links(sender):
-        if isinstance(link, kind):
-            return link
-    return None
 
 
 def _limiter(settings: Settings, name: str, rate: str, params: AIMDParams) -> AccountLimiter:

@@ -1,10 +1,16 @@
-"""The base of every link of the sending chain that wraps another Sender."""
+"""The base of every link of the sending chain that wraps another Sender, and what links share."""
 
 from __future__ import annotations
 
-from mailqueue.protocols import OutgoingMessage, ResourceMixin, Sender, SendResult
+from collections.abc import Iterator
+from typing import TypeVar
 
-__all__ = ["SendingStep"]
+from mailqueue.errors import DeliveryError, PermanentDeliveryError
+from mailqueue.protocols import OutgoingMessage, RecipientReply, ResourceMixin, Sender, SendResult
+
+__all__ = ["SendingStep", "failure_reply", "find_link", "links"]
+
+_S = TypeVar("_S")
 
 
 class SendingStep(ResourceMixin):
@@ -35,3 +41,28 @@ class SendingStep(ResourceMixin):
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Hand ``message`` to ``inner`` unchanged (a step overrides this)."""
         return await self.inner.send(message)
+
+
+def links(sender: Sender) -> Iterator[Sender]:
+    """``sender`` and every Sender it wraps (through ``inner``), outermost first."""
+    current: Sender | None = sender
+    while current is not None:
+        yield current
+        current = getattr(current, "inner", None)
+
+
+def find_link(sender: Sender, kind: type[_S]) -> _S | None:
+    """The first link of the chain that is a ``kind`` (e.g. the
+    :class:`~mailqueue.sending.accounts.AccountRouter`), or ``None``."""
+    for link in links(sender):
+        if isinstance(link, kind):
+            return link
+    return None
+
+
+def failure_reply(exc: DeliveryError) -> RecipientReply:
+    """The reply a step that splits a message into several transactions records for the
+    recipients of one that failed: its code (451 / 554 when it has no 4xx/5xx one) and text."""
+    default = 554 if isinstance(exc, PermanentDeliveryError) else 451
+    code = exc.code if exc.code is not None and 400 <= exc.code < 600 else default
+    return RecipientReply(code, exc.reply or str(exc))

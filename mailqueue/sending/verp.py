@@ -29,12 +29,11 @@ import re
 from dataclasses import dataclass, replace
 
 from mailqueue.errors import (
-    DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from mailqueue.protocols import OutgoingMessage, RecipientReply, Sender, SendResult
-from mailqueue.sending.step import SendingStep
+from mailqueue.sending.step import SendingStep, failure_reply
 from mailqueue.settings import Settings
 
 __all__ = ["TAG_CHARS", "VERPAddress", "VERPStep", "parse_verp", "recipient_tag", "verp_address", "verp_step"]
@@ -128,16 +127,10 @@ class VERPStep(SendingStep):
             except (TransientDeliveryError, PermanentDeliveryError) as exc:
                 if position == 0:
                     raise
-                replies[address] = _reply_of(exc)
+                replies[address] = failure_reply(exc)
                 continue
             replies.update(result.replies)
         return SendResult(replies)
-
-
-def _reply_of(exc: DeliveryError) -> RecipientReply:
-    default = 554 if isinstance(exc, PermanentDeliveryError) else 451
-    code = exc.code if exc.code is not None and 400 <= exc.code < 600 else default
-    return RecipientReply(code, exc.reply or str(exc))
 
 
 def verp_step(inner: Sender, settings: Settings) -> Sender:
